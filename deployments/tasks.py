@@ -1,0 +1,198 @@
+"""A ScheduleMaster task *is* a Prefect deployment: this module maps one onto the other.
+
+* id          = deployment id (chosen by us: created in-process through prefect.server.models,
+                because Prefect's HTTP API never lets a client pick a deployment id);
+* Title       = deployment name (suffixed with the short id when another task has the title);
+* Status      = the ``sm:stopped`` tag (Stop) or else the deployment's ``paused`` flag
+                (Paused / Running), so pausing in the Prefect UI pauses the task too;
+* everything else of the task (cron, dates, HTTP options, params, keepers, nexts,
+  executors, creator) = the deployment's ``task`` parameter, which every run carries.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import IntEnum
+from typing import Any
+
+TAG = "schedulemaster"
+STOPPED_TAG = "sm:stopped"
+EXECUTOR_TAG = "sm:executor:"
+FLOW_NAME = "schedulemaster-task"
+ENTRYPOINT = "schedulemaster.flows.task_flow.run_task"
+DEFAULT_QUEUE = "default"
+NODE_QUEUE_PREFIX = "node-"
+
+
+class Status(IntEnum):
+    Deleted = -1
+    Stop = 0
+    Running = 1
+    Paused = 2
+
+
+@dataclass
+class TaskRecord:
+    id: uuid.UUID
+    name: str
+    spec: dict[str, Any]
+    status: Status
+    created: datetime
+    updated: datetime
+
+
+def status_of(deployment: Any) -> Status:
+    if STOPPED_TAG in (deployment.tags or []):
+        return Status.Stop
+    return Status.Paused if deployment.paused else Status.Running
+
+
+def record_of(deployment: Any) -> TaskRecord | None:
+    spec = (deployment.parameters or {}).get("task")
+    if TAG not in (deployment.tags or []) or not isinstance(spec, dict):
+        return None
+    return TaskRecord(deployment.id, deployment.name, spec, status_of(deployment),
+                      deployment.created, deployment.updated)
+
+
+def tags_for(spec: dict[str, Any], status: Status) -> list[str]:
+    tags = [TAG]
+    if status == Status.Stop:
+        tags.append(STOPPED_TAG)
+    tags += [f"{EXECUTOR_TAG}{e}" for e in spec.get("Executors") or []]
+    return tags
+
+
+def description_for(spec: dict[str, Any]) -> str:
+    kind = {1: "plugin", 2: "HTTP"}.get(spec.get("MetaType"), f"MetaType {spec.get('MetaType')}")
+    when = (f"Quartz cron `{spec.get('CronExpression')}`" if spec.get("RunLoop")
+            else f"once at {spec.get('StartDate') or 'start'}")
+    lines = [f"ScheduleMaster {kind} task · {when} ({spec.get('TimeZone')}) · schedule owned by the "
+             f"executor nodes (next fire times: QueryTaskDetail or `schedulemaster cron`)"]
+    if spec.get("Remark"):
+        lines.insert(0, str(spec["Remark"]))
+    return "\n\n".join(lines)
+
+
+_NAME_BAD = re.compile(r"[/%&><]")
+
+
+def clean_name(title: str) -> str:
+    """Prefect refuses '/', '%', '&', '>' and '<' in deployment names."""
+    name = _NAME_BAD.sub("_", title).strip()
+    return name or "task"
+
+
+# ---- in-process writes (the master process hosts the Prefect server) ----------------
+
+async def _unique_name(session, db, flow_id: uuid.UUID, title: str, task_id: uuid.UUID) -> str:
+    import sqlalchemy as sa
+
+    name = clean_name(title)
+    row = (await session.execute(
+        sa.select(db.Deployment.id).where(db.Deployment.flow_id == flow_id, db.Deployment.name == name)
+    )).scalar_one_or_none()
+    if row is None or row == task_id:
+        return name
+    return f"{name} ({str(task_id)[:8]})"
+
+
+async def create_deployment_with_id(task_id: uuid.UUID, spec: dict[str, Any], work_pool: str,
+                                    parameter_schema: dict[str, Any]) -> None:
+    """Create the deployment of a new task, keeping the id the caller chose."""
+    from prefect.server import models, schemas
+    from prefect.server.api.workers import WorkerLookups
+    from prefect.server.database import provide_database_interface
+
+    db = provide_database_interface()
+    async with db.session_context(begin_transaction=True) as session:
+        flow = await models.flows.create_flow(session=session, flow=schemas.core.Flow(name=FLOW_NAME))
+        queue_id = await WorkerLookups()._get_work_queue_id_from_name(
+            session=session, work_pool_name=work_pool, work_queue_name=DEFAULT_QUEUE,
+            create_queue_if_not_found=True)
+        exists = (await models.deployments.read_deployment(session=session, deployment_id=task_id))
+        if exists is not None:
+            raise ValueError(f"a task with id {task_id} already exists")
+        name = await _unique_name(session, db, flow.id, spec["Title"], task_id)
+        dep = schemas.core.Deployment(
+            id=task_id, name=name, flow_id=flow.id, paused=True,
+            parameters={"task": spec}, tags=tags_for(spec, Status.Stop),
+            description=description_for(spec), entrypoint=ENTRYPOINT,
+            work_queue_name=DEFAULT_QUEUE, work_queue_id=queue_id,
+            parameter_openapi_schema=parameter_schema, enforce_parameter_schema=False,
+        )
+        await models.deployments.create_deployment(session=session, deployment=dep)
+
+
+async def rename_deployment(task_id: uuid.UUID, title: str) -> None:
+    """Prefect's API cannot rename a deployment; the title lives in its name, so do it here."""
+    import sqlalchemy as sa
+    from prefect.server.database import provide_database_interface
+
+    db = provide_database_interface()
+    async with db.session_context(begin_transaction=True) as session:
+        flow_id = (await session.execute(
+            sa.select(db.Deployment.flow_id).where(db.Deployment.id == task_id))).scalar_one_or_none()
+        if flow_id is None:
+            return
+        name = await _unique_name(session, db, flow_id, title, task_id)
+        await session.execute(sa.update(db.Deployment).where(db.Deployment.id == task_id).values(name=name))
+
+
+# ---- reads and updates through the Prefect client ---------------------------------------
+
+async def read_task(client, task_id: uuid.UUID) -> TaskRecord | None:
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        dep = await client.read_deployment(task_id)
+    except ObjectNotFound:
+        return None
+    return record_of(dep)
+
+
+async def list_tasks(client) -> list[TaskRecord]:
+    """Every task, newest first (paged through Prefect's 200-row limit)."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
+
+    out: list[TaskRecord] = []
+    offset = 0
+    flt = DeploymentFilter(tags=DeploymentFilterTags(all_=[TAG]))
+    while True:
+        page = await client.read_deployments(deployment_filter=flt, limit=200, offset=offset)
+        out += [r for r in (record_of(d) for d in page) if r is not None]
+        if len(page) < 200:
+            break
+        offset += 200
+    out.sort(key=lambda r: r.created, reverse=True)
+    return out
+
+
+async def write_task(client, task_id: uuid.UUID, spec: dict[str, Any], status: Status) -> None:
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    await client.update_deployment(task_id, DeploymentUpdate(
+        parameters={"task": spec}, tags=tags_for(spec, status),
+        paused=status != Status.Running, description=description_for(spec)))
+
+
+async def run_stats(client, task_id: uuid.UUID) -> tuple[int, datetime | None]:
+    """(TotalRunCount, LastRunTime): successful runs, from Prefect's own run records."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState,
+        FlowRunFilterStateType)
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    dflt = DeploymentFilter(id=DeploymentFilterId(any_=[task_id]))
+    fflt = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])))
+    count = await client.count_flow_runs(deployment_filter=dflt, flow_run_filter=fflt)
+    if not count:
+        return 0, None
+    runs = await client.read_flow_runs(deployment_filter=dflt, flow_run_filter=fflt,
+                                       sort=FlowRunSort.END_TIME_DESC, limit=1)
+    last = runs[0].end_time if runs else None
+    return count, last

@@ -1,0 +1,162 @@
+"""HTTP tasks (MetaType 2): the request exactly as ScheduleMaster's HttpSchedule sent it.
+
+`perform_http` is shared by the two ways a firing runs: the node's fast path (scheduled
+firings, recorded in bulk) and the `schedulemaster-http` flow that a Prefect worker runs
+for RunOnce and for runs started from the Prefect UI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+from urllib.parse import quote_plus
+
+import httpx
+
+DEFAULT_TIMEOUT_SECONDS = 10.0
+BODY_EXCERPT = 2000
+
+LogFn = Callable[[int, str], None]
+
+
+class HttpTaskError(Exception):
+    """The request could not be built or sent; the firing fails with this message."""
+
+
+@dataclass
+class HttpOutcome:
+    ok: bool
+    message: str
+    status_code: int | None = None
+    elapsed_ms: float = 0.0
+    logs: list[tuple[int, str, datetime]] = field(default_factory=list)
+
+
+def parse_params(text: str | None) -> list[tuple[str, str]]:
+    """A ScheduleParam JSON array ``[{"ParamKey","ParamValue","ParamRemark"}]`` as pairs."""
+    if text is None or not str(text).strip():
+        return []
+    try:
+        items = json.loads(text)
+    except ValueError as exc:
+        raise HttpTaskError(f"not a JSON ScheduleParam array: {exc}") from None
+    if not isinstance(items, list):
+        raise HttpTaskError("not a JSON ScheduleParam array")
+    pairs = []
+    for it in items:
+        if not isinstance(it, dict):
+            raise HttpTaskError("not a JSON ScheduleParam array")
+        # Newtonsoft binds property names case-insensitively.
+        low = {str(k).lower(): v for k, v in it.items()}
+        key = low.get("paramkey")
+        if key is None or str(key) == "":
+            continue
+        val = low.get("paramvalue")
+        pairs.append((str(key), "" if val is None else str(val)))
+    return pairs
+
+
+@dataclass
+class PreparedRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    content: bytes
+    timeout: float
+
+
+def prepare(http: dict[str, Any], settings: dict[str, Any], idempotency_key: str) -> PreparedRequest:
+    """Build the request of one firing (§4.4 of the behaviour notes)."""
+    url = str(http.get("RequestUrl") or "")
+    method = str(http.get("Method") or "GET").upper()
+    ctype = str(http.get("ContentType") or "")
+    headers: dict[str, str] = {}
+    timeout = 0.0
+    for key, value in parse_params(http.get("Headers")):
+        if key.lower().startswith("content-"):
+            # HttpClient refuses Content-* on the request headers; the original run failed.
+            raise HttpTaskError(f"header '{key}' cannot be set as a request header")
+        headers[key] = value
+        if key.lower() == "sm-timeout":
+            try:
+                t = float(value)
+            except ValueError:
+                t = 0
+            if t > 0:
+                timeout = t
+    if timeout <= 0:
+        try:
+            timeout = float(settings.get("Http_RequestTimeout") or 0)
+        except (TypeError, ValueError):
+            timeout = 0
+    if timeout <= 0:
+        timeout = DEFAULT_TIMEOUT_SECONDS
+    body = ""
+    if ctype.lower() == "application/json":
+        body = str(http.get("Body") or "").replace("\r\n", "")
+    elif ctype.lower() == "application/x-www-form-urlencoded":
+        body = "&".join(f"{k}={quote_plus(v)}" for k, v in parse_params(http.get("Body")))
+        if method == "GET" and body:
+            url = f"{url}{'&' if '?' in url else '?'}{body}"
+    headers["Content-Type"] = f"{ctype}; charset=utf-8" if ctype else "text/plain; charset=utf-8"
+    headers["Idempotency-Key"] = idempotency_key
+    try:
+        parsed = httpx.URL(url)
+    except Exception as exc:  # httpx.InvalidURL and friends
+        raise HttpTaskError(f"invalid url '{url}': {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise HttpTaskError(f"invalid url '{url}': only absolute http and https URLs are supported")
+    return PreparedRequest(method, url, headers, body.encode("utf-8"), timeout)
+
+
+async def perform_http(
+    client: httpx.AsyncClient,
+    http: dict[str, Any],
+    *,
+    settings: dict[str, Any],
+    idempotency_key: str,
+) -> HttpOutcome:
+    """Send one firing's request; never raises, the outcome says what happened."""
+    out = HttpOutcome(ok=False, message="")
+
+    def log(level: int, msg: str) -> None:
+        out.logs.append((level, msg, datetime.now(timezone.utc)))
+
+    started = time.perf_counter()
+    try:
+        req = prepare(http, settings, idempotency_key)
+        log(logging.INFO, f"即将请求：{req.url}")
+        resp = await client.request(req.method, req.url, headers=req.headers, content=req.content,
+                                    timeout=req.timeout)
+        out.status_code = resp.status_code
+        out.elapsed_ms = (time.perf_counter() - started) * 1000
+        ctype = resp.headers.get("content-type", "")
+        text = "html文档" if "html" in ctype.lower() else resp.text[:BODY_EXCERPT]
+        log(logging.INFO, f"请求结束，响应码：{resp.status_code}，响应内容：{text}")
+        fail_non_2xx = str(settings.get("Http_FailOnNon2xx", "false")).lower() in ("1", "true", "yes")
+        if resp.is_success or not fail_non_2xx:
+            out.ok = True
+            out.message = f"HTTP {resp.status_code} in {out.elapsed_ms:.0f} ms"
+        else:
+            out.message = f"HTTP {resp.status_code} is not a 2xx answer (Http_FailOnNon2xx=true)"
+    except HttpTaskError as exc:
+        out.message = str(exc)
+    except httpx.TimeoutException:
+        out.message = f"timed out after {req.timeout:g} s"
+    except httpx.HTTPError as exc:
+        out.message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    except Exception as exc:  # a bad header value, an unencodable URL...
+        out.message = f"{type(exc).__name__}: {exc}"
+    out.elapsed_ms = (time.perf_counter() - started) * 1000
+    return out
+
+
+def outcome_lines(title: str, out: HttpOutcome) -> tuple[int, str]:
+    """The run-level log line the original wrote after each run (§4.6)."""
+    if out.ok:
+        return logging.INFO, f"任务[{title}]运行成功！用时{out.elapsed_ms:.0f}ms"
+    return logging.ERROR, f"任务\"{title}\"运行失败！，ERROR：{out.message}"

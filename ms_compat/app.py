@@ -1,0 +1,149 @@
+"""The legacy HTTP API on :30000 (FastAPI), answering existing ScheduleMaster clients.
+
+Request order follows ASP.NET Core 3.1's: routing (case-insensitive paths; 404/405), then
+model binding and validation (400 ValidationProblemDetails), then the auth filter (401),
+then the action (200 with the envelope, whatever the business outcome).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from schedulemaster.ms_compat import responses as R
+from schedulemaster.ms_compat.auth import Authenticator
+from schedulemaster.ms_compat.binding import ID_ONLY, QUERY_LIST, SCHEDULE_INFO, FormValues, bind
+from schedulemaster.ms_compat.store import Store
+from schedulemaster.ms_compat.task_api import SERVICE_ERROR, TaskError, TaskService
+
+log = logging.getLogger("schedulemaster.api")
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+async def _form(request: Request) -> FormValues:
+    ctype = request.headers.get("content-type", "").lower()
+    if ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        try:
+            form = await request.form(max_files=10, max_fields=5000)
+        except Exception:  # malformed multipart, too many parts, bad encoding
+            values = FormValues([])
+            values.broken = True
+            return values
+        return FormValues(form.multi_items())
+    return FormValues([])  # a JSON (or any other) body binds nothing, as in ASP.NET
+
+
+def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService]],
+               on_shutdown: Callable[[], Awaitable[None]] | None = None) -> FastAPI:
+    auth = Authenticator(store)
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state["service"] = await service_factory()
+        yield
+        if on_shutdown:
+            await on_shutdown()
+
+    app = FastAPI(title="ScheduleMaster legacy API", docs_url=None, redoc_url=None,
+                  openapi_url=None, lifespan=lifespan)
+
+    @app.middleware("http")
+    async def legacy_pipeline(request: Request, call_next):
+        # ASP.NET routes are case-insensitive: /api/task/create == /api/Task/Create.
+        request.scope["path"] = request.scope["path"].lower().rstrip("/") or "/"
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return R.client_error(413)
+        try:
+            return await call_next(request)
+        except Exception:  # never a 500: the legacy failure envelope instead
+            log.exception("unhandled error in %s", request.url.path)
+            return R.failed(SERVICE_ERROR)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_errors(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 405:
+            return Response(status_code=405, headers=exc.headers)
+        if exc.status_code == 404:
+            return Response(status_code=404)
+        return R.client_error(exc.status_code) if exc.status_code in (401, 413, 415) else Response(status_code=exc.status_code)
+
+    async def guarded(request: Request, fields, values: FormValues,
+                      action: Callable[[dict[str, Any], Any], Awaitable[Response]]) -> Response:
+        if values.broken:
+            return R.validation_problem({"": ["The request body is not a valid form."]})
+        model, errors = bind(fields, values, state["service"].tz)
+        if errors:
+            return R.validation_problem(errors)
+        user = await auth.check(request.headers.get("ms_auth_user"), request.headers.get("ms_auth_secret"),
+                                request.client.host if request.client else "")
+        if user is None:
+            return R.client_error(401)
+        try:
+            return await action(model, user)
+        except TaskError as exc:
+            return R.failed(str(exc))
+
+    def merged_id(form: FormValues, request: Request) -> FormValues:
+        """`id` from the form (v2.2) or the query string (v2.1)."""
+        if form.broken or form.has("id"):
+            return form
+        return FormValues(list(request.query_params.multi_items()))
+
+    @app.get("/api/task/querylist")
+    async def query_list(request: Request):
+        values = FormValues(request.query_params.multi_items())
+
+        async def act(m, _user):
+            if m["pageNumber"] is None or m["pageSize"] is None:
+                return R.failed("pageNumber 和 pageSize 必须在查询字符串中给出")
+            return await state["service"].query_list(m["name"], m["pageNumber"], m["pageSize"])
+
+        return await guarded(request, QUERY_LIST, values, act)
+
+    @app.get("/api/task/querytaskdetail")
+    async def query_detail(request: Request):
+        values = FormValues(request.query_params.multi_items())
+        return await guarded(request, ID_ONLY, values,
+                             lambda m, _u: state["service"].query_detail(m["id"]))
+
+    @app.post("/api/task/create")
+    async def create(request: Request):
+        return await guarded(request, SCHEDULE_INFO, await _form(request),
+                             lambda m, u: state["service"].create(m, u))
+
+    @app.post("/api/task/edit")
+    async def edit(request: Request):
+        return await guarded(request, SCHEDULE_INFO, await _form(request),
+                             lambda m, u: state["service"].edit(m, u))
+
+    def id_action(name: str):
+        async def endpoint(request: Request):
+            values = merged_id(await _form(request), request)
+
+            async def act(m, _user):
+                task_id: uuid.UUID | None = m["id"]
+                return await getattr(state["service"], name)(task_id or uuid.UUID(int=0))
+
+            return await guarded(request, ID_ONLY, values, act)
+
+        endpoint.__name__ = name
+        return endpoint
+
+    for action in ("start", "pause", "resume", "stop", "delete"):
+        app.post(f"/api/task/{action}")(id_action(action))
+    app.post("/api/task/runonce")(id_action("run_once"))
+
+    @app.get("/api/health")
+    async def health():
+        return R.json_response({"status": "Healthy"})
+
+    return app

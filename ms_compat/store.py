@@ -1,0 +1,106 @@
+"""The project's own tables: what Prefect has no home for (users, settings).
+
+Same database family as Prefect (a SQLite file by default). Table and column names follow
+the original's schema (§3) so an imported database maps one to one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Optional
+
+from sqlalchemy import event
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+
+def md5_hex(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8")).hexdigest()
+
+
+class SystemUser(SQLModel, table=True):
+    __tablename__ = "systemusers"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    username: str = Field(max_length=50, index=True)
+    password: str = Field(max_length=50)  # lowercase hex md5 of the plaintext, as the original stored it
+    realname: str = Field(max_length=50)
+    phone: Optional[str] = Field(default=None, max_length=15)
+    email: Optional[str] = Field(default=None, max_length=500)
+    status: int = 1  # -1 deleted, 0 disabled, 1 available
+    createtime: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    lastlogintime: Optional[datetime] = None
+
+
+class SystemConfig(SQLModel, table=True):
+    __tablename__ = "systemconfigs"
+    key: str = Field(primary_key=True, max_length=50)
+    group: str = Field(max_length=50)
+    name: str = Field(max_length=100)
+    value: Optional[str] = Field(default=None, max_length=1000)
+    sort: int = 0
+    isreuired: bool = False  # sic, as the original's column
+    remark: Optional[str] = None
+    createtime: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    updatetime: Optional[datetime] = None
+    updateusername: Optional[str] = None
+
+
+# (key, group, name, default) seeded on first start, as the original's EnsureCreated did.
+DEFAULT_CONFIGS = [
+    ("Email_SmtpServer", "邮件配置", "邮件服务器", ""),
+    ("Email_SmtpPort", "邮件配置", "邮件服务器端口", ""),
+    ("Email_FromAccount", "邮件配置", "发件人账号", ""),
+    ("Email_FromAccountPwd", "邮件配置", "发件人账号密码", ""),
+    ("Assembly_ImagePullPolicy", "程序集配置", "文件包拉取策略", "Always"),
+    ("Http_RequestTimeout", "HTTP配置", "请求超时时间", "10"),
+    ("Http_FailOnNon2xx", "HTTP配置", "非2xx响应视为失败 (extension)", "false"),
+    ("System_WorkerUnHealthTimes", "系统配置", "Worker允许无响应次数", "3"),
+    ("DelayTask_DelayPattern", "延时任务配置", "延迟模式", "Relative"),
+    ("DelayTask_RetryTimes", "延时任务配置", "重试次数", "3"),
+    ("DelayTask_RetrySpans", "延时任务配置", "重试间隔", "10"),
+]
+DEFAULT_ADMIN = ("admin", "111111")
+
+
+class Store:
+    def __init__(self, url: str):
+        connect_args = {"check_same_thread": False, "timeout": 30} if url.startswith("sqlite") else {}
+        self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        if url.startswith("sqlite"):
+            @event.listens_for(self.engine, "connect")
+            def _wal(dbapi_conn, _record):  # readers never wait on the writer
+                dbapi_conn.execute("PRAGMA journal_mode=WAL")
+
+    def init(self) -> None:
+        """Create the tables and seed the default account and settings (idempotent)."""
+        SQLModel.metadata.create_all(self.engine)
+        with Session(self.engine) as s:
+            if s.exec(select(SystemUser)).first() is None:
+                user, pw = DEFAULT_ADMIN
+                s.add(SystemUser(username=user, password=md5_hex(pw), realname="超级管理员"))
+            have = set(s.exec(select(SystemConfig.key)).all())
+            for i, (key, group, name, value) in enumerate(DEFAULT_CONFIGS):
+                if key not in have:
+                    s.add(SystemConfig(key=key, group=group, name=name, value=value, sort=i))
+            s.commit()
+
+    def user_by_name(self, username: str) -> SystemUser | None:
+        with Session(self.engine) as s:
+            return s.exec(select(SystemUser).where(SystemUser.username == username)).first()
+
+    def user_ids(self) -> set[int]:
+        with Session(self.engine) as s:
+            return set(s.exec(select(SystemUser.id).where(SystemUser.status != -1)).all())
+
+    def configs(self) -> dict[str, str]:
+        with Session(self.engine) as s:
+            return {c.key: c.value or "" for c in s.exec(select(SystemConfig)).all()}
+
+    def set_config(self, key: str, value: str, user: str | None = None) -> None:
+        with Session(self.engine) as s:
+            row = s.get(SystemConfig, key)
+            if row is None:
+                raise KeyError(key)
+            row.value, row.updatetime, row.updateusername = value, datetime.now(timezone.utc), user
+            s.add(row)
+            s.commit()

@@ -1,0 +1,368 @@
+"""/api/Task/*: the original's TaskController, answering in its shapes and words (§2.5).
+
+Every task is a Prefect deployment (see ``deployments/tasks.py``); this module only turns
+legacy requests into deployment changes and deployment state back into legacy views.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from schedulemaster.deployments import plan, quartz
+from schedulemaster.deployments import tasks as dep
+from schedulemaster.deployments.tasks import Status, TaskRecord
+from schedulemaster.flows.http_task import HttpTaskError, parse_params
+from schedulemaster.ms_compat import responses as R
+from schedulemaster.ms_compat.store import Store, SystemUser
+
+log = logging.getLogger("schedulemaster.api")
+
+HTTP_METHOD_RE = r"^[A-Za-z]{1,10}$"
+SERVICE_ERROR = "服务出现异常请稍后再试！"
+
+
+class TaskError(Exception):
+    """A request the original would have refused or crashed on: answered Success:false."""
+
+
+class TaskService:
+    def __init__(self, store: Store, client, timezone_name: str, work_pool: str, parameter_schema: dict):
+        self.store = store
+        self.client = client
+        self.tz = timezone_name
+        self.work_pool = work_pool
+        self.parameter_schema = parameter_schema
+
+    # ---- helpers ------------------------------------------------------------------
+    def now_local(self) -> datetime:
+        return datetime.now(ZoneInfo(self.tz)).replace(tzinfo=None)
+
+    def to_local(self, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        return value.astimezone(ZoneInfo(self.tz)).replace(tzinfo=None)
+
+    def next_run_time(self, rec: TaskRecord) -> datetime | None:
+        if rec.status != Status.Running:
+            return None
+        try:
+            nxt = plan.next_fire(rec.spec, datetime.now(timezone.utc))
+        except quartz.CronError:
+            return None
+        return self.to_local(nxt)
+
+    async def stats(self, rec: TaskRecord) -> tuple[int, datetime | None]:
+        count, last = await dep.run_stats(self.client, rec.id)
+        return count, self.to_local(last)
+
+    # ---- views --------------------------------------------------------------------
+    async def entity(self, rec: TaskRecord) -> dict[str, Any]:
+        """The raw `schedules` row QueryTaskDetail returned, plus the next five fire times."""
+        s = rec.spec
+        count, last = await self.stats(rec)
+        nxt = self.next_run_time(rec)
+        try:
+            fires = plan.upcoming(s, 5, datetime.now(timezone.utc)) if rec.status == Status.Running else []
+        except quartz.CronError:
+            fires = []
+        return {
+            "Id": str(rec.id), "Title": s.get("Title"), "MetaType": s.get("MetaType"),
+            "Remark": s.get("Remark"), "RunLoop": bool(s.get("RunLoop")),
+            "CronExpression": s.get("CronExpression"), "AssemblyName": s.get("AssemblyName"),
+            "ClassName": s.get("ClassName"), "CustomParamsJson": s.get("CustomParamsJson"),
+            "Status": int(rec.status),
+            "StartDate": R.fmt_nullable_date(_d(s.get("StartDate"))),
+            "EndDate": R.fmt_nullable_date(_d(s.get("EndDate"))),
+            "CreateTime": R.fmt_date(_d(s.get("CreateTime")) or self.to_local(rec.created)),
+            "CreateUserId": s.get("CreateUserId", 0), "CreateUserName": s.get("CreateUserName"),
+            "LastRunTime": R.fmt_nullable_date(last), "NextRunTime": R.fmt_nullable_date(nxt),
+            "TotalRunCount": count,
+            # extension: what the node will fire next, in the task's zone
+            "NextFireTimes": [R.fmt_date(self.to_local(f)) for f in fires],
+        }
+
+    async def list_row(self, rec: TaskRecord) -> dict[str, Any]:
+        """A QueryList row: only these fields were populated by the original."""
+        s = rec.spec
+        count, last = await self.stats(rec)
+        return {
+            "Id": str(rec.id), "Title": s.get("Title"), "MetaType": 0, "RunLoop": bool(s.get("RunLoop")),
+            "CronExpression": None, "Remark": None, "StartDate": R.fmt_nullable_date(_d(s.get("StartDate"))),
+            "EndDate": None, "AssemblyName": None, "ClassName": None, "CustomParamsJson": "[]",
+            "Status": int(rec.status), "CreateTime": R.fmt_date(_d(s.get("CreateTime")) or self.to_local(rec.created)),
+            "CreateUserId": 0, "CreateUserName": None, "LastRunTime": R.fmt_nullable_date(last),
+            "NextRunTime": R.fmt_nullable_date(self.next_run_time(rec)), "TotalRunCount": count,
+            "Keepers": [], "Nexts": [], "Executors": list(s.get("Executors") or []), "RunNow": False,
+            "Params": [], "HttpRequestUrl": None, "HttpMethod": None, "HttpContentType": None,
+            "HttpHeaders": None, "HttpBody": None,
+        }
+
+    # ---- spec from a bound ScheduleInfo -------------------------------------------
+    async def build_spec(self, m: dict[str, Any], task_id: uuid.UUID, user: SystemUser,
+                         existing: dict[str, Any] | None) -> dict[str, Any]:
+        meta = m.get("MetaType") or 0
+        if meta not in (1, 2):
+            raise TaskError(f"MetaType 必须是 1 (程序集任务) 或 2 (HTTP任务)，收到 {meta}")
+        run_loop = bool(m.get("RunLoop"))
+        cron = (m.get("CronExpression") or "").strip() or None
+        if run_loop:
+            if not cron:
+                raise TaskError("循环执行的任务必须填写 cron 表达式 (CronExpression)")
+            try:
+                quartz.parse(cron)
+            except quartz.CronError as exc:
+                raise TaskError(f"cron表达式验证失败：{exc}") from None
+        start, end = m.get("StartDate"), m.get("EndDate")
+        if start and end and end < start:
+            raise TaskError("结束时间不能早于开始时间 (EndDate < StartDate)")
+        params_json = _params_json(m)
+        http = None
+        if meta == 2:
+            url = (m.get("HttpRequestUrl") or "").strip()
+            if not url.lower().startswith(("http://", "https://")):
+                raise TaskError("HTTP任务的请求地址 (HttpRequestUrl) 必须是 http:// 或 https:// 开头的绝对地址")
+            method = (m.get("HttpMethod") or "GET").strip().upper()
+            import re
+
+            if not re.match(HTTP_METHOD_RE, method):
+                raise TaskError(f"HttpMethod '{method}' 不是有效的HTTP方法")
+            ctype = (m.get("HttpContentType") or "").strip()
+            try:
+                parse_params(m.get("HttpHeaders"))
+                if ctype.lower() == "application/x-www-form-urlencoded":
+                    parse_params(m.get("HttpBody"))
+            except HttpTaskError as exc:
+                raise TaskError(f"HttpHeaders / HttpBody 格式错误：{exc}") from None
+            http = {"RequestUrl": url, "Method": method, "ContentType": ctype,
+                    "Headers": m.get("HttpHeaders"), "Body": m.get("HttpBody")}
+        else:
+            if not m.get("AssemblyName") or not m.get("ClassName"):
+                raise TaskError("程序集任务必须填写 AssemblyName 和 ClassName")
+        keepers = list(dict.fromkeys(m.get("Keepers") or []))
+        unknown = sorted(set(keepers) - self.store.user_ids())
+        if unknown:
+            raise TaskError(f"Keepers 中的用户不存在：{', '.join(map(str, unknown))}")
+        nexts = [str(n) for n in dict.fromkeys(m.get("Nexts") or [])]
+        await self.check_nexts(task_id, nexts)
+        executors = [e.strip() for e in dict.fromkeys(m.get("Executors") or []) if e and e.strip()]
+        for e in executors:
+            if len(e) > 100 or any(c in e for c in "/%"):
+                raise TaskError(f"节点名称无效：{e[:100]}")
+        base = existing or {}
+        return {
+            "Id": str(task_id), "Title": m["Title"], "MetaType": meta, "Remark": m.get("Remark"),
+            "RunLoop": run_loop, "CronExpression": cron,
+            "AssemblyName": m.get("AssemblyName") if meta == 1 else None,
+            "ClassName": m.get("ClassName") if meta == 1 else None,
+            "CustomParamsJson": params_json,
+            "StartDate": start.isoformat() if start else None,
+            "EndDate": end.isoformat() if end else None,
+            "CreateTime": base.get("CreateTime") or self.now_local().replace(microsecond=0).isoformat(),
+            "CreateUserId": base.get("CreateUserId", user.id),
+            "CreateUserName": base.get("CreateUserName", user.username),
+            "Keepers": keepers, "Nexts": nexts, "Executors": executors, "Http": http,
+            "TimeZone": self.tz, "StartedAt": None,
+        }
+
+    async def check_nexts(self, task_id: uuid.UUID, nexts: list[str]) -> None:
+        if not nexts:
+            return
+        records = {str(r.id): r for r in await dep.list_tasks(self.client)}
+        missing = [n for n in nexts if n not in records]
+        if missing:
+            raise TaskError(f"子任务不存在：{', '.join(missing)}")
+        graph = {tid: list(r.spec.get("Nexts") or []) for tid, r in records.items()}
+        graph[str(task_id)] = nexts
+        title = {tid: r.spec.get("Title") for tid, r in records.items()}
+        title.setdefault(str(task_id), "(本任务)")
+        path = _find_cycle(graph, str(task_id))
+        if path:
+            raise TaskError("子任务形成循环：" + " → ".join(title.get(p, p) for p in path))
+
+    # ---- actions ------------------------------------------------------------------
+    async def create(self, m: dict[str, Any], user: SystemUser):
+        task_id = uuid.uuid4()
+        spec = await self.build_spec(m, task_id, user, None)
+        try:
+            await dep.create_deployment_with_id(task_id, spec, self.work_pool, self.parameter_schema)
+        except Exception:
+            log.exception("create failed")
+            return R.failed("数据保存失败!")
+        if m.get("RunNow"):
+            started = await self.start(task_id)
+            ok = json.loads(started.body)["Success"]
+            return R.ok(f"任务创建成功！启动状态为：{'成功' if ok else '失败'}", str(task_id))
+        return R.ok("任务创建成功!", str(task_id))
+
+    async def edit(self, m: dict[str, Any], user: SystemUser):
+        task_id = m.get("Id")
+        rec = await dep.read_task(self.client, task_id) if task_id else None
+        if rec is None:
+            return R.failed("任务不存在!")
+        if rec.status != Status.Stop:
+            return R.failed("在停止状态下才能编辑任务信息!")
+        spec = await self.build_spec(m, task_id, user, rec.spec)
+        try:
+            await dep.write_task(self.client, task_id, spec, Status.Stop)
+            if spec["Title"] != rec.spec.get("Title"):
+                await dep.rename_deployment(task_id, spec["Title"])
+        except Exception:
+            log.exception("edit failed")
+            return R.failed("任务编辑失败!")
+        return R.ok("任务编辑成功!")
+
+    async def _set(self, rec: TaskRecord, spec: dict[str, Any], status: Status) -> bool:
+        try:
+            await dep.write_task(self.client, rec.id, spec, status)
+            return True
+        except Exception:
+            log.exception("status update failed")
+            return False
+
+    async def start(self, task_id: uuid.UUID):
+        rec = await dep.read_task(self.client, task_id)
+        if rec is None:
+            return R.failed("任务信息不能为空！")
+        if rec.status != Status.Stop:
+            return R.failed("任务在停止状态下才能启动！")
+        spec = dict(rec.spec)
+        end = plan.local_to_utc(spec.get("EndDate"), spec.get("TimeZone") or self.tz)
+        if end is not None and end < datetime.now(timezone.utc):
+            return R.failed("任务结束时间不能小于当前时间！")
+        if spec.get("MetaType") != 2:
+            log.error("task %s: plugin (MetaType 1) tasks cannot be started on this version", task_id)
+            return R.failed("任务启动失败!")
+        if spec.get("RunLoop"):
+            try:
+                quartz.parse(spec.get("CronExpression") or "")
+            except quartz.CronError as exc:
+                log.error("task %s: cron表达式验证失败 %s", task_id, exc)
+                return R.failed("任务启动失败!")
+        spec["StartedAt"] = self.now_local().isoformat()
+        if not await self._set(rec, spec, Status.Running):
+            return R.failed("更新任务状态失败!")
+        return R.ok("任务启动成功!")
+
+    async def pause(self, task_id: uuid.UUID):
+        rec = await dep.read_task(self.client, task_id)
+        if rec is None or rec.status != Status.Running:
+            return R.failed("当前任务状态下不能暂停!")
+        if not await self._set(rec, rec.spec, Status.Paused):
+            return R.failed("任务暂停失败!")
+        return R.ok("任务暂停成功!")
+
+    async def resume(self, task_id: uuid.UUID):
+        rec = await dep.read_task(self.client, task_id)
+        if rec is None or rec.status != Status.Paused:
+            return R.failed("当前任务状态下不能恢复运行!")
+        if not await self._set(rec, rec.spec, Status.Running):
+            return R.failed("任务恢复失败!")
+        return R.ok("任务恢复成功!")
+
+    async def stop(self, task_id: uuid.UUID):
+        rec = await dep.read_task(self.client, task_id)
+        if rec is None or rec.status not in (Status.Running, Status.Paused):
+            return R.failed("当前任务状态下不能停止!")
+        spec = dict(rec.spec, StartedAt=None)
+        if not await self._set(rec, spec, Status.Stop):
+            return R.failed("任务停止失败!")
+        return R.ok("任务已停止运行!")
+
+    async def run_once(self, task_id: uuid.UUID):
+        rec = await dep.read_task(self.client, task_id)
+        if rec is None or rec.status != Status.Running:
+            return R.failed("任务不在运行状态下!")
+        try:
+            queue = await self.pick_queue(rec.spec.get("Executors") or [])
+            await self.client.create_flow_run_from_deployment(
+                rec.id, parameters={"task": rec.spec}, work_queue_name=queue,
+                tags=["sm:run-once"])
+        except Exception:
+            log.exception("run once failed")
+            return R.failed("任务运行失败!")
+        return R.ok("任务运行成功!")
+
+    async def pick_queue(self, executors: list[str]) -> str:
+        """RunOnce goes to one node: any live one of the task's executors (else the first)."""
+        if not executors:
+            return dep.DEFAULT_QUEUE
+        try:
+            workers = await self.client.read_workers_for_work_pool(self.work_pool)
+            live = [w.name for w in workers if str(getattr(w.status, "value", w.status)).upper() == "ONLINE"]
+        except Exception:
+            live = []
+        choice = [e for e in executors if e in live] or executors[:1]
+        return dep.NODE_QUEUE_PREFIX + random.choice(choice)
+
+    async def delete(self, task_id: uuid.UUID):
+        rec = await dep.read_task(self.client, task_id)
+        if rec is None or rec.status != Status.Stop:
+            return R.failed("当前任务状态下不能删除!")
+        try:
+            # The original also dropped references in both directions.
+            for other in await dep.list_tasks(self.client):
+                if str(task_id) in (other.spec.get("Nexts") or []):
+                    spec = dict(other.spec, Nexts=[n for n in other.spec["Nexts"] if n != str(task_id)])
+                    await dep.write_task(self.client, other.id, spec, other.status)
+            await self.client.delete_deployment(task_id)
+        except Exception:
+            log.exception("delete failed")
+            return R.failed("任务删除失败!")
+        return R.ok("任务已删除!")
+
+    async def query_list(self, name: str | None, page: int, size: int):
+        page = max(page, 1)
+        size = size if size >= 1 else 10
+        size = min(size, 1000)
+        records = await dep.list_tasks(self.client)
+        if name:
+            records = [r for r in records if name in (r.spec.get("Title") or "")]
+        rows = [await self.list_row(r) for r in records[(page - 1) * size: page * size]]
+        return R.json_response({"total": len(records), "rows": rows})
+
+    async def query_detail(self, task_id: uuid.UUID | None):
+        rec = await dep.read_task(self.client, task_id) if task_id else None
+        return R.ok("请求数据成功", await self.entity(rec) if rec else None)
+
+
+def _d(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _params_json(m: dict[str, Any]) -> str:
+    """CustomParamsJson, or the Params[i] list serialized the way the setter did."""
+    params = m.get("Params")
+    if params:
+        return json.dumps([{"ParamKey": p["ParamKey"], "ParamValue": p["ParamValue"],
+                            "ParamRemark": p["ParamRemark"]} for p in params], ensure_ascii=False)
+    text = m.get("CustomParamsJson")
+    if text is None or not text.strip():
+        return "[]"
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise TaskError("CustomParamsJson 必须是 JSON 数组：[{\"ParamKey\":...,\"ParamValue\":...,\"ParamRemark\":...}]") from None
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise TaskError("CustomParamsJson 必须是 JSON 数组：[{\"ParamKey\":...,\"ParamValue\":...,\"ParamRemark\":...}]")
+    return text
+
+
+def _find_cycle(graph: dict[str, list[str]], start: str) -> list[str] | None:
+    """A path start -> ... -> start through Nexts, if one exists."""
+    stack = [(start, [start])]
+    seen: set[str] = set()
+    while stack:
+        node, path = stack.pop()
+        for child in graph.get(node, []):
+            if child == start:
+                return path + [start]
+            if child not in seen:
+                seen.add(child)
+                stack.append((child, path + [child]))
+    return None

@@ -1,0 +1,129 @@
+"""The master process: Prefect's server (API, UI, scheduler services) and the legacy API,
+served side by side from one event loop.
+
+They share a process because the legacy API must create deployments with ids it did not
+mint (imported tasks keep their GUIDs) and only code inside the Prefect server process can
+do that, through ``prefect.server.models``. Everything else goes through Prefect's client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from schedulemaster.settings import Settings
+
+log = logging.getLogger("schedulemaster.master")
+
+
+class _Server:
+    """A uvicorn server whose signals the master handles (two servers share one loop)."""
+
+    def __init__(self, app, host: str, port: int):
+        import uvicorn
+
+        class Quiet(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):
+                yield
+
+        self.server = Quiet(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           lifespan="on", timeout_graceful_shutdown=5))
+
+    async def serve(self) -> None:
+        await self.server.serve()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+
+
+async def ensure_infrastructure(client, settings: Settings) -> None:
+    """The work pool the executor nodes poll, and the settings Variable nodes read."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    from schedulemaster.deployments.worker import NodeWorker
+
+    try:
+        await client.create_work_pool(WorkPoolCreate(
+            name=settings.work_pool, type=NodeWorker.type,
+            base_job_template=NodeWorker.get_default_base_job_template(),
+            description="ScheduleMaster executor nodes"))
+    except ObjectAlreadyExists:
+        pass
+
+
+async def mirror_settings(client, store) -> None:
+    """Nodes cannot reach the store; the settings they need travel as a Prefect Variable."""
+    from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+
+    from schedulemaster.flows.task_flow import SETTINGS_VARIABLE
+
+    value = {k: v for k, v in store.configs().items() if not k.endswith("Pwd")}
+    existing = await client.read_variable_by_name(SETTINGS_VARIABLE)
+    if existing is None:
+        await client.create_variable(VariableCreate(name=SETTINGS_VARIABLE, value=value,
+                                                    tags=["schedulemaster"]))
+    else:
+        await client.update_variable(VariableUpdate(name=SETTINGS_VARIABLE, value=value))
+
+
+async def wait_for_prefect(client, timeout: float = 120.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        exc = await client.api_healthcheck()
+        if exc is None:
+            return
+        if loop.time() > deadline:
+            raise RuntimeError(f"the Prefect API did not come up: {exc}")
+        await asyncio.sleep(0.2)
+
+
+async def serve_master(settings: Settings) -> None:
+    settings.apply_prefect_env()
+    from prefect.client.orchestration import get_client
+    from prefect.server.api.server import create_app as create_prefect_app
+    from prefect.utilities.callables import parameter_schema
+
+    from schedulemaster.flows.task_flow import run_task
+    from schedulemaster.ms_compat.app import create_app as create_legacy_app
+    from schedulemaster.ms_compat.store import Store
+    from schedulemaster.ms_compat.task_api import TaskService
+
+    store = Store(settings.store_url)
+    store.init()
+    client = get_client()
+
+    async def make_service() -> TaskService:
+        await client.__aenter__()
+        await wait_for_prefect(client)
+        await ensure_infrastructure(client, settings)
+        await mirror_settings(client, store)
+        schema = parameter_schema(run_task).model_dump_for_openapi()
+        return TaskService(store, client, settings.timezone, settings.work_pool, schema)
+
+    async def close() -> None:
+        await client.__aexit__(None, None, None)
+
+    prefect_app = create_prefect_app(final=True)
+    legacy_app = create_legacy_app(store, make_service, close)
+    servers = [_Server(prefect_app, settings.prefect_host, settings.prefect_port),
+               _Server(legacy_app, settings.api_host, settings.api_port)]
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: [s.stop() for s in servers])
+    # The legacy API's lifespan waits for Prefect's; start Prefect first.
+    tasks = [asyncio.create_task(servers[0].serve())]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(servers[1].serve()))
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for s in servers:
+        s.stop()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for t in done:
+        if t.exception():
+            raise t.exception()

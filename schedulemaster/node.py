@@ -1,0 +1,58 @@
+"""An executor node process: a Prefect worker of the project's type plus the firing loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from schedulemaster.settings import Settings
+
+log = logging.getLogger("schedulemaster.node")
+
+
+async def serve_node(settings: Settings, name: str, priority: int, max_concurrency: int) -> int:
+    """Run until SIGTERM/SIGINT; the exit code is 1 when a part of the node failed."""
+    settings.apply_prefect_env()
+    from prefect.client.orchestration import get_client
+
+    from schedulemaster.deployments.firing import FiringLoop
+    from schedulemaster.deployments.tasks import DEFAULT_QUEUE, NODE_QUEUE_PREFIX
+    from schedulemaster.deployments.worker import NodeWorker
+    from schedulemaster.master import wait_for_prefect
+
+    async with get_client() as client:
+        await wait_for_prefect(client, timeout=300)
+        own_queue = NODE_QUEUE_PREFIX + name
+        try:
+            await client.create_work_queue(name=own_queue, work_pool_name=settings.work_pool,
+                                           description=f"runs pinned to node {name}")
+        except Exception:
+            pass  # already there
+        worker = NodeWorker(work_pool_name=settings.work_pool, work_queues=[DEFAULT_QUEUE, own_queue],
+                            name=name, limit=max_concurrency, create_pool_if_not_found=True,
+                            base_job_template=NodeWorker.get_default_base_job_template())
+        firing = FiringLoop(client, name, settings.work_pool, max_concurrency)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        tasks = [asyncio.create_task(worker.start(printer=log.info), name="worker"),
+                 asyncio.create_task(firing.run(), name="firing")]
+        log.info("node %s started (priority %d, max concurrency %d)", name, priority, max_concurrency)
+        stopper = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        failed = 0
+        for t in done:
+            if t is not stopper and t.exception():
+                failed = 1
+                log.error("node part %s failed", t.get_name(), exc_info=t.exception())
+        # Stop taking new firings; let the ones in flight finish and be recorded.
+        tasks[1].cancel()
+        await asyncio.gather(tasks[1], return_exceptions=True)
+        await firing.close()
+        tasks[0].cancel()
+        await asyncio.gather(tasks[0], return_exceptions=True)
+        stopper.cancel()
+        log.info("node %s stopped: %d fired, %d recorded", name, firing.fired, firing.recorder.recorded)
+        return failed

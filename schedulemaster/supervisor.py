@@ -1,0 +1,128 @@
+"""`schedulemaster up`: the whole system as one supervised group of child processes.
+
+Children: the master (Prefect server + UI + legacy API) and one executor node. A child
+that dies is restarted; Ctrl-C or SIGTERM stops them all; and each child gets SIGTERM
+from the kernel if the supervisor itself is killed (PR_SET_PDEATHSIG), so none is orphaned.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from schedulemaster.settings import Settings
+
+PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:  # runs in the child between fork and exec
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # prefect-notes §9.4: workers ignore TERM otherwise
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "schedulemaster.cli", *self.args],
+                                     stdout=out, stderr=subprocess.STDOUT, env=self.env,
+                                     preexec_fn=_child_setup)
+        out.close()
+        self.started_at = time.monotonic()
+
+
+def wait_ready(settings: Settings, timeout: float = 180.0) -> bool:
+    """Both doors answer: Prefect's API and the legacy API's health check."""
+    deadline = time.monotonic() + timeout
+    urls = [f"http://127.0.0.1:{settings.prefect_port}/api/health",
+            f"http://127.0.0.1:{settings.api_port}/api/health"]
+    while time.monotonic() < deadline:
+        try:
+            if all(httpx.get(u, timeout=2).status_code == 200 for u in urls):
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    return False
+
+
+def run_up(settings: Settings, node_name: str = "worker1", maxc: int = 20, echo=print) -> int:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    logs = settings.data_dir.resolve() / "logs"
+    children = [
+        Child("master", ["master"], logs / "master.log", env=env),
+        Child(node_name, ["node", "--name", node_name, "--priority", "1", "--maxc", str(maxc)],
+              logs / f"node-{node_name}.log", env=env),
+    ]
+    stopping = False
+
+    def on_signal(signum, _frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    t0 = time.monotonic()
+    for c in children:
+        c.start()
+    if wait_ready(settings):
+        host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "") else settings.api_host
+        echo(f"ScheduleMaster is up in {time.monotonic() - t0:.1f} s  (data: {settings.data_dir.resolve()})")
+        echo(f"  Prefect UI     http://127.0.0.1:{settings.prefect_port}/")
+        echo(f"  legacy API     http://{host}:{settings.api_port}/api/Task/QueryList?pageNumber=1&pageSize=10")
+        echo("  default login  admin / 111111   (ms_auth_user: admin, ms_auth_secret: 811a5cb95196217ed3fda54cf73b9244)")
+        echo(f"  executor node  {node_name}   time zone {settings.timezone}")
+        echo(f"  logs           {logs}/")
+        echo("Ctrl-C stops everything.")
+    elif not stopping:
+        echo(f"the system did not become ready; see {logs}/master.log")
+    try:
+        while not stopping:
+            for c in children:
+                if c.proc is not None and c.proc.poll() is not None and not stopping:
+                    code = c.proc.returncode
+                    backoff = min(30.0, 2 ** min(c.restarts, 5))
+                    echo(f"{c.name} exited with code {code}; restarting in {backoff:.0f} s (log: {c.log_path})")
+                    time.sleep(backoff)
+                    c.restarts += 1
+                    if not stopping:
+                        c.start()
+            time.sleep(0.2)
+    finally:
+        echo("stopping...")
+        # Node first, so its firings in flight are recorded while the master still listens.
+        for c in reversed(children):
+            _stop(c)
+    return 0
+
+
+def _stop(c: Child, grace: float = 20.0) -> None:
+    if c.proc is None or c.proc.poll() is not None:
+        return
+    c.proc.terminate()
+    try:
+        c.proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        c.proc.kill()
+        c.proc.wait()
