@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import uuid
 from datetime import datetime, timezone
 from typing import Any
@@ -128,8 +129,6 @@ class TaskService:
             if not url.lower().startswith(("http://", "https://")):
                 raise TaskError("HTTP任务的请求地址 (HttpRequestUrl) 必须是 http:// 或 https:// 开头的绝对地址")
             method = (m.get("HttpMethod") or "GET").strip().upper()
-            import re
-
             if not re.match(HTTP_METHOD_RE, method):
                 raise TaskError(f"HttpMethod '{method}' 不是有效的HTTP方法")
             ctype = (m.get("HttpContentType") or "").strip()
@@ -144,10 +143,9 @@ class TaskService:
         else:
             if not m.get("AssemblyName") or not m.get("ClassName"):
                 raise TaskError("程序集任务必须填写 AssemblyName 和 ClassName")
+        # Unknown keeper ids are kept, as the original did (its own API example sends 1 and 2
+        # on a fresh install): a keeper that is not a user with an email gets no mail.
         keepers = list(dict.fromkeys(m.get("Keepers") or []))
-        unknown = sorted(set(keepers) - self.store.user_ids())
-        if unknown:
-            raise TaskError(f"Keepers 中的用户不存在：{', '.join(map(str, unknown))}")
         nexts = [str(n) for n in dict.fromkeys(m.get("Nexts") or [])]
         await self.check_nexts(task_id, nexts)
         executors = [e.strip() for e in dict.fromkeys(m.get("Executors") or []) if e and e.strip()]

@@ -1,0 +1,231 @@
+"""Real parts for the tests: the whole system started as a user would, and an HTTP receiver."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+
+ADMIN_SECRET = "811a5cb95196217ed3fda54cf73b9244"
+AUTH = {"ms_auth_user": "admin", "ms_auth_secret": ADMIN_SECRET}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def dotnet_form(pairs: list[tuple[str, str]]) -> bytes:
+    """Exactly what .NET's FormUrlEncodedContent sends (Uri.EscapeDataString, %20 -> +)."""
+    return "&".join(f"{quote(k, safe='-._~').replace('%20', '+')}={quote(v, safe='-._~').replace('%20', '+')}"
+                    for k, v in pairs).encode("ascii")
+
+
+@dataclass
+class System:
+    """`schedulemaster up` in a subprocess, on free ports and a temporary data dir."""
+
+    data_dir: Path
+    api_port: int = field(default_factory=free_port)
+    prefect_port: int = field(default_factory=free_port)
+    timezone: str = "Asia/Shanghai"
+    proc: subprocess.Popen | None = None
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def prefect(self) -> str:
+        return f"http://127.0.0.1:{self.prefect_port}/api"
+
+    def start(self, timeout: float = 240) -> "System":
+        cmd = [sys.executable, "-m", "schedulemaster.cli", "up", "--data-dir", str(self.data_dir),
+               "--api-port", str(self.api_port), "--prefect-port", str(self.prefect_port),
+               "--timezone", self.timezone]
+        self.output = []
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        threading.Thread(target=self._drain, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any("ScheduleMaster is up" in line for line in self.output):
+                self.wait_node()
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError("up exited early:\n" + "".join(self.output))
+            time.sleep(0.2)
+        raise RuntimeError("up did not become ready:\n" + "".join(self.output) + self.logs())
+
+    def _drain(self) -> None:
+        assert self.proc and self.proc.stdout
+        for line in self.proc.stdout:
+            self.output.append(line)
+
+    def wait_node(self, name: str = "worker1", timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = httpx.post(f"{self.prefect}/work_pools/schedulemaster/workers/filter", json={}, timeout=10)
+            if r.status_code == 200 and any(w["name"] == name and w["status"] == "ONLINE" for w in r.json()):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"node {name} never came online\n{self.logs()}")
+
+    def logs(self) -> str:
+        out = []
+        for p in sorted((self.data_dir / "logs").glob("*.log")):
+            out.append(f"--- {p.name}\n" + p.read_text(errors="replace")[-4000:])
+        return "\n".join(out)
+
+    def child_pids(self) -> list[int]:
+        assert self.proc
+        r = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(x) for x in r.stdout.split()]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        assert self.proc
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    # ---- legacy API calls --------------------------------------------------------
+    def post(self, action: str, data=None, headers=None, **kw) -> httpx.Response:
+        h = dict(AUTH) if headers is None else headers
+        return httpx.post(f"{self.api}/api/Task/{action}", data=data, headers=h, timeout=30, **kw)
+
+    def get(self, action: str, params=None, headers=None) -> httpx.Response:
+        h = dict(AUTH) if headers is None else headers
+        return httpx.get(f"{self.api}/api/Task/{action}", params=params, headers=h, timeout=30)
+
+    def create_http(self, url: str, cron: str = "0/2 * * * * ?", **fields) -> str:
+        data = {"Title": fields.pop("Title", "http task"), "MetaType": "2", "RunLoop": "true",
+                "CronExpression": cron, "HttpRequestUrl": url, "HttpMethod": "POST",
+                "HttpContentType": "application/json", "HttpBody": '{"k":"v"}', **fields}
+        body = self.post("Create", data=data).json()
+        assert body["Success"], body
+        return body["Data"]
+
+    def detail(self, task_id: str) -> dict | None:
+        return self.get("QueryTaskDetail", {"id": task_id}).json()["Data"]
+
+    def flow_runs(self, task_id: str, limit: int = 200) -> list[dict]:
+        r = httpx.post(f"{self.prefect}/flow_runs/filter", timeout=30, json={
+            "deployments": {"id": {"any_": [task_id]}}, "limit": limit, "sort": "EXPECTED_START_TIME_DESC"})
+        r.raise_for_status()
+        return r.json()
+
+    def run_logs(self, run_id: str) -> list[str]:
+        r = httpx.post(f"{self.prefect}/logs/filter", timeout=30,
+                       json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+        r.raise_for_status()
+        return [x["message"] for x in r.json()]
+
+
+@dataclass
+class Hit:
+    at: float
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Receiver:
+    """A real HTTP server on 127.0.0.1 that records what arrives; answers are per path."""
+
+    def __init__(self):
+        self.hits: list[Hit] = []
+        self.answers: dict[str, tuple[int, str, str | None, float]] = {}
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def handle_any(self):
+                n = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(n) if n else b""
+                path = self.path.split("?")[0]
+                with outer.lock:
+                    outer.hits.append(Hit(time.time(), self.command, self.path,
+                                          {k.lower(): v for k, v in self.headers.items()}, body))
+                status, text, ctype, delay = outer.answers.get(path, (200, "success", "text/plain", 0.0))
+                if delay:
+                    time.sleep(delay)
+                data = text.encode()
+                try:
+                    self.send_response(status)
+                    if ctype:
+                        self.send_header("content-type", ctype)
+                    self.send_header("content-length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = handle_any
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def on(self, path: str, status: int = 200, text: str = "success", ctype: str | None = "text/plain",
+           delay: float = 0.0) -> None:
+        self.answers[path] = (status, text, ctype, delay)
+
+    def at(self, path: str) -> list[Hit]:
+        with self.lock:
+            return [h for h in self.hits if h.path.split("?")[0] == path]
+
+    def wait_for(self, path: str, count: int, timeout: float = 30) -> list[Hit]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            hits = self.at(path)
+            if len(hits) >= count:
+                return hits
+            time.sleep(0.1)
+        raise AssertionError(f"{path}: {len(self.at(path))} of {count} requests arrived in {timeout} s")
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def wait_until(fn, timeout: float = 30, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met in {timeout} s (last: {json.dumps(last, default=str)[:300]})")
