@@ -11,6 +11,25 @@ from schedulemaster.settings import Settings
 log = logging.getLogger("schedulemaster.node")
 
 
+async def ensure_queues(client, settings: Settings, queues: list[str]) -> None:
+    """The pool and the queues this node polls; a missing queue makes the worker poll nothing."""
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    from schedulemaster.master import ensure_infrastructure
+
+    await ensure_infrastructure(client, settings)
+    existing = {q.name for q in await client.read_work_queues(work_pool_name=settings.work_pool)}
+    for queue in queues:
+        if queue in existing:
+            continue
+        try:
+            await client.create_work_queue(name=queue, work_pool_name=settings.work_pool)
+        except ObjectAlreadyExists:
+            pass
+        except ObjectNotFound as exc:
+            raise RuntimeError(f"work pool {settings.work_pool} vanished while creating queue {queue}") from exc
+
+
 async def serve_node(settings: Settings, name: str, priority: int, max_concurrency: int) -> int:
     """Run until SIGTERM/SIGINT; the exit code is 1 when a part of the node failed."""
     settings.apply_prefect_env()
@@ -24,11 +43,7 @@ async def serve_node(settings: Settings, name: str, priority: int, max_concurren
     async with get_client() as client:
         await wait_for_prefect(client, timeout=300)
         own_queue = NODE_QUEUE_PREFIX + name
-        try:
-            await client.create_work_queue(name=own_queue, work_pool_name=settings.work_pool,
-                                           description=f"runs pinned to node {name}")
-        except Exception:
-            pass  # already there
+        await ensure_queues(client, settings, [DEFAULT_QUEUE, own_queue])
         worker = NodeWorker(work_pool_name=settings.work_pool, work_queues=[DEFAULT_QUEUE, own_queue],
                             name=name, limit=max_concurrency, create_pool_if_not_found=True,
                             base_job_template=NodeWorker.get_default_base_job_template())

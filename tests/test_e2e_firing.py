@@ -1,0 +1,150 @@
+"""HTTP tasks firing for real: server, node and receiver are real processes and sockets."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+
+import httpx
+import pytest
+
+from helpers import wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def recorded(system, task_id, count):
+    """Wait until Prefect holds `count` firing runs of the task."""
+    return wait_until(lambda: (lambda runs: runs if len(runs) >= count else None)(
+        [r for r in system.flow_runs(task_id) if "fire" in r["parameters"]]), timeout=40)
+
+
+def test_http_task_fires_on_its_cron_and_pause_resume_stop_work(system, receiver):
+    headers = json.dumps([{"ParamKey": "x-token", "ParamValue": "abc", "ParamRemark": "r"}])
+    tid = system.create_http(receiver.url("/cron"), cron="0/2 * * * * ?", Title="every two seconds",
+                             HttpHeaders=headers, HttpBody='{"order":\r\n 42}', RunNow="true")
+    hits = receiver.wait_for("/cron", 3, timeout=30)
+    for h in hits:
+        assert h.method == "POST" and h.body == b'{"order": 42}'
+        assert h.headers["content-type"] == "application/json; charset=utf-8"
+        assert h.headers["x-token"] == "abc" and h.headers["idempotency-key"]
+    assert len({h.headers["idempotency-key"] for h in hits}) == len(hits)
+
+    runs = recorded(system, tid, 3)
+    by_key = {r["idempotency_key"]: r for r in runs}
+    for h in hits[:3]:
+        run = by_key.get(h.headers["idempotency-key"])
+        if run is None:  # the most recent firing may not be recorded yet
+            continue
+        assert run["state_type"] == "COMPLETED"
+        fire = run["parameters"]["fire"]
+        scheduled = datetime.fromisoformat(fire["scheduled"])
+        assert scheduled.second % 2 == 0 and scheduled.microsecond == 0  # a Quartz instant
+        assert fire["node"] == "worker1" and fire["status_code"] == 200
+        logs = system.run_logs(run["id"])
+        assert any(m.startswith("即将请求：") for m in logs)
+        assert any(m.startswith("请求结束，响应码：200") for m in logs)
+        assert any(m.startswith("任务[every two seconds]运行成功！") for m in logs)
+
+    d = system.detail(tid)
+    assert d["TotalRunCount"] >= 3 and d["LastRunTime"] is not None and d["Status"] == 1
+
+    assert system.post("Pause", data={"id": tid}).json()["Success"]
+    time.sleep(1.5)  # a firing already in flight may still land
+    paused_at = len(receiver.at("/cron"))
+    time.sleep(4)
+    assert len(receiver.at("/cron")) == paused_at
+
+    assert system.post("Resume", data={"id": tid}).json()["Success"]
+    receiver.wait_for("/cron", paused_at + 2, timeout=20)
+
+    assert system.post("Stop", data={"id": tid}).json()["Success"]
+    time.sleep(1.5)
+    stopped_at = len(receiver.at("/cron"))
+    time.sleep(4)
+    assert len(receiver.at("/cron")) == stopped_at
+
+
+def test_run_once_goes_through_a_real_prefect_worker_run(system, receiver):
+    tid = system.create_http(receiver.url("/once"), cron="0 0 3 * * ?", Title="run once", RunNow="true")
+    assert system.post("RunOnce", data={"id": tid}).json() == {
+        "Success": True, "Status": 1, "Message": "任务运行成功!", "Data": None}
+    hit = receiver.wait_for("/once", 1, timeout=30)[0]
+    run = wait_until(lambda: next((r for r in system.flow_runs(tid)
+                                   if r["id"] == hit.headers["idempotency-key"]
+                                   and r["state_type"] == "COMPLETED"), None), timeout=30)
+    assert "sm:run-once" in run["tags"]
+    # the engine ships its log lines in the background: wait for them
+    wait_until(lambda: any(m.startswith("任务[run once]运行成功！") for m in system.run_logs(run["id"])))
+    system.post("Stop", data={"id": tid})
+
+
+def test_form_get_task_sends_query_string_and_body(system, receiver):
+    body = json.dumps([{"ParamKey": "a", "ParamValue": "1 2"}, {"ParamKey": "b", "ParamValue": "中"}])
+    tid = system.create_http(receiver.url("/form"), cron="0/2 * * * * ?", Title="form get", HttpMethod="GET",
+                             HttpContentType="application/x-www-form-urlencoded", HttpBody=body, RunNow="true")
+    hit = receiver.wait_for("/form", 1)[0]
+    assert hit.method == "GET" and hit.path == "/form?a=1+2&b=%E4%B8%AD"
+    assert hit.body == b"a=1+2&b=%E4%B8%AD"
+    assert hit.headers["content-type"] == "application/x-www-form-urlencoded; charset=utf-8"
+    system.post("Stop", data={"id": tid})
+
+
+def test_non_2xx_counts_as_success_and_timeouts_fail(system, receiver):
+    receiver.on("/err", status=500, text="boom")
+    receiver.on("/slow", delay=3.0)
+    err = system.create_http(receiver.url("/err"), cron="0/2 * * * * ?", Title="500s", RunNow="true")
+    slow = system.create_http(receiver.url("/slow"), cron="0/2 * * * * ?", Title="slow", RunNow="true",
+                              HttpHeaders='[{"ParamKey":"sm-timeout","ParamValue":"1"}]')
+    receiver.wait_for("/err", 1)
+    receiver.wait_for("/slow", 1)
+    err_run = recorded(system, err, 1)[0]
+    assert err_run["state_type"] == "COMPLETED"  # the original's rule, kept by default
+    assert any("响应码：500" in m for m in system.run_logs(err_run["id"]))
+    slow_run = recorded(system, slow, 1)[0]
+    assert slow_run["state_type"] == "FAILED"
+    assert "timed out after 1 s" in slow_run["state"]["message"]
+    assert any(m.startswith('任务"slow"运行失败！，ERROR：timed out') for m in system.run_logs(slow_run["id"]))
+    system.post("Stop", data={"id": err})
+    system.post("Stop", data={"id": slow})
+
+
+def test_one_shot_task_fires_once_at_its_start_date(system, receiver):
+    at = datetime.fromtimestamp(time.time() + 6).replace(microsecond=0)
+    tid = system.create_http(receiver.url("/oneshot"), cron="", RunLoop="false", Title="one shot",
+                             StartDate=_local(system, at), RunNow="true")
+    hit = receiver.wait_for("/oneshot", 1, timeout=30)[0]
+    assert hit.at >= at.timestamp() - 0.5
+    time.sleep(4)
+    assert len(receiver.at("/oneshot")) == 1
+    system.post("Stop", data={"id": tid})
+
+
+def _local(system, at: datetime) -> str:
+    """A naive local time of this machine, written in the system's zone (how clients send it)."""
+    from zoneinfo import ZoneInfo
+
+    return at.astimezone().astimezone(ZoneInfo(system.timezone)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def test_prefect_scheduler_creates_runs_for_a_cron_deployment(system):
+    """Guards the pins: with sqlalchemy 2.1 the scheduler silently creates no runs."""
+    api = system.prefect
+    flow_id = httpx.post(f"{api}/flows/", json={"name": "pins-check"}).json()["id"]
+    dep = httpx.post(f"{api}/deployments/", json={
+        "name": "pins-check", "flow_id": flow_id,  # no work pool: nobody runs these
+        "schedules": [{"schedule": {"cron": "* * * * *", "timezone": "UTC"}, "active": True}],
+    })
+    assert dep.status_code in (200, 201), dep.text
+    dep_id = dep.json()["id"]
+
+    def scheduled():
+        r = httpx.post(f"{api}/flow_runs/filter", json={
+            "deployments": {"id": {"any_": [dep_id]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+        return len(r.json()) >= 3
+
+    try:
+        wait_until(scheduled, timeout=90, interval=1)
+    finally:
+        httpx.delete(f"{api}/deployments/{dep_id}")
