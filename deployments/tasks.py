@@ -86,76 +86,127 @@ def clean_name(title: str) -> str:
     return name or "task"
 
 
-# ---- in-process writes (the master process hosts the Prefect server) ----------------
+# ---- in-process access (the legacy API runs inside the Prefect server process) ----------
 
-async def _unique_name(session, db, flow_id: uuid.UUID, title: str, task_id: uuid.UUID) -> str:
-    import sqlalchemy as sa
+class TaskRepository:
+    """Task reads and writes inside the master process, through ``prefect.server.models``.
 
-    name = clean_name(title)
-    row = (await session.execute(
-        sa.select(db.Deployment.id).where(db.Deployment.flow_id == flow_id, db.Deployment.name == name)
-    )).scalar_one_or_none()
-    if row is None or row == task_id:
-        return name
-    return f"{name} ({str(task_id)[:8]})"
+    Two reasons not to use Prefect's HTTP API here: it cannot create a deployment with a
+    chosen id, and on SQLite its write endpoints open DEFERRED transactions that fail with
+    SQLITE_BUSY_SNAPSHOT under concurrent writers, which the server answers with a 503 and
+    the client retries after 2, 4, 8... seconds (a Create took over 60 s in the benchmark).
+    Here every write takes the write lock up front (BEGIN IMMEDIATE) and waits for it.
+    """
+
+    def __init__(self):
+        from prefect.server.database import provide_database_interface
+
+        self.db = provide_database_interface()
+
+    def _write(self):
+        return self.db.session_context(begin_transaction=True, with_for_update=True)
+
+    def _read(self):
+        return self.db.session_context()
+
+    async def create(self, task_id: uuid.UUID, spec: dict[str, Any], work_pool: str,
+                     parameter_schema: dict[str, Any]) -> None:
+        """Create the deployment of a new task, keeping the id the caller chose."""
+        from prefect.server import models, schemas
+        from prefect.server.api.workers import WorkerLookups
+
+        async with self._write() as session:
+            flow = await models.flows.create_flow(session=session, flow=schemas.core.Flow(name=FLOW_NAME))
+            queue_id = await WorkerLookups()._get_work_queue_id_from_name(
+                session=session, work_pool_name=work_pool, work_queue_name=DEFAULT_QUEUE,
+                create_queue_if_not_found=True)
+            if await models.deployments.read_deployment(session=session, deployment_id=task_id):
+                raise ValueError(f"a task with id {task_id} already exists")
+            name = await self._unique_name(session, flow.id, spec["Title"], task_id)
+            dep = schemas.core.Deployment(
+                id=task_id, name=name, flow_id=flow.id, paused=True,
+                parameters={"task": spec}, tags=tags_for(spec, Status.Stop),
+                description=description_for(spec), entrypoint=ENTRYPOINT,
+                work_queue_name=DEFAULT_QUEUE, work_queue_id=queue_id,
+                parameter_openapi_schema=parameter_schema, enforce_parameter_schema=False,
+            )
+            await models.deployments.create_deployment(session=session, deployment=dep)
+
+    async def _unique_name(self, session, flow_id: uuid.UUID, title: str, task_id: uuid.UUID) -> str:
+        """Deployments are upserted by (flow, name): a clash would overwrite another task."""
+        import sqlalchemy as sa
+
+        name = clean_name(title)
+        row = (await session.execute(sa.select(self.db.Deployment.id).where(
+            self.db.Deployment.flow_id == flow_id, self.db.Deployment.name == name))).scalar_one_or_none()
+        if row is None or row == task_id:
+            return name
+        return f"{name} ({str(task_id)[:8]})"
+
+    async def read(self, task_id: uuid.UUID) -> TaskRecord | None:
+        from prefect.server import models
+
+        async with self._read() as session:
+            dep = await models.deployments.read_deployment(session=session, deployment_id=task_id)
+            return record_of(dep) if dep is not None else None
+
+    async def list(self) -> list[TaskRecord]:
+        """Every task, newest first."""
+        from prefect.server import models, schemas
+
+        flt = schemas.filters.DeploymentFilter(tags=schemas.filters.DeploymentFilterTags(all_=[TAG]))
+        async with self._read() as session:
+            deps = await models.deployments.read_deployments(
+                session=session, deployment_filter=flt, sort=schemas.sorting.DeploymentSort.CREATED_DESC)
+            return [r for r in (record_of(d) for d in deps) if r is not None]
+
+    async def write(self, task_id: uuid.UUID, spec: dict[str, Any], status: Status,
+                    rename: bool = False) -> None:
+        import sqlalchemy as sa
+        from prefect.server import models, schemas
+
+        async with self._write() as session:
+            ok = await models.deployments.update_deployment(
+                session=session, deployment_id=task_id, deployment=schemas.actions.DeploymentUpdate(
+                    parameters={"task": spec}, tags=tags_for(spec, status),
+                    paused=status != Status.Running, description=description_for(spec)))
+            if not ok:
+                raise LookupError(f"task {task_id} not found")
+            if rename:  # Prefect's API cannot rename a deployment; the title is its name
+                flow_id = (await session.execute(sa.select(self.db.Deployment.flow_id).where(
+                    self.db.Deployment.id == task_id))).scalar_one()
+                name = await self._unique_name(session, flow_id, spec["Title"], task_id)
+                await session.execute(sa.update(self.db.Deployment).where(
+                    self.db.Deployment.id == task_id).values(name=name))
+
+    async def delete(self, task_id: uuid.UUID) -> bool:
+        from prefect.server import models
+
+        async with self._write() as session:
+            return await models.deployments.delete_deployment(session=session, deployment_id=task_id)
+
+    async def run_stats(self, task_id: uuid.UUID) -> tuple[int, datetime | None]:
+        """(TotalRunCount, LastRunTime): successful runs, from Prefect's own run records."""
+        from prefect.server import models, schemas
+
+        f = schemas.filters
+        dflt = f.DeploymentFilter(id=f.DeploymentFilterId(any_=[task_id]))
+        fflt = f.FlowRunFilter(state=f.FlowRunFilterState(type=f.FlowRunFilterStateType(any_=["COMPLETED"])))
+        async with self._read() as session:
+            count = await models.flow_runs.count_flow_runs(session=session, deployment_filter=dflt,
+                                                           flow_run_filter=fflt)
+            if not count:
+                return 0, None
+            runs = await models.flow_runs.read_flow_runs(
+                session=session, deployment_filter=dflt, flow_run_filter=fflt,
+                sort=schemas.sorting.FlowRunSort.END_TIME_DESC, limit=1)
+            return count, (runs[0].end_time if runs else None)
 
 
-async def create_deployment_with_id(task_id: uuid.UUID, spec: dict[str, Any], work_pool: str,
-                                    parameter_schema: dict[str, Any]) -> None:
-    """Create the deployment of a new task, keeping the id the caller chose."""
-    from prefect.server import models, schemas
-    from prefect.server.api.workers import WorkerLookups
-    from prefect.server.database import provide_database_interface
-
-    db = provide_database_interface()
-    async with db.session_context(begin_transaction=True) as session:
-        flow = await models.flows.create_flow(session=session, flow=schemas.core.Flow(name=FLOW_NAME))
-        queue_id = await WorkerLookups()._get_work_queue_id_from_name(
-            session=session, work_pool_name=work_pool, work_queue_name=DEFAULT_QUEUE,
-            create_queue_if_not_found=True)
-        exists = (await models.deployments.read_deployment(session=session, deployment_id=task_id))
-        if exists is not None:
-            raise ValueError(f"a task with id {task_id} already exists")
-        name = await _unique_name(session, db, flow.id, spec["Title"], task_id)
-        dep = schemas.core.Deployment(
-            id=task_id, name=name, flow_id=flow.id, paused=True,
-            parameters={"task": spec}, tags=tags_for(spec, Status.Stop),
-            description=description_for(spec), entrypoint=ENTRYPOINT,
-            work_queue_name=DEFAULT_QUEUE, work_queue_id=queue_id,
-            parameter_openapi_schema=parameter_schema, enforce_parameter_schema=False,
-        )
-        await models.deployments.create_deployment(session=session, deployment=dep)
-
-
-async def rename_deployment(task_id: uuid.UUID, title: str) -> None:
-    """Prefect's API cannot rename a deployment; the title lives in its name, so do it here."""
-    import sqlalchemy as sa
-    from prefect.server.database import provide_database_interface
-
-    db = provide_database_interface()
-    async with db.session_context(begin_transaction=True) as session:
-        flow_id = (await session.execute(
-            sa.select(db.Deployment.flow_id).where(db.Deployment.id == task_id))).scalar_one_or_none()
-        if flow_id is None:
-            return
-        name = await _unique_name(session, db, flow_id, title, task_id)
-        await session.execute(sa.update(db.Deployment).where(db.Deployment.id == task_id).values(name=name))
-
-
-# ---- reads and updates through the Prefect client ---------------------------------------
-
-async def read_task(client, task_id: uuid.UUID) -> TaskRecord | None:
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        dep = await client.read_deployment(task_id)
-    except ObjectNotFound:
-        return None
-    return record_of(dep)
-
+# ---- what executor nodes read, through the Prefect client --------------------------------
 
 async def list_tasks(client) -> list[TaskRecord]:
-    """Every task, newest first (paged through Prefect's 200-row limit)."""
+    """Every task, newest first, through Prefect's HTTP API (for nodes; paged by 200)."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 
     out: list[TaskRecord] = []
@@ -169,30 +220,3 @@ async def list_tasks(client) -> list[TaskRecord]:
         offset += 200
     out.sort(key=lambda r: r.created, reverse=True)
     return out
-
-
-async def write_task(client, task_id: uuid.UUID, spec: dict[str, Any], status: Status) -> None:
-    from prefect.client.schemas.actions import DeploymentUpdate
-
-    await client.update_deployment(task_id, DeploymentUpdate(
-        parameters={"task": spec}, tags=tags_for(spec, status),
-        paused=status != Status.Running, description=description_for(spec)))
-
-
-async def run_stats(client, task_id: uuid.UUID) -> tuple[int, datetime | None]:
-    """(TotalRunCount, LastRunTime): successful runs, from Prefect's own run records."""
-    from prefect.client.schemas.filters import (
-        DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState,
-        FlowRunFilterStateType)
-    from prefect.client.schemas.objects import StateType
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    dflt = DeploymentFilter(id=DeploymentFilterId(any_=[task_id]))
-    fflt = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED])))
-    count = await client.count_flow_runs(deployment_filter=dflt, flow_run_filter=fflt)
-    if not count:
-        return 0, None
-    runs = await client.read_flow_runs(deployment_filter=dflt, flow_run_filter=fflt,
-                                       sort=FlowRunSort.END_TIME_DESC, limit=1)
-    last = runs[0].end_time if runs else None
-    return count, last

@@ -36,6 +36,7 @@ class TaskService:
     def __init__(self, store: Store, client, timezone_name: str, work_pool: str, parameter_schema: dict):
         self.store = store
         self.client = client
+        self.repo = dep.TaskRepository()
         self.tz = timezone_name
         self.work_pool = work_pool
         self.parameter_schema = parameter_schema
@@ -59,7 +60,7 @@ class TaskService:
         return self.to_local(nxt)
 
     async def stats(self, rec: TaskRecord) -> tuple[int, datetime | None]:
-        count, last = await dep.run_stats(self.client, rec.id)
+        count, last = await self.repo.run_stats(rec.id)
         return count, self.to_local(last)
 
     # ---- views --------------------------------------------------------------------
@@ -171,7 +172,7 @@ class TaskService:
     async def check_nexts(self, task_id: uuid.UUID, nexts: list[str]) -> None:
         if not nexts:
             return
-        records = {str(r.id): r for r in await dep.list_tasks(self.client)}
+        records = {str(r.id): r for r in await self.repo.list()}
         missing = [n for n in nexts if n not in records]
         if missing:
             raise TaskError(f"子任务不存在：{', '.join(missing)}")
@@ -188,7 +189,7 @@ class TaskService:
         task_id = uuid.uuid4()
         spec = await self.build_spec(m, task_id, user, None)
         try:
-            await dep.create_deployment_with_id(task_id, spec, self.work_pool, self.parameter_schema)
+            await self.repo.create(task_id, spec, self.work_pool, self.parameter_schema)
         except Exception:
             log.exception("create failed")
             return R.failed("数据保存失败!")
@@ -200,16 +201,14 @@ class TaskService:
 
     async def edit(self, m: dict[str, Any], user: SystemUser):
         task_id = m.get("Id")
-        rec = await dep.read_task(self.client, task_id) if task_id else None
+        rec = await self.repo.read(task_id) if task_id else None
         if rec is None:
             return R.failed("任务不存在!")
         if rec.status != Status.Stop:
             return R.failed("在停止状态下才能编辑任务信息!")
         spec = await self.build_spec(m, task_id, user, rec.spec)
         try:
-            await dep.write_task(self.client, task_id, spec, Status.Stop)
-            if spec["Title"] != rec.spec.get("Title"):
-                await dep.rename_deployment(task_id, spec["Title"])
+            await self.repo.write(task_id, spec, Status.Stop, rename=spec["Title"] != rec.spec.get("Title"))
         except Exception:
             log.exception("edit failed")
             return R.failed("任务编辑失败!")
@@ -217,14 +216,14 @@ class TaskService:
 
     async def _set(self, rec: TaskRecord, spec: dict[str, Any], status: Status) -> bool:
         try:
-            await dep.write_task(self.client, rec.id, spec, status)
+            await self.repo.write(rec.id, spec, status)
             return True
         except Exception:
             log.exception("status update failed")
             return False
 
     async def start(self, task_id: uuid.UUID):
-        rec = await dep.read_task(self.client, task_id)
+        rec = await self.repo.read(task_id)
         if rec is None:
             return R.failed("任务信息不能为空！")
         if rec.status != Status.Stop:
@@ -248,7 +247,7 @@ class TaskService:
         return R.ok("任务启动成功!")
 
     async def pause(self, task_id: uuid.UUID):
-        rec = await dep.read_task(self.client, task_id)
+        rec = await self.repo.read(task_id)
         if rec is None or rec.status != Status.Running:
             return R.failed("当前任务状态下不能暂停!")
         if not await self._set(rec, rec.spec, Status.Paused):
@@ -256,7 +255,7 @@ class TaskService:
         return R.ok("任务暂停成功!")
 
     async def resume(self, task_id: uuid.UUID):
-        rec = await dep.read_task(self.client, task_id)
+        rec = await self.repo.read(task_id)
         if rec is None or rec.status != Status.Paused:
             return R.failed("当前任务状态下不能恢复运行!")
         if not await self._set(rec, rec.spec, Status.Running):
@@ -264,7 +263,7 @@ class TaskService:
         return R.ok("任务恢复成功!")
 
     async def stop(self, task_id: uuid.UUID):
-        rec = await dep.read_task(self.client, task_id)
+        rec = await self.repo.read(task_id)
         if rec is None or rec.status not in (Status.Running, Status.Paused):
             return R.failed("当前任务状态下不能停止!")
         spec = dict(rec.spec, StartedAt=None)
@@ -273,7 +272,7 @@ class TaskService:
         return R.ok("任务已停止运行!")
 
     async def run_once(self, task_id: uuid.UUID):
-        rec = await dep.read_task(self.client, task_id)
+        rec = await self.repo.read(task_id)
         if rec is None or rec.status != Status.Running:
             return R.failed("任务不在运行状态下!")
         try:
@@ -299,16 +298,16 @@ class TaskService:
         return dep.NODE_QUEUE_PREFIX + random.choice(choice)
 
     async def delete(self, task_id: uuid.UUID):
-        rec = await dep.read_task(self.client, task_id)
+        rec = await self.repo.read(task_id)
         if rec is None or rec.status != Status.Stop:
             return R.failed("当前任务状态下不能删除!")
         try:
             # The original also dropped references in both directions.
-            for other in await dep.list_tasks(self.client):
+            for other in await self.repo.list():
                 if str(task_id) in (other.spec.get("Nexts") or []):
                     spec = dict(other.spec, Nexts=[n for n in other.spec["Nexts"] if n != str(task_id)])
-                    await dep.write_task(self.client, other.id, spec, other.status)
-            await self.client.delete_deployment(task_id)
+                    await self.repo.write(other.id, spec, other.status)
+            await self.repo.delete(task_id)
         except Exception:
             log.exception("delete failed")
             return R.failed("任务删除失败!")
@@ -318,14 +317,14 @@ class TaskService:
         page = max(page, 1)
         size = size if size >= 1 else 10
         size = min(size, 1000)
-        records = await dep.list_tasks(self.client)
+        records = await self.repo.list()
         if name:
             records = [r for r in records if name in (r.spec.get("Title") or "")]
         rows = [await self.list_row(r) for r in records[(page - 1) * size: page * size]]
         return R.json_response({"total": len(records), "rows": rows})
 
     async def query_detail(self, task_id: uuid.UUID | None):
-        rec = await dep.read_task(self.client, task_id) if task_id else None
+        rec = await self.repo.read(task_id) if task_id else None
         return R.ok("请求数据成功", await self.entity(rec) if rec else None)
 
 

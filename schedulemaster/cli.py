@@ -56,11 +56,12 @@ def _logging() -> None:
 
 @app.command()
 def up(data_dir: Optional[Path] = DataDir, api_port: Optional[int] = ApiPort,
-       prefect_port: Optional[int] = PrefectPort, timezone_: Optional[str] = TimeZone) -> None:
+       prefect_port: Optional[int] = PrefectPort, timezone_: Optional[str] = TimeZone,
+       maxc: int = typer.Option(20, "--maxc", min=1, max=1000, help="node worker1's parallel firings")) -> None:
     """Start everything: Prefect server + UI, the legacy API and executor node worker1."""
     from schedulemaster.supervisor import run_up
 
-    raise typer.Exit(run_up(_settings(data_dir, api_port, prefect_port, timezone_)))
+    raise typer.Exit(run_up(_settings(data_dir, api_port, prefect_port, timezone_), maxc=maxc))
 
 
 @app.command()

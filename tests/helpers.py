@@ -46,6 +46,7 @@ class System:
     api_port: int = field(default_factory=free_port)
     prefect_port: int = field(default_factory=free_port)
     timezone: str = "Asia/Shanghai"
+    up_args: list[str] = field(default_factory=list)  # extra `up` options, e.g. ["--maxc", "50"]
     proc: subprocess.Popen | None = None
     output: list[str] = field(default_factory=list)
 
@@ -60,7 +61,7 @@ class System:
     def start(self, timeout: float = 240) -> "System":
         cmd = [sys.executable, "-m", "schedulemaster.cli", "up", "--data-dir", str(self.data_dir),
                "--api-port", str(self.api_port), "--prefect-port", str(self.prefect_port),
-               "--timezone", self.timezone]
+               "--timezone", self.timezone, *self.up_args]
         self.output = []
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
