@@ -27,13 +27,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import httpx
-
 from schedulemaster.deployments import plan, quartz
 from schedulemaster.deployments import tasks as dep
 from schedulemaster.deployments.recorder import Firing, Recorder
 from schedulemaster.deployments.tasks import Status
-from schedulemaster.flows.http_task import outcome_lines, perform_http
+from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
 
 log = logging.getLogger("schedulemaster.node")
 
@@ -76,8 +74,8 @@ class FiringLoop:
         self.work_pool = work_pool
         self.recorder = recorder or Recorder(client)
         self.slots = asyncio.Semaphore(max(1, max_concurrency))
-        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=max(1, max_concurrency) + 10,
-                                                          max_keepalive_connections=max(1, max_concurrency)))
+        self.max_concurrency = max(1, max_concurrency)
+        self.http = None  # an aiohttp session, opened in run() inside the event loop
         self.book: dict[uuid.UUID, Entry] = {}
         self.heap: list[tuple[datetime, int, uuid.UUID, int]] = []
         self.settings: dict[str, Any] = {}
@@ -93,6 +91,7 @@ class FiringLoop:
 
     # ---- loops --------------------------------------------------------------------
     async def run(self) -> None:
+        self.http = new_session(self.max_concurrency + 10)
         await self.refresh_nodes()
         await self.sync()
         await asyncio.gather(self._every(SYNC_SECONDS, self.sync),
@@ -117,7 +116,8 @@ class FiringLoop:
             await self.recorder.flush()
         except Exception as exc:
             log.error("could not record %d firings at shutdown: %s", len(self.recorder.pending), exc)
-        await self.http.aclose()
+        if self.http is not None:
+            await self.http.close()
 
     async def refresh_nodes(self) -> None:
         from schedulemaster.flows.task_flow import read_node_settings

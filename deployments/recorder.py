@@ -22,6 +22,7 @@ log = logging.getLogger("schedulemaster.recorder")
 
 BULK_LIMIT = 100  # the server's own limit per call
 MAX_PENDING = 200_000
+MAX_ATTEMPTS = 30  # per firing; a run the server refuses (SQLite busy) is tried again later
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Firing:
     node: str
     status_code: int | None = None
     logs: list[tuple[int, str, datetime]] = field(default_factory=list)
+    attempts: int = 0
 
     @property
     def lateness_ms(self) -> float:
@@ -80,19 +82,24 @@ class Recorder:
                             exc, len(self.pending), backoff)
 
     async def flush(self) -> None:
+        """Record what is pending; raises (after re-queuing) when the server cannot take it now."""
         while self.pending:
             batch = [self.pending.popleft() for _ in range(min(len(self.pending), 500))]
             try:
-                await self._record(batch)
+                refused = await self._record(batch)
             except BaseException:
                 self.pending.extendleft(reversed(batch))
                 raise
+            if refused:
+                raise RuntimeError(f"the server refused {refused} firing records (database busy)")
 
-    async def _record(self, batch: list[Firing]) -> None:
+    async def _record(self, batch: list[Firing]) -> int:
+        """Record a batch; returns how many firings the server refused this time (re-queued)."""
         by_task: dict[UUID, list[Firing]] = defaultdict(list)
         for f in batch:
             by_task[f.task_id].append(f)
         logs: list[dict[str, Any]] = []
+        retry: list[Firing] = []
         for task_id, items in by_task.items():
             for i in range(0, len(items), BULK_LIMIT):
                 chunk = items[i:i + BULK_LIMIT]
@@ -106,7 +113,12 @@ class Recorder:
                 for f, result in zip(chunk, resp.json().get("results", [])):
                     run_id = result.get("flow_run_id")
                     if not run_id:
-                        log.warning("firing %s not recorded: %s", f.firing_id, result.get("error"))
+                        f.attempts += 1
+                        if f.attempts < MAX_ATTEMPTS:
+                            retry.append(f)  # the bulk endpoint reports "database is locked" per run
+                        else:
+                            log.error("firing %s of task %s not recorded after %d attempts: %s",
+                                      f.firing_id, f.task_id, f.attempts, str(result.get("error"))[:300])
                         continue
                     logs += [{"name": "schedulemaster.node", "level": level, "message": msg,
                               "timestamp": ts.isoformat(), "flow_run_id": run_id}
@@ -114,7 +126,9 @@ class Recorder:
         for i in range(0, len(logs), 1000):
             resp = await self.client._client.post("/logs/", json=logs[i:i + 1000])
             resp.raise_for_status()
-        self.recorded += len(batch)
+        self.recorded += len(batch) - len(retry)
+        self.pending.extend(retry)
+        return len(retry)
 
     @staticmethod
     def _run_body(f: Firing) -> dict[str, Any]:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from schedulemaster.flows.http_task import outcome_lines, perform_http
+from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
 
 FLOW_NAME = "schedulemaster-task"
 SETTINGS_VARIABLE = "schedulemaster_settings"
@@ -39,7 +38,7 @@ async def run_task(task: dict[str, Any], fire: dict[str, Any] | None = None) -> 
     if task.get("MetaType") != 2:
         raise RuntimeError(f"MetaType {task.get('MetaType')} tasks cannot run on this node yet")
     settings = await read_node_settings()
-    async with httpx.AsyncClient() as client:
+    async with new_session(10) as client:
         out = await perform_http(client, task.get("Http") or {}, settings=settings,
                                  idempotency_key=str(flow_run.get_id()))
     for level, msg, _ts in out.logs:
