@@ -38,6 +38,7 @@ log = logging.getLogger("schedulemaster.node")
 SYNC_SECONDS = 1.0
 NODES_SECONDS = 5.0
 FULL_SYNC_SECONDS = 30.0
+ADHOC_SECONDS = 2.0
 MISFIRE_THRESHOLD = timedelta(seconds=60)  # Quartz's default; later than this is skipped
 
 
@@ -68,10 +69,11 @@ class Entry:
 
 class FiringLoop:
     def __init__(self, client, node_name: str, work_pool: str, max_concurrency: int,
-                 recorder: Recorder | None = None):
+                 recorder: Recorder | None = None, submit_run=None):
         self.client = client
         self.node = node_name
         self.work_pool = work_pool
+        self.submit_run = submit_run  # hands a Prefect flow run to this node's worker
         self.recorder = recorder or Recorder(client)
         self.slots = asyncio.Semaphore(max(1, max_concurrency))
         self.max_concurrency = max(1, max_concurrency)
@@ -96,6 +98,7 @@ class FiringLoop:
         await self.sync()
         await asyncio.gather(self._every(SYNC_SECONDS, self.sync),
                              self._every(NODES_SECONDS, self.refresh_nodes),
+                             self._every(ADHOC_SECONDS, self.adhoc_runs),
                              self.timer(), self.recorder.run())
 
     async def _every(self, seconds: float, fn) -> None:
@@ -147,8 +150,14 @@ class FiringLoop:
                 del self.book[tid]  # tasks that became ours are picked up by the next sync
         self._last_change = None
 
-    async def _changed(self) -> bool:
-        """Two cheap calls tell whether any task changed since the last full read."""
+    async def sync(self) -> None:
+        """Bring the task book up to date with Prefect's deployments.
+
+        Cheap when nothing changed (a count and the newest `updated`); incremental when
+        tasks were edited (only deployments updated since the last look, newest first);
+        a full read when tasks appeared or vanished, and every FULL_SYNC_SECONDS anyway.
+        Reading every deployment each second would starve the master with 1,000 tasks.
+        """
         from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
         from prefect.client.schemas.sorting import DeploymentSort
 
@@ -159,42 +168,83 @@ class FiringLoop:
         count = resp.json()
         latest = await self.client.read_deployments(deployment_filter=flt, sort=DeploymentSort.UPDATED_DESC,
                                                     limit=1)
-        marker = (count, latest[0].updated if latest else None)
+        newest = latest[0].updated if latest else None
         loop_time = asyncio.get_running_loop().time()
-        if marker == self._last_change and loop_time - self._last_full < FULL_SYNC_SECONDS:
+        last_count, last_newest = self._last_change or (None, None)
+        if (count != last_count or last_newest is None or newest is None
+                or loop_time - self._last_full >= FULL_SYNC_SECONDS):
+            records = await dep.list_tasks(self.client)
+            self._last_full = loop_time
+            full = True
+        elif newest > last_newest:
+            records, offset = [], 0
+            while True:
+                page = await self.client.read_deployments(deployment_filter=flt, sort=DeploymentSort.UPDATED_DESC,
+                                                          limit=200, offset=offset)
+                fresh = [d for d in page if d.updated > last_newest]
+                records += [r for r in (dep.record_of(d) for d in fresh) if r is not None]
+                if len(fresh) < len(page) or len(page) < 200:
+                    break
+                offset += 200
+            full = False
+        else:
+            return
+        self._last_change = (count, newest)
+        now = utcnow()
+        seen: set[uuid.UUID] = set()
+        for rec in records:
+            if await self._apply(rec, now):
+                seen.add(rec.id)
+        if full:
+            for tid in set(self.book) - seen:
+                del self.book[tid]
+
+    async def _apply(self, rec: dep.TaskRecord, now: datetime) -> bool:
+        """Take one task record into the book; False when this node should not fire it."""
+        if rec.status != Status.Running or rec.spec.get("MetaType") != 2 or not self.mine(rec.spec, rec.id):
+            self.book.pop(rec.id, None)
             return False
-        self._last_change, self._last_full = marker, loop_time
+        version = (rec.updated, rec.status)
+        entry = self.book.get(rec.id)
+        if entry is not None and entry.version == version:
+            return True
+        try:
+            if rec.spec.get("RunLoop"):
+                nxt = plan.next_fire(rec.spec, now)
+            else:
+                nxt = await self._one_shot_due(rec.id, rec.spec, now)
+        except quartz.CronError as exc:
+            log.error("task %s: %s", rec.id, exc)
+            self.book.pop(rec.id, None)
+            return False
+        entry = Entry(rec.id, rec.spec, version, next(self._gen), nxt,
+                      running=entry.running if entry else False)
+        self.book[rec.id] = entry
+        if nxt is not None:
+            self._push(entry)
         return True
 
-    async def sync(self) -> None:
-        if not await self._changed():
+    async def adhoc_runs(self) -> None:
+        """Runs started from the Prefect UI land in the unpolled tasks queue (see tasks.py):
+        find the due ones of tasks this node owns and give them to the worker, which claims
+        each with a Pending transition (one node wins) and runs it through the engine."""
+        if self.submit_run is None:
             return
-        records = await dep.list_tasks(self.client)
-        seen: set[uuid.UUID] = set()
-        now = utcnow()
-        for rec in records:
-            if rec.status != Status.Running or rec.spec.get("MetaType") != 2 or not self.mine(rec.spec, rec.id):
-                continue
-            seen.add(rec.id)
-            version = (rec.updated, rec.status)
-            entry = self.book.get(rec.id)
-            if entry is not None and entry.version == version:
-                continue
-            try:
-                if rec.spec.get("RunLoop"):
-                    nxt = plan.next_fire(rec.spec, now)
-                else:
-                    nxt = await self._one_shot_due(rec.id, rec.spec, now)
-            except quartz.CronError as exc:
-                log.error("task %s: %s", rec.id, exc)
-                continue
-            entry = Entry(rec.id, rec.spec, version, next(self._gen), nxt,
-                          running=entry.running if entry else False)
-            self.book[rec.id] = entry
-            if nxt is not None:
-                self._push(entry)
-        for tid in set(self.book) - seen:
-            del self.book[tid]
+        from prefect.client.schemas.filters import (
+            FlowRunFilter, FlowRunFilterExpectedStartTime, FlowRunFilterState, FlowRunFilterStateType,
+            FlowRunFilterWorkQueueName, WorkPoolFilter, WorkPoolFilterName)
+        from prefect.client.schemas.objects import StateType
+
+        runs = await self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                work_queue_name=FlowRunFilterWorkQueueName(any_=[dep.TASKS_QUEUE]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+                expected_start_time=FlowRunFilterExpectedStartTime(before_=utcnow() + timedelta(seconds=2))),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.work_pool])), limit=50)
+        for run in runs:
+            task = (run.parameters or {}).get("task") or {}
+            if run.deployment_id and self.mine(task, run.deployment_id):
+                await self.submit_run(run)
 
     async def _one_shot_due(self, task_id: uuid.UUID, spec: dict[str, Any], now: datetime) -> datetime | None:
         """RunLoop=false fires once; within the misfire window a node (re)start still fires

@@ -24,6 +24,11 @@ EXECUTOR_TAG = "sm:executor:"
 FLOW_NAME = "schedulemaster-task"
 ENTRYPOINT = "schedulemaster.flows.task_flow.run_task"
 DEFAULT_QUEUE = "default"
+# Task deployments sit in a queue no worker polls: every poll of a queue makes Prefect
+# rewrite `last_polled` on *every* deployment in it (mark_deployments_ready, under SQLite's
+# write lock), which with 1,000 tasks polled each second locked the database for a minute.
+# Runs that need a worker (RunOnce) are created in `default` or `node-<name>` instead.
+TASKS_QUEUE = "tasks"
 NODE_QUEUE_PREFIX = "node-"
 
 
@@ -118,7 +123,7 @@ class TaskRepository:
         async with self._write() as session:
             flow = await models.flows.create_flow(session=session, flow=schemas.core.Flow(name=FLOW_NAME))
             queue_id = await WorkerLookups()._get_work_queue_id_from_name(
-                session=session, work_pool_name=work_pool, work_queue_name=DEFAULT_QUEUE,
+                session=session, work_pool_name=work_pool, work_queue_name=TASKS_QUEUE,
                 create_queue_if_not_found=True)
             if await models.deployments.read_deployment(session=session, deployment_id=task_id):
                 raise ValueError(f"a task with id {task_id} already exists")
@@ -127,7 +132,7 @@ class TaskRepository:
                 id=task_id, name=name, flow_id=flow.id, paused=True,
                 parameters={"task": spec}, tags=tags_for(spec, Status.Stop),
                 description=description_for(spec), entrypoint=ENTRYPOINT,
-                work_queue_name=DEFAULT_QUEUE, work_queue_id=queue_id,
+                work_queue_name=TASKS_QUEUE, work_queue_id=queue_id,
                 parameter_openapi_schema=parameter_schema, enforce_parameter_schema=False,
             )
             await models.deployments.create_deployment(session=session, deployment=dep)

@@ -35,6 +35,13 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
     _description = "A ScheduleMaster executor node: runs ScheduleMaster task flows in-process."
     _display_name = "ScheduleMaster node"
 
+    async def submit_adhoc(self, flow_run: FlowRun) -> None:
+        """Run a flow run this worker did not get by polling (one started from the UI in the
+        unpolled tasks queue), through the same claim-and-run path as polled runs."""
+        from types import SimpleNamespace
+
+        await self._submit_scheduled_flow_runs([SimpleNamespace(flow_run=flow_run)])
+
     async def run(self, flow_run: FlowRun, configuration: NodeJobConfiguration,
                   task_status: Optional[anyio.abc.TaskStatus[Any]] = None) -> NodeWorkerResult:
         from prefect.flow_engine import run_flow

@@ -148,3 +148,15 @@ def test_prefect_scheduler_creates_runs_for_a_cron_deployment(system):
         wait_until(scheduled, timeout=90, interval=1)
     finally:
         httpx.delete(f"{api}/deployments/{dep_id}")
+
+
+def test_a_run_started_from_the_prefect_ui_is_executed_by_the_node(system, receiver):
+    """The UI's Quick run creates a Scheduled run in the deployment's own queue."""
+    tid = system.create_http(receiver.url("/ui"), cron="0 0 3 * * ?", Title="ui run", RunNow="true")
+    r = httpx.post(f"{system.prefect}/deployments/{tid}/create_flow_run", json={"state": {"type": "SCHEDULED"}})
+    assert r.status_code == 201, r.text
+    run_id = r.json()["id"]
+    hit = receiver.wait_for("/ui", 1, timeout=30)[0]
+    assert hit.headers["idempotency-key"] == run_id
+    wait_until(lambda: httpx.get(f"{system.prefect}/flow_runs/{run_id}").json()["state_type"] == "COMPLETED")
+    system.post("Stop", data={"id": tid})
