@@ -74,9 +74,12 @@ def local(system: System, t: float) -> str:
 
 def create_tasks(system: System, n: int, make) -> list[str]:
     ids = []
-    with httpx.Client(headers=AUTH, timeout=60) as c:
+    with httpx.Client(headers=AUTH, timeout=120) as c:
         for i in range(n):
+            t = time.time()
             body = c.post(f"{system.api}/api/Task/Create", data=make(i)).json()
+            if time.time() - t > 2:
+                print(f"  create #{i} took {time.time() - t:.1f} s", file=sys.stderr, flush=True)
             if not body["Success"]:
                 raise RuntimeError(body)
             ids.append(body["Data"])

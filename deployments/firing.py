@@ -38,7 +38,6 @@ log = logging.getLogger("schedulemaster.node")
 SYNC_SECONDS = 1.0
 NODES_SECONDS = 5.0
 FULL_SYNC_SECONDS = 30.0
-ADHOC_SECONDS = 2.0
 MISFIRE_THRESHOLD = timedelta(seconds=60)  # Quartz's default; later than this is skipped
 
 
@@ -69,11 +68,10 @@ class Entry:
 
 class FiringLoop:
     def __init__(self, client, node_name: str, work_pool: str, max_concurrency: int,
-                 recorder: Recorder | None = None, submit_run=None):
+                 recorder: Recorder | None = None):
         self.client = client
         self.node = node_name
         self.work_pool = work_pool
-        self.submit_run = submit_run  # hands a Prefect flow run to this node's worker
         self.recorder = recorder or Recorder(client)
         self.slots = asyncio.Semaphore(max(1, max_concurrency))
         self.max_concurrency = max(1, max_concurrency)
@@ -98,7 +96,6 @@ class FiringLoop:
         await self.sync()
         await asyncio.gather(self._every(SYNC_SECONDS, self.sync),
                              self._every(NODES_SECONDS, self.refresh_nodes),
-                             self._every(ADHOC_SECONDS, self.adhoc_runs),
                              self.timer(), self.recorder.run())
 
     async def _every(self, seconds: float, fn) -> None:
@@ -138,6 +135,11 @@ class FiringLoop:
             self.live_nodes = sorted(live)
             self._reassign()
         self.settings = await read_node_settings()
+
+    def owns_run(self, flow_run) -> bool:
+        """Whether a flow run of a task (e.g. started from the UI) is this node's to run."""
+        task = (flow_run.parameters or {}).get("task") or {}
+        return flow_run.deployment_id is not None and self.mine(task, flow_run.deployment_id)
 
     def mine(self, spec: dict[str, Any], task_id: uuid.UUID) -> bool:
         allowed = spec.get("Executors") or []
@@ -223,28 +225,6 @@ class FiringLoop:
         if nxt is not None:
             self._push(entry)
         return True
-
-    async def adhoc_runs(self) -> None:
-        """Runs started from the Prefect UI land in the unpolled tasks queue (see tasks.py):
-        find the due ones of tasks this node owns and give them to the worker, which claims
-        each with a Pending transition (one node wins) and runs it through the engine."""
-        if self.submit_run is None:
-            return
-        from prefect.client.schemas.filters import (
-            FlowRunFilter, FlowRunFilterExpectedStartTime, FlowRunFilterState, FlowRunFilterStateType,
-            FlowRunFilterWorkQueueName, WorkPoolFilter, WorkPoolFilterName)
-        from prefect.client.schemas.objects import StateType
-
-        runs = await self.client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                work_queue_name=FlowRunFilterWorkQueueName(any_=[dep.TASKS_QUEUE]),
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
-                expected_start_time=FlowRunFilterExpectedStartTime(before_=utcnow() + timedelta(seconds=2))),
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.work_pool])), limit=50)
-        for run in runs:
-            task = (run.parameters or {}).get("task") or {}
-            if run.deployment_id and self.mine(task, run.deployment_id):
-                await self.submit_run(run)
 
     async def _one_shot_due(self, task_id: uuid.UUID, spec: dict[str, Any], now: datetime) -> datetime | None:
         """RunLoop=false fires once; within the misfire window a node (re)start still fires

@@ -47,8 +47,8 @@ async def serve_node(settings: Settings, name: str, priority: int, max_concurren
         worker = NodeWorker(work_pool_name=settings.work_pool, work_queues=[DEFAULT_QUEUE, own_queue],
                             name=name, limit=max_concurrency, create_pool_if_not_found=True,
                             base_job_template=NodeWorker.get_default_base_job_template())
-        firing = FiringLoop(client, name, settings.work_pool, max_concurrency,
-                            submit_run=worker.submit_adhoc)
+        firing = FiringLoop(client, name, settings.work_pool, max_concurrency)
+        worker.accept_task_run = firing.owns_run
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -101,4 +101,8 @@ class Settings:
         """Export the Prefect settings into this process (call before importing prefect)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "prefect").mkdir(parents=True, exist_ok=True)
-        os.environ.update(self.prefect_env())
+        for key, value in self.prefect_env().items():
+            if key.startswith(("PREFECT_WORKER_", "PREFECT_SERVER_SERVICES_")):
+                os.environ.setdefault(key, value)  # tuning knobs an operator may override
+            else:
+                os.environ[key] = value
