@@ -36,6 +36,16 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers import AUTH, System, free_port  # noqa: E402
 
 
+def call(method: str, url: str, **kw) -> httpx.Response:
+    """Prefect's API on SQLite answers 503 when the database is busy; retry like its client."""
+    for attempt in range(60):
+        r = httpx.request(method, url, timeout=120, **kw)
+        if r.status_code != 503:
+            return r
+        time.sleep(min(0.25 * (attempt + 1), 2.0))
+    return r
+
+
 def pct(values: list[float], p: float) -> float | None:
     if not values:
         return None
@@ -89,7 +99,7 @@ def create_tasks(system: System, n: int, make) -> list[str]:
 def count_recorded(system: System, ids: list[str]) -> int:
     total = 0
     for i in range(0, len(ids), 100):
-        r = httpx.post(f"{system.prefect}/flow_runs/count", timeout=60, json={
+        r = call("POST", f"{system.prefect}/flow_runs/count", json={
             "deployments": {"id": {"any_": ids[i:i + 100]}},
             "flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED"]}}}})
         total += r.json()
@@ -171,9 +181,8 @@ class Baseline:
         self.s = system
         self.api = system.prefect
         self.pool = f"bench-process-{int(time.time())}"
-        r = httpx.post(f"{self.api}/work_pools/", json={"name": self.pool, "type": "process"})
-        r.raise_for_status()
-        self.flow_id = httpx.post(f"{self.api}/flows/", json={"name": "bench-baseline-post"}).json()["id"]
+        call("POST", f"{self.api}/work_pools/", json={"name": self.pool, "type": "process"}).raise_for_status()
+        self.flow_id = call("POST", f"{self.api}/flows/", json={"name": "bench-baseline-post"}).json()["id"]
         self.deployments: list[str] = []
         self.worker: subprocess.Popen | None = None
 
@@ -182,7 +191,7 @@ class Baseline:
                 "entrypoint": "bench/baseline_flow.py:post_hit", "parameters": {"url": url},
                 "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}],
                 "schedules": [schedule] if schedule else []}
-        r = httpx.post(f"{self.api}/deployments/", json=body, timeout=60)
+        r = call("POST", f"{self.api}/deployments/", json=body)
         r.raise_for_status()
         self.deployments.append(r.json()["id"])
         return r.json()["id"]
@@ -203,15 +212,14 @@ class Baseline:
             except subprocess.TimeoutExpired:
                 os.killpg(self.worker.pid, signal.SIGKILL)
         for d in self.deployments:  # also drops their pending runs
-            httpx.delete(f"{self.api}/deployments/{d}", timeout=60)
-        runs = httpx.post(f"{self.api}/flow_runs/filter", timeout=60,
-                          json={"work_pools": {"name": {"any_": [self.pool]}}, "limit": 200}).json()
+            call("DELETE", f"{self.api}/deployments/{d}")
+        flt = {"work_pools": {"name": {"any_": [self.pool]}}, "limit": 200}
+        runs = call("POST", f"{self.api}/flow_runs/filter", json=flt).json()
         while runs:
             for r in runs:
-                httpx.delete(f"{self.api}/flow_runs/{r['id']}", timeout=60)
-            runs = httpx.post(f"{self.api}/flow_runs/filter", timeout=60,
-                              json={"work_pools": {"name": {"any_": [self.pool]}}, "limit": 200}).json()
-        httpx.delete(f"{self.api}/work_pools/{self.pool}", timeout=60)
+                call("DELETE", f"{self.api}/flow_runs/{r['id']}")
+            runs = call("POST", f"{self.api}/flow_runs/filter", json=flt).json()
+        call("DELETE", f"{self.api}/work_pools/{self.pool}")
 
 
 def plain_burst(system: System, rx: ReceiverProc, n: int, tag: str, deadline_s: int) -> dict:
@@ -222,10 +230,9 @@ def plain_burst(system: System, rx: ReceiverProc, n: int, tag: str, deadline_s: 
         t0 = float(int(time.time() + lead))
         at = datetime.fromtimestamp(t0, timezone.utc).isoformat()
         t_create = time.time()
-        with httpx.Client(timeout=120) as c:
-            for d in deps:
-                c.post(f"{b.api}/deployments/{d}/create_flow_run",
-                       json={"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": at}}}).raise_for_status()
+        for d in deps:
+            call("POST", f"{b.api}/deployments/{d}/create_flow_run",
+                 json={"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": at}}}).raise_for_status()
         created_in = time.time() - t_create
         b.start_worker()
         end = max(time.time(), t0) + deadline_s

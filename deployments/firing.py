@@ -296,5 +296,5 @@ class FiringLoop:
         self.fired += 1
         level, line = outcome_lines(title, out)
         logs = list(out.logs) + [(level, line, finished)]
-        self.recorder.add(Firing(entry.task_id, fid, title, at, started, finished, out.ok,
-                                 out.message, self.node, out.status_code, logs))
+        self.recorder.add(Firing(entry.task_id, fid, title, at, started, finished, out.ok, out.message,
+                                 self.node, out.status_code, logs, zone=entry.spec.get("TimeZone") or "UTC"))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 log = logging.getLogger("schedulemaster.recorder")
 
@@ -38,6 +39,7 @@ class Firing:
     node: str
     status_code: int | None = None
     logs: list[tuple[int, str, datetime]] = field(default_factory=list)
+    zone: str = "UTC"  # the task's time zone, for the run's name
     attempts: int = 0
 
     @property
@@ -133,7 +135,7 @@ class Recorder:
     @staticmethod
     def _run_body(f: Firing) -> dict[str, Any]:
         return {
-            "name": f"{f.scheduled.astimezone():%Y%m%d-%H%M%S}-{f.firing_id[:6]}",
+            "name": f"{f.scheduled.astimezone(ZoneInfo(f.zone)):%Y%m%d-%H%M%S}-{f.firing_id[:6]}",
             "state": {"type": "COMPLETED" if f.ok else "FAILED", "message": f.message[:2000]},
             "idempotency_key": f.firing_id,
             "parameters": {"fire": {

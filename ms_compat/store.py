@@ -88,10 +88,6 @@ class Store:
         with Session(self.engine) as s:
             return s.exec(select(SystemUser).where(SystemUser.username == username)).first()
 
-    def user_ids(self) -> set[int]:
-        with Session(self.engine) as s:
-            return set(s.exec(select(SystemUser.id).where(SystemUser.status != -1)).all())
-
     def configs(self) -> dict[str, str]:
         with Session(self.engine) as s:
             return {c.key: c.value or "" for c in s.exec(select(SystemConfig)).all()}
