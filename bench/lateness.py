@@ -115,7 +115,7 @@ def stop_tasks(system: System, ids: list[str]) -> None:
 # ---- ours ------------------------------------------------------------------------------
 
 def ours_burst(system: System, rx: ReceiverProc, n: int, tag: str) -> dict:
-    lead = 20 + n * 0.08
+    lead = 30 + n * 0.3  # creating a task takes ~0.13-0.3 s here
     t0 = float(int(time.time() + lead))
     t_create = time.time()
     ids = create_tasks(system, n, lambda i: {

@@ -156,8 +156,8 @@ class FiringLoop:
         """Bring the task book up to date with Prefect's deployments.
 
         Cheap when nothing changed (a count and the newest `updated`); incremental when
-        tasks were edited (only deployments updated since the last look, newest first);
-        a full read when tasks appeared or vanished, and every FULL_SYNC_SECONDS anyway.
+        tasks were created or edited (only deployments updated since the last look, newest
+        first); a full read when tasks vanished, and every FULL_SYNC_SECONDS anyway.
         Reading every deployment each second would starve the master with 1,000 tasks.
         """
         from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
@@ -173,7 +173,9 @@ class FiringLoop:
         newest = latest[0].updated if latest else None
         loop_time = asyncio.get_running_loop().time()
         last_count, last_newest = self._last_change or (None, None)
-        if (count != last_count or last_newest is None or newest is None
+        # New tasks and edits bump `updated`, so they come incrementally; only a vanished
+        # task (the count went down) needs a full read to notice.
+        if (last_count is None or count < last_count or last_newest is None or newest is None
                 or loop_time - self._last_full >= FULL_SYNC_SECONDS):
             records = await dep.list_tasks(self.client)
             self._last_full = loop_time
