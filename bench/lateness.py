@@ -107,9 +107,12 @@ def count_recorded(system: System, ids: list[str]) -> int:
 
 
 def stop_tasks(system: System, ids: list[str]) -> None:
-    with httpx.Client(headers=AUTH, timeout=60) as c:
+    with httpx.Client(headers=AUTH, timeout=180) as c:
         for tid in ids:
-            c.post(f"{system.api}/api/Task/Stop", data={"id": tid})
+            try:
+                c.post(f"{system.api}/api/Task/Stop", data={"id": tid})
+            except httpx.HTTPError as exc:  # measured: SQLite can hold its write lock 60 s
+                print(f"  stop {tid} failed: {exc!r}", file=sys.stderr, flush=True)
 
 
 # ---- ours ------------------------------------------------------------------------------
