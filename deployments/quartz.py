@@ -14,6 +14,7 @@ times are computed on the wall clock of a time zone, the way Quartz.NET does:
 from __future__ import annotations
 
 import calendar
+import functools
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
@@ -231,8 +232,12 @@ def _next_minute(t: datetime) -> datetime:
 
 # ---- parsing ------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=4096)
 def parse(expression: str) -> QuartzCron:
-    """Parse a Quartz cron expression (6 or 7 fields) or raise :class:`CronError`."""
+    """Parse a Quartz cron expression (6 or 7 fields) or raise :class:`CronError`.
+
+    Cached: the node plans every task's next instant after each firing, and a shared parsed
+    expression also shares its per-month day cache."""
     if not isinstance(expression, str) or not expression.strip():
         raise CronError(str(expression), "the expression is empty")
     if len(expression) > 200:

@@ -168,15 +168,9 @@ class TaskRepository:
     async def write(self, task_id: uuid.UUID, spec: dict[str, Any], status: Status,
                     rename: bool = False) -> None:
         import sqlalchemy as sa
-        from prefect.server import models, schemas
 
         async with self._write() as session:
-            ok = await models.deployments.update_deployment(
-                session=session, deployment_id=task_id, deployment=schemas.actions.DeploymentUpdate(
-                    parameters={"task": spec}, tags=tags_for(spec, status),
-                    paused=status != Status.Running, description=description_for(spec)))
-            if not ok:
-                raise LookupError(f"task {task_id} not found")
+            await self._update(session, task_id, spec, status)
             if rename:  # Prefect's API cannot rename a deployment; the title is its name
                 flow_id = (await session.execute(sa.select(self.db.Deployment.flow_id).where(
                     self.db.Deployment.id == task_id))).scalar_one()
@@ -184,10 +178,24 @@ class TaskRepository:
                 await session.execute(sa.update(self.db.Deployment).where(
                     self.db.Deployment.id == task_id).values(name=name))
 
-    async def delete(self, task_id: uuid.UUID) -> bool:
+    async def _update(self, session, task_id: uuid.UUID, spec: dict[str, Any], status: Status) -> None:
+        from prefect.server import models, schemas
+
+        ok = await models.deployments.update_deployment(
+            session=session, deployment_id=task_id, deployment=schemas.actions.DeploymentUpdate(
+                parameters={"task": spec}, tags=tags_for(spec, status),
+                paused=status != Status.Running, description=description_for(spec)))
+        if not ok:
+            raise LookupError(f"task {task_id} not found")
+
+    async def delete(self, task_id: uuid.UUID, parents: list[TaskRecord]) -> bool:
+        """Delete a task and drop it from its parents' Nexts, in one transaction."""
         from prefect.server import models
 
         async with self._write() as session:
+            for parent in parents:
+                nexts = [n for n in parent.spec.get("Nexts") or [] if n != str(task_id)]
+                await self._update(session, parent.id, dict(parent.spec, Nexts=nexts), parent.status)
             return await models.deployments.delete_deployment(session=session, deployment_id=task_id)
 
     async def run_stats(self, task_id: uuid.UUID) -> tuple[int, datetime | None]:

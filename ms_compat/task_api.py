@@ -303,11 +303,8 @@ class TaskService:
             return R.failed("当前任务状态下不能删除!")
         try:
             # The original also dropped references in both directions.
-            for other in await self.repo.list():
-                if str(task_id) in (other.spec.get("Nexts") or []):
-                    spec = dict(other.spec, Nexts=[n for n in other.spec["Nexts"] if n != str(task_id)])
-                    await self.repo.write(other.id, spec, other.status)
-            await self.repo.delete(task_id)
+            parents = [o for o in await self.repo.list() if str(task_id) in (o.spec.get("Nexts") or [])]
+            await self.repo.delete(task_id, parents)
         except Exception:
             log.exception("delete failed")
             return R.failed("任务删除失败!")
