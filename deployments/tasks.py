@@ -18,6 +18,8 @@ from datetime import datetime
 from enum import IntEnum
 from typing import Any
 
+from schedulemaster.deployments.prefect_schedule import display_schedule
+
 TAG = "schedulemaster"
 STOPPED_TAG = "sm:stopped"
 EXECUTOR_TAG = "sm:executor:"
@@ -136,6 +138,9 @@ class TaskRepository:
                 parameter_openapi_schema=parameter_schema, enforce_parameter_schema=False,
             )
             await models.deployments.create_deployment(session=session, deployment=dep)
+            if (shown := display_schedule(spec)) is not None:
+                await models.deployments.create_deployment_schedules(
+                    session=session, deployment_id=task_id, schedules=[shown])
 
     async def _unique_name(self, session, flow_id: uuid.UUID, title: str, task_id: uuid.UUID) -> str:
         """Deployments are upserted by (flow, name): a clash would overwrite another task."""
@@ -181,10 +186,13 @@ class TaskRepository:
     async def _update(self, session, task_id: uuid.UUID, spec: dict[str, Any], status: Status) -> None:
         from prefect.server import models, schemas
 
+        shown = display_schedule(spec)
         ok = await models.deployments.update_deployment(
             session=session, deployment_id=task_id, deployment=schemas.actions.DeploymentUpdate(
                 parameters={"task": spec}, tags=tags_for(spec, status),
-                paused=status != Status.Running, description=description_for(spec)))
+                paused=status != Status.Running, description=description_for(spec),
+                schedules=[] if shown is None else [schemas.actions.DeploymentScheduleUpdate(
+                    schedule=shown.schedule, active=False, slug=shown.slug)]))
         if not ok:
             raise LookupError(f"task {task_id} not found")
 

@@ -67,8 +67,11 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
                 expected_start_time=FlowRunFilterExpectedStartTime(before_=before)),
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
             sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=50)
+        # Auto-scheduled runs exist only if someone switched a task's display schedule on in
+        # the UI (deployments/prefect_schedule.py); the firing loop already fires those instants.
         return [SimpleNamespace(flow_run=r) for r in runs
-                if r.work_queue_name != TASKS_QUEUE or self.accept_task_run(r)]
+                if r.work_queue_name != TASKS_QUEUE
+                or (not r.auto_scheduled and self.accept_task_run(r))]
 
     async def run(self, flow_run: FlowRun, configuration: NodeJobConfiguration,
                   task_status: Optional[anyio.abc.TaskStatus[Any]] = None) -> NodeWorkerResult:

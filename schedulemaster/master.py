@@ -70,6 +70,18 @@ async def mirror_settings(client, store) -> None:
         await client.update_variable(VariableUpdate(name=SETTINGS_VARIABLE, value=value))
 
 
+def mount_record_api(prefect_app) -> None:
+    """Nodes record firings at ``/api/schedulemaster/firings`` (see deployments/record_api.py)."""
+    import prefect.settings
+    from starlette.routing import Mount
+
+    from schedulemaster.deployments.record_api import create_record_app
+
+    auth = prefect.settings.PREFECT_SERVER_API_AUTH_STRING.value()
+    # Before Prefect's own "/api" mount, which would otherwise answer 404.
+    prefect_app.router.routes.insert(0, Mount("/api/schedulemaster", app=create_record_app(auth)))
+
+
 async def wait_for_prefect(client, timeout: float = 120.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -109,6 +121,7 @@ async def serve_master(settings: Settings) -> None:
         await client.__aexit__(None, None, None)
 
     prefect_app = create_prefect_app(final=True)
+    mount_record_api(prefect_app)
     legacy_app = create_legacy_app(store, make_service, close)
     servers = [_Server(prefect_app, settings.prefect_host, settings.prefect_port),
                _Server(legacy_app, settings.api_host, settings.api_port)]

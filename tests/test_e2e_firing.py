@@ -42,10 +42,18 @@ def test_http_task_fires_on_its_cron_and_pause_resume_stop_work(system, receiver
         scheduled = datetime.fromisoformat(fire["scheduled"])
         assert scheduled.second % 2 == 0 and scheduled.microsecond == 0  # a Quartz instant
         assert fire["node"] == "worker1" and fire["status_code"] == 200
+        # the run carries the firing's real times, so Prefect's own lateness is the firing's
+        assert datetime.fromisoformat(run["expected_start_time"]) == scheduled
+        assert datetime.fromisoformat(run["start_time"]) == datetime.fromisoformat(fire["started"])
+        assert datetime.fromisoformat(run["end_time"]) == datetime.fromisoformat(fire["finished"])
         logs = system.run_logs(run["id"])
         assert any(m.startswith("即将请求：") for m in logs)
         assert any(m.startswith("请求结束，响应码：200") for m in logs)
         assert any(m.startswith("任务[every two seconds]运行成功！") for m in logs)
+
+    schedules = httpx.get(f"{system.prefect}/deployments/{tid}").json()["schedules"]
+    assert [(x["slug"], x["active"], x["schedule"]["cron"]) for x in schedules] == [
+        ("quartz", False, "* * * * * 0/2")]  # shown in the UI, never run by Prefect's scheduler
 
     d = system.detail(tid)
     assert d["TotalRunCount"] >= 3 and d["LastRunTime"] is not None and d["Status"] == 1

@@ -1,0 +1,78 @@
+"""The Prefect schedule a task's deployment shows: the Quartz cron in Prefect's own cron dialect.
+
+Executor nodes compute every fire time themselves (deployments/quartz.py): Prefect's
+scheduler creates one flow run per firing ahead of time, which a 1,200-firings-a-minute
+load cannot afford (prefect-notes §3, §11). The deployment still carries the schedule so
+the UI says when a task fires, but **inactive**, so Prefect's scheduler creates nothing.
+
+Prefect's cron (its vendored croniter) puts seconds *last*, numbers days of the week 0-6
+from Sunday where Quartz uses 1-7, and has no ``W`` or year. The conversion therefore
+moves the seconds, writes the days of the week as the Quartz parser understood them, and
+then *checks itself*: the converted schedule must give the same next fire times as the
+Quartz evaluator, or the deployment gets no Prefect schedule at all (its description and
+QueryTaskDetail still give the fire times). A wrong schedule in the UI would be worse than none.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+SLUG = "quartz"
+CHECK_COUNT = 40  # fire times compared between the two evaluators
+_PLAIN = re.compile(r"^[0-9A-Za-z*,/\-?]+$")
+
+
+def croniter_expression(quartz: str) -> str | None:
+    """Quartz → Prefect cron text, or None where the dialects differ (W, L in dow, #, year)."""
+    from schedulemaster.deployments.quartz import CronError, parse
+
+    try:
+        parsed = parse(quartz)
+    except CronError:
+        return None
+    fields = quartz.split()
+    if len(fields) == 7:
+        if fields[6] != "*":
+            return None
+        fields = fields[:6]
+    sec, minute, hour, dom, month, dow = fields
+    if not all(_PLAIN.match(f) for f in fields):
+        return None
+    if parsed.dom.nearest_weekday or parsed.dom.last_offset or parsed.dow.last or parsed.dow.nth:
+        return None
+    if parsed.dom.last and dom.upper() != "L":
+        return None
+    dom = "*" if dom == "?" else dom
+    if dow in ("?", "*"):
+        dow = "*"
+    else:  # the parsed Quartz days (1 = Sunday) as croniter numbers (0 = Sunday)
+        dow = ",".join(str(d - 1) for d in sorted(parsed.dow.values))
+    return " ".join((minute, hour, dom, month, dow, sec))
+
+
+def display_schedule(spec: dict[str, Any], now: datetime | None = None):
+    """The inactive ``DeploymentScheduleCreate`` for a task, or None when none is exact."""
+    from prefect.server.schemas.actions import DeploymentScheduleCreate
+    from prefect.server.schemas.schedules import CronSchedule
+
+    from schedulemaster.deployments.quartz import parse
+
+    if not spec.get("RunLoop") or not spec.get("CronExpression"):
+        return None
+    expr = croniter_expression(spec["CronExpression"])
+    if expr is None:
+        return None
+    tz = spec.get("TimeZone") or "UTC"
+    try:
+        schedule = CronSchedule(cron=expr, timezone=tz)
+        start = (now or datetime.now(timezone.utc)).replace(microsecond=0)
+        theirs = [d.astimezone(timezone.utc) for d in
+                  schedule._get_dates_generator(n=CHECK_COUNT, start=start + timedelta(seconds=1))]
+    except Exception:  # croniter refused it: no exact Prefect schedule
+        return None
+    ours = parse(spec["CronExpression"]).next_fires(CHECK_COUNT, start, tz)
+    if [d.astimezone(timezone.utc) for d in ours] != theirs:
+        return None
+    return DeploymentScheduleCreate(schedule=schedule, active=False, slug=SLUG)
