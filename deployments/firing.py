@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from schedulemaster.deployments import plan, quartz
+from schedulemaster.deployments import chain, plan, plugins, quartz
 from schedulemaster.deployments import tasks as dep
 from schedulemaster.deployments.recorder import Firing, Recorder
 from schedulemaster.deployments.tasks import Status
@@ -77,6 +77,9 @@ class FiringLoop:
         self.max_concurrency = max(1, max_concurrency)
         self.http = None  # an aiohttp session, opened in run() inside the event loop
         self.book: dict[uuid.UUID, Entry] = {}
+        self.plugins = plugins.host(max_concurrency, node_name)
+        self.plugin_wanted: set[uuid.UUID] = set()  # plugin tasks Running or Paused on this node
+        self._failed_starts: dict[uuid.UUID, Any] = {}  # a Start whose plugin failed: not retried
         self.heap: list[tuple[datetime, int, uuid.UUID, int]] = []
         self.settings: dict[str, Any] = {}
         self.live_nodes: list[str] = [node_name]
@@ -116,6 +119,7 @@ class FiringLoop:
             await self.recorder.flush()
         except Exception as exc:
             log.error("could not record %d firings at shutdown: %s", len(self.recorder.pending), exc)
+        await self.plugins.close()
         if self.http is not None:
             await self.http.close()
 
@@ -150,6 +154,7 @@ class FiringLoop:
         for tid, entry in list(self.book.items()):
             if not self.mine(entry.spec, tid):
                 del self.book[tid]  # tasks that became ours are picked up by the next sync
+                self.plugin_wanted.discard(tid)  # its instance goes at the next full sync
         self._last_change = None
 
     async def sync(self) -> None:
@@ -202,10 +207,17 @@ class FiringLoop:
         if full:
             for tid in set(self.book) - seen:
                 del self.book[tid]
+            self.plugin_wanted &= {r.id for r in records}
+            for tid in self.plugins.stale(self.plugin_wanted):
+                await self.plugins.stop(tid)
 
     async def _apply(self, rec: dep.TaskRecord, now: datetime) -> bool:
         """Take one task record into the book; False when this node should not fire it."""
-        if rec.status != Status.Running or rec.spec.get("MetaType") != 2 or not self.mine(rec.spec, rec.id):
+        meta, mine = rec.spec.get("MetaType"), self.mine(rec.spec, rec.id)
+        if meta == 1 and not await self._plugin_lifecycle(rec, mine):
+            self.book.pop(rec.id, None)
+            return False
+        if rec.status != Status.Running or meta not in (1, 2) or not mine:
             self.book.pop(rec.id, None)
             return False
         version = (rec.updated, rec.status)
@@ -226,6 +238,32 @@ class FiringLoop:
         self.book[rec.id] = entry
         if nxt is not None:
             self._push(entry)
+        return True
+
+    async def _plugin_lifecycle(self, rec: dep.TaskRecord, mine: bool) -> bool:
+        """Start, pause, resume or stop this node's instance of a plugin task; False when
+        the task cannot fire here (not ours, not Running, or its plugin failed to start)."""
+        if mine and rec.status in (Status.Running, Status.Paused):
+            self.plugin_wanted.add(rec.id)
+        else:
+            self.plugin_wanted.discard(rec.id)
+            if rec.id in self.plugins.loaded:
+                await self.plugins.stop(rec.id)
+            return False
+        if rec.status == Status.Paused:
+            self.plugins.pause(rec.id)
+            return False
+        key = rec.spec.get("StartedAt")
+        if self._failed_starts.get(rec.id) == key:
+            return False
+        try:
+            await self.plugins.start(rec.id, rec.spec)
+        except plugins.PluginError as exc:
+            self._failed_starts[rec.id] = key
+            log.error("task %s [%s]: the plugin did not start: %s", rec.id, rec.spec.get("Title"), exc)
+            return False
+        self._failed_starts.pop(rec.id, None)
+        self.plugins.resume(rec.id)
         return True
 
     async def _one_shot_due(self, task_id: uuid.UUID, spec: dict[str, Any], now: datetime) -> datetime | None:
@@ -277,9 +315,10 @@ class FiringLoop:
                 except asyncio.TimeoutError:
                     pass
 
-    async def fire(self, entry: Entry, at: datetime) -> None:
+    async def fire(self, entry: Entry, at: datetime, *, previous_result: Any = None,
+                   parent: str | None = None, fid: str | None = None) -> None:
         title = entry.spec.get("Title", "")
-        fid = firing_id(entry.task_id, at)
+        fid = fid or firing_id(entry.task_id, at)
         if entry.running:
             # One instance per task, as Quartz's DisallowConcurrentExecution: skip and say so.
             self.skipped += 1
@@ -290,8 +329,12 @@ class FiringLoop:
         try:
             async with self.slots:
                 started = utcnow()
-                out = await perform_http(self.http, entry.spec.get("Http") or {}, settings=self.settings,
-                                         idempotency_key=fid)
+                if entry.spec.get("MetaType") == 1:
+                    out = await self.plugins.run(entry.task_id, entry.spec, trace_id=fid,
+                                                 previous_result=previous_result)
+                else:
+                    out = await perform_http(self.http, entry.spec.get("Http") or {},
+                                             settings=self.settings, idempotency_key=fid)
             finished = utcnow()
         finally:
             entry.running = False
@@ -299,4 +342,28 @@ class FiringLoop:
         level, line = outcome_lines(title, out)
         logs = list(out.logs) + [(level, line, finished)]
         self.recorder.add(Firing(entry.task_id, fid, title, at, started, finished, out.ok, out.message,
-                                 self.node, out.status_code, logs, zone=entry.spec.get("TimeZone") or "UTC"))
+                                 self.node, getattr(out, "status_code", None), logs,
+                                 zone=entry.spec.get("TimeZone") or "UTC", parent=parent))
+        if out.ok and entry.spec.get("Nexts"):
+            await self.trigger_children(entry, fid, getattr(out, "result", None))
+
+    async def trigger_children(self, entry: Entry, fid: str, result: Any) -> None:
+        """Nexts: each Running child runs once now, here when this node owns it, else on its node."""
+        for cid in chain.child_ids(entry.spec, entry.task_id):
+            cfid = chain.child_firing_id(cid, fid)
+            child = self.book.get(cid)
+            try:
+                if child is not None:
+                    task = asyncio.create_task(self.fire(child, utcnow(), previous_result=result,
+                                                         parent=fid, fid=cfid))
+                    self._inflight.add(task)
+                    task.add_done_callback(self._inflight.discard)
+                    continue
+                rec = await chain.running_child(self.client, cid)
+                if rec is None:
+                    log.info("task %s: child %s is not Running; not triggered", entry.task_id, cid)
+                    continue
+                await chain.submit_child(self.client, self.work_pool, rec, fid, result,
+                                         entry.spec.get("Title", ""))
+            except Exception as exc:  # one child's trouble must not stop the others
+                log.error("task %s: child %s not triggered: %s", entry.task_id, cid, exc)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hmac
 from datetime import datetime, timedelta
+from typing import Callable
 from uuid import UUID
 
 from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
@@ -44,6 +45,7 @@ class FiringRecord(BaseModel):
     ok: bool
     message: str = Field(default="", max_length=2000)
     fire: dict = Field(default_factory=dict)
+    parent_firing_id: str | None = Field(default=None, max_length=200)
     logs: list[FiringLog] = Field(default_factory=list, max_length=MAX_LOGS_PER_FIRING)
 
 
@@ -52,13 +54,28 @@ class RecordResult(BaseModel):
     unknown_tasks: list[UUID]
 
 
-async def record_firings(records: list[FiringRecord]) -> RecordResult:
+class RunFailure(BaseModel):
+    """A worker-path run (RunOnce, a child, a UI run) that failed: reported for the keepers."""
+
+    task_id: UUID
+    run_id: UUID
+    message: str = Field(default="", max_length=2000)
+    detail: str = Field(default="", max_length=20_000)
+    when: datetime
+
+
+#: called for each failed run with (task spec, when, message, detail, run id); the master's
+#: keeper mailer. It must not block: it only queues.
+OnFailure = Callable[[dict, datetime, str, str, str], None]
+
+
+async def record_firings(records: list[FiringRecord], on_failure: OnFailure | None = None) -> RecordResult:
     """Write the firings as flow runs of their tasks' deployments, in one transaction."""
     from prefect.server import models, schemas
     from prefect.server.database import provide_database_interface
 
     db = provide_database_interface()
-    recorded, unknown = 0, set()
+    recorded, unknown, failed = 0, set(), []
     async with db.session_context(begin_transaction=True, with_for_update=True) as session:
         deployments = {}
         for task_id in {r.task_id for r in records}:
@@ -72,7 +89,9 @@ async def record_firings(records: list[FiringRecord]) -> RecordResult:
                 continue
             final = (schemas.states.Completed if r.ok else schemas.states.Failed)(
                 message=r.message, timestamp=r.finished)
+            link = await _link_to_parent(session, dep, r) if r.parent_firing_id else None
             run = await models.flow_runs.create_flow_run(session, schemas.core.FlowRun(
+                parent_task_run_id=link,
                 name=r.name, flow_id=dep.flow_id, deployment_id=dep.id,
                 deployment_version=dep.version, parameters={"fire": r.fire},
                 tags=list(dep.tags or []), idempotency_key=r.firing_id,
@@ -82,16 +101,58 @@ async def record_firings(records: list[FiringRecord]) -> RecordResult:
                 total_run_time=max(r.finished - r.started, timedelta(0)),
                 state=final))
             recorded += 1
+            if not r.ok:
+                failed.append(((dep.parameters or {}).get("task") or {}, r, str(run.id)))
             logs += [schemas.actions.LogCreate(
                 name="schedulemaster.node", level=entry.level, message=entry.message,
                 timestamp=entry.timestamp, flow_run_id=run.id) for entry in r.logs]
         if logs:
             await models.logs.create_logs(session, logs)
+    if on_failure is not None:
+        for spec, r, run_id in failed:
+            detail = "\n".join(entry.message for entry in r.logs if entry.level >= 40)
+            on_failure(spec, r.finished, r.message, detail, run_id)
     return RecordResult(recorded=recorded, unknown_tasks=sorted(unknown))
 
 
-def create_record_app(auth_string: str | None = None) -> FastAPI:
-    """Mounted at ``/api/schedulemaster`` on the master's Prefect server (same port, same auth)."""
+async def _link_to_parent(session, dep, r: FiringRecord):
+    """A Next's run hangs under its parent's run in the UI: a task run in the parent's flow
+    run (named after the child) is the child run's ``parent_task_run_id``, as Prefect links
+    a subflow. None when the parent's run is not recorded (then the child stands alone)."""
+    import sqlalchemy as sa
+    from prefect.server import models, schemas
+    from prefect.server.database import provide_database_interface
+
+    db = provide_database_interface()
+    parent_run = (await session.execute(sa.select(db.FlowRun.id).where(
+        db.FlowRun.flow_id == dep.flow_id, db.FlowRun.idempotency_key == r.parent_firing_id))).scalar_one_or_none()
+    if parent_run is None:
+        return None
+    task_run = await models.task_runs.create_task_run(session, schemas.core.TaskRun(
+        flow_run_id=parent_run, task_key=f"next-{r.task_id}", dynamic_key=r.firing_id,
+        name=f"next → {r.name}", start_time=r.scheduled, end_time=r.scheduled,
+        state=schemas.states.Completed(message=f"triggered {r.firing_id}", timestamp=r.scheduled)))
+    return task_run.id
+
+
+async def report_failure(failure: RunFailure, on_failure: OnFailure | None) -> bool:
+    from prefect.server import models
+    from prefect.server.database import provide_database_interface
+
+    async with provide_database_interface().session_context() as session:
+        dep = await models.deployments.read_deployment(session=session, deployment_id=failure.task_id)
+    if dep is None:
+        return False
+    if on_failure is not None:
+        on_failure((dep.parameters or {}).get("task") or {}, failure.when, failure.message, failure.detail,
+                   str(failure.run_id))
+    return True
+
+
+def create_record_app(auth_string: str | None = None, on_failure: OnFailure | None = None,
+                      packages=None) -> FastAPI:
+    """Mounted at ``/api/schedulemaster`` on the master's Prefect server (same port, same auth):
+    nodes record firings and report failures here, and fetch plugin packages."""
     app = FastAPI(title="ScheduleMaster recording", openapi_url=None, docs_url=None, redoc_url=None)
     router = APIRouter()
 
@@ -100,7 +161,24 @@ def create_record_app(auth_string: str | None = None) -> FastAPI:
                            records: list[FiringRecord] = Body(..., max_length=MAX_BATCH)) -> RecordResult:
         if auth_string and not _authorized(request, auth_string):
             raise HTTPException(401, "Unauthorized")
-        return await record_firings(records)
+        return await record_firings(records, on_failure)
+
+    @router.post("/failures")
+    async def post_failure(request: Request, failure: RunFailure) -> dict:
+        if auth_string and not _authorized(request, auth_string):
+            raise HTTPException(401, "Unauthorized")
+        return {"known_task": await report_failure(failure, on_failure)}
+
+    @router.get("/plugins/{name}")
+    async def get_package(request: Request, name: str):
+        from fastapi.responses import FileResponse
+
+        if auth_string and not _authorized(request, auth_string):
+            raise HTTPException(401, "Unauthorized")
+        path = packages.path(name) if packages is not None else None
+        if path is None:
+            raise HTTPException(404, f"no plugin package named {name[:200]!r}")
+        return FileResponse(path, filename=path.name, media_type="application/zip")
 
     app.include_router(router)
     return app

@@ -41,6 +41,7 @@ class Firing:
     status_code: int | None = None
     logs: list[tuple[int, str, datetime]] = field(default_factory=list)
     zone: str = "UTC"  # the task's time zone, for the run's name
+    parent: str | None = None  # the parent's firing id when a Next triggered this firing
 
     @property
     def lateness_ms(self) -> float:
@@ -123,6 +124,7 @@ class Recorder:
                      "scheduled": f.scheduled.isoformat(), "started": f.started.isoformat(),
                      "finished": f.finished.isoformat(), "lateness_ms": round(f.lateness_ms, 1),
                      "status_code": f.status_code, "ok": f.ok},
+            "parent_firing_id": f.parent,
             "logs": [{"level": level, "message": msg[:20_000], "timestamp": ts.isoformat()}
                      for level, msg, ts in f.logs[:50]],
         }

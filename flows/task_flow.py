@@ -8,6 +8,7 @@ which calls the same `perform_http` and records the outcome as a run of this flo
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -27,16 +28,40 @@ async def read_node_settings() -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-@flow(name=FLOW_NAME, log_prints=True, persist_result=False)
-async def run_task(task: dict[str, Any], fire: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run one firing of a ScheduleMaster task."""
+async def _report_failure(flow_obj, run, state) -> None:
+    """A failed worker-path run reaches the master's keeper mailer (a Start is not a run)."""
+    from datetime import datetime, timezone
+
+    from prefect.client.orchestration import get_client
+
+    params = run.parameters or {}
+    if run.deployment_id is None or params.get("action") == "start" or params.get("fire") is not None:
+        return
+    try:
+        async with get_client() as client:
+            await client._client.post("/schedulemaster/failures", json={
+                "task_id": str(run.deployment_id), "run_id": str(run.id),
+                "message": (state.message or "")[:2000], "detail": "",
+                "when": datetime.now(timezone.utc).isoformat()})
+    except Exception as exc:  # the keepers miss a mail; the run's own outcome is unchanged
+        logging.getLogger("schedulemaster.flow").warning("could not report the failure to the master: %s", exc)
+
+
+@flow(name=FLOW_NAME, log_prints=True, persist_result=False, on_failure=[_report_failure])
+async def run_task(task: dict[str, Any], fire: dict[str, Any] | None = None, action: str | None = None,
+                   previous_result: Any = None) -> Any:
+    """Run one firing of a ScheduleMaster task (or, with ``action="start"``, start its plugin)."""
     logger = get_run_logger()
     if fire is not None:
         # A firing the node already ran and recorded; nothing to do again.
         return fire
     title = task.get("Title", "")
+    if task.get("MetaType") == 1:
+        return await _run_plugin(task, action, previous_result)
     if task.get("MetaType") != 2:
-        raise RuntimeError(f"MetaType {task.get('MetaType')} tasks cannot run on this node yet")
+        raise RuntimeError(f"MetaType {task.get('MetaType')} is not a task type (1 plugin, 2 HTTP)")
+    if action == "start":
+        return {"started": True}
     settings = await read_node_settings()
     async with new_session(10) as client:
         out = await perform_http(client, task.get("Http") or {}, settings=settings,
@@ -47,4 +72,80 @@ async def run_task(task: dict[str, Any], fire: dict[str, Any] | None = None) -> 
     logger.log(level, line)
     if not out.ok:
         raise RuntimeError(out.message)
+    await _trigger_children(task, None)
     return {"status_code": out.status_code, "elapsed_ms": round(out.elapsed_ms, 1)}
+
+
+def _deployment_id():
+    """The task id: the running flow run's deployment."""
+    from prefect.context import get_run_context
+
+    return get_run_context().flow_run.deployment_id
+
+
+async def _run_plugin(task: dict[str, Any], action: str | None, previous_result: Any) -> Any:
+    """Plugin tasks run on the node's own instance (deployments/plugins.py), which the
+    node's firing loop shares: a Start loads and initializes it here, on the node that will
+    fire the task, so a plugin that cannot start fails the Start with its reason logged."""
+
+    from schedulemaster.deployments import plugins
+
+    logger = get_run_logger()
+    host = plugins.host()
+    task_id = _deployment_id()
+    if action == "start":
+        try:
+            await host.start(task_id, task)
+        except plugins.PluginError as exc:
+            logger.error("任务启动失败：%s", exc)
+            raise RuntimeError(f"the plugin did not start: {str(exc).splitlines()[0]}") from None
+        logger.info("插件 %s / %s 已加载并完成初始化", task.get("AssemblyName"), task.get("ClassName"))
+        return {"started": True}
+    out = await host.run(task_id, task, previous_result=previous_result, trace_id=str(flow_run.get_id()))
+    for level, msg, _ts in out.logs:
+        logger.log(level, msg)
+    level, line = outcome_lines(task.get("Title", ""), out)
+    logger.log(level, line)
+    if not out.ok:
+        raise RuntimeError(out.message)
+    await _trigger_children(task, out.result)
+    return chain_jsonable(out.result)
+
+
+def chain_jsonable(value: Any) -> Any:
+    from schedulemaster.deployments.chain import jsonable
+
+    return jsonable(value)
+
+
+async def _trigger_children(task: dict[str, Any], result: Any) -> None:
+    """Nexts after a successful worker-path run (RunOnce, a child run, a UI run): each
+    Running child becomes a subflow run of this one in its own node's queue, so the UI
+    shows the chain as Prefect shows any subflow."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import arun_deployment
+
+    from schedulemaster.deployments import chain
+    from schedulemaster.settings import Settings
+
+    parent_id = _deployment_id()
+    children = chain.child_ids(task, parent_id)
+    if not children:
+        return
+    logger = get_run_logger()
+    pool = Settings.from_env().work_pool
+    async with get_client() as client:
+        for cid in children:
+            try:
+                rec = await chain.running_child(client, cid)
+                if rec is None:
+                    logger.info("子任务 %s 不在运行状态，未触发", cid)
+                    continue
+                queue = await chain.queue_for(client, pool, cid, rec.spec)
+                await arun_deployment(cid, client=client, timeout=0, as_subflow=True,
+                                      parameters={"task": rec.spec, "previous_result": chain.jsonable(result)},
+                                      work_queue_name=queue, tags=["sm:next"],
+                                      idempotency_key=chain.child_firing_id(cid, str(flow_run.get_id())))
+                logger.info("已触发子任务 %s [%s]", cid, rec.spec.get("Title"))
+            except Exception as exc:  # one child's trouble must not fail the parent or the others
+                logger.error("子任务 %s 触发失败：%s", cid, exc)

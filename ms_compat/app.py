@@ -16,7 +16,9 @@ from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from schedulemaster.deployments.packages import MAX_PACKAGE_BYTES, PackageError
 from schedulemaster.ms_compat import responses as R
+from schedulemaster.ms_compat.admin_api import add_admin_routes
 from schedulemaster.ms_compat.auth import Authenticator
 from schedulemaster.ms_compat.binding import ID_ONLY, QUERY_LIST, SCHEDULE_INFO, FormValues, bind
 from schedulemaster.ms_compat.store import Store
@@ -25,6 +27,8 @@ from schedulemaster.ms_compat.task_api import SERVICE_ERROR, TaskError, TaskServ
 log = logging.getLogger("schedulemaster.api")
 
 MAX_BODY_BYTES = 1024 * 1024
+UPLOAD_PATH = "/api/task/uploadplugin"
+UPLOAD_LIMIT = MAX_PACKAGE_BYTES + MAX_BODY_BYTES  # the package plus the multipart around it
 
 
 async def _form(request: Request) -> FormValues:
@@ -41,7 +45,7 @@ async def _form(request: Request) -> FormValues:
 
 
 def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService]],
-               on_shutdown: Callable[[], Awaitable[None]] | None = None) -> FastAPI:
+               on_shutdown: Callable[[], Awaitable[None]] | None = None, packages=None) -> FastAPI:
     auth = Authenticator(store)
     state: dict[str, Any] = {}
 
@@ -60,7 +64,8 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
         # ASP.NET routes are case-insensitive: /api/task/create == /api/Task/Create.
         request.scope["path"] = request.scope["path"].lower().rstrip("/") or "/"
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        limit = UPLOAD_LIMIT if request.scope["path"] == UPLOAD_PATH else MAX_BODY_BYTES
+        if length is not None and (not length.isdigit() or int(length) > limit):
             return R.client_error(413)
         try:
             return await call_next(request)
@@ -141,6 +146,39 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
     for action in ("start", "pause", "resume", "stop", "delete"):
         app.post(f"/api/task/{action}")(id_action(action))
     app.post("/api/task/runonce")(id_action("run_once"))
+
+    async def settings_saved() -> None:
+        """Nodes read the settings from a Prefect Variable: refresh it on every save."""
+        from schedulemaster.master import mirror_settings
+
+        await mirror_settings(state["service"].client, store)
+
+    add_admin_routes(app, store, guarded, _form, R.fmt_nullable_date, settings_saved)
+
+    @app.post(UPLOAD_PATH)
+    async def upload_plugin(request: Request):
+        """Extension: the console's zip upload (POST /Schedule/Upload, field ``file``)."""
+        files: list[Any] = []
+        values = FormValues([])
+        if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+            try:
+                form = await request.form(max_files=1, max_fields=10, max_part_size=UPLOAD_LIMIT)
+                files = [v for k, v in form.multi_items() if k.lower() == "file" and not isinstance(v, str)]
+            except Exception:
+                values.broken = True
+
+        async def act(_m, _user):
+            if not files:
+                return R.failed("请选择要上传的插件包 (multipart 表单字段 file)")
+            data = await files[0].read(MAX_PACKAGE_BYTES + 1)
+            try:
+                info = packages.save(files[0].filename or "", data)
+            except PackageError as exc:
+                return R.failed(f"插件包无效：{exc}")
+            return R.ok("上传成功!", {"Name": info.name, "FileName": info.filename, "Sha256": info.sha256,
+                                   "Size": info.size})
+
+        return await guarded(request, [], values, act)
 
     @app.get("/api/health")
     async def health():

@@ -88,9 +88,74 @@ class Store:
         with Session(self.engine) as s:
             return s.exec(select(SystemUser).where(SystemUser.username == username)).first()
 
+    def users_by_ids(self, ids: list[int]) -> list[SystemUser]:
+        if not ids:
+            return []
+        with Session(self.engine) as s:
+            return list(s.exec(select(SystemUser).where(SystemUser.id.in_(ids))).all())
+
     def configs(self) -> dict[str, str]:
         with Session(self.engine) as s:
             return {c.key: c.value or "" for c in s.exec(select(SystemConfig)).all()}
+
+    # ---- accounts (the console's 账号管理) -----------------------------------------
+    def list_users(self, name: str | None = None) -> list[SystemUser]:
+        """Every account but the deleted ones, oldest first."""
+        with Session(self.engine) as s:
+            q = select(SystemUser).where(SystemUser.status != -1).order_by(SystemUser.id)
+            users = list(s.exec(q).all())
+        return [u for u in users if not name or name.lower() in u.username.lower()
+                or name.lower() in (u.realname or "").lower()]
+
+    def get_user(self, user_id: int) -> SystemUser | None:
+        with Session(self.engine) as s:
+            u = s.get(SystemUser, user_id)
+            return u if u is not None and u.status != -1 else None
+
+    def create_user(self, username: str, password: str, realname: str, phone: str | None,
+                    email: str | None) -> SystemUser:
+        """Raises ValueError when the name is taken (case-insensitively, deleted accounts too)."""
+        from sqlalchemy import func
+
+        with Session(self.engine) as s:
+            taken = s.exec(select(SystemUser).where(func.lower(SystemUser.username) == username.lower())).first()
+            if taken is not None:
+                raise ValueError(username)
+            user = SystemUser(username=username, password=md5_hex(password), realname=realname,
+                              phone=phone, email=email)
+            s.add(user)
+            s.commit()
+            s.refresh(user)
+            return user
+
+    def update_user(self, user_id: int, **values) -> bool:
+        """Set columns of a non-deleted account; False when there is none."""
+        with Session(self.engine) as s:
+            u = s.get(SystemUser, user_id)
+            if u is None or u.status == -1:
+                return False
+            for key, value in values.items():
+                setattr(u, key, value)
+            s.add(u)
+            s.commit()
+            return True
+
+    def set_configs(self, values: dict[str, str], user: str | None = None) -> None:
+        """Several settings in one transaction (all or none); unknown keys raise KeyError."""
+        with Session(self.engine) as s:
+            rows = []
+            for key, value in values.items():
+                row = s.get(SystemConfig, key)
+                if row is None:
+                    raise KeyError(key)
+                row.value, row.updatetime, row.updateusername = value, datetime.now(timezone.utc), user
+                rows.append(row)
+            s.add_all(rows)
+            s.commit()
+
+    def config_rows(self) -> list[SystemConfig]:
+        with Session(self.engine) as s:
+            return list(s.exec(select(SystemConfig).order_by(SystemConfig.sort)).all())
 
     def set_config(self, key: str, value: str, user: str | None = None) -> None:
         with Session(self.engine) as s:

@@ -6,9 +6,9 @@ legacy requests into deployment changes and deployment state back into legacy vi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import random
 import re
 import uuid
 from datetime import datetime, timezone
@@ -26,6 +26,7 @@ log = logging.getLogger("schedulemaster.api")
 
 HTTP_METHOD_RE = r"^[A-Za-z]{1,10}$"
 SERVICE_ERROR = "服务出现异常请稍后再试！"
+PLUGIN_START_TIMEOUT = 30  # seconds a Start waits for the node to load and initialize a plugin
 
 
 class TaskError(Exception):
@@ -232,9 +233,6 @@ class TaskService:
         end = plan.local_to_utc(spec.get("EndDate"), spec.get("TimeZone") or self.tz)
         if end is not None and end < datetime.now(timezone.utc):
             return R.failed("任务结束时间不能小于当前时间！")
-        if spec.get("MetaType") != 2:
-            log.error("task %s: plugin (MetaType 1) tasks cannot be started on this version", task_id)
-            return R.failed("任务启动失败!")
         if spec.get("RunLoop"):
             try:
                 quartz.parse(spec.get("CronExpression") or "")
@@ -242,9 +240,57 @@ class TaskService:
                 log.error("task %s: cron表达式验证失败 %s", task_id, exc)
                 return R.failed("任务启动失败!")
         spec["StartedAt"] = self.now_local().isoformat()
+        if spec.get("MetaType") == 1 and not await self.start_plugin(task_id, spec):
+            return R.failed("任务启动失败!")
         if not await self._set(rec, spec, Status.Running):
             return R.failed("更新任务状态失败!")
         return R.ok("任务启动成功!")
+
+    async def start_plugin(self, task_id: uuid.UUID, spec: dict[str, Any]) -> bool:
+        """Have the node that will fire the task load and initialize its plugin, and wait.
+
+        The original's Start asked the worker to load the assembly and failed when it could
+        not. Here the Start is a flow run (tag ``sm:start``) in the owning node's queue: the
+        node's worker runs it in the node process, so the instance it initializes is the
+        one the node then fires, and the run's log in the UI says why a Start failed.
+        """
+        from prefect.client.schemas.objects import StateType
+        from prefect.states import Cancelled
+
+        from schedulemaster.deployments.firing import owner
+
+        allowed = spec.get("Executors") or []
+        live = [n for n in await self.live_nodes() if not allowed or n in allowed]
+        node = owner(task_id, live)
+        if node is None:
+            log.error("task %s: no live node to start its plugin on (executors: %s)", task_id, allowed or "any")
+            return False
+        run = await self.client.create_flow_run_from_deployment(
+            task_id, parameters={"task": spec, "action": "start"},
+            work_queue_name=dep.NODE_QUEUE_PREFIX + node, tags=["sm:start"])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PLUGIN_START_TIMEOUT
+        while loop.time() < deadline:
+            await asyncio.sleep(0.25)
+            state = (await self.client.read_flow_run(run.id)).state
+            if state is not None and state.is_final():
+                if state.type == StateType.COMPLETED:
+                    return True
+                log.error("task %s: plugin start failed on %s: %s (run %s)", task_id, node, state.message, run.id)
+                return False
+        log.error("task %s: node %s did not start the plugin within %d s", task_id, node, PLUGIN_START_TIMEOUT)
+        try:
+            await self.client.set_flow_run_state(run.id, Cancelled(message="start timed out"), force=True)
+        except Exception:
+            pass
+        return False
+
+    async def live_nodes(self) -> list[str]:
+        try:
+            workers = await self.client.read_workers_for_work_pool(self.work_pool)
+        except Exception:
+            return []
+        return sorted(w.name for w in workers if str(getattr(w.status, "value", w.status)).upper() == "ONLINE")
 
     async def pause(self, task_id: uuid.UUID):
         rec = await self.repo.read(task_id)
@@ -276,7 +322,7 @@ class TaskService:
         if rec is None or rec.status != Status.Running:
             return R.failed("任务不在运行状态下!")
         try:
-            queue = await self.pick_queue(rec.spec.get("Executors") or [])
+            queue = await self.pick_queue(rec.id, rec.spec.get("Executors") or [])
             await self.client.create_flow_run_from_deployment(
                 rec.id, parameters={"task": rec.spec}, work_queue_name=queue,
                 tags=["sm:run-once"])
@@ -285,17 +331,14 @@ class TaskService:
             return R.failed("任务运行失败!")
         return R.ok("任务运行成功!")
 
-    async def pick_queue(self, executors: list[str]) -> str:
-        """RunOnce goes to one node: any live one of the task's executors (else the first)."""
-        if not executors:
-            return dep.DEFAULT_QUEUE
-        try:
-            workers = await self.client.read_workers_for_work_pool(self.work_pool)
-            live = [w.name for w in workers if str(getattr(w.status, "value", w.status)).upper() == "ONLINE"]
-        except Exception:
-            live = []
-        choice = [e for e in executors if e in live] or executors[:1]
-        return dep.NODE_QUEUE_PREFIX + random.choice(choice)
+    async def pick_queue(self, task_id: uuid.UUID, executors: list[str]) -> str:
+        """RunOnce goes to the node that fires the task (it holds a plugin task's instance);
+        with no live node allowed, to the first executor's queue (or the shared one)."""
+        from schedulemaster.deployments.firing import owner
+
+        live = [n for n in await self.live_nodes() if not executors or n in executors]
+        node = owner(task_id, live) or (executors[0] if executors else None)
+        return dep.DEFAULT_QUEUE if node is None else dep.NODE_QUEUE_PREFIX + node
 
     async def delete(self, task_id: uuid.UUID):
         rec = await self.repo.read(task_id)

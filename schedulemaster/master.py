@@ -70,7 +70,7 @@ async def mirror_settings(client, store) -> None:
         await client.update_variable(VariableUpdate(name=SETTINGS_VARIABLE, value=value))
 
 
-def mount_record_api(prefect_app) -> None:
+def mount_record_api(prefect_app, on_failure=None, packages=None) -> None:
     """Nodes record firings at ``/api/schedulemaster/firings`` (see deployments/record_api.py)."""
     import prefect.settings
     from starlette.routing import Mount
@@ -79,7 +79,7 @@ def mount_record_api(prefect_app) -> None:
 
     auth = prefect.settings.PREFECT_SERVER_API_AUTH_STRING.value()
     # Before Prefect's own "/api" mount, which would otherwise answer 404.
-    prefect_app.router.routes.insert(0, Mount("/api/schedulemaster", app=create_record_app(auth)))
+    prefect_app.router.routes.insert(0, Mount("/api/schedulemaster", app=create_record_app(auth, on_failure, packages)))
 
 
 async def wait_for_prefect(client, timeout: float = 120.0) -> None:
@@ -100,8 +100,10 @@ async def serve_master(settings: Settings) -> None:
     from prefect.server.api.server import create_app as create_prefect_app
     from prefect.utilities.callables import parameter_schema
 
+    from schedulemaster.deployments.packages import PackageStore
     from schedulemaster.flows.task_flow import run_task
     from schedulemaster.ms_compat.app import create_app as create_legacy_app
+    from schedulemaster.ms_compat.keepers import KeeperMailer
     from schedulemaster.ms_compat.store import Store
     from schedulemaster.ms_compat.task_api import TaskService
 
@@ -120,9 +122,11 @@ async def serve_master(settings: Settings) -> None:
     async def close() -> None:
         await client.__aexit__(None, None, None)
 
+    mailer = KeeperMailer(store)
+    packages = PackageStore(settings.data_dir.resolve() / "plugins")
     prefect_app = create_prefect_app(final=True)
-    mount_record_api(prefect_app)
-    legacy_app = create_legacy_app(store, make_service, close)
+    mount_record_api(prefect_app, mailer.task_failed, packages)
+    legacy_app = create_legacy_app(store, make_service, close, packages)
     servers = [_Server(prefect_app, settings.prefect_host, settings.prefect_port),
                _Server(legacy_app, settings.api_host, settings.api_port)]
 
@@ -131,12 +135,14 @@ async def serve_master(settings: Settings) -> None:
         loop.add_signal_handler(sig, lambda: [s.stop() for s in servers])
     # The legacy API's lifespan waits for Prefect's; start Prefect first.
     tasks = [asyncio.create_task(servers[0].serve())]
+    mailing = asyncio.create_task(mailer.run(), name="keeper-mail")
     await asyncio.sleep(0)
     tasks.append(asyncio.create_task(servers[1].serve()))
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for s in servers:
         s.stop()
     await asyncio.gather(*tasks, return_exceptions=True)
+    mailing.cancel()
     for t in done:
         if t.exception():
             raise t.exception()

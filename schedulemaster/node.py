@@ -30,11 +30,30 @@ async def ensure_queues(client, settings: Settings, queues: list[str]) -> None:
             raise RuntimeError(f"work pool {settings.work_pool} vanished while creating queue {queue}") from exc
 
 
+def package_fetcher(client):
+    """Plugin packages come from the master (the nodes share no file system with it)."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    async def fetch(name: str) -> tuple[str, bytes] | None:
+        try:
+            resp = await client._client.get(f"/schedulemaster/plugins/{name}")
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code == 404:
+                return None
+            raise
+        disposition = resp.headers.get("content-disposition", "")
+        filename = disposition.split("filename=")[-1].strip('"; ') if "filename=" in disposition else f"{name}.zip"
+        return filename, resp.content
+
+    return fetch
+
+
 async def serve_node(settings: Settings, name: str, priority: int, max_concurrency: int) -> int:
     """Run until SIGTERM/SIGINT; the exit code is 1 when a part of the node failed."""
     settings.apply_prefect_env()
     from prefect.client.orchestration import get_client
 
+    from schedulemaster.deployments import plugins
     from schedulemaster.deployments.firing import FiringLoop
     from schedulemaster.deployments.tasks import DEFAULT_QUEUE, NODE_QUEUE_PREFIX
     from schedulemaster.deployments.worker import NodeWorker
@@ -47,6 +66,8 @@ async def serve_node(settings: Settings, name: str, priority: int, max_concurren
         worker = NodeWorker(work_pool_name=settings.work_pool, work_queues=[DEFAULT_QUEUE, own_queue],
                             name=name, limit=max_concurrency, create_pool_if_not_found=True,
                             base_job_template=NodeWorker.get_default_base_job_template())
+        host = plugins.host(max_concurrency, name, settings.data_dir / "nodes" / name / "plugins")
+        host.fetch = package_fetcher(client)
         firing = FiringLoop(client, name, settings.work_pool, max_concurrency)
         worker.accept_task_run = firing.owns_run
         stop = asyncio.Event()

@@ -38,6 +38,10 @@ def dotnet_form(pairs: list[tuple[str, str]]) -> bytes:
                     for k, v in pairs).encode("ascii")
 
 
+# test plugin modules, on the path of the system's processes ("installed on the nodes")
+PLUGINS_DIR = Path(__file__).parent / "plugins"
+
+
 @dataclass
 class System:
     """`schedulemaster up` in a subprocess, on free ports and a temporary data dir."""
@@ -64,7 +68,8 @@ class System:
                "--timezone", self.timezone, *self.up_args]
         self.output = []
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
+                                         p for p in (str(PLUGINS_DIR), os.environ.get("PYTHONPATH")) if p)})
         threading.Thread(target=self._drain, daemon=True).start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -125,6 +130,17 @@ class System:
         data = {"Title": fields.pop("Title", "http task"), "MetaType": "2", "RunLoop": "true",
                 "CronExpression": cron, "HttpRequestUrl": url, "HttpMethod": "POST",
                 "HttpContentType": "application/json", "HttpBody": '{"k":"v"}', **fields}
+        body = self.post("Create", data=data).json()
+        assert body["Success"], body
+        return body["Data"]
+
+    def create_plugin(self, cls: str, cron: str = "0/2 * * * * ?", params: dict | None = None,
+                      module: str = "sm_demo_plugins", **fields) -> str:
+        custom = json.dumps([{"ParamKey": k, "ParamValue": str(v), "ParamRemark": ""}
+                             for k, v in (params or {}).items()])
+        data = {"Title": fields.pop("Title", cls), "MetaType": "1", "RunLoop": "true",
+                "CronExpression": cron, "AssemblyName": module, "ClassName": cls,
+                "CustomParamsJson": custom, **fields}
         body = self.post("Create", data=data).json()
         assert body["Success"], body
         return body["Data"]

@@ -1,0 +1,85 @@
+"""Child tasks (Nexts): after a successful run, each Running child runs once with its result.
+
+The original triggered a child only when it happened to be scheduled on the same worker
+(behaviour notes §4.5). Here a child runs on the node that owns it (its own Executors),
+wherever that is: in-process when the parent's node owns it too, otherwise as a flow run
+in the owner's queue. Its firing id derives from the parent's, so a retried parent
+triggers no second child run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+log = logging.getLogger("schedulemaster.chain")
+
+
+def child_firing_id(child_id: uuid.UUID, parent_firing_id: str) -> str:
+    return str(uuid.uuid5(child_id, f"next:{parent_firing_id}"))
+
+
+def jsonable(value: Any) -> Any:
+    """A parent's result as it can travel to another node (JSON), else its repr."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def child_ids(spec: dict[str, Any], parent_id: uuid.UUID) -> list[uuid.UUID]:
+    out = []
+    for raw in spec.get("Nexts") or []:
+        try:
+            cid = uuid.UUID(str(raw))
+        except ValueError:
+            continue
+        if cid != parent_id:  # the original excluded a direct self-reference
+            out.append(cid)
+    return out
+
+
+async def live_nodes(client, work_pool: str) -> list[str]:
+    try:
+        workers = await client.read_workers_for_work_pool(work_pool)
+    except Exception:
+        return []
+    return sorted(w.name for w in workers if str(getattr(w.status, "value", w.status)).upper() == "ONLINE")
+
+
+async def queue_for(client, work_pool: str, task_id: uuid.UUID, spec: dict[str, Any]) -> str:
+    """The queue of the node that fires this task (the same rendezvous choice the nodes make)."""
+    from schedulemaster.deployments.firing import owner
+    from schedulemaster.deployments.tasks import DEFAULT_QUEUE, NODE_QUEUE_PREFIX
+
+    allowed = spec.get("Executors") or []
+    node = owner(task_id, [n for n in await live_nodes(client, work_pool) if not allowed or n in allowed])
+    node = node or (allowed[0] if allowed else None)
+    return DEFAULT_QUEUE if node is None else NODE_QUEUE_PREFIX + node
+
+
+async def running_child(client, child_id: uuid.UUID):
+    """The child's record when it is Running, else None (a stopped or paused child does not run)."""
+    from prefect.exceptions import ObjectNotFound
+
+    from schedulemaster.deployments.tasks import Status, record_of
+
+    try:
+        rec = record_of(await client.read_deployment(child_id))
+    except ObjectNotFound:
+        return None
+    return rec if rec is not None and rec.status == Status.Running else None
+
+
+async def submit_child(client, work_pool: str, child, parent_firing_id: str, result: Any,
+                       parent_title: str = "") -> None:
+    """Run a child on its own node, as a flow run in that node's queue."""
+    queue = await queue_for(client, work_pool, child.id, child.spec)
+    await client.create_flow_run_from_deployment(
+        child.id, parameters={"task": child.spec, "previous_result": jsonable(result)},
+        work_queue_name=queue, tags=["sm:next"],
+        idempotency_key=child_firing_id(child.id, parent_firing_id))
+    log.info("child %s of %s submitted to %s", child.id, parent_title or parent_firing_id, queue)

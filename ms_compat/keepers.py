@@ -1,0 +1,143 @@
+"""Keepers: the users mailed when a task's run fails (behaviour notes §4.7).
+
+The master sees every failure: firings reach it through the recording endpoint and
+worker-path runs report theirs (flows/task_flow.py). Mail goes out from a queue on the
+master's loop, on a thread (smtplib blocks), so a slow or unreachable SMTP server never
+fails or delays a run. Besides mail, a task may name Prefect notification blocks
+(``NotifyBlocks``: Slack, Teams, a webhook... any block with ``notify``) as extra channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import smtplib
+import ssl
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import formataddr
+from typing import Any
+
+log = logging.getLogger("schedulemaster.keepers")
+
+SMTP_TIMEOUT = 10  # seconds, as MailKit's in the original
+QUEUE_LIMIT = 10_000
+
+
+@dataclass
+class Failure:
+    task_id: str
+    title: str
+    keepers: list[int]
+    notify_blocks: list[str]
+    when: datetime
+    message: str
+    detail: str = ""
+    run_id: str | None = None
+
+
+def subject_of(f: Failure) -> str:
+    return f"任务运行异常 — {f.title}"
+
+
+def content_of(f: Failure) -> str:
+    """The HTML body: task, time, error and its stack trace, as GetErrorEmailContent wrote."""
+    e = html.escape
+    rows = [("任务名称", e(f.title)), ("任务ID", e(f.task_id)), ("运行时间", e(f.when.strftime("%Y-%m-%d %H:%M:%S"))),
+            ("异常信息", e(f.message))]
+    if f.run_id:
+        rows.append(("Prefect 运行", e(f.run_id)))
+    table = "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows)
+    trace = f"<pre>{e(f.detail)}</pre>" if f.detail else ""
+    return f"<h3>任务运行异常</h3><table>{table}</table>{trace}"
+
+
+class KeeperMailer:
+    def __init__(self, store):
+        self.store = store
+        self.queue: asyncio.Queue[Failure] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+        self.sent = 0
+        self.failed = 0
+
+    def task_failed(self, spec: dict[str, Any], when: datetime, message: str, detail: str = "",
+                    run_id: str | None = None) -> None:
+        """What the recording endpoint calls for each failed run of a task."""
+        keepers = [k for k in spec.get("Keepers") or [] if isinstance(k, int)]
+        blocks = [b for b in spec.get("NotifyBlocks") or [] if isinstance(b, str)]
+        self.failure(Failure(str(spec.get("Id")), spec.get("Title") or "", keepers, blocks, when,
+                             message, detail, run_id))
+
+    def failure(self, f: Failure) -> None:
+        """Queue a failure's notifications; never blocks, never raises."""
+        if not f.keepers and not f.notify_blocks:
+            return
+        try:
+            self.queue.put_nowait(f)
+        except asyncio.QueueFull:
+            log.error("keeper notification queue full: failure of %s [%s] not notified", f.task_id, f.title)
+
+    async def run(self) -> None:
+        while True:
+            f = await self.queue.get()
+            try:
+                if f.keepers:
+                    await asyncio.to_thread(self.send_mail, f)
+                for name in f.notify_blocks:
+                    await self.notify_block(name, f)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # logged, never raised into a run
+                self.failed += 1
+                log.error("notifying the keepers of %s [%s] failed: %s", f.task_id, f.title, exc)
+
+    def recipients(self, keepers: list[int]) -> list[tuple[str, str]]:
+        """(RealName, Email) of the keepers who have an email; others get nothing."""
+        return [(u.realname, u.email) for u in self.store.users_by_ids(keepers)
+                if u.email and u.status != -1]
+
+    def send_mail(self, f: Failure) -> None:
+        to = self.recipients(f.keepers)
+        if not to:
+            return
+        cfg = self.store.configs()
+        server, account = cfg.get("Email_SmtpServer", "").strip(), cfg.get("Email_FromAccount", "").strip()
+        if not server or not account:
+            log.warning("task %s failed but no mail was sent: Email_SmtpServer / Email_FromAccount are not set",
+                        f.task_id)
+            return
+        port = int(cfg.get("Email_SmtpPort") or 25)
+        msg = EmailMessage()
+        msg["Subject"] = subject_of(f)
+        msg["From"] = formataddr(("ScheduleMaster", account))
+        msg["To"] = ", ".join(formataddr(pair) for pair in to)
+        msg.set_content("任务运行异常，请查看 HTML 内容。")
+        msg.add_alternative(content_of(f), subtype="html")
+        password = cfg.get("Email_FromAccountPwd", "")
+        # SecureSocketOptions.Auto: implicit TLS on 465, STARTTLS where offered, else plain.
+        if port == 465:
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(server, port, timeout=SMTP_TIMEOUT,
+                                                 context=ssl.create_default_context())
+        else:
+            smtp = smtplib.SMTP(server, port, timeout=SMTP_TIMEOUT)
+        with smtp:
+            smtp.ehlo()
+            if port != 465 and smtp.has_extn("starttls"):
+                smtp.starttls(context=ssl.create_default_context())
+                smtp.ehlo()
+            if password and smtp.has_extn("auth"):
+                smtp.login(account, password)
+            smtp.send_message(msg)
+        self.sent += 1
+        log.info("failure of %s [%s] mailed to %s", f.task_id, f.title, ", ".join(e for _, e in to))
+
+    async def notify_block(self, name: str, f: Failure) -> None:
+        """A Prefect notification block (``type-slug/name``) as an extra failure channel."""
+        from prefect.blocks.core import Block
+
+        block: Any = await Block.aload(name)
+        text = f"{subject_of(f)}\n{f.when:%Y-%m-%d %H:%M:%S} {f.message}"
+        result = block.notify(text, subject=subject_of(f))
+        if asyncio.iscoroutine(result):
+            await result

@@ -1,0 +1,162 @@
+"""Keepers' failure mail through a real SMTP sink; the accounts and settings API extensions."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from helpers import AUTH, free_port, md5, wait_until
+
+
+class Sink:
+    def __init__(self):
+        self.messages: list[email.message.EmailMessage] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's hook name)
+        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        return "250 OK"
+
+
+@pytest.fixture(scope="module")
+def smtp():
+    sink = Sink()
+    ctl = Controller(sink, hostname="127.0.0.1", port=free_port())
+    ctl.start()
+    yield ctl, sink
+    ctl.stop()
+
+
+def api(system, method, path, **kw):
+    import httpx
+
+    return httpx.request(method, f"{system.api}/api/{path}", headers=AUTH, timeout=30, **kw).json()
+
+
+def save_config(system, **values):
+    return api(system, "POST", "System/SaveConfig", data=values)
+
+
+def create_user(system, name, email_addr=None, **extra):
+    data = {"UserName": name, "RealName": f"{name} 真名", "Password": "secret1", **extra}
+    if email_addr:
+        data["Email"] = email_addr
+    body = api(system, "POST", "Account/Create", data=data)
+    assert body["Success"], body
+    return body["Data"]
+
+
+def test_keepers_with_an_email_get_the_failure_mail(system, smtp):
+    ctl, sink = smtp
+    assert save_config(system, Email_SmtpServer="127.0.0.1", Email_SmtpPort=str(ctl.port),
+                       Email_FromAccount="sm@example.com")["Success"]
+    with_mail = create_user(system, "keeper_a", "keeper.a@example.com")
+    without_mail = create_user(system, "keeper_b")
+    tid = system.create_plugin("Failing", cron="0/2 * * * * ?", Title="夜间对账",
+                               Keepers=[str(with_mail), str(without_mail), "9999"])
+    assert system.post("Start", data={"id": tid}).json()["Success"]
+    wait_until(lambda: sink.messages or None, timeout=40)
+    system.post("Stop", data={"id": tid})
+    msg = sink.messages[0]
+    assert msg["Subject"] == "任务运行异常 — 夜间对账"
+    assert sink.envelopes[0] == ("sm@example.com", ["keeper.a@example.com"])   # only keepers with an email
+    assert "keeper_a 真名" in msg["To"] and "ScheduleMaster" in msg["From"]
+    html = msg.get_body(("html",)).get_content()
+    assert "夜间对账" in html and "the plugin failed on purpose" in html and "Traceback" in html
+
+
+def test_a_failed_run_once_mails_the_keepers_too(system, smtp):
+    ctl, sink = smtp
+    assert save_config(system, Email_SmtpServer="127.0.0.1", Email_SmtpPort=str(ctl.port),
+                       Email_FromAccount="sm@example.com")["Success"]
+    keeper = create_user(system, "keeper_once", "once@example.com")
+    tid = system.create_plugin("Failing", cron="0 0 0 1 1 ? 2099", Title="只运行一次", Keepers=str(keeper))
+    assert system.post("Start", data={"id": tid}).json()["Success"]
+    assert system.post("RunOnce", data={"id": tid}).json()["Success"]
+    wait_until(lambda: any(m["Subject"] == "任务运行异常 — 只运行一次" for m in sink.messages), timeout=40)
+    assert ("sm@example.com", ["once@example.com"]) in sink.envelopes
+    system.post("Stop", data={"id": tid})
+
+
+def test_an_unreachable_smtp_server_does_not_hurt_the_runs(system, receiver):
+    closed = free_port()
+    assert save_config(system, Email_SmtpServer="127.0.0.1", Email_SmtpPort=str(closed),
+                       Email_FromAccount="sm@example.com")["Success"]
+    keeper = create_user(system, "keeper_c", "keeper.c@example.com")
+    tid = system.create_plugin("Failing", cron="0/2 * * * * ?", Title="no smtp", Keepers=str(keeper))
+    assert system.post("Start", data={"id": tid}).json()["Success"]
+    runs = wait_until(lambda: (lambda r: r if len(r) >= 3 else None)(
+        [x for x in system.flow_runs(tid) if "fire" in x["parameters"]]), timeout=40)
+    system.post("Stop", data={"id": tid})
+    fires = sorted(x["parameters"]["fire"]["lateness_ms"] for x in runs)
+    assert all(x["state_type"] == "FAILED" for x in runs)
+    assert fires[len(fires) // 2] < 1000   # still on time: the mail is off the firing path
+    master_log = system.data_dir / "logs" / "master.log"
+    wait_until(lambda: "notifying the keepers of " + tid in master_log.read_text(errors="replace"))
+    assert save_config(system, Email_SmtpServer="")["Success"]
+
+
+def test_accounts_round_trip_and_the_new_secret_works(system):
+    uid = create_user(system, "Ops_User", "ops@example.com", Phone="+86 10 1234")
+    assert api(system, "POST", "Account/Create", data={"UserName": "ops_user", "RealName": "dup",
+                                                        "Password": "secret1"}) == {
+        "Success": False, "Status": 0, "Message": "用户名已存在!", "Data": None}   # case-insensitive
+    rows = api(system, "GET", "Account/QueryList", params={"pageNumber": 1, "pageSize": 100, "name": "ops"})
+    row = next(r for r in rows["Data"]["rows"] if r["Id"] == uid)
+    assert (row["UserName"], row["Email"], row["Status"]) == ("Ops_User", "ops@example.com", 1)
+    secret = md5("Ops_User" + md5("secret1") + "Ops_User")
+    import httpx
+    ok = httpx.get(f"{system.api}/api/Task/QueryList", params={"pageNumber": 1, "pageSize": 1},
+                   headers={"ms_auth_user": "Ops_User", "ms_auth_secret": secret})
+    assert ok.status_code == 200
+    assert api(system, "POST", "Account/Edit", data={"Id": uid, "RealName": "运维", "Email": "new@example.com"})["Success"]
+    assert api(system, "POST", "Account/Disable", data={"id": uid})["Success"]
+    denied = httpx.get(f"{system.api}/api/Task/QueryList", params={"pageNumber": 1, "pageSize": 1},
+                       headers={"ms_auth_user": "Ops_User", "ms_auth_secret": secret})
+    assert denied.status_code == 401
+    assert api(system, "POST", "Account/Enable", data={"id": uid})["Success"]
+    assert api(system, "POST", "Account/Delete", params={"id": uid})["Success"]
+    assert api(system, "POST", "Account/Edit", data={"Id": uid, "RealName": "x"})["Message"] == "账号不存在!"
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"UserName": "a b", "RealName": "x", "Password": "secret1"}, "用户名只能包含"),
+    ({"UserName": "shorty", "RealName": "x", "Password": "123"}, "密码至少 6 位!"),
+    ({"UserName": "mailbad", "RealName": "x", "Password": "secret1", "Email": "not-an-email"}, "邮箱格式不正确!"),
+    ({"UserName": "<script>", "RealName": "x", "Password": "secret1"}, "用户名只能包含"),
+])
+def test_bad_account_input_is_refused_and_changes_nothing(system, data, message):
+    before = api(system, "GET", "Account/QueryList", params={"pageNumber": 1, "pageSize": 1000})["Data"]["total"]
+    body = api(system, "POST", "Account/Create", data=data)
+    assert body["Success"] is False and body["Message"].startswith(message)
+    assert api(system, "GET", "Account/QueryList", params={"pageNumber": 1, "pageSize": 1000})["Data"]["total"] == before
+
+
+def test_account_validation_and_auth_use_the_legacy_shapes(system):
+    import httpx
+
+    r = httpx.post(f"{system.api}/api/Account/Create", data={"RealName": "x" * 51}, headers=AUTH)
+    assert r.status_code == 400 and set(r.json()["errors"]) == {"UserName", "RealName"}
+    r = httpx.get(f"{system.api}/api/Account/QueryList", headers={"ms_auth_user": "admin", "ms_auth_secret": "x"})
+    assert r.status_code == 401
+    me = api(system, "POST", "Account/Disable", data={"id": 1})
+    assert me["Success"] is False and "当前登录" in me["Message"]
+
+
+def test_settings_read_masked_validated_and_all_or_nothing(system):
+    assert save_config(system, Email_FromAccountPwd="hunter2")["Success"]
+    rows = {r["Key"]: r for r in api(system, "GET", "System/Configs")["Data"]}
+    assert rows["Email_FromAccountPwd"]["Value"] == "******" and rows["Http_RequestTimeout"]["Value"] == "10"
+    assert save_config(system, Email_FromAccountPwd="******")["Success"]        # unchanged
+    bad = save_config(system, Http_RequestTimeout="15", DelayTask_DelayPattern="Sometimes")
+    assert bad["Success"] is False and "DelayTask_DelayPattern" in bad["Message"]
+    rows = {r["Key"]: r for r in api(system, "GET", "System/Configs")["Data"]}
+    assert rows["Http_RequestTimeout"]["Value"] == "10"                         # nothing saved
+    assert save_config(system, NoSuchKey="1")["Message"].startswith("未知的配置项")
+    assert save_config(system, Http_RequestTimeout="x" * 2000)["Success"] is False
+    assert save_config(system, Http_RequestTimeout="12")["Success"]
+    assert save_config(system, Http_RequestTimeout="10")["Success"]
