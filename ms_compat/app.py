@@ -20,6 +20,7 @@ from schedulemaster.deployments.packages import MAX_PACKAGE_BYTES, PackageError
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.admin_api import add_admin_routes
 from schedulemaster.ms_compat.auth import Authenticator
+from schedulemaster.ms_compat.history_api import add_history_routes
 from schedulemaster.ms_compat.binding import ID_ONLY, QUERY_LIST, SCHEDULE_INFO, FormValues, bind
 from schedulemaster.ms_compat.store import Store
 from schedulemaster.ms_compat.task_api import SERVICE_ERROR, TaskError, TaskService
@@ -154,6 +155,7 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
         await mirror_settings(state["service"].client, store)
 
     add_admin_routes(app, store, guarded, _form, R.fmt_nullable_date, settings_saved)
+    add_history_routes(app, guarded, lambda: state["service"].tz)
 
     @app.post(UPLOAD_PATH)
     async def upload_plugin(request: Request):

@@ -216,6 +216,8 @@ SCHEDULE_INFO: list[F] = [
     F("HttpContentType", "str", max_length=50),
     F("HttpHeaders", "str", max_length=2000),
     F("HttpBody", "str", max_length=2000),
+    # extension: Prefect notification blocks ("slack-webhook/ops") told of every failure
+    F("NotifyBlocks", "strs", max_length=20),
     # bindable but ignored by Create, as in the original
     F("Status", "int"),
     F("CreateTime", "date"),

@@ -154,6 +154,8 @@ class TaskService:
         for e in executors:
             if len(e) > 100 or any(c in e for c in "/%"):
                 raise TaskError(f"节点名称无效：{e[:100]}")
+        blocks = [b.strip() for b in dict.fromkeys(m.get("NotifyBlocks") or []) if b and b.strip()]
+        await self.check_blocks(blocks)
         base = existing or {}
         return {
             "Id": str(task_id), "Title": m["Title"], "MetaType": meta, "Remark": m.get("Remark"),
@@ -167,8 +169,24 @@ class TaskService:
             "CreateUserId": base.get("CreateUserId", user.id),
             "CreateUserName": base.get("CreateUserName", user.username),
             "Keepers": keepers, "Nexts": nexts, "Executors": executors, "Http": http,
+            "NotifyBlocks": blocks,
             "TimeZone": self.tz, "StartedAt": None,
         }
+
+    async def check_blocks(self, blocks: list[str]) -> None:
+        """Each NotifyBlocks entry must name an existing block document that can notify."""
+        from prefect.exceptions import ObjectNotFound
+
+        for slug in blocks:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,99}/[A-Za-z0-9][A-Za-z0-9_-]{0,99}", slug):
+                raise TaskError(f"通知块名称无效：{slug[:100]}（格式：块类型/名称，例如 slack-webhook/ops）")
+            block_type, name = slug.split("/", 1)
+            try:
+                doc = await self.client.read_block_document_by_name(name=name, block_type_slug=block_type)
+            except ObjectNotFound:
+                raise TaskError(f"通知块不存在：{slug}") from None
+            if "notify" not in (doc.block_schema.capabilities if doc.block_schema else []):
+                raise TaskError(f"块 {slug} 不能发送通知（没有 notify 能力）")
 
     async def check_nexts(self, task_id: uuid.UUID, nexts: list[str]) -> None:
         if not nexts:

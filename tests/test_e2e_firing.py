@@ -168,3 +168,39 @@ def test_a_run_started_from_the_prefect_ui_is_executed_by_the_node(system, recei
     assert hit.headers["idempotency-key"] == run_id
     wait_until(lambda: httpx.get(f"{system.prefect}/flow_runs/{run_id}").json()["state_type"] == "COMPLETED")
     system.post("Stop", data={"id": tid})
+
+
+def test_run_history_as_the_console_showed_it(system, receiver):
+    import httpx
+
+    from helpers import AUTH
+
+    receiver.on("/hist-fail", status=500, text="boom")
+    ok = system.create_http(receiver.url("/hist"), cron="0/2 * * * * ?", Title="history ok", RunNow="true")
+    recorded(system, ok, 2)
+    system.post("Stop", data={"id": ok})
+
+    def get(path, **params):
+        r = httpx.get(f"{system.api}/api/{path}", params=params, headers=AUTH, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    traces = get("Task/QueryTraces", id=ok, pageNumber=1, pageSize=50)["Data"]
+    assert traces["total"] >= 2 and len(traces["rows"]) == min(traces["total"], 50)
+    row = traces["rows"][0]
+    assert row["Node"] == "worker1" and row["Result"] == 1 and row["Kind"] == "firing"
+    assert row["ElapsedTime"] >= 0 and row["StartTime"] and row["EndTime"]
+    assert get("Task/QueryTraces", id=ok, result=2, pageNumber=1, pageSize=50)["Data"]["total"] == 0
+
+    logs = wait_until(lambda: get("Task/QueryTraceLogs", id=ok, traceId=row["TraceId"])["Data"] or None)
+    assert [entry["Category"] for entry in logs] == [1, 1, 1]
+    assert logs[0]["Message"].startswith("即将请求：") and logs[-1]["Message"].startswith("任务[history ok]运行成功！")
+
+    system_logs = get("System/QueryLogs", taskId=ok, pageNumber=1, pageSize=5)["Data"]
+    assert system_logs["total"] >= 6 and len(system_logs["rows"]) == 5
+    assert {entry["ScheduleId"] for entry in system_logs["rows"]} == {ok}
+    assert get("System/QueryLogs", taskId=ok, category=3, pageNumber=1, pageSize=5)["Data"]["total"] == 0
+
+    bad = httpx.get(f"{system.api}/api/Task/QueryTraces", params={"id": "not-a-guid"}, headers=AUTH)
+    assert bad.status_code == 400
+    assert httpx.get(f"{system.api}/api/System/QueryLogs", headers={"ms_auth_user": "admin"}).status_code == 401

@@ -160,3 +160,33 @@ def test_settings_read_masked_validated_and_all_or_nothing(system):
     assert save_config(system, Http_RequestTimeout="x" * 2000)["Success"] is False
     assert save_config(system, Http_RequestTimeout="12")["Success"]
     assert save_config(system, Http_RequestTimeout="10")["Success"]
+
+
+def test_a_prefect_notification_block_is_an_extra_failure_channel(system, receiver):
+    import subprocess
+    import sys
+
+    code = ("from prefect.blocks.notifications import CustomWebhookNotificationBlock as B\n"
+            f"B(name='sm', url={receiver.url('/hook')!r}, json_data={{'text': '{{{{body}}}}'}}).save('sm-hook')\n")
+    made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "PREFECT_API_URL": system.prefect})
+    assert made.returncode == 0, made.stderr
+    tid = system.create_plugin("Failing", cron="0/2 * * * * ?", Title="webhook watched",
+                               NotifyBlocks="custom-webhook/sm-hook")
+    assert system.post("Start", data={"id": tid}).json()["Success"]
+    hit = receiver.wait_for("/hook", 1, timeout=40)[0]
+    system.post("Stop", data={"id": tid})
+    import json
+    assert "任务运行异常 — webhook watched" in json.loads(hit.body)["text"]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("custom-webhook/no-such-block", "通知块不存在：custom-webhook/no-such-block"),
+    ("not a slug", "通知块名称无效"),
+    ("../../etc", "通知块名称无效"),
+])
+def test_unknown_or_malformed_notify_blocks_are_refused(system, value, message):
+    body = system.post("Create", data={"Title": "x", "MetaType": "1", "RunLoop": "true",
+                                       "CronExpression": "0/2 * * * * ?", "AssemblyName": "m",
+                                       "ClassName": "c", "NotifyBlocks": value}).json()
+    assert body["Success"] is False and body["Message"].startswith(message)
