@@ -1,4 +1,4 @@
-"""The `schedulemaster` command: up, master, node, cron."""
+"""The `schedulemaster` command: up, master, node, cron, and the admin groups (plugin, account, config)."""
 
 from __future__ import annotations
 
@@ -126,43 +126,11 @@ def cron(expression: str = typer.Argument(..., help="a Quartz expression, e.g. '
         typer.echo(t.astimezone(zone).strftime("%Y-%m-%dT%H:%M:%S"))
 
 
-plugin_app = typer.Typer(help="Plugin packages (MetaType 1 tasks).", no_args_is_help=True)
+from schedulemaster.admin_cli import account_app, config_app, plugin_app  # noqa: E402
+
 app.add_typer(plugin_app, name="plugin")
-
-
-@plugin_app.command("upload")
-def plugin_upload(file: Path = typer.Argument(..., help="<AssemblyName>.zip or <AssemblyName>.whl"),
-                  api: str = typer.Option("http://127.0.0.1:30000", "--api", help="the legacy API's base URL"),
-                  user: str = typer.Option("admin", "--user", help="ms_auth_user"),
-                  password: str = typer.Option("111111", "--password", envvar="SM_PASSWORD",
-                                               help="the user's password (env SM_PASSWORD)")) -> None:
-    """Upload a plugin package; tasks using it pick it up at their next Start."""
-    import hashlib
-
-    import httpx
-
-    if not file.is_file():
-        typer.echo(f"error: {file} is not a file", err=True)
-        raise typer.Exit(2)
-    md5 = lambda t: hashlib.md5(t.encode()).hexdigest()  # noqa: E731 (the original's secret)
-    headers = {"ms_auth_user": user, "ms_auth_secret": md5(user + md5(password) + user)}
-    try:
-        with file.open("rb") as fh:
-            resp = httpx.post(f"{api.rstrip('/')}/api/Task/UploadPlugin", headers=headers, timeout=120,
-                              files={"file": (file.name, fh, "application/zip")})
-    except httpx.HTTPError as exc:
-        typer.echo(f"error: cannot reach {api}: {exc}", err=True)
-        raise typer.Exit(1)
-    if resp.status_code == 401:
-        typer.echo("error: 401 (wrong user or password)", err=True)
-        raise typer.Exit(1)
-    body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
-    if resp.status_code != 200 or not body.get("Success"):
-        typer.echo(f"error: {body.get('Message') or resp.status_code}", err=True)
-        raise typer.Exit(1)
-    data = body["Data"]
-    typer.echo(f"uploaded {data['FileName']} ({data['Size']} bytes, sha256 {data['Sha256'][:16]}…); "
-               f"tasks with AssemblyName={data['Name']} use it from their next Start")
+app.add_typer(account_app, name="account")
+app.add_typer(config_app, name="config")
 
 
 if __name__ == "__main__":

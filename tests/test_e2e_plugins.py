@@ -220,3 +220,18 @@ def test_upload_needs_auth_and_a_bounded_body(system):
         sock.sendall(b"POST /api/Task/UploadPlugin HTTP/1.1\r\nHost: x\r\n"
                      b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000000\r\n\r\n")
         assert sock.recv(100).startswith(b"HTTP/1.1 413")
+
+
+def test_params_bound_from_indexed_form_fields_reach_the_plugin(system, receiver):
+    data = {"Title": "indexed params", "MetaType": "1", "RunLoop": "true", "CronExpression": "0/2 * * * * ?",
+            "AssemblyName": "sm_demo_plugins", "ClassName": "Counter",
+            "Params[0].ParamKey": "url", "Params[0].ParamValue": receiver.url("/indexed"),
+            "Params[0].ParamRemark": "where to report",
+            "Params[1].ParamKey": "n", "Params[1].ParamValue": "9", "Params[1].ParamRemark": ""}
+    body = system.post("Create", data=data).json()
+    assert body["Success"], body
+    tid = body["Data"]
+    assert system.post("Start", data={"id": tid}).json()["Success"]
+    hit = json.loads(receiver.wait_for("/indexed", 1, timeout=30)[0].body)
+    assert hit["n"] == 9 and hit["task"] == tid
+    system.post("Stop", data={"id": tid})

@@ -190,3 +190,43 @@ def test_unknown_or_malformed_notify_blocks_are_refused(system, value, message):
                                        "CronExpression": "0/2 * * * * ?", "AssemblyName": "m",
                                        "ClassName": "c", "NotifyBlocks": value}).json()
     assert body["Success"] is False and body["Message"].startswith(message)
+
+
+def _cli(system, *args, env=None):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "schedulemaster.cli", *args, "--api", system.api],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def test_the_account_and_config_cli(system):
+    made = _cli(system, "account", "create", "cli_user", "--real-name", "命令行", "--new-password", "secret9",
+                "--email", "cli@example.com")
+    assert made.returncode == 0 and "账号创建成功!" in made.stdout, made.stderr
+    listed = _cli(system, "account", "list", "--name", "cli_user")
+    assert listed.returncode == 0 and "cli@example.com" in listed.stdout
+    dup = _cli(system, "account", "create", "CLI_USER", "--real-name", "x", "--new-password", "secret9")
+    assert dup.returncode == 1 and "用户名已存在!" in dup.stderr
+    as_new = _cli(system, "config", "list", env={"SM_USER": "cli_user", "SM_PASSWORD": "secret9"})
+    assert as_new.returncode == 0 and "Http_RequestTimeout" in as_new.stdout
+    wrong = _cli(system, "config", "list", env={"SM_USER": "cli_user", "SM_PASSWORD": "nope"})
+    assert wrong.returncode == 1 and "401" in wrong.stderr
+    bad = _cli(system, "config", "set", "Http_RequestTimeout=soon")
+    assert bad.returncode == 1 and "Http_RequestTimeout 的值无效" in bad.stderr
+    malformed = _cli(system, "config", "set", "no-equals-sign")
+    assert malformed.returncode == 2
+    assert _cli(system, "config", "set", "Http_RequestTimeout=10").returncode == 0
+    unreachable = subprocess_unreachable()
+    assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
+
+
+def subprocess_unreachable():
+    import subprocess
+    import sys
+
+    from helpers import free_port
+
+    return subprocess.run([sys.executable, "-m", "schedulemaster.cli", "account", "list", "--api",
+                           f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)

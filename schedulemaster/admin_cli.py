@@ -1,0 +1,158 @@
+"""CLI groups that talk to a running system through its legacy API: plugin, account, config.
+
+They use the same door as any legacy client (``ms_auth_user`` / ``ms_auth_secret`` computed
+from the password), so they work against a remote master as well as a local ``up``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+Api = typer.Option("http://127.0.0.1:30000", "--api", envvar="SM_API", help="the legacy API's base URL (env SM_API)")
+User = typer.Option("admin", "--user", envvar="SM_USER", help="ms_auth_user (env SM_USER)")
+Password = typer.Option("111111", "--password", envvar="SM_PASSWORD", help="the user's password (env SM_PASSWORD)")
+
+plugin_app = typer.Typer(help="Plugin packages (MetaType 1 tasks).", no_args_is_help=True)
+account_app = typer.Typer(help="Accounts: the users API auth and Keepers refer to.", no_args_is_help=True)
+config_app = typer.Typer(help="Settings (the original's systemconfigs).", no_args_is_help=True)
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode("utf-8")).hexdigest()
+
+
+def call(api: str, user: str, password: str, method: str, path: str, **kw) -> Any:
+    """One legacy API call; prints the failure and exits 1 unless the envelope says Success."""
+    import httpx
+
+    headers = {"ms_auth_user": user, "ms_auth_secret": _md5(user + _md5(password) + user)}
+    try:
+        resp = httpx.request(method, f"{api.rstrip('/')}/api/{path}", headers=headers, timeout=120, **kw)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach {api}: {exc}", err=True)
+        raise typer.Exit(1)
+    if resp.status_code == 401:
+        typer.echo("error: 401 (wrong user or password, or the user is disabled)", err=True)
+        raise typer.Exit(1)
+    if resp.status_code == 400:
+        errors = resp.json().get("errors", {})
+        typer.echo("error: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), err=True)
+        raise typer.Exit(2)
+    body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
+    if resp.status_code != 200 or not body.get("Success"):
+        typer.echo(f"error: {body.get('Message') or resp.status_code}", err=True)
+        raise typer.Exit(1)
+    return body
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    import sys
+
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
+    # piped into grep or a file: wide enough that no cell is cut
+    Console(width=None if sys.stdout.isatty() else 250).print(table)
+
+
+@plugin_app.command("upload")
+def plugin_upload(file: Path = typer.Argument(..., help="<AssemblyName>.zip or <AssemblyName>.whl"),
+                  api: str = Api, user: str = User, password: str = Password) -> None:
+    """Upload a plugin package; tasks using it pick it up at their next Start."""
+    if not file.is_file():
+        typer.echo(f"error: {file} is not a file", err=True)
+        raise typer.Exit(2)
+    with file.open("rb") as fh:
+        body = call(api, user, password, "POST", "Task/UploadPlugin",
+                    files={"file": (file.name, fh, "application/zip")})
+    data = body["Data"]
+    typer.echo(f"uploaded {data['FileName']} ({data['Size']} bytes, sha256 {data['Sha256'][:16]}…); "
+               f"tasks with AssemblyName={data['Name']} use it from their next Start")
+
+
+@account_app.command("list")
+def account_list(name: Optional[str] = typer.Option(None, "--name", help="part of the user or real name"),
+                 api: str = Api, user: str = User, password: str = Password) -> None:
+    """List the accounts (deleted ones excluded)."""
+    params = {"pageNumber": 1, "pageSize": 1000, **({"name": name} if name else {})}
+    data = call(api, user, password, "GET", "Account/QueryList", params=params)["Data"]
+    _table(data["rows"], ["Id", "UserName", "RealName", "Email", "Phone", "Status", "LastLoginTime"])
+
+
+@account_app.command("create")
+def account_create(username: str = typer.Argument(...),
+                   real_name: str = typer.Option(..., "--real-name"),
+                   new_password: str = typer.Option(..., "--new-password", prompt=True, hide_input=True,
+                                                    confirmation_prompt=True, help="the new account's password"),
+                   email: Optional[str] = typer.Option(None, "--email"),
+                   phone: Optional[str] = typer.Option(None, "--phone"),
+                   api: str = Api, user: str = User, password: str = Password) -> None:
+    """Create an account (user names are unique, case-insensitively)."""
+    data = {"UserName": username, "RealName": real_name, "Password": new_password,
+            **({"Email": email} if email else {}), **({"Phone": phone} if phone else {})}
+    body = call(api, user, password, "POST", "Account/Create", data=data)
+    typer.echo(f"{body['Message']} id={body['Data']}")
+
+
+@account_app.command("edit")
+def account_edit(user_id: int = typer.Argument(..., min=1),
+                 real_name: str = typer.Option(..., "--real-name"),
+                 email: Optional[str] = typer.Option(None, "--email"),
+                 phone: Optional[str] = typer.Option(None, "--phone"),
+                 api: str = Api, user: str = User, password: str = Password) -> None:
+    """Set an account's real name, email and phone (an option left out clears the field)."""
+    data = {"Id": user_id, "RealName": real_name, **({"Email": email} if email else {}),
+            **({"Phone": phone} if phone else {})}
+    typer.echo(call(api, user, password, "POST", "Account/Edit", data=data)["Message"])
+
+
+def _status_command(action: str, help_text: str) -> None:
+    def command(user_id: int = typer.Argument(..., min=1), api: str = Api, user: str = User,
+                password: str = Password) -> None:
+        typer.echo(call(api, user, password, "POST", f"Account/{action}", data={"id": user_id})["Message"])
+
+    command.__doc__ = help_text
+    account_app.command({"ResetPwd": "reset-password"}.get(action, action.lower()))(command)
+
+
+_status_command("Enable", "Enable an account.")
+_status_command("Disable", "Disable an account (its secret stops working).")
+_status_command("Delete", "Delete an account (soft, as the original).")
+_status_command("ResetPwd", "Reset an account's password to the default.")
+
+
+@account_app.command("change-password")
+def account_change_password(new_password: str = typer.Option(..., "--new-password", prompt=True, hide_input=True,
+                                                             confirmation_prompt=True),
+                            api: str = Api, user: str = User, password: str = Password) -> None:
+    """Change the calling user's own password (--user / --password are the current ones)."""
+    data = {"OldPassword": password, "NewPassword": new_password}
+    typer.echo(call(api, user, password, "POST", "Account/ChangePwd", data=data)["Message"])
+
+
+@config_app.command("list")
+def config_list(api: str = Api, user: str = User, password: str = Password) -> None:
+    """Show every setting (secrets masked)."""
+    rows = call(api, user, password, "GET", "System/Configs")["Data"]
+    _table(rows, ["Key", "Value", "Group", "Name", "UpdateTime", "UpdateUserName"])
+
+
+@config_app.command("set")
+def config_set(pairs: list[str] = typer.Argument(..., help="KEY=VALUE ..., e.g. Http_RequestTimeout=20"),
+               api: str = Api, user: str = User, password: str = Password) -> None:
+    """Change settings, all or none."""
+    data: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            typer.echo(f"error: {pair!r} is not KEY=VALUE", err=True)
+            raise typer.Exit(2)
+        data[key.strip()] = value
+    typer.echo(call(api, user, password, "POST", "System/SaveConfig", data=data)["Message"])
