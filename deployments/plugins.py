@@ -143,6 +143,9 @@ class PluginHost:
         #: fetches the package named AssemblyName from the master: (file name, bytes) or None
         #: when the master has none (then AssemblyName is a module installed on the node)
         self.fetch: Callable[[str], Awaitable[tuple[str, bytes] | None]] | None = None
+        #: the Assembly_ImagePullPolicy setting: "Always" fetches at every Start,
+        #: "IfNotPresent" keeps a task directory that already holds an unpacked package
+        self.pull_policy: Callable[[], str] = lambda: "Always"
 
     def _lock(self, task_id: uuid.UUID) -> asyncio.Lock:
         return self._locks.setdefault(task_id, asyncio.Lock())
@@ -192,6 +195,9 @@ class PluginHost:
 
         if self.fetch is None or not assembly:
             return None
+        marker = task_dir / ".package"
+        if self.pull_policy() == "IfNotPresent" and marker.is_file():
+            return task_dir.resolve()
         try:
             package = await self.fetch(assembly)
         except Exception as exc:
@@ -208,6 +214,7 @@ class PluginHost:
                 await asyncio.get_running_loop().run_in_executor(self.pool, safe_extract, archive, task_dir)
             finally:
                 archive.unlink(missing_ok=True)
+            marker.write_text(filename)
         except PackageError as exc:
             raise PluginError(f"plugin package {filename!r} refused: {exc}") from None
         return task_dir.resolve()

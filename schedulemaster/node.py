@@ -69,6 +69,7 @@ async def serve_node(settings: Settings, name: str, priority: int, max_concurren
         host = plugins.host(max_concurrency, name, settings.data_dir / "nodes" / name / "plugins")
         host.fetch = package_fetcher(client)
         firing = FiringLoop(client, name, settings.work_pool, max_concurrency)
+        host.pull_policy = lambda: str(firing.settings.get("Assembly_ImagePullPolicy") or "Always")
         worker.accept_task_run = firing.owns_run
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

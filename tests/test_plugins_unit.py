@@ -184,3 +184,39 @@ def test_the_original_method_names_work():
     assert job.ready and ctx.result == "r"
     with pytest.raises(NotImplementedError):
         TaskBase().run(ctx)
+
+
+async def test_packages_are_fetched_at_every_start_unless_if_not_present(tmp_path):
+    import io
+    import zipfile
+
+    def package(version):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr(f"sm_pkg_{suffix}.py", f"def job(context):\n    return {version!r}\n")
+        return buf.getvalue()
+
+    suffix = uuid.uuid4().hex[:8]
+    calls = []
+    versions = iter(["v1", "v2", "v3"])
+
+    async def fetch(name):
+        calls.append(name)
+        return f"{name}.zip", package(next(versions))
+
+    host = PluginHost(1, "n1", tmp_path)
+    host.fetch = fetch
+    tid = uuid.uuid4()
+    s = spec(f"sm_pkg_{suffix}", "job")
+    assert (await host.run(tid, s)).result == "v1"
+    assert (await host.run(tid, dict(s, StartedAt="s2"))).result == "v2"      # Always: a new copy
+    host.pull_policy = lambda: "IfNotPresent"
+    assert (await host.run(tid, dict(s, StartedAt="s3"))).result == "v2"      # kept
+    assert len(calls) == 2
+
+    async def no_package(name):
+        return None
+
+    host.fetch = no_package                                                    # an installed module then
+    out = await host.run(uuid.uuid4(), spec("sm_not_installed_either", "job"))
+    assert not out.ok and "cannot import module" in out.message
