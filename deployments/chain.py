@@ -80,6 +80,6 @@ async def submit_child(client, work_pool: str, child, parent_firing_id: str, res
     queue = await queue_for(client, work_pool, child.id, child.spec)
     await client.create_flow_run_from_deployment(
         child.id, parameters={"task": child.spec, "previous_result": jsonable(result)},
-        work_queue_name=queue, tags=["sm:next"],
+        work_queue_name=queue, tags=["sm:next"], name=f"next-{parent_firing_id[:8]}",
         idempotency_key=child_firing_id(child.id, parent_firing_id))
     log.info("child %s of %s submitted to %s", child.id, parent_title or parent_firing_id, queue)

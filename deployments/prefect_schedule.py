@@ -19,7 +19,7 @@ import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-SLUG = "quartz"
+SLUG = "quartz"  # + the expression: "quartz 0/10 * * * * ?"
 CHECK_COUNT = 40  # fire times compared between the two evaluators
 _PLAIN = re.compile(r"^[0-9A-Za-z*,/\-?]+$")
 
@@ -75,4 +75,5 @@ def display_schedule(spec: dict[str, Any], now: datetime | None = None):
     ours = parse(spec["CronExpression"]).next_fires(CHECK_COUNT, start, tz)
     if [d.astimezone(timezone.utc) for d in ours] != theirs:
         return None
-    return DeploymentScheduleCreate(schedule=schedule, active=False, slug=SLUG)
+    # The UI lists a schedule by its slug: let it say what fires, and that the node fires it.
+    return DeploymentScheduleCreate(schedule=schedule, active=False, slug=f"{SLUG} {spec['CronExpression']}")

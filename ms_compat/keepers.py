@@ -64,8 +64,12 @@ class KeeperMailer:
     def task_failed(self, spec: dict[str, Any], when: datetime, message: str, detail: str = "",
                     run_id: str | None = None) -> None:
         """What the recording endpoint calls for each failed run of a task."""
+        from zoneinfo import ZoneInfo
+
         keepers = [k for k in spec.get("Keepers") or [] if isinstance(k, int)]
         blocks = [b for b in spec.get("NotifyBlocks") or [] if isinstance(b, str)]
+        if when.tzinfo is not None:  # the mail says the time in the task's zone, as the original did
+            when = when.astimezone(ZoneInfo(spec.get("TimeZone") or "UTC"))
         self.failure(Failure(str(spec.get("Id")), spec.get("Title") or "", keepers, blocks, when,
                              message, detail, run_id))
 

@@ -285,7 +285,8 @@ class TaskService:
             return False
         run = await self.client.create_flow_run_from_deployment(
             task_id, parameters={"task": spec, "action": "start"},
-            work_queue_name=dep.NODE_QUEUE_PREFIX + node, tags=["sm:start"])
+            work_queue_name=dep.NODE_QUEUE_PREFIX + node, tags=["sm:start"],
+            name=f"start-{self.now_local():%Y%m%d-%H%M%S}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PLUGIN_START_TIMEOUT
         while loop.time() < deadline:
@@ -343,7 +344,7 @@ class TaskService:
             queue = await self.pick_queue(rec.id, rec.spec.get("Executors") or [])
             await self.client.create_flow_run_from_deployment(
                 rec.id, parameters={"task": rec.spec}, work_queue_name=queue,
-                tags=["sm:run-once"])
+                tags=["sm:run-once"], name=f"runonce-{self.now_local():%Y%m%d-%H%M%S}")
         except Exception:
             log.exception("run once failed")
             return R.failed("任务运行失败!")

@@ -53,7 +53,7 @@ def test_http_task_fires_on_its_cron_and_pause_resume_stop_work(system, receiver
 
     schedules = httpx.get(f"{system.prefect}/deployments/{tid}").json()["schedules"]
     assert [(x["slug"], x["active"], x["schedule"]["cron"]) for x in schedules] == [
-        ("quartz", False, "* * * * * 0/2")]  # shown in the UI, never run by Prefect's scheduler
+        ("quartz 0/2 * * * * ?", False, "* * * * * 0/2")]  # shown in the UI, never run by Prefect's scheduler
 
     d = system.detail(tid)
     assert d["TotalRunCount"] >= 3 and d["LastRunTime"] is not None and d["Status"] == 1

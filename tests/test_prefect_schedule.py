@@ -23,7 +23,7 @@ NOW = datetime(2026, 6, 1, 3, 4, 5, tzinfo=timezone.utc)
 def test_conversion_to_croniter_order(quartz, prefect):
     assert croniter_expression(quartz) == prefect
     shown = display_schedule({"RunLoop": True, "CronExpression": quartz, "TimeZone": "Asia/Shanghai"}, NOW)
-    assert shown is not None and shown.active is False and shown.slug == "quartz"
+    assert shown is not None and shown.active is False and shown.slug == f"quartz {quartz}"
     assert shown.schedule.cron == prefect and shown.schedule.timezone == "Asia/Shanghai"
 
 
