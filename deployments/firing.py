@@ -37,6 +37,7 @@ log = logging.getLogger("schedulemaster.node")
 
 SYNC_SECONDS = 1.0
 NODES_SECONDS = 5.0
+READY_SECONDS = 30.0  # under the foreman's 60 s "deployment not polled" timeout
 FULL_SYNC_SECONDS = 30.0
 MISFIRE_THRESHOLD = timedelta(seconds=60)  # Quartz's default; later than this is skipped
 
@@ -99,6 +100,7 @@ class FiringLoop:
         await self.sync()
         await asyncio.gather(self._every(SYNC_SECONDS, self.sync),
                              self._every(NODES_SECONDS, self.refresh_nodes),
+                             self._every(READY_SECONDS, self.keep_tasks_ready),
                              self.timer(), self.recorder.run())
 
     async def _every(self, seconds: float, fn) -> None:
@@ -139,6 +141,17 @@ class FiringLoop:
             self.live_nodes = sorted(live)
             self._reassign()
         self.settings = await read_node_settings()
+
+    async def keep_tasks_ready(self) -> None:
+        """Poll the tasks queue once, as a worker would, so the UI shows task deployments
+        Ready instead of "Not Ready" (Prefect marks a deployment ready when a worker polls
+        its queue). Only the first live node does it, every READY_SECONDS: each poll
+        rewrites every task deployment under SQLite's write lock, which is why the worker
+        itself does not poll this queue each second (deployments/worker.py)."""
+        if self.live_nodes and self.live_nodes[0] != self.node:
+            return
+        await self.client.get_scheduled_flow_runs_for_work_pool(
+            self.work_pool, work_queue_names=[dep.TASKS_QUEUE], scheduled_before=utcnow())
 
     def owns_run(self, flow_run) -> bool:
         """Whether a flow run of a task (e.g. started from the UI) is this node's to run."""

@@ -54,6 +54,8 @@ def test_http_task_fires_on_its_cron_and_pause_resume_stop_work(system, receiver
     schedules = httpx.get(f"{system.prefect}/deployments/{tid}").json()["schedules"]
     assert [(x["slug"], x["active"], x["schedule"]["cron"]) for x in schedules] == [
         ("quartz 0/2 * * * * ?", False, "* * * * * 0/2")]  # shown in the UI, never run by Prefect's scheduler
+    # a node polls the tasks queue now and then, so the UI does not call the task "Not Ready"
+    wait_until(lambda: httpx.get(f"{system.prefect}/deployments/{tid}").json()["status"] == "READY", timeout=45)
 
     d = system.detail(tid)
     assert d["TotalRunCount"] >= 3 and d["LastRunTime"] is not None and d["Status"] == 1
