@@ -12,17 +12,16 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-import smtplib
-import ssl
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formataddr
 from typing import Any
 
+from schedulemaster.blocks.keeper_mail import smtp_send
+
 log = logging.getLogger("schedulemaster.keepers")
 
-SMTP_TIMEOUT = 10  # seconds, as MailKit's in the original
 QUEUE_LIMIT = 10_000
 
 
@@ -118,21 +117,7 @@ class KeeperMailer:
         msg["To"] = ", ".join(formataddr(pair) for pair in to)
         msg.set_content("任务运行异常，请查看 HTML 内容。")
         msg.add_alternative(content_of(f), subtype="html")
-        password = cfg.get("Email_FromAccountPwd", "")
-        # SecureSocketOptions.Auto: implicit TLS on 465, STARTTLS where offered, else plain.
-        if port == 465:
-            smtp: smtplib.SMTP = smtplib.SMTP_SSL(server, port, timeout=SMTP_TIMEOUT,
-                                                 context=ssl.create_default_context())
-        else:
-            smtp = smtplib.SMTP(server, port, timeout=SMTP_TIMEOUT)
-        with smtp:
-            smtp.ehlo()
-            if port != 465 and smtp.has_extn("starttls"):
-                smtp.starttls(context=ssl.create_default_context())
-                smtp.ehlo()
-            if password and smtp.has_extn("auth"):
-                smtp.login(account, password)
-            smtp.send_message(msg)
+        smtp_send(server, port, account, cfg.get("Email_FromAccountPwd", ""), msg)
         self.sent += 1
         log.info("failure of %s [%s] mailed to %s", f.task_id, f.title, ", ".join(e for _, e in to))
 
@@ -142,6 +127,8 @@ class KeeperMailer:
 
         block: Any = await Block.aload(name)
         text = f"{subject_of(f)}\n{f.when:%Y-%m-%d %H:%M:%S} {f.message}"
+        if getattr(block, "_block_type_slug", None) == "keeper-mail":
+            text = content_of(f)  # a mail: the same HTML body as the keepers'
         result = block.notify(text, subject=subject_of(f))
         if asyncio.iscoroutine(result):
             await result

@@ -53,6 +53,9 @@ async def ensure_infrastructure(client, settings: Settings) -> None:
             description="ScheduleMaster executor nodes"))
     except ObjectAlreadyExists:
         pass
+    from schedulemaster.blocks.keeper_mail import KeeperMail
+
+    await KeeperMail.aregister_type_and_schema(client=client)  # listed in the UI's Blocks catalog
 
 
 async def mirror_settings(client, store) -> None:

@@ -120,7 +120,7 @@ class System:
     # ---- legacy API calls --------------------------------------------------------
     def post(self, action: str, data=None, headers=None, **kw) -> httpx.Response:
         h = dict(AUTH) if headers is None else headers
-        return httpx.post(f"{self.api}/api/Task/{action}", data=data, headers=h, timeout=30, **kw)
+        return httpx.post(f"{self.api}/api/Task/{action}", data=data, headers=h, timeout=90, **kw)
 
     def get(self, action: str, params=None, headers=None) -> httpx.Response:
         h = dict(AUTH) if headers is None else headers

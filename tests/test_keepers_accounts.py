@@ -230,3 +230,24 @@ def subprocess_unreachable():
 
     return subprocess.run([sys.executable, "-m", "schedulemaster.cli", "account", "list", "--api",
                            f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)
+
+
+def test_the_keeper_mail_block_mails_a_team_list(system, smtp):
+    import os
+    import subprocess
+    import sys
+
+    ctl, sink = smtp
+    code = ("from schedulemaster.blocks.keeper_mail import KeeperMail\n"
+            f"KeeperMail(to=['oncall@example.com', 'team@example.com'], smtp_server='127.0.0.1', "
+            f"smtp_port={ctl.port}, from_account='sm@example.com').save('oncall')\n")
+    made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PREFECT_API_URL": system.prefect})
+    assert made.returncode == 0, made.stderr
+    tid = system.create_plugin("Failing", cron="0/2 * * * * ?", Title="团队告警", NotifyBlocks="keeper-mail/oncall")
+    assert system.post("Start", data={"id": tid}).json()["Success"]
+    wait_until(lambda: any(m["Subject"] == "任务运行异常 — 团队告警" for m in sink.messages), timeout=40)
+    system.post("Stop", data={"id": tid})
+    i = next(i for i, m in enumerate(sink.messages) if m["Subject"] == "任务运行异常 — 团队告警")
+    assert sink.envelopes[i][1] == ["oncall@example.com", "team@example.com"]
+    assert "the plugin failed on purpose" in sink.messages[i].get_body(("html",)).get_content()

@@ -1,0 +1,1 @@
+"""Prefect blocks this project ships (registered by the master at start-up)."""
