@@ -20,13 +20,12 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -290,35 +289,47 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = ap.parse_args()
 
-    system = System(Path(tempfile.mkdtemp(prefix="sm-bench-")), up_args=["--maxc", str(args.maxc)])
-    system.start()
-    rx = ReceiverProc()
     results: dict = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "maxc": args.maxc,
                      "cpus": os.cpu_count(), "burst": [], "sustained": []}
+
+    def fresh_system() -> System:
+        # Each scenario gets its own server: plain Prefect's aftermath (1,000 runs torn
+        # down, thousands of "database is locked" retries) must not bleed into the next
+        # scenario. Within a scenario both sides share the server, ours first.
+        return System(Path(tempfile.mkdtemp(prefix="sm-bench-")), up_args=["--maxc", str(args.maxc)]).start()
+
+    rx = ReceiverProc()
     try:
         for n in [int(x) for x in args.bursts.split(",") if x]:
-            r = ours_burst(system, rx, n, f"ob{n}")
-            print("ours  burst", json.dumps(r), flush=True)
-            results["burst"].append({"who": "ours", **r})
-            if not args.no_baseline:
-                r = plain_burst(system, rx, n, f"pb{n}", args.baseline_deadline)
-                print("plain burst", json.dumps(r), flush=True)
-                results["burst"].append({"who": "plain", **r})
+            system = fresh_system()
+            try:
+                r = ours_burst(system, rx, n, f"ob{n}")
+                print("ours  burst", json.dumps(r), flush=True)
+                results["burst"].append({"who": "ours", **r})
+                if not args.no_baseline:
+                    r = plain_burst(system, rx, n, f"pb{n}", args.baseline_deadline)
+                    print("plain burst", json.dumps(r), flush=True)
+                    results["burst"].append({"who": "plain", **r})
+            finally:
+                system.stop()
         if args.sustained_seconds:
-            r = ours_sustained(system, rx, args.sustained_tasks, args.sustained_seconds, "os")
-            print("ours  sustained", json.dumps(r), flush=True)
-            results["sustained"].append({"who": "ours", **r})
-            if not args.no_baseline and args.baseline_sustained_seconds:
-                r = plain_sustained(system, rx, args.sustained_tasks, args.baseline_sustained_seconds, "ps")
-                print("plain sustained", json.dumps(r), flush=True)
-                results["sustained"].append({"who": "plain", **r})
+            system = fresh_system()
+            try:
+                r = ours_sustained(system, rx, args.sustained_tasks, args.sustained_seconds, "os")
+                print("ours  sustained", json.dumps(r), flush=True)
+                results["sustained"].append({"who": "ours", **r})
+                if not args.no_baseline and args.baseline_sustained_seconds:
+                    r = plain_sustained(system, rx, args.sustained_tasks, args.baseline_sustained_seconds, "ps")
+                    print("plain sustained", json.dumps(r), flush=True)
+                    results["sustained"].append({"who": "plain", **r})
+            finally:
+                system.stop()
     finally:
         rx.close()
-        system.stop()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print()
-    print(f"| burst | who | delivered | dup | lateness p50 | p95 | p99 | max | recorded |")
+    print("| burst | who | delivered | dup | lateness p50 | p95 | p99 | max | recorded |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results["burst"]:
         print(f"| N={r['n']} | {r['who']} | {r['delivered']}/{r['n']} | {r['duplicates']} | {fmt(r['p50'])} | "

@@ -120,10 +120,24 @@ def prepare(http: dict[str, Any], settings: dict[str, Any], idempotency_key: str
     return PreparedRequest(method, url, headers, body.encode("utf-8"), timeout)
 
 
+# Idle pooled connections are dropped before common servers drop them (uvicorn closes
+# after 5 s), so a task firing every 5 s does not race the server's close.
+KEEPALIVE_SECONDS = 4.0
+
+
 def new_session(max_connections: int = 100) -> aiohttp.ClientSession:
     """The connection pool firings share (call inside the running event loop)."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max_connections),
-                                 auto_decompress=True, raise_for_status=False)
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=KEEPALIVE_SECONDS),
+        auto_decompress=True, raise_for_status=False)
+
+
+async def _send(client: aiohttp.ClientSession, req: PreparedRequest) -> tuple[int, bytes, str]:
+    async with client.request(req.method, yarl.URL(req.url), headers=req.headers, data=req.content,
+                              timeout=aiohttp.ClientTimeout(total=req.timeout),
+                              allow_redirects=True) as resp:
+        raw = await resp.content.read(BODY_EXCERPT * 4)
+        return resp.status, raw, resp.headers.get("content-type", "")
 
 
 async def perform_http(
@@ -143,21 +157,24 @@ async def perform_http(
     try:
         req = prepare(http, settings, idempotency_key)
         log(logging.INFO, f"即将请求：{req.url}")
-        async with client.request(req.method, yarl.URL(req.url), headers=req.headers, data=req.content,
-                                  timeout=aiohttp.ClientTimeout(total=req.timeout),
-                                  allow_redirects=True) as resp:
-            raw = await resp.content.read(BODY_EXCERPT * 4)
-            out.status_code = resp.status
+        try:
+            status, raw, ctype = await _send(client, req)
+        except aiohttp.ServerDisconnectedError:
+            # The server closed a pooled keep-alive connection as we reused it, before
+            # answering: send once more on a new connection (same Idempotency-Key), as
+            # HTTP clients do for a stale pooled connection.
+            log(logging.WARNING, "连接已被服务器关闭，重新连接后重试一次 (server closed a pooled connection)")
+            status, raw, ctype = await _send(client, req)
+        out.status_code = status
         out.elapsed_ms = (time.perf_counter() - started) * 1000
-        ctype = resp.headers.get("content-type", "")
         text = "html文档" if "html" in ctype.lower() else raw.decode("utf-8", "replace")[:BODY_EXCERPT]
-        log(logging.INFO, f"请求结束，响应码：{resp.status}，响应内容：{text}")
+        log(logging.INFO, f"请求结束，响应码：{status}，响应内容：{text}")
         fail_non_2xx = str(settings.get("Http_FailOnNon2xx", "false")).lower() in ("1", "true", "yes")
-        if 200 <= resp.status < 300 or not fail_non_2xx:
+        if 200 <= status < 300 or not fail_non_2xx:
             out.ok = True
-            out.message = f"HTTP {resp.status} in {out.elapsed_ms:.0f} ms"
+            out.message = f"HTTP {status} in {out.elapsed_ms:.0f} ms"
         else:
-            out.message = f"HTTP {resp.status} is not a 2xx answer (Http_FailOnNon2xx=true)"
+            out.message = f"HTTP {status} is not a 2xx answer (Http_FailOnNon2xx=true)"
     except HttpTaskError as exc:
         out.message = str(exc)
     except asyncio.TimeoutError:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import signal
 
+from schedulemaster import prefect_patches
 from schedulemaster.settings import Settings
 
 log = logging.getLogger("schedulemaster.master")
@@ -99,6 +100,7 @@ async def wait_for_prefect(client, timeout: float = 120.0) -> None:
 
 async def serve_master(settings: Settings) -> None:
     settings.apply_prefect_env()
+    prefect_patches.apply()
     from prefect.client.orchestration import get_client
     from prefect.server.api.server import create_app as create_prefect_app
     from prefect.utilities.callables import parameter_schema

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+from schedulemaster import prefect_patches
 from schedulemaster.settings import Settings
 
 log = logging.getLogger("schedulemaster.node")
@@ -51,6 +52,7 @@ def package_fetcher(client):
 async def serve_node(settings: Settings, name: str, priority: int, max_concurrency: int) -> int:
     """Run until SIGTERM/SIGINT; the exit code is 1 when a part of the node failed."""
     settings.apply_prefect_env()
+    prefect_patches.apply()
     from prefect.client.orchestration import get_client
 
     from schedulemaster.deployments import plugins

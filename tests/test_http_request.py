@@ -60,3 +60,42 @@ def test_malformed_param_lists_are_refused(text):
 
 def test_param_lists_bind_case_insensitively_and_skip_empty_keys():
     assert parse_params('[{"paramkey":"a","paramvalue":5},{"ParamKey":"","ParamValue":"x"}]') == [("a", "5")]
+
+
+async def test_a_pooled_connection_closed_by_the_server_is_retried_once_on_a_new_one():
+    import asyncio
+
+    from schedulemaster.flows.http_task import new_session, perform_http
+
+    seen: list[tuple[int, str]] = []  # (connection number, idempotency key)
+    conns = 0
+
+    async def handle(reader, writer):
+        nonlocal conns
+        conns += 1
+        me = conns
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            key = next(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"idempotency-key"))
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length")), 0)
+            await reader.readexactly(length)
+            seen.append((me, key))
+            if me == 1 and len(seen) > 1:  # the keep-alive close race: no answer, connection gone
+                writer.close()
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 7\r\n\r\nsuccess")
+            await writer.drain()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    http = {"RequestUrl": f"http://127.0.0.1:{port}/x", "Method": "POST", "ContentType": "application/json",
+            "Body": "{}", "Headers": None}
+    async with new_session(4) as session:
+        first = await perform_http(session, http, settings={}, idempotency_key="k1")
+        second = await perform_http(session, http, settings={}, idempotency_key="k2")
+    server.close()
+    assert first.ok and second.ok and second.status_code == 200
+    assert seen == [(1, "k1"), (1, "k2"), (2, "k2")]  # the same firing, once more, on a new connection
+    assert any("重试一次" in msg for _, msg, _ in second.logs)
