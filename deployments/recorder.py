@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 log = logging.getLogger("schedulemaster.recorder")
 
 RECORD_PATH = "/schedulemaster/firings"  # relative to the Prefect API URL
-BATCH = 500  # firings per call (the endpoint takes up to 1,000)
+BATCH = 200  # firings per call (the endpoint takes up to 1,000, 50 per transaction)
 MAX_PENDING = 200_000
 
 

@@ -26,7 +26,7 @@ log = logging.getLogger("schedulemaster.api")
 
 HTTP_METHOD_RE = r"^[A-Za-z]{1,10}$"
 SERVICE_ERROR = "服务出现异常请稍后再试！"
-PLUGIN_START_TIMEOUT = 30  # seconds a Start waits for the node to load and initialize a plugin
+PLUGIN_START_TIMEOUT = 60  # seconds a Start waits for the node to load and initialize a plugin
 
 
 class TaskError(Exception):
@@ -290,7 +290,7 @@ class TaskService:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PLUGIN_START_TIMEOUT
         while loop.time() < deadline:
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.5)
             state = (await self.client.read_flow_run(run.id)).state
             if state is not None and state.is_final():
                 if state.type == StateType.COMPLETED:
