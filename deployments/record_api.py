@@ -105,6 +105,9 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
             if dep is None:
                 unknown.add(r.task_id)
                 continue
+            if await _already_recorded(session, dep.flow_id, r.firing_id):
+                recorded += 1  # a retried call whose first attempt committed: no second
+                continue       # copy of its log lines, no second mail
             final = (schemas.states.Completed if r.ok else schemas.states.Failed)(
                 message=r.message, timestamp=r.finished)
             link = await _link_to_parent(session, dep, r) if r.parent_firing_id else None
@@ -131,6 +134,15 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
             detail = "\n".join(entry.message for entry in r.logs if entry.level >= 40)
             on_failure(spec, r.finished, r.message, detail, run_id)
     return RecordResult(recorded=recorded, unknown_tasks=sorted(unknown))
+
+
+async def _already_recorded(session, flow_id, firing_id: str) -> bool:
+    import sqlalchemy as sa
+    from prefect.server.database import provide_database_interface
+
+    db = provide_database_interface()
+    return (await session.execute(sa.select(db.FlowRun.id).where(
+        db.FlowRun.flow_id == flow_id, db.FlowRun.idempotency_key == firing_id).limit(1))).first() is not None
 
 
 async def _link_to_parent(session, dep, r: FiringRecord):

@@ -206,3 +206,28 @@ def test_run_history_as_the_console_showed_it(system, receiver):
     bad = httpx.get(f"{system.api}/api/Task/QueryTraces", params={"id": "not-a-guid"}, headers=AUTH)
     assert bad.status_code == 400
     assert httpx.get(f"{system.api}/api/System/QueryLogs", headers={"ms_auth_user": "admin"}).status_code == 401
+
+
+def test_recording_the_same_firing_twice_leaves_one_run_and_one_copy_of_its_logs(system):
+    import uuid as _uuid
+    from datetime import timezone as _tz
+
+    import httpx
+
+    tid = system.create_http("http://127.0.0.1:9/never", cron="0 0 0 1 1 ? 2099", Title="record twice")
+    now = datetime.now(_tz.utc).isoformat()
+    fid = str(_uuid.uuid4())
+    body = [{"task_id": tid, "firing_id": fid, "name": "twice", "scheduled": now, "started": now,
+             "finished": now, "ok": True, "message": "HTTP 200", "fire": {"firing_id": fid},
+             "logs": [{"level": 20, "message": "only once, please", "timestamp": now}]}]
+    for _ in range(2):  # a retry after a timeout whose first attempt had committed
+        r = httpx.post(f"{system.prefect}/schedulemaster/firings", json=body, timeout=60)
+        assert r.status_code == 200 and r.json()["recorded"] == 1
+    runs = [x for x in system.flow_runs(tid) if x["idempotency_key"] == fid]
+    assert len(runs) == 1
+    assert system.run_logs(runs[0]["id"]).count("only once, please") == 1
+    bad = httpx.post(f"{system.prefect}/schedulemaster/firings", json=[{"task_id": "nope"}], timeout=60)
+    assert bad.status_code == 422
+    unknown = dict(body[0], task_id=str(_uuid.uuid4()), firing_id=str(_uuid.uuid4()))
+    r = httpx.post(f"{system.prefect}/schedulemaster/firings", json=[unknown], timeout=60)
+    assert r.json() == {"recorded": 0, "unknown_tasks": [unknown["task_id"]]}
