@@ -42,22 +42,33 @@ def child_ids(spec: dict[str, Any], parent_id: uuid.UUID) -> list[uuid.UUID]:
     return out
 
 
-async def live_nodes(client, work_pool: str) -> list[str]:
-    try:
-        workers = await client.read_workers_for_work_pool(work_pool)
-    except Exception:
-        return []
+def online(workers) -> list[str]:
+    """The names of the ONLINE workers of a pool, sorted."""
     return sorted(w.name for w in workers if str(getattr(w.status, "value", w.status)).upper() == "ONLINE")
 
 
-async def queue_for(client, work_pool: str, task_id: uuid.UUID, spec: dict[str, Any]) -> str:
-    """The queue of the node that fires this task (the same rendezvous choice the nodes make)."""
+async def live_nodes(client, work_pool: str) -> list[str]:
+    try:
+        return online(await client.read_workers_for_work_pool(work_pool))
+    except Exception:
+        return []
+
+
+async def owning_node(client, work_pool: str, task_id: uuid.UUID, spec: dict[str, Any]) -> str | None:
+    """The live node that fires this task (the same rendezvous choice the nodes make), if any."""
     from schedulemaster.deployments.firing import owner
+
+    allowed = spec.get("Executors") or []
+    return owner(task_id, [n for n in await live_nodes(client, work_pool) if not allowed or n in allowed])
+
+
+async def queue_for(client, work_pool: str, task_id: uuid.UUID, spec: dict[str, Any]) -> str:
+    """The queue of the node that fires this task; with no live node allowed, the first
+    executor's queue (or the shared one)."""
     from schedulemaster.deployments.tasks import DEFAULT_QUEUE, NODE_QUEUE_PREFIX
 
     allowed = spec.get("Executors") or []
-    node = owner(task_id, [n for n in await live_nodes(client, work_pool) if not allowed or n in allowed])
-    node = node or (allowed[0] if allowed else None)
+    node = await owning_node(client, work_pool, task_id, spec) or (allowed[0] if allowed else None)
     return DEFAULT_QUEUE if node is None else NODE_QUEUE_PREFIX + node
 
 

@@ -129,9 +129,7 @@ class FiringLoop:
         from schedulemaster.flows.task_flow import read_node_settings
 
         try:
-            workers = await self.client.read_workers_for_work_pool(self.work_pool)
-            live = sorted(w.name for w in workers
-                          if str(getattr(w.status, "value", w.status)).upper() == "ONLINE")
+            live = chain.online(await self.client.read_workers_for_work_pool(self.work_pool))
         except Exception as exc:
             log.warning("cannot read the pool's workers (%s); assuming only this node", exc)
             live = []
