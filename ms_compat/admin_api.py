@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 from fastapi import FastAPI, Request
 
 from schedulemaster.ms_compat import responses as R
-from schedulemaster.ms_compat.binding import F, FormValues
+from schedulemaster.ms_compat.binding import F, FormValues, id_from_form_or_query, page_bounds
 from schedulemaster.ms_compat.store import DEFAULT_ADMIN, Store, SystemUser
 
 USER_LIST = [F("pageNumber", "int"), F("pageSize", "int"), F("name", max_length=50)]
@@ -65,8 +65,7 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
     @app.get("/api/account/querylist")
     async def account_list(request: Request):
         async def act(m, _user):
-            page, size = max(m["pageNumber"] or 1, 1), m["pageSize"] or 10
-            size = min(size if size >= 1 else 10, 1000)
+            page, size = page_bounds(m["pageNumber"], m["pageSize"], 10)
             users = store.list_users(m["name"])
             rows = [user_row(u, fmt_date) for u in users[(page - 1) * size: page * size]]
             return R.ok("请求数据成功", {"total": len(users), "rows": rows})
@@ -113,7 +112,8 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
                     return R.failed("账号不存在!")
                 return R.ok(done)
 
-            return await guarded(request, USER_ID, merged(await form_of(request), request), act)
+            return await guarded(request, USER_ID, id_from_form_or_query(
+                await form_of(request), request.query_params.multi_items()), act)
 
         endpoint.__name__ = f"account_{path}"
         app.post(f"/api/account/{path}")(endpoint)
@@ -131,7 +131,8 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
                 return R.failed("账号不存在!")
             return R.ok(f"密码已重置为 {DEFAULT_ADMIN[1]}!")
 
-        return await guarded(request, USER_ID, merged(await form_of(request), request), act)
+        return await guarded(request, USER_ID, id_from_form_or_query(
+            await form_of(request), request.query_params.multi_items()), act)
 
     @app.post("/api/account/changepwd")
     async def account_change_password(request: Request):
@@ -189,8 +190,3 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
             return R.ok("保存成功!")
 
         return await guarded(request, [], FormValues([]) if not form.broken else form, act)
-
-    def merged(form: FormValues, request: Request) -> FormValues:
-        if form.broken or form.has("id"):
-            return form
-        return FormValues(list(request.query_params.multi_items()))

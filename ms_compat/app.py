@@ -21,7 +21,8 @@ from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.admin_api import add_admin_routes
 from schedulemaster.ms_compat.auth import Authenticator
 from schedulemaster.ms_compat.history_api import add_history_routes
-from schedulemaster.ms_compat.binding import ID_ONLY, QUERY_LIST, SCHEDULE_INFO, FormValues, bind
+from schedulemaster.ms_compat.binding import (ID_ONLY, QUERY_LIST, SCHEDULE_INFO, FormValues, bind,
+                                              id_from_form_or_query)
 from schedulemaster.ms_compat.store import Store
 from schedulemaster.ms_compat.task_api import SERVICE_ERROR, TaskError, TaskService
 
@@ -98,12 +99,6 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
         except TaskError as exc:
             return R.failed(str(exc))
 
-    def merged_id(form: FormValues, request: Request) -> FormValues:
-        """`id` from the form (v2.2) or the query string (v2.1)."""
-        if form.broken or form.has("id"):
-            return form
-        return FormValues(list(request.query_params.multi_items()))
-
     @app.get("/api/task/querylist")
     async def query_list(request: Request):
         values = FormValues(request.query_params.multi_items())
@@ -133,7 +128,7 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
 
     def id_action(name: str):
         async def endpoint(request: Request):
-            values = merged_id(await _form(request), request)
+            values = id_from_form_or_query(await _form(request), request.query_params.multi_items())
 
             async def act(m, _user):
                 task_id: uuid.UUID | None = m["id"]

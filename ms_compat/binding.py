@@ -88,6 +88,18 @@ class FormValues:
         return out
 
 
+def id_from_form_or_query(form: FormValues, query_items: Iterable[tuple[str, Any]]) -> FormValues:
+    """`id` from the form (v2.2) or the query string (v2.1)."""
+    if form.broken or form.has("id"):
+        return form
+    return FormValues(list(query_items))
+
+
+def page_bounds(page: int | None, size: int | None, default_size: int) -> tuple[int, int]:
+    """Paging as the console grids did it: page < 1 is 1, size < 1 is the default; at most 1,000 rows."""
+    return max(page or 1, 1), min(size if size is not None and size >= 1 else default_size, 1000)
+
+
 def invalid(value: str, name: str) -> str:
     return f"The value '{value}' is not valid for {name}."
 

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 from fastapi import FastAPI, Request
 
 from schedulemaster.ms_compat import responses as R
-from schedulemaster.ms_compat.binding import F, FormValues
+from schedulemaster.ms_compat.binding import F, FormValues, page_bounds
 
 TRACES = [F("id", "guid", required=True), F("result", "int"), F("startDate", "date"), F("endDate", "date"),
           F("pageNumber", "int"), F("pageSize", "int")]
@@ -42,12 +42,6 @@ def result_of(state_type: str | None) -> int:
         if state_type in types:
             return result
     return 0
-
-
-def _page(m: dict[str, Any]) -> tuple[int, int]:
-    page = max(m.get("pageNumber") or 1, 1)
-    size = m.get("pageSize") or 20
-    return page, min(size if size >= 1 else 20, MAX_PAGE)
 
 
 class History:
@@ -145,7 +139,7 @@ def add_history_routes(app: FastAPI, guarded, tz_of) -> None:
     @app.get("/api/task/querytraces")
     async def query_traces(request: Request):
         async def act(m, _user):
-            page, size = _page(m)
+            page, size = page_bounds(m["pageNumber"], m["pageSize"], 20)
             data = await history().traces(m["id"], m["result"], m["startDate"], m["endDate"], page, size)
             return R.ok("请求数据成功", data)
 
@@ -162,7 +156,7 @@ def add_history_routes(app: FastAPI, guarded, tz_of) -> None:
     @app.get("/api/system/querylogs")
     async def query_system_logs(request: Request):
         async def act(m, _user):
-            page, size = _page(m)
+            page, size = page_bounds(m["pageNumber"], m["pageSize"], 20)
             data = await history().logs(m["taskId"], m["traceId"], m["category"], m["startDate"], m["endDate"],
                                         page, size)
             return R.ok("请求数据成功", data)

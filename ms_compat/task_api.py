@@ -15,11 +15,12 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from schedulemaster.deployments import plan, quartz
+from schedulemaster.deployments import chain, plan, quartz
 from schedulemaster.deployments import tasks as dep
 from schedulemaster.deployments.tasks import Status, TaskRecord
 from schedulemaster.flows.http_task import HttpTaskError, parse_params
 from schedulemaster.ms_compat import responses as R
+from schedulemaster.ms_compat.binding import page_bounds
 from schedulemaster.ms_compat.store import Store, SystemUser
 
 log = logging.getLogger("schedulemaster.api")
@@ -275,13 +276,10 @@ class TaskService:
         from prefect.client.schemas.objects import StateType
         from prefect.states import Cancelled
 
-        from schedulemaster.deployments.firing import owner
-
-        allowed = spec.get("Executors") or []
-        live = [n for n in await self.live_nodes() if not allowed or n in allowed]
-        node = owner(task_id, live)
+        node = await chain.owning_node(self.client, self.work_pool, task_id, spec)
         if node is None:
-            log.error("task %s: no live node to start its plugin on (executors: %s)", task_id, allowed or "any")
+            log.error("task %s: no live node to start its plugin on (executors: %s)", task_id,
+                      spec.get("Executors") or "any")
             return False
         run = await self.client.create_flow_run_from_deployment(
             task_id, parameters={"task": spec, "action": "start"},
@@ -303,13 +301,6 @@ class TaskService:
         except Exception:
             pass
         return False
-
-    async def live_nodes(self) -> list[str]:
-        try:
-            workers = await self.client.read_workers_for_work_pool(self.work_pool)
-        except Exception:
-            return []
-        return sorted(w.name for w in workers if str(getattr(w.status, "value", w.status)).upper() == "ONLINE")
 
     async def pause(self, task_id: uuid.UUID):
         rec = await self.repo.read(task_id)
@@ -341,7 +332,8 @@ class TaskService:
         if rec is None or rec.status != Status.Running:
             return R.failed("任务不在运行状态下!")
         try:
-            queue = await self.pick_queue(rec.id, rec.spec.get("Executors") or [])
+            # to the node that fires the task: it holds a plugin task's instance
+            queue = await chain.queue_for(self.client, self.work_pool, rec.id, rec.spec)
             await self.client.create_flow_run_from_deployment(
                 rec.id, parameters={"task": rec.spec}, work_queue_name=queue,
                 tags=["sm:run-once"], name=f"runonce-{self.now_local():%Y%m%d-%H%M%S}")
@@ -349,15 +341,6 @@ class TaskService:
             log.exception("run once failed")
             return R.failed("任务运行失败!")
         return R.ok("任务运行成功!")
-
-    async def pick_queue(self, task_id: uuid.UUID, executors: list[str]) -> str:
-        """RunOnce goes to the node that fires the task (it holds a plugin task's instance);
-        with no live node allowed, to the first executor's queue (or the shared one)."""
-        from schedulemaster.deployments.firing import owner
-
-        live = [n for n in await self.live_nodes() if not executors or n in executors]
-        node = owner(task_id, live) or (executors[0] if executors else None)
-        return dep.DEFAULT_QUEUE if node is None else dep.NODE_QUEUE_PREFIX + node
 
     async def delete(self, task_id: uuid.UUID):
         rec = await self.repo.read(task_id)
@@ -373,9 +356,7 @@ class TaskService:
         return R.ok("任务已删除!")
 
     async def query_list(self, name: str | None, page: int, size: int):
-        page = max(page, 1)
-        size = size if size >= 1 else 10
-        size = min(size, 1000)
+        page, size = page_bounds(page, size, 10)
         records = await self.repo.list()
         if name:
             records = [r for r in records if name in (r.spec.get("Title") or "")]
