@@ -14,6 +14,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from schedulemaster.deployments import chain
 from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
 
 FLOW_NAME = "schedulemaster-task"
@@ -109,13 +110,7 @@ async def _run_plugin(task: dict[str, Any], action: str | None, previous_result:
     if not out.ok:
         raise RuntimeError(out.message)
     await _trigger_children(task, out.result)
-    return chain_jsonable(out.result)
-
-
-def chain_jsonable(value: Any) -> Any:
-    from schedulemaster.deployments.chain import jsonable
-
-    return jsonable(value)
+    return chain.jsonable(out.result)
 
 
 async def _trigger_children(task: dict[str, Any], result: Any) -> None:
@@ -125,7 +120,6 @@ async def _trigger_children(task: dict[str, Any], result: Any) -> None:
     from prefect.client.orchestration import get_client
     from prefect.deployments import arun_deployment
 
-    from schedulemaster.deployments import chain
     from schedulemaster.settings import Settings
 
     parent_id = _deployment_id()

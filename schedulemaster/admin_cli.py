@@ -6,7 +6,6 @@ from the password), so they work against a remote master as well as a local ``up
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,15 +20,13 @@ account_app = typer.Typer(help="Accounts: the users API auth and Keepers refer t
 config_app = typer.Typer(help="Settings (the original's systemconfigs).", no_args_is_help=True)
 
 
-def _md5(text: str) -> str:
-    return hashlib.md5(text.encode("utf-8")).hexdigest()
-
-
 def call(api: str, user: str, password: str, method: str, path: str, **kw) -> Any:
     """One legacy API call; prints the failure and exits 1 unless the envelope says Success."""
     import httpx
 
-    headers = {"ms_auth_user": user, "ms_auth_secret": _md5(user + _md5(password) + user)}
+    from schedulemaster.ms_compat.auth import legacy_secret
+
+    headers = {"ms_auth_user": user, "ms_auth_secret": legacy_secret(user, password)}
     try:
         resp = httpx.request(method, f"{api.rstrip('/')}/api/{path}", headers=headers, timeout=120, **kw)
     except httpx.HTTPError as exc:
