@@ -16,13 +16,11 @@ run's idempotency key is the firing id, so recording a firing twice leaves one r
 
 from __future__ import annotations
 
-import base64
-import hmac
 from datetime import datetime, timedelta
 from typing import Callable
 from uuid import UUID
 
-from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Body, FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
 MAX_BATCH = 1000
@@ -99,15 +97,17 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
         for task_id in {r.task_id for r in records}:
             deployments[task_id] = await models.deployments.read_deployment(
                 session=session, deployment_id=task_id)
+        done = await _recorded_firing_ids(session, [d for d in deployments.values() if d is not None], records)
         logs = []
         for r in records:
             dep = deployments.get(r.task_id)
             if dep is None:
                 unknown.add(r.task_id)
                 continue
-            if await _already_recorded(session, dep.flow_id, r.firing_id):
-                recorded += 1  # a retried call whose first attempt committed: no second
-                continue       # copy of its log lines, no second mail
+            if r.firing_id in done:
+                recorded += 1  # a retried call whose first attempt committed (or the same
+                continue       # firing twice): no second copy of its log lines, no second mail
+            done.add(r.firing_id)
             final = (schemas.states.Completed if r.ok else schemas.states.Failed)(
                 message=r.message, timestamp=r.finished)
             link = await _link_to_parent(session, dep, r) if r.parent_firing_id else None
@@ -136,13 +136,18 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
     return RecordResult(recorded=recorded, unknown_tasks=sorted(unknown))
 
 
-async def _already_recorded(session, flow_id, firing_id: str) -> bool:
+async def _recorded_firing_ids(session, deployments, records: list[FiringRecord]) -> set[str]:
+    """The firing ids of this batch that already have a run (one query for the batch)."""
     import sqlalchemy as sa
     from prefect.server.database import provide_database_interface
 
     db = provide_database_interface()
-    return (await session.execute(sa.select(db.FlowRun.id).where(
-        db.FlowRun.flow_id == flow_id, db.FlowRun.idempotency_key == firing_id).limit(1))).first() is not None
+    flow_ids = {d.flow_id for d in deployments}
+    if not flow_ids:
+        return set()
+    rows = await session.execute(sa.select(db.FlowRun.idempotency_key).where(
+        db.FlowRun.flow_id.in_(flow_ids), db.FlowRun.idempotency_key.in_([r.firing_id for r in records])))
+    return set(rows.scalars())
 
 
 async def _link_to_parent(session, dep, r: FiringRecord):
@@ -179,32 +184,25 @@ async def report_failure(failure: RunFailure, on_failure: OnFailure | None) -> b
     return True
 
 
-def create_record_app(auth_string: str | None = None, on_failure: OnFailure | None = None,
-                      packages=None) -> FastAPI:
-    """Mounted at ``/api/schedulemaster`` on the master's Prefect server (same port, same auth):
+def create_record_app(on_failure: OnFailure | None = None, packages=None) -> FastAPI:
+    """Mounted at ``/schedulemaster`` inside Prefect's own API app on the master, so Prefect's
+    auth middleware (PREFECT_SERVER_API_AUTH_STRING) guards it like every Prefect endpoint:
     nodes record firings and report failures here, and fetch plugin packages."""
     app = FastAPI(title="ScheduleMaster recording", openapi_url=None, docs_url=None, redoc_url=None)
     router = APIRouter()
 
     @router.post("/firings")
-    async def post_firings(request: Request,
-                           records: list[FiringRecord] = Body(..., max_length=MAX_BATCH)) -> RecordResult:
-        if auth_string and not _authorized(request, auth_string):
-            raise HTTPException(401, "Unauthorized")
+    async def post_firings(records: list[FiringRecord] = Body(..., max_length=MAX_BATCH)) -> RecordResult:
         return await record_firings(records, on_failure)
 
     @router.post("/failures")
-    async def post_failure(request: Request, failure: RunFailure) -> dict:
-        if auth_string and not _authorized(request, auth_string):
-            raise HTTPException(401, "Unauthorized")
+    async def post_failure(failure: RunFailure) -> dict:
         return {"known_task": await report_failure(failure, on_failure)}
 
     @router.get("/plugins/{name}")
-    async def get_package(request: Request, name: str):
+    async def get_package(name: str):
         from fastapi.responses import FileResponse
 
-        if auth_string and not _authorized(request, auth_string):
-            raise HTTPException(401, "Unauthorized")
         path = packages.path(name) if packages is not None else None
         if path is None:
             raise HTTPException(404, f"no plugin package named {name[:200]!r}")
@@ -212,18 +210,6 @@ def create_record_app(auth_string: str | None = None, on_failure: OnFailure | No
 
     app.include_router(router)
     return app
-
-
-def _authorized(request: Request, auth_string: str) -> bool:
-    """The same HTTP basic check Prefect's server applies when PREFECT_SERVER_API_AUTH_STRING is set."""
-    header = request.headers.get("authorization", "")
-    if not header.lower().startswith("basic "):
-        return False
-    try:
-        given = base64.b64decode(header[6:]).decode()
-    except ValueError:
-        return False
-    return hmac.compare_digest(given.encode(), auth_string.encode())
 
 
 __all__ = ["FiringRecord", "RecordResult", "create_record_app", "record_firings"]

@@ -75,15 +75,16 @@ async def mirror_settings(client, store) -> None:
 
 
 def mount_record_api(prefect_app, on_failure=None, packages=None) -> None:
-    """Nodes record firings at ``/api/schedulemaster/firings`` (see deployments/record_api.py)."""
-    import prefect.settings
+    """Nodes record firings at ``/api/schedulemaster/firings`` (see deployments/record_api.py).
+
+    Mounted inside Prefect's API app (the one behind "/api"), so Prefect's own middleware,
+    its auth string check included, covers these endpoints too."""
     from starlette.routing import Mount
 
     from schedulemaster.deployments.record_api import create_record_app
 
-    auth = prefect.settings.PREFECT_SERVER_API_AUTH_STRING.value()
-    # Before Prefect's own "/api" mount, which would otherwise answer 404.
-    prefect_app.router.routes.insert(0, Mount("/api/schedulemaster", app=create_record_app(auth, on_failure, packages)))
+    api_app = next(r.app for r in prefect_app.routes if isinstance(r, Mount) and r.name == "api")
+    api_app.router.routes.append(Mount("/schedulemaster", app=create_record_app(on_failure, packages)))
 
 
 async def wait_for_prefect(client, timeout: float = 120.0) -> None:
