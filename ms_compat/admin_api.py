@@ -39,7 +39,8 @@ CONFIG_RULES: dict[str, tuple[Callable[[str], bool], str]] = {
     "System_WorkerUnHealthTimes": (lambda v: _INT.match(v) is not None, "非负整数"),
     "DelayTask_DelayPattern": (lambda v: v in ("Relative", "Absolute"), "Relative 或 Absolute"),
     "DelayTask_RetryTimes": (lambda v: _INT.match(v) is not None and int(v) <= 100, "0-100"),
-    "DelayTask_RetrySpans": (lambda v: _INT.match(v) is not None, "非负整数（秒）"),
+    "DelayTask_RetrySpans": (lambda v: _INT.match(v) is not None and int(v) <= 86400, "0-86400（秒）"),
+    "DelayTask_RequestTimeout": (lambda v: _INT.match(v) is not None and 1 <= int(v) <= 600, "1-600（秒）"),
     "Assembly_ImagePullPolicy": (lambda v: v in ("Always", "IfNotPresent"), "Always 或 IfNotPresent"),
 }
 SECRET_SUFFIX = "Pwd"

@@ -20,6 +20,7 @@ from schedulemaster.deployments.packages import MAX_PACKAGE_BYTES, PackageError
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.admin_api import add_admin_routes
 from schedulemaster.ms_compat.auth import Authenticator
+from schedulemaster.ms_compat.delayed_api import BATCH_LIMIT, BATCH_PATH, add_delayed_routes
 from schedulemaster.ms_compat.history_api import add_history_routes
 from schedulemaster.ms_compat.binding import (ID_ONLY, QUERY_LIST, SCHEDULE_INFO, FormValues, bind,
                                               id_from_form_or_query)
@@ -31,6 +32,7 @@ log = logging.getLogger("schedulemaster.api")
 MAX_BODY_BYTES = 1024 * 1024
 UPLOAD_PATH = "/api/task/uploadplugin"
 UPLOAD_LIMIT = MAX_PACKAGE_BYTES + MAX_BODY_BYTES  # the package plus the multipart around it
+BODY_LIMITS = {UPLOAD_PATH: UPLOAD_LIMIT, BATCH_PATH: BATCH_LIMIT}
 
 
 async def _form(request: Request) -> FormValues:
@@ -66,7 +68,7 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
         # ASP.NET routes are case-insensitive: /api/task/create == /api/Task/Create.
         request.scope["path"] = request.scope["path"].lower().rstrip("/") or "/"
         length = request.headers.get("content-length")
-        limit = UPLOAD_LIMIT if request.scope["path"] == UPLOAD_PATH else MAX_BODY_BYTES
+        limit = BODY_LIMITS.get(request.scope["path"], MAX_BODY_BYTES)
         if length is not None and (not length.isdigit() or int(length) > limit):
             return R.client_error(413)
         try:
@@ -147,7 +149,10 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
         """Nodes read the settings from a Prefect Variable: refresh it on every save."""
         from schedulemaster.master import mirror_settings
 
+        delayed_configs.invalidate()
         await mirror_settings(state["service"].client, store)
+
+    delayed_configs = add_delayed_routes(app, store, guarded, _form, lambda: state["service"].tz)
 
     add_admin_routes(app, store, guarded, _form, R.fmt_nullable_date, settings_saved)
     add_history_routes(app, guarded, lambda: state["service"].tz)

@@ -24,10 +24,28 @@ def legacy_secret(user: str, password: str) -> str:
     return md5_hex(user + md5_hex(password) + user)
 
 
+USER_CACHE_SECONDS = 1.0
+
+
 class Authenticator:
     def __init__(self, store: Store):
         self.store = store
         self._failures: dict[tuple[str, str], deque[float]] = defaultdict(deque)
+        # user name -> (row, when read, store's user version): a busy client (1,000 creates
+        # a second) must not cost one users query per request. An account changed through
+        # this process is re-read at once; one changed elsewhere within a second.
+        self._users: dict[str, tuple[SystemUser | None, float, int]] = {}
+
+    def _user(self, name: str) -> SystemUser | None:
+        hit = self._users.get(name)
+        now = time.monotonic()
+        if hit is not None and now - hit[1] < USER_CACHE_SECONDS and hit[2] == self.store.user_version:
+            return hit[0]
+        row = self.store.user_by_name(name)
+        if len(self._users) > 10_000:
+            self._users.clear()
+        self._users[name] = (row, now, self.store.user_version)
+        return row
 
     async def check(self, user: str | None, secret: str | None, address: str) -> SystemUser | None:
         key = (user or "", address)
@@ -53,7 +71,7 @@ class Authenticator:
     def _verify(self, user: str | None, secret: str | None) -> SystemUser | None:
         if not user or not secret or len(user) > MAX_HEADER or len(secret) > MAX_HEADER:
             return None
-        row = self.store.user_by_name(user)
+        row = self._user(user)
         if row is None or row.status != 1:
             return None
         expected = md5_hex(user + row.password + user)

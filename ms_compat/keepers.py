@@ -104,22 +104,10 @@ class KeeperMailer:
         to = self.recipients(f.keepers)
         if not to:
             return
-        cfg = self.store.configs()
-        server, account = cfg.get("Email_SmtpServer", "").strip(), cfg.get("Email_FromAccount", "").strip()
-        if not server or not account:
-            log.warning("task %s failed but no mail was sent: Email_SmtpServer / Email_FromAccount are not set",
-                        f.task_id)
-            return
-        port = int(cfg.get("Email_SmtpPort") or 25)
-        msg = EmailMessage()
-        msg["Subject"] = subject_of(f)
-        msg["From"] = formataddr(("ScheduleMaster", account))
-        msg["To"] = ", ".join(formataddr(pair) for pair in to)
-        msg.set_content("任务运行异常，请查看 HTML 内容。")
-        msg.add_alternative(content_of(f), subtype="html")
-        smtp_send(server, port, account, cfg.get("Email_FromAccountPwd", ""), msg)
-        self.sent += 1
-        log.info("failure of %s [%s] mailed to %s", f.task_id, f.title, ", ".join(e for _, e in to))
+        if send_html(self.store, to, subject_of(f), content_of(f), "任务运行异常，请查看 HTML 内容。",
+                     f"task {f.task_id}"):
+            self.sent += 1
+            log.info("failure of %s [%s] mailed to %s", f.task_id, f.title, ", ".join(e for _, e in to))
 
     async def notify_block(self, name: str, f: Failure) -> None:
         """A Prefect notification block (``type-slug/name``) as an extra failure channel."""
@@ -132,3 +120,35 @@ class KeeperMailer:
         result = block.notify(text, subject=subject_of(f))
         if asyncio.iscoroutine(result):
             await result
+
+
+def send_html(store, to: list[tuple[str, str]], subject: str, html_body: str, text: str, what: str) -> bool:
+    """Mail through the ``Email_*`` settings; False (and a warning) when they are not set."""
+    cfg = store.configs()
+    server, account = cfg.get("Email_SmtpServer", "").strip(), cfg.get("Email_FromAccount", "").strip()
+    if not server or not account:
+        log.warning("%s failed but no mail was sent: Email_SmtpServer / Email_FromAccount are not set", what)
+        return False
+    msg = EmailMessage()
+    msg["Subject"] = subject
+    msg["From"] = formataddr(("ScheduleMaster", account))
+    msg["To"] = ", ".join(formataddr(pair) for pair in to)
+    msg.set_content(text)
+    msg.add_alternative(html_body, subtype="html")
+    smtp_send(server, int(cfg.get("Email_SmtpPort") or 25), account, cfg.get("Email_FromAccountPwd", ""), msg)
+    return True
+
+
+def mail_delayed_failure(store, task: dict[str, Any], error: str | None, when: datetime) -> bool:
+    """A delayed task failed for good: its creator is told, if the creator has an email (§4.7)."""
+    user = store.user_by_name(task["createusername"] or "")
+    if user is None or not user.email or user.status == -1:
+        return False
+    e = html.escape
+    rows = [("任务ID", task["id"]), ("来源", task["sourceapp"]), ("主题", task["topic"]),
+            ("业务关键字", task["contentkey"]), ("回调地址", task["notifyurl"]),
+            ("时间", when.strftime("%Y-%m-%d %H:%M:%S")), ("失败原因", error or ""), ("备注", task.get("remark") or "")]
+    table = "".join(f"<tr><td><b>{e(k)}</b></td><td>{e(str(v))}</td></tr>" for k, v in rows)
+    return send_html(store, [(user.realname, user.email)], f"延时任务执行失败 — {task['topic']}/{task['contentkey']}",
+                     f"<h3>延时任务执行失败</h3><table>{table}</table>", "延时任务执行失败，请查看 HTML 内容。",
+                     f"delayed task {task['id']}")

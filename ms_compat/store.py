@@ -1,7 +1,8 @@
-"""The project's own tables: what Prefect has no home for (users, settings).
+"""The project's own tables: what Prefect has no home for (users, settings, delayed tasks).
 
-Same database family as Prefect (a SQLite file by default). Table and column names follow
-the original's schema (§3) so an imported database maps one to one.
+Same database family as Prefect: a SQLite file by default, PostgreSQL when ``SM_STORE_URL``
+says ``postgresql://...`` (the database is created when missing). Table and column names
+follow the original's schema (§3) so an imported database maps one to one.
 """
 
 from __future__ import annotations
@@ -58,12 +59,50 @@ DEFAULT_CONFIGS = [
     ("DelayTask_DelayPattern", "延时任务配置", "延迟模式", "Relative"),
     ("DelayTask_RetryTimes", "延时任务配置", "重试次数", "3"),
     ("DelayTask_RetrySpans", "延时任务配置", "重试间隔", "10"),
+    ("DelayTask_RequestTimeout", "延时任务配置", "回调超时时间 (extension)", "100"),
 ]
 DEFAULT_ADMIN = ("admin", "111111")
 
 
+def normalize_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean the psycopg (3) driver, the one we install."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def ensure_database(url: str) -> None:
+    """Create a PostgreSQL database that does not exist yet (SQLite files create themselves)."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    if url.startswith("sqlite"):
+        return
+    target = make_url(url)
+    try:
+        probe = create_engine(target)
+        with probe.connect():
+            pass
+        probe.dispose()
+        return
+    except OperationalError as exc:
+        if "does not exist" not in str(exc):
+            raise
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        name = target.database.replace('"', '""')
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+
+
 class Store:
     def __init__(self, url: str):
+        url = normalize_url(url)
+        self.url = url
+        self._delayed = None
+        self.user_version = 0  # bumped on every account change made through this process
         connect_args = {"check_same_thread": False, "timeout": 30} if url.startswith("sqlite") else {}
         self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
         if url.startswith("sqlite"):
@@ -71,8 +110,20 @@ class Store:
             def _wal(dbapi_conn, _record):  # readers never wait on the writer
                 dbapi_conn.execute("PRAGMA journal_mode=WAL")
 
+    @property
+    def delayed(self):
+        """The delayed tasks' reads and writes (ms_compat/delayed_store.py)."""
+        if self._delayed is None:
+            from schedulemaster.ms_compat.delayed_store import DelayedStore
+
+            self._delayed = DelayedStore(self.engine, self.url)
+        return self._delayed
+
     def init(self) -> None:
         """Create the tables and seed the default account and settings (idempotent)."""
+        from schedulemaster.ms_compat import delayed_store  # noqa: F401  (registers its tables)
+
+        ensure_database(self.url)
         SQLModel.metadata.create_all(self.engine)
         with Session(self.engine) as s:
             if s.exec(select(SystemUser)).first() is None:
@@ -125,6 +176,7 @@ class Store:
                               phone=phone, email=email)
             s.add(user)
             s.commit()
+            self.user_version += 1
             s.refresh(user)
             return user
 
@@ -138,6 +190,7 @@ class Store:
                 setattr(u, key, value)
             s.add(u)
             s.commit()
+            self.user_version += 1
             return True
 
     def set_configs(self, values: dict[str, str], user: str | None = None) -> None:

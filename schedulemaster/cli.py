@@ -96,6 +96,29 @@ def node(name: str = typer.Option("worker1", "--name", help="node name (the orig
 
 
 @app.command()
+def dispatcher(name: str = typer.Option("dispatcher", "--name", help="shown in the Prefect UI and in each attempt"),
+               max_held: int = typer.Option(5000, "--max-held", min=10, max=100_000,
+                                            help="callbacks claimed at once (due within 0.5 s, or in flight)"),
+               per_host: int = typer.Option(100, "--per-host", min=1, max=10_000,
+                                            help="connections to one receiver at once"),
+               data_dir: Optional[Path] = DataDir, prefect_port: Optional[int] = PrefectPort,
+               timezone_: Optional[str] = TimeZone) -> None:
+    """Run the delayed-task dispatcher (``up`` starts one; on PostgreSQL several may run)."""
+    from schedulemaster.dispatcher import serve_dispatcher
+
+    if not name or len(name) > 40 or any(c in name for c in "/%:,") or name != name.strip():
+        raise typer.BadParameter(f"invalid dispatcher name '{name}' (1-40 characters, no '/', '%', ':' or ',')")
+    _logging()
+    try:
+        code = asyncio.run(serve_dispatcher(_settings(data_dir, None, prefect_port, timezone_), name,
+                                            max_held=max_held, per_host=per_host))
+    except RuntimeError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+@app.command()
 def cron(expression: str = typer.Argument(..., help="a Quartz expression, e.g. '0/10 * * * * ?'"),
          count: int = typer.Option(5, "--count", min=1, max=1000, help="how many fire times"),
          after: Optional[str] = typer.Option(None, "--after", help="YYYY-MM-DDTHH:MM:SS, local to --tz [default: now]"),

@@ -1,6 +1,7 @@
 """`schedulemaster up`: the whole system as one supervised group of child processes.
 
-Children: the master (Prefect server + UI + legacy API) and one executor node. A child
+Children: the master (Prefect server + UI + legacy API), one executor node and the
+delayed-task dispatcher. A child
 that dies is restarted; Ctrl-C or SIGTERM stops them all; and each child gets SIGTERM
 from the kernel if the supervisor itself is killed (PR_SET_PDEATHSIG), so none is orphaned.
 """
@@ -74,6 +75,7 @@ def run_up(settings: Settings, node_name: str = "worker1", maxc: int = 20, echo=
         Child("master", ["master"], logs / "master.log", env=env),
         Child(node_name, ["node", "--name", node_name, "--priority", "1", "--maxc", str(maxc)],
               logs / f"node-{node_name}.log", env=env),
+        Child("dispatcher", ["dispatcher"], logs / "dispatcher.log", env=env),
     ]
     stopping = False
 
@@ -93,6 +95,7 @@ def run_up(settings: Settings, node_name: str = "worker1", maxc: int = 20, echo=
         echo(f"  legacy API     http://{host}:{settings.api_port}/api/Task/QueryList?pageNumber=1&pageSize=10")
         echo("  default login  admin / 111111   (ms_auth_user: admin, ms_auth_secret: 811a5cb95196217ed3fda54cf73b9244)")
         echo(f"  executor node  {node_name}   time zone {settings.timezone}")
+        echo("  delayed tasks  dispatcher   (POST /api/DelayTask/Create)")
         echo(f"  logs           {logs}/")
         echo("Ctrl-C stops everything.")
     elif not stopping:

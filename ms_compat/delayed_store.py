@@ -1,0 +1,469 @@
+"""Delayed tasks (延时任务): the ``scheduledelayeds`` table, its attempts, and every SQL on them.
+
+Pending callbacks live here, never as one Prefect run each (Prefect creates ~12 runs/s on
+SQLite and falls over near 4,000: prefect-notes §3). The (status, dueat) index lets the
+dispatcher read only what falls due in the next moment, so its memory does not grow with
+the number pending.
+
+Columns keep the original's names and meanings (behaviour notes §3); the extension columns
+(dueat, claimedby, claimseq, leaseuntil, manual, attempts, pattern, executors) are how a
+durable dispatcher works: a row is *claimed* (claimedby + a lease) before its callback is
+sent and released when the outcome is written, in one transaction with the attempt's row.
+A dispatcher that dies leaves leases that expire, and the rows fire again (same
+Idempotency-Key: the task id).
+
+All times are naive UTC (``NaiveDatetime``: sqlmodel would otherwise insist on aware values);
+the API shows them in the system's zone as the original did.
+"""
+
+from __future__ import annotations
+
+import queue as queue_mod
+import threading
+from collections import Counter
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from enum import IntEnum
+from typing import Any, Optional
+
+from pydantic import NaiveDatetime
+from sqlalchemy import Index, and_, event, func, insert, or_, select, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, SQLModel, create_engine
+
+REMARK_MAX = 255
+EXCERPT_MAX = 500
+
+
+class DelayStatus(IntEnum):
+    Deleted = 0    # 已作废 (voided)
+    Created = 1    # 已创建
+    Ready = 2      # 已就绪: waiting for its callback (or a retry)
+    Successed = 3  # 执行成功 (sic, the original's name)
+    Failed = 4     # 异常: retries used up
+
+
+STATUS_TEXT = {0: "已作废", 1: "已创建", 2: "已就绪", 3: "执行成功", 4: "异常"}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class ScheduleDelayed(SQLModel, table=True):
+    __tablename__ = "scheduledelayeds"
+    __table_args__ = (
+        Index("ix_scheduledelayeds_due", "status", "dueat"),       # the dispatcher's claim
+        Index("ix_scheduledelayeds_createtime", "createtime"),     # the original's indexes
+        Index("ix_scheduledelayeds_contentkey", "contentkey"),
+        Index("ix_scheduledelayeds_claimedby", "claimedby"),       # lease renewal
+    )
+    id: str = Field(primary_key=True, max_length=36)
+    sourceapp: str = Field(max_length=50)
+    topic: str = Field(max_length=100)
+    contentkey: str = Field(max_length=100)
+    delaytimespan: int = 0
+    delayabsolutetime: NaiveDatetime
+    createtime: NaiveDatetime
+    createusername: Optional[str] = Field(default=None, max_length=50)
+    executetime: Optional[NaiveDatetime] = None  # last attempt
+    finishtime: Optional[NaiveDatetime] = None   # success
+    status: int = DelayStatus.Ready
+    failedretrys: int = 0
+    remark: Optional[str] = Field(default=None, max_length=REMARK_MAX)
+    notifyurl: str = Field(max_length=255)
+    notifydatatype: str = Field(max_length=50)
+    notifybody: str = Field(max_length=1000)
+    # ---- extensions ----
+    notifyhost: str = Field(default="", max_length=300)  # host:port of NotifyUrl: per-receiver limits
+    executors: Optional[str] = Field(default=None, max_length=2000)  # node names, comma-separated
+    pattern: str = Field(default="Relative", max_length=10)           # how the due time was given
+    dueat: Optional[NaiveDatetime] = None      # when the next attempt is due; null when none is pending
+    claimedby: Optional[str] = Field(default=None, max_length=64)
+    claimseq: int = 0                     # which claim of claimedby holds it (a token per claim)
+    leaseuntil: Optional[NaiveDatetime] = None
+    manual: bool = False                  # the pending attempt is a console 执行: one try, no retries
+    attempts: int = 0
+
+
+class DelayedAttempt(SQLModel, table=True):
+    """One callback attempt: when, how late, what came back (the original wrote a trace row)."""
+
+    __tablename__ = "scheduledelayedattempts"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    delayedid: str = Field(max_length=36, index=True)
+    attempt: int
+    kind: str = Field(max_length=10)  # first | retry | manual | recovered
+    duetime: NaiveDatetime
+    firetime: NaiveDatetime
+    elapsedms: float = 0.0
+    statuscode: Optional[int] = None
+    excerpt: Optional[str] = Field(default=None, max_length=EXCERPT_MAX)
+    success: bool = False
+    error: Optional[str] = Field(default=None, max_length=EXCERPT_MAX)
+    dispatcher: Optional[str] = Field(default=None, max_length=64)
+
+
+T = ScheduleDelayed.__table__
+A = DelayedAttempt.__table__
+
+
+class DuplicateIds(Exception):
+    """Some ids already exist (or repeat within the request): nothing of that request was written."""
+
+    def __init__(self, ids: list[str]):
+        super().__init__(", ".join(ids))
+        self.ids = ids
+
+
+def write_engine(url: str) -> Engine:
+    """An engine whose transactions take SQLite's write lock up front (BEGIN IMMEDIATE).
+
+    A DEFERRED transaction that reads and then writes is refused outright (SQLITE_BUSY,
+    no waiting) when another process committed in between; IMMEDIATE waits its turn."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record):
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+        dbapi_conn.execute("PRAGMA journal_mode=WAL")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+@dataclass
+class Claimed:
+    """A row the dispatcher holds until its outcome is written."""
+
+    id: str
+    dueat: datetime
+    notifyurl: str
+    notifydatatype: str
+    notifybody: str
+    failedretrys: int
+    attempts: int
+    manual: bool
+    remark: str | None
+    createusername: str | None
+    sourceapp: str
+    topic: str
+    contentkey: str
+    seq: int
+    recovered: bool  # its previous claim was never released: a dispatcher died holding it
+    host: str = ""
+
+
+@dataclass
+class Outcome:
+    claim: Claimed
+    firetime: datetime
+    success: bool
+    statuscode: int | None = None
+    excerpt: str | None = None
+    error: str | None = None
+    elapsedms: float = 0.0
+
+
+@dataclass
+class Settled:
+    """What writing an outcome did to its task (the dispatcher mails on final failures)."""
+
+    claim: Claimed
+    status: int
+    next_due: datetime | None = None
+    stale: bool = False  # the row was voided, reset or re-claimed meanwhile: only the attempt counts
+
+
+@dataclass
+class _CreateRequest:
+    rows: list[dict[str, Any]]
+    future: Future = field(default_factory=Future)
+
+
+class DelayedStore:
+    """Every read and write of delayed tasks. Blocking calls: use them from a thread."""
+
+    def __init__(self, read_engine: Engine, url: str):
+        self.engine = read_engine
+        self.wengine = write_engine(url)
+        self.postgres = not url.startswith("sqlite")
+        self._creates: queue_mod.Queue[_CreateRequest] = queue_mod.Queue()
+        self._writer: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    # ---- creating: group commit -------------------------------------------------
+    def create(self, rows: list[dict[str, Any]]) -> Future:
+        """Queue rows for the writer thread; the future resolves once they are committed.
+
+        Requests that arrive while a commit is in progress are written together in the next
+        transaction (group commit), so a 200 answer still means "on disk" while the disk
+        sees one commit per batch rather than one per request."""
+        with self._lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_loop, name="delayed-create", daemon=True)
+                self._writer.start()
+        req = _CreateRequest(rows)
+        self._creates.put(req)
+        return req.future
+
+    def _write_loop(self) -> None:
+        while True:
+            group = [self._creates.get()]
+            size = len(group[0].rows)
+            while size < 5000:
+                try:
+                    req = self._creates.get_nowait()
+                except queue_mod.Empty:
+                    break
+                group.append(req)
+                size += len(req.rows)
+            try:
+                self._insert_group(group)
+            except Exception:  # a conflict raced in from another writer: one by one
+                for req in group:
+                    if req.future.done():
+                        continue
+                    try:
+                        self._insert_group([req])
+                    except Exception as exc:
+                        req.future.set_exception(exc)
+
+    def _insert_group(self, group: list[_CreateRequest]) -> None:
+        ids = [r["id"] for req in group for r in req.rows]
+        with self.wengine.begin() as conn:
+            existing: set[str] = set()
+            for i in range(0, len(ids), 500):
+                existing.update(conn.execute(select(T.c.id).where(T.c.id.in_(ids[i:i + 500]))).scalars())
+            accepted, refused = [], []
+            seen: set[str] = set()
+            for req in group:
+                mine = Counter(r["id"] for r in req.rows)
+                dup = sorted(i for i, n in mine.items() if n > 1 or i in existing or i in seen)
+                if dup:
+                    refused.append((req, dup))
+                else:
+                    seen.update(mine)
+                    accepted.append(req)
+            rows = [r for req in accepted for r in req.rows]
+            for i in range(0, len(rows), 1000):
+                conn.execute(insert(T), rows[i:i + 1000])
+        for req in accepted:
+            req.future.set_result([r["id"] for r in req.rows])
+        for req, dup in refused:
+            req.future.set_exception(DuplicateIds(dup))
+
+    # ---- reading ---------------------------------------------------------------------
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(T).where(T.c.id == task_id)).mappings().first()
+            return dict(row) if row else None
+
+    def attempts_of(self, task_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(A).where(A.c.delayedid == task_id).order_by(A.c.id.desc())
+                                .limit(limit)).mappings().all()
+            return [dict(r) for r in rows]
+
+    def query(self, *, start: datetime | None = None, end: datetime | None = None, status: int | None = None,
+              topic: str | None = None, content_key: str | None = None, source_app: str | None = None,
+              offset: int = 0, limit: int = 20) -> tuple[int, list[dict[str, Any]]]:
+        """The console's list: filters on the create date range, status, topic, content key and
+        source app (exact matches, so the indexes serve them), newest first."""
+        conds = []
+        if start is not None:
+            conds.append(T.c.createtime >= start)
+        if end is not None:
+            conds.append(T.c.createtime < end)
+        if status is not None:
+            conds.append(T.c.status == status)
+        if topic:
+            conds.append(T.c.topic == topic)
+        if content_key:
+            conds.append(T.c.contentkey == content_key)
+        if source_app:
+            conds.append(T.c.sourceapp == source_app)
+        where = and_(*conds) if conds else None
+        with self.engine.connect() as conn:
+            count_q = select(func.count()).select_from(T)
+            rows_q = select(T).order_by(T.c.createtime.desc(), T.c.id).offset(offset).limit(limit)
+            if where is not None:
+                count_q, rows_q = count_q.where(where), rows_q.where(where)
+            total = conn.execute(count_q).scalar_one()
+            rows = [dict(r) for r in conn.execute(rows_q).mappings().all()]
+        return total, rows
+
+    def counts(self) -> dict[str, Any]:
+        """Backlog by status, what falls due soon, and the oldest overdue (the dispatcher's report)."""
+        now = utcnow()
+        with self.engine.connect() as conn:
+            by_status = dict(conn.execute(select(T.c.status, func.count()).group_by(T.c.status)).all())
+            soon = conn.execute(select(func.count()).select_from(T).where(
+                T.c.status == DelayStatus.Ready, T.c.dueat <= now + timedelta(minutes=1))).scalar_one()
+            oldest = conn.execute(select(func.min(T.c.dueat)).where(T.c.status == DelayStatus.Ready)).scalar_one()
+        return {"by_status": {int(k): int(v) for k, v in by_status.items()}, "due_next_minute": int(soon),
+                "oldest_due": oldest}
+
+    # ---- console operations (void, execute, reset) ----------------------------------
+    def transition(self, task_id: str, action: str, now: datetime) -> tuple[str, dict[str, Any] | None]:
+        """Apply a console action in one transaction. Returns (result, row before):
+        result is "ok", "missing" or "state" (not allowed in the row's status)."""
+        with self.wengine.begin() as conn:
+            q = select(T).where(T.c.id == task_id)
+            if self.postgres:
+                q = q.with_for_update()
+            row = conn.execute(q).mappings().first()
+            if row is None:
+                return "missing", None
+            before = dict(row)
+            status = before["status"]
+            release = {"claimedby": None, "leaseuntil": None}
+            if action == "void":
+                if status not in (DelayStatus.Created, DelayStatus.Ready):
+                    return "state", before
+                values = {"status": DelayStatus.Deleted, "dueat": None, "manual": False, **release}
+            elif action == "execute":
+                if status not in (DelayStatus.Created, DelayStatus.Ready, DelayStatus.Failed):
+                    return "state", before
+                values = {"status": DelayStatus.Ready, "dueat": now, "manual": status == DelayStatus.Failed,
+                          **release}
+            elif action == "reset":
+                if status == DelayStatus.Ready:
+                    return "state", before
+                if before["pattern"] == "Absolute":
+                    due = max(now, before["delayabsolutetime"])
+                else:
+                    due = now + timedelta(seconds=before["delaytimespan"])
+                values = {"status": DelayStatus.Ready, "dueat": due, "failedretrys": 0, "manual": False,
+                          "finishtime": None, **release}
+            else:  # pragma: no cover - a programming error
+                raise ValueError(action)
+            conn.execute(update(T).where(T.c.id == task_id).values(**values))
+            return "ok", before
+
+    # ---- the dispatcher's side -------------------------------------------------------
+    def release_all(self) -> int:
+        """Drop every lease (only when this is the one dispatcher there can be: SQLite)."""
+        with self.wengine.begin() as conn:
+            return conn.execute(update(T).where(T.c.claimedby.is_not(None), T.c.status == DelayStatus.Ready)
+                                .values(leaseuntil=None)).rowcount
+
+    def claim(self, me: str, seq: int, horizon: datetime, now: datetime, lease: timedelta,
+              limit: int, busy_hosts: set[str] | frozenset = frozenset()) -> list[Claimed]:
+        """Take up to ``limit`` Ready rows due by ``horizon``, oldest first, whose lease is free.
+
+        PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so dispatchers side by side never take the
+        same row; SQLite: the transaction holds the write lock, one claim at a time."""
+        with self.wengine.begin() as conn:
+            q = (select(T.c.id, T.c.dueat, T.c.notifyurl, T.c.notifydatatype, T.c.notifybody, T.c.failedretrys,
+                        T.c.attempts, T.c.manual, T.c.remark, T.c.createusername, T.c.sourceapp, T.c.topic,
+                        T.c.contentkey, T.c.claimedby, T.c.notifyhost)
+                 .where(T.c.status == DelayStatus.Ready, T.c.dueat <= horizon,
+                        or_(T.c.leaseuntil.is_(None), T.c.leaseuntil < now))
+                 .order_by(T.c.dueat).limit(limit))
+            if busy_hosts:  # receivers already holding their share: the others go first
+                q = q.where(T.c.notifyhost.not_in(sorted(busy_hosts)))
+            if self.postgres:
+                q = q.with_for_update(skip_locked=True)
+            rows = conn.execute(q).all()
+            if not rows:
+                return []
+            ids = [r.id for r in rows]
+            conn.execute(update(T).where(T.c.id.in_(ids)).values(claimedby=me, claimseq=seq, leaseuntil=now + lease))
+        return [Claimed(r.id, r.dueat, r.notifyurl, r.notifydatatype, r.notifybody, r.failedretrys, r.attempts,
+                        bool(r.manual), r.remark, r.createusername, r.sourceapp, r.topic, r.contentkey, seq,
+                        recovered=r.claimedby is not None, host=r.notifyhost) for r in rows]
+
+    def release(self, me: str, ids: list[str]) -> int:
+        """Give back claims that never fired (a dispatcher stopping cleanly): not a recovery."""
+        n = 0
+        with self.wengine.begin() as conn:
+            for part in chunks(ids, 500):
+                n += conn.execute(update(T).where(T.c.id.in_(part), T.c.claimedby == me,
+                                                  T.c.status == DelayStatus.Ready)
+                                  .values(claimedby=None, leaseuntil=None)).rowcount
+        return n
+
+    def renew(self, me: str, until: datetime) -> int:
+        with self.wengine.begin() as conn:
+            return conn.execute(update(T).where(T.c.claimedby == me, T.c.status == DelayStatus.Ready,
+                                                T.c.leaseuntil.is_not(None)).values(leaseuntil=until)).rowcount
+
+    def settle(self, me: str, outcomes: list[Outcome], retry_times: int, retry_spans: int) -> list[Settled]:
+        """Write a batch of outcomes and their attempt rows in one transaction.
+
+        §4.9: success is final; a failure is retried while FailedRetrys < RetryTimes, after
+        RetrySpans × FailedRetrys seconds (status stays Ready); then Failed with the remark
+        "重试{n}次后失败结束". A console 执行 is one try with no retries. A row voided, reset or
+        re-claimed meanwhile keeps what it has now; only the attempt is recorded."""
+        settled: list[Settled] = []
+        with self.wengine.begin() as conn:
+            ids = [o.claim.id for o in outcomes]
+            q = select(T.c.id, T.c.claimedby, T.c.claimseq, T.c.status).where(T.c.id.in_(ids))
+            if self.postgres:
+                q = q.with_for_update()
+            current = {r.id: r for r in conn.execute(q).all()}
+            attempts = []
+            for o in outcomes:
+                c = o.claim
+                cur = current.get(c.id)
+                kind = ("manual" if c.manual else "recovered" if c.recovered
+                        else "retry" if c.failedretrys else "first")
+                attempts.append({"delayedid": c.id, "attempt": c.attempts + 1, "kind": kind, "duetime": c.dueat,
+                                 "firetime": o.firetime, "elapsedms": round(o.elapsedms, 1),
+                                 "statuscode": o.statuscode, "excerpt": (o.excerpt or None) and o.excerpt[:EXCERPT_MAX],
+                                 "success": o.success, "error": (o.error or None) and o.error[:EXCERPT_MAX],
+                                 "dispatcher": me})
+                if cur is None or cur.claimedby != me or cur.claimseq != c.seq or cur.status != DelayStatus.Ready:
+                    settled.append(Settled(c, cur.status if cur is not None else -1, stale=True))
+                    continue
+                base = {"executetime": o.firetime, "attempts": c.attempts + 1, "claimedby": None,
+                        "leaseuntil": None, "manual": False}
+                if o.success:
+                    values = {**base, "status": DelayStatus.Successed, "finishtime": o.firetime, "dueat": None}
+                    if c.manual:
+                        values["remark"] = _append(c.remark, " | 手动执行回调成功")
+                    settled.append(Settled(c, DelayStatus.Successed))
+                elif not c.manual and c.failedretrys < retry_times:
+                    n = c.failedretrys + 1
+                    due = utcnow() + timedelta(seconds=retry_spans * n)
+                    values = {**base, "failedretrys": n, "dueat": due}
+                    settled.append(Settled(c, DelayStatus.Ready, next_due=due))
+                else:
+                    values = {**base, "status": DelayStatus.Failed, "dueat": None}
+                    if not c.manual:
+                        values["remark"] = _append(c.remark, f"重试{c.failedretrys}次后失败结束", sep=" | ")
+                    settled.append(Settled(c, DelayStatus.Failed))
+                conn.execute(update(T).where(T.c.id == c.id).values(**values))
+            if attempts:
+                conn.execute(insert(A), attempts)
+        return settled
+
+
+def _append(remark: str | None, text: str, sep: str = "") -> str:
+    """Add to the remark; when the column would overflow, the newest words are kept."""
+    out = f"{remark}{sep}{text}" if remark else text
+    return out[-REMARK_MAX:]
+
+
+def chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def host_of(url: str) -> str:
+    """The receiver a NotifyUrl points at (host:port), for per-receiver limits."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return f"{(parts.hostname or '').lower()}:{port}"[:300]
+    except ValueError:
+        return ""
