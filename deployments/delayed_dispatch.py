@@ -25,18 +25,17 @@ import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Awaitable, Callable
 
 import aiohttp
 
 from schedulemaster.flows import delayed_callback as cb
-from schedulemaster.ms_compat.delayed_store import (Claimed, DelayedStore, DelayStatus, Outcome, Settled,
-                                                    utcnow)
+from schedulemaster.ms_compat.delayed_store import (LATE_AFTER, Claimed, DelayedStore, DelayStatus, Outcome,
+                                                    Settled, utcnow)
 
 log = logging.getLogger("schedulemaster.delayed")
 
-LATE_AFTER = 2.0  # seconds past due after which a firing is reported as late
 
 
 @dataclass

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -35,7 +36,8 @@ log = logging.getLogger("schedulemaster.delayed.report")
 FLOW_NAME = "schedulemaster-delayed"
 DEPLOYMENT_NAME = "dispatcher"
 ARTIFACT_KEY = "delayed-dispatcher"
-REPORT_EVERY = 60.0
+# seconds between reports; SM_DELAYED_REPORT_SECONDS overrides (the tests use a few seconds)
+REPORT_EVERY = float(os.environ.get("SM_DELAYED_REPORT_SECONDS") or 60.0)
 ROLL_EVERY = 3600.0
 NOTICES_PER_MINUTE = 200  # log lines beyond this are counted, not written
 

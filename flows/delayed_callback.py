@@ -102,13 +102,11 @@ async def send(session: aiohttp.ClientSession, req: Request, timeout: float) -> 
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             return resp.status, await resp.content.read(READ_LIMIT)
 
+    # No silent resend on ServerDisconnectedError: the receiver may have processed the
+    # request before the connection dropped, and every request that leaves must be a
+    # recorded attempt. A failed attempt is retried by the retry policy (same key).
     try:
-        try:
-            status, raw = await post()
-        except aiohttp.ServerDisconnectedError:
-            # A pooled keep-alive connection closed by the server as it was reused: the
-            # request never reached it. Once more on a fresh connection (same key).
-            status, raw = await post()
+        status, raw = await post()
     except asyncio.TimeoutError:
         return done(False, None, None, f"timed out after {timeout:g} s")
     except aiohttp.ClientError as exc:

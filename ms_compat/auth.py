@@ -11,17 +11,13 @@ import hmac
 import time
 from collections import defaultdict, deque
 
-from schedulemaster.ms_compat.store import Store, SystemUser, md5_hex
+from schedulemaster.ms_compat.secret import legacy_secret, md5_hex  # noqa: F401  (legacy_secret re-exported)
+from schedulemaster.ms_compat.store import Store, SystemUser
 
 MAX_HEADER = 200
 FAIL_WINDOW_S = 60.0
 FREE_FAILURES = 5
 MAX_DELAY_S = 2.0
-
-
-def legacy_secret(user: str, password: str) -> str:
-    """What a legacy client sends for ``user``/``password`` (admin/111111 -> 811a5c...)."""
-    return md5_hex(user + md5_hex(password) + user)
 
 
 USER_CACHE_SECONDS = 1.0

@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from schedulemaster.flows import delayed_callback as cb
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.binding import F, FormValues, bind, id_from_form_or_query, page_bounds
-from schedulemaster.ms_compat.delayed_store import STATUS_TEXT, DuplicateIds, host_of, utcnow
+from schedulemaster.ms_compat.delayed_store import LATE_AFTER, STATUS_TEXT, DuplicateIds, host_of, utcnow
 from schedulemaster.ms_compat.store import Store, SystemUser
 
 MAX_SPAN_SECONDS = 10 * 365 * 24 * 3600  # ten years: anything longer is a mistake, not a delay
@@ -151,6 +151,7 @@ def attempt_view(a: dict[str, Any], tz: str) -> dict[str, Any]:
             "DueTime": R.fmt_nullable_date(to_local(a["duetime"], tz)),
             "FireTime": R.fmt_nullable_date(to_local(a["firetime"], tz)),
             "LatenessSeconds": round((a["firetime"] - a["duetime"]).total_seconds(), 3),
+            "Late": (a["firetime"] - a["duetime"]).total_seconds() > LATE_AFTER,
             "ElapsedMs": a["elapsedms"], "StatusCode": a["statuscode"], "Success": bool(a["success"]),
             "Excerpt": a["excerpt"], "Error": a["error"], "Dispatcher": a["dispatcher"]}
 
@@ -248,9 +249,12 @@ def add_delayed_routes(app: FastAPI, store: Store, guarded, form_of, tz_of: Call
         async def act(m, _user):
             page, size = page_bounds(m["pageNumber"], m["pageSize"], 20)
             tz = tz_of()
+            end = m["endDate"]
+            if end is not None and end.time() == datetime.min.time():
+                end += timedelta(days=1)  # a bare date means through the end of that day, as the console's picker
             total, rows = await asyncio.to_thread(
                 delayed.query, start=m["startDate"] and to_utc(m["startDate"], tz),
-                end=m["endDate"] and to_utc(m["endDate"], tz), status=m["status"], topic=m["topic"],
+                end=end and to_utc(end, tz), status=m["status"], topic=m["topic"],
                 content_key=m["contentKey"], source_app=m["sourceApp"], offset=(page - 1) * size, limit=size)
             return R.ok("请求数据成功", {"total": total, "rows": [view(r, tz) for r in rows]})
 

@@ -33,6 +33,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Field, SQLModel, create_engine
 
 REMARK_MAX = 255
+LATE_AFTER = 2.0  # seconds past due after which an attempt counts as late (API and dispatcher log)
 EXCERPT_MAX = 500
 
 
@@ -405,25 +406,31 @@ class DelayedStore:
         settled: list[Settled] = []
         with self.wengine.begin() as conn:
             ids = [o.claim.id for o in outcomes]
-            q = select(T.c.id, T.c.claimedby, T.c.claimseq, T.c.status).where(T.c.id.in_(ids))
+            q = select(T.c.id, T.c.claimedby, T.c.claimseq, T.c.status, T.c.attempts).where(T.c.id.in_(ids))
             if self.postgres:
                 q = q.with_for_update()
             current = {r.id: r for r in conn.execute(q).all()}
+            made = {i: r.attempts for i, r in current.items()}  # attempts so far, counting this batch's
             attempts = []
             for o in outcomes:
                 c = o.claim
                 cur = current.get(c.id)
                 kind = ("manual" if c.manual else "recovered" if c.recovered
                         else "retry" if c.failedretrys else "first")
-                attempts.append({"delayedid": c.id, "attempt": c.attempts + 1, "kind": kind, "duetime": c.dueat,
+                number = made.get(c.id, c.attempts) + 1
+                made[c.id] = number
+                attempts.append({"delayedid": c.id, "attempt": number, "kind": kind, "duetime": c.dueat,
                                  "firetime": o.firetime, "elapsedms": round(o.elapsedms, 1),
                                  "statuscode": o.statuscode, "excerpt": (o.excerpt or None) and o.excerpt[:EXCERPT_MAX],
                                  "success": o.success, "error": (o.error or None) and o.error[:EXCERPT_MAX],
                                  "dispatcher": me})
                 if cur is None or cur.claimedby != me or cur.claimseq != c.seq or cur.status != DelayStatus.Ready:
+                    # voided, reset or re-claimed meanwhile: it keeps its state, the attempt still counts
+                    if cur is not None:
+                        conn.execute(update(T).where(T.c.id == c.id).values(attempts=number))
                     settled.append(Settled(c, cur.status if cur is not None else -1, stale=True))
                     continue
-                base = {"executetime": o.firetime, "attempts": c.attempts + 1, "claimedby": None,
+                base = {"executetime": o.firetime, "attempts": number, "claimedby": None,
                         "leaseuntil": None, "manual": False}
                 if o.success:
                     values = {**base, "status": DelayStatus.Successed, "finishtime": o.firetime, "dueat": None}

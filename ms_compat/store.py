@@ -7,16 +7,13 @@ follow the original's schema (§3) so an imported database maps one to one.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime, timezone
 from typing import Optional
 
 from sqlalchemy import event
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
-
-def md5_hex(text: str) -> str:
-    return hashlib.md5(text.encode("utf-8")).hexdigest()
+from schedulemaster.ms_compat.secret import md5_hex  # noqa: F401  (re-exported: the store hashes passwords)
 
 
 class SystemUser(SQLModel, table=True):

@@ -24,7 +24,7 @@ def call(api: str, user: str, password: str, method: str, path: str, **kw) -> An
     """One legacy API call; prints the failure and exits 1 unless the envelope says Success."""
     import httpx
 
-    from schedulemaster.ms_compat.auth import legacy_secret
+    from schedulemaster.ms_compat.secret import legacy_secret
 
     headers = {"ms_auth_user": user, "ms_auth_secret": legacy_secret(user, password)}
     try:
@@ -38,6 +38,9 @@ def call(api: str, user: str, password: str, method: str, path: str, **kw) -> An
     if resp.status_code == 400:
         errors = resp.json().get("errors", {})
         typer.echo("error: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), err=True)
+        raise typer.Exit(2)
+    if resp.status_code == 413:
+        typer.echo("error: 413 Payload Too Large (the API takes 1 MiB per request, 16 MiB per batch)", err=True)
         raise typer.Exit(2)
     body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
     if resp.status_code != 200 or not body.get("Success"):

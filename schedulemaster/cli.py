@@ -1,4 +1,4 @@
-"""The `schedulemaster` command: up, master, node, cron, and the admin groups (plugin, account, config)."""
+"""The `schedulemaster` command: up, master, node, cron, and the admin groups (plugin, account, config, delayed)."""
 
 from __future__ import annotations
 
@@ -101,6 +101,9 @@ def dispatcher(name: str = typer.Option("dispatcher", "--name", help="shown in t
                                             help="callbacks claimed at once (due within 0.5 s, or in flight)"),
                per_host: int = typer.Option(100, "--per-host", min=1, max=10_000,
                                             help="connections to one receiver at once"),
+               lease: float = typer.Option(30.0, "--lease", min=2.0, max=3600.0,
+                                           help="seconds a claim outlives its dispatcher (PostgreSQL: how soon "
+                                                "another dispatcher re-sends what a dead one held)"),
                data_dir: Optional[Path] = DataDir, prefect_port: Optional[int] = PrefectPort,
                timezone_: Optional[str] = TimeZone) -> None:
     """Run the delayed-task dispatcher (``up`` starts one; on PostgreSQL several may run)."""
@@ -111,7 +114,7 @@ def dispatcher(name: str = typer.Option("dispatcher", "--name", help="shown in t
     _logging()
     try:
         code = asyncio.run(serve_dispatcher(_settings(data_dir, None, prefect_port, timezone_), name,
-                                            max_held=max_held, per_host=per_host))
+                                            max_held=max_held, per_host=per_host, lease=lease))
     except RuntimeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
@@ -150,10 +153,12 @@ def cron(expression: str = typer.Argument(..., help="a Quartz expression, e.g. '
 
 
 from schedulemaster.admin_cli import account_app, config_app, plugin_app  # noqa: E402
+from schedulemaster.delayed_cli import delayed_app  # noqa: E402
 
 app.add_typer(plugin_app, name="plugin")
 app.add_typer(account_app, name="account")
 app.add_typer(config_app, name="config")
+app.add_typer(delayed_app, name="delayed")
 
 
 if __name__ == "__main__":

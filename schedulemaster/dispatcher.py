@@ -69,7 +69,7 @@ async def serve_dispatcher(settings: Settings, name: str, max_held: int = 5000, 
                 raise
             log.info("store not ready yet (%s); retrying", str(exc).splitlines()[0][:200])
             await asyncio.sleep(1.0)
-    configs = Configs(store, ttl=5.0)
+    configs = Configs(store, ttl=2.0)  # a saved setting reaches the dispatcher within 2 s
 
     async def mail_creator(settled, outcome) -> None:
         try:

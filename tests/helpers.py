@@ -51,6 +51,7 @@ class System:
     prefect_port: int = field(default_factory=free_port)
     timezone: str = "Asia/Shanghai"
     up_args: list[str] = field(default_factory=list)  # extra `up` options, e.g. ["--maxc", "50"]
+    env: dict[str, str] = field(default_factory=dict)  # extra environment, e.g. SM_STORE_URL
     proc: subprocess.Popen | None = None
     output: list[str] = field(default_factory=list)
 
@@ -68,7 +69,7 @@ class System:
                "--timezone", self.timezone, *self.up_args]
         self.output = []
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
+                                     env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(
                                          p for p in (str(PLUGINS_DIR), os.environ.get("PYTHONPATH")) if p)})
         threading.Thread(target=self._drain, daemon=True).start()
         deadline = time.monotonic() + timeout
@@ -208,7 +209,10 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # a burst of callbacks must not overflow the listen backlog
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -1,4 +1,5 @@
-"""`schedulemaster up` as a user runs it: ready, stops cleanly, and Running tasks resume."""
+"""`schedulemaster up` as a user runs it: ready, stops cleanly, Running tasks resume, and delayed
+tasks that fell due while everything was down fire at start-up, oldest first, marked late."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import os
 import signal
 import time
 
+import httpx
 import pytest
 
-from helpers import System
+from helpers import AUTH, System
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +36,13 @@ def test_restart_resumes_running_tasks_and_sigterm_leaves_no_orphans(tmp_path, r
         tid = s.create_http(receiver.url("/resume"), cron="* * * * * ?", Title="resumes", RunNow="true")
         receiver.wait_for("/resume", 2)
         children = s.child_pids()
-        assert len(children) == 2
+        assert len(children) == 3   # master, node worker1, delayed-task dispatcher
+        delayed = []
+        for span in (6, 4, 5):       # due while everything is down
+            r = httpx.post(f"{s.api}/api/DelayTask/Create", headers=AUTH, timeout=30, data={
+                "SourceApp": "up", "Topic": "down", "ContentKey": f"due+{span}", "DelayTimeSpan": str(span),
+                "NotifyUrl": receiver.url("/while-down"), "NotifyDataType": "application/json", "NotifyBody": "{}"})
+            delayed.append((span, r.json()["Data"]))
     finally:
         code = s.stop(signal.SIGTERM)
     assert code == 0
@@ -47,12 +55,22 @@ def test_restart_resumes_running_tasks_and_sigterm_leaves_no_orphans(tmp_path, r
     time.sleep(2)
     assert len(receiver.at("/resume")) == stopped  # nothing fires while everything is down
 
+    assert receiver.at("/while-down") == []
+    time.sleep(4)                # every delayed task is overdue now
+
     s.start()  # same data dir
     try:
         receiver.wait_for("/resume", stopped + 2, timeout=60)
         assert s.detail(tid)["Status"] == 1
         children = s.child_pids()
-        assert len(children) == 2
+        assert len(children) == 3
+        hits = receiver.wait_for("/while-down", 3, timeout=60)
+        by_due = [task_id for _, task_id in sorted(delayed)]
+        assert [h.headers["idempotency-key"] for h in hits] == by_due     # oldest first
+        for task_id in by_due:
+            d = httpx.get(f"{s.api}/api/DelayTask/QueryDetail", params={"id": task_id}, headers=AUTH).json()["Data"]
+            [attempt] = d["AttemptLog"]
+            assert d["Status"] == 3 and attempt["Late"] and attempt["LatenessSeconds"] > 2
     finally:
         s.stop(signal.SIGINT)  # Ctrl-C
     deadline = time.monotonic() + 10

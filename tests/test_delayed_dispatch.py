@@ -1,0 +1,124 @@
+"""The dispatcher in-process against a real SQLite store and real HTTP receivers: a backlog
+that fell due while nothing ran, and a slow receiver next to a fast one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from aiohttp import web
+
+from schedulemaster.deployments.delayed_dispatch import Dispatcher
+from schedulemaster.ms_compat.delayed_api import row_for_create
+from schedulemaster.ms_compat.delayed_store import DelayStatus, utcnow
+from schedulemaster.ms_compat.store import Store
+
+USER = SimpleNamespace(username="admin")
+
+
+async def start_receiver(delay: float = 0.0):
+    arrivals: list[tuple[str, float]] = []
+
+    async def handler(request: web.Request):
+        arrivals.append((request.headers["Idempotency-Key"], time.time()))
+        if delay:
+            await asyncio.sleep(delay)
+        return web.Response(text="success")
+
+    app = web.Application()
+    app.router.add_post("/cb", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    return f"http://127.0.0.1:{port}/cb", arrivals, runner
+
+
+def rows(url: str, dues) -> list[dict]:
+    out = []
+    for due in dues:
+        m = {"Id": None, "SourceApp": "t", "Topic": "t", "ContentKey": "k", "DelayTimeSpan": 1,
+             "DelayAbsoluteTime": None, "NotifyUrl": url, "NotifyDataType": "application/json",
+             "NotifyBody": "{}", "Remark": None, "Executors": None, "DelayPattern": None}
+        row = row_for_create(m, USER, "UTC", "Relative", utcnow())
+        row["dueat"] = due
+        out.append(row)
+    return out
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    s.init()
+    return s
+
+
+async def run_until(dispatcher: Dispatcher, done, timeout: float = 20.0) -> None:
+    task = asyncio.create_task(dispatcher.run())
+    deadline = time.monotonic() + timeout
+    try:
+        while not done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        await asyncio.sleep(0.2)  # let the last outcomes settle
+        dispatcher.stop()
+        await task
+
+
+async def test_a_backlog_that_fell_due_while_down_fires_at_start_oldest_first_and_is_reported_late(store):
+    url, arrivals, runner = await start_receiver()
+    now = utcnow()
+    backlog = rows(url, [now - timedelta(seconds=s) for s in (30, 300, 5, 60)])
+    store.delayed.create(backlog).result(10)
+    d = Dispatcher(store.delayed, "t", lambda: {}, single=True)
+    await run_until(d, lambda: len(arrivals) == 4)
+    await runner.cleanup()
+    order = [i for i, _ in arrivals]
+    assert order == [backlog[1]["id"], backlog[3]["id"], backlog[0]["id"], backlog[2]["id"]]
+    assert all(store.delayed.get(r["id"])["status"] == DelayStatus.Successed for r in backlog)
+    notices = []
+    while not d.notices.empty():
+        notices.append(d.notices.get_nowait())
+    late = [n for n in notices if "late" in n.message]
+    assert len(late) == 4 and d.total.late == 4
+
+
+async def test_a_slow_receiver_does_not_hold_up_the_others(store):
+    slow_url, slow_hits, slow_runner = await start_receiver(delay=3.0)
+    fast_url, fast_hits, fast_runner = await start_receiver()
+    due = utcnow() + timedelta(seconds=0.3)
+    slow = rows(slow_url, [due] * 40)
+    fast = rows(fast_url.replace("127.0.0.1", "localhost"), [due + timedelta(milliseconds=50)] * 40)
+    store.delayed.create(slow + fast).result(10)
+    d = Dispatcher(store.delayed, "t", lambda: {"DelayTask_RequestTimeout": "10"}, per_host=4, single=True)
+    started = time.time()
+    await run_until(d, lambda: len(fast_hits) == 40 and len(slow_hits) >= 8, timeout=15)
+    await slow_runner.cleanup()
+    await fast_runner.cleanup()
+    assert len(fast_hits) == 40
+    assert max(t for _, t in fast_hits) - started < 2.0      # while the slow one answers 4 at a time
+    times = sorted(t for _, t in slow_hits)                   # each answer takes 3 s: never more than
+    assert all(times[i + 4] - times[i] > 2.5 for i in range(len(times) - 4))   # per_host (4) at once
+
+
+async def test_a_clean_stop_finishes_what_is_in_flight_and_gives_back_the_rest(store):
+    url, arrivals, runner = await start_receiver(delay=0.5)
+    now = utcnow()
+    soon = rows(url, [now] * 3)
+    later = rows(url, [now + timedelta(seconds=0.45)] * 3)   # claimed (within the look-ahead), not yet fired
+    store.delayed.create(soon + later).result(10)
+    d = Dispatcher(store.delayed, "t", lambda: {}, single=True)
+    task = asyncio.create_task(d.run())
+    while len(arrivals) < 3:
+        await asyncio.sleep(0.02)
+    d.stop()
+    await task
+    await runner.cleanup()
+    assert all(store.delayed.get(r["id"])["status"] == DelayStatus.Successed for r in soon)
+    for r in later:
+        row = store.delayed.get(r["id"])
+        assert row["status"] == DelayStatus.Ready and row["claimedby"] is None and row["attempts"] == 0
