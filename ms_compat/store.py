@@ -100,7 +100,10 @@ class Store:
         self.url = url
         self._delayed = None
         self.user_version = 0  # bumped on every account change made through this process
-        connect_args = {"check_same_thread": False, "timeout": 30} if url.startswith("sqlite") else {}
+        from schedulemaster.ms_compat.delayed_store import POSTGRES_CONNECT_ARGS
+
+        connect_args = ({"check_same_thread": False, "timeout": 30} if url.startswith("sqlite")
+                        else POSTGRES_CONNECT_ARGS)
         self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
         if url.startswith("sqlite"):
             @event.listens_for(self.engine, "connect")
