@@ -218,7 +218,8 @@ class Dispatcher:
             del self.total.lateness[:50_000]
         if c.recovered:
             self.notice(Notice(logging.WARNING, f"{c.id} [{c.topic}/{c.contentkey}] sent again after a dispatcher "
-                               f"crash (the earlier attempt's outcome is unknown): {answer.error or 'success'}",
+                               f"crash (a dead dispatcher held it: it may have been sent, its outcome is unknown): "
+                               f"{answer.error or 'success'}",
                                "schedulemaster.delayed.recovered", c.id))
         elif late > LATE_AFTER:
             self.notice(Notice(logging.WARNING, f"{c.id} [{c.topic}/{c.contentkey}] fired {late:.1f} s late "

@@ -39,7 +39,7 @@ ARTIFACT_KEY = "delayed-dispatcher"
 # seconds between reports; SM_DELAYED_REPORT_SECONDS overrides (the tests use a few seconds)
 REPORT_EVERY = float(os.environ.get("SM_DELAYED_REPORT_SECONDS") or 60.0)
 ROLL_EVERY = 3600.0
-NOTICES_PER_MINUTE = 200  # log lines beyond this are counted, not written
+NOTICES_PER_MINUTE = 200  # log lines and events beyond this (per report) are counted, not sent
 
 
 @flow(name=FLOW_NAME, persist_result=False)
@@ -187,15 +187,11 @@ class Reporter:
                 notices = []
                 while not self.d.notices.empty():
                     notices.append(self.d.notices.get_nowait())
-                lines = []
-                for n in notices:
-                    if written < NOTICES_PER_MINUTE:
-                        lines.append((n.level, n.message))
-                        written += 1
-                    else:
-                        self.dropped += 1
-                await self.logs(lines)
-                await self.events([n for n in notices if n.event])
+                kept = notices[:max(0, NOTICES_PER_MINUTE - written)]  # a storm of failures must not
+                self.dropped += len(notices) - len(kept)               # become a storm of Prefect writes
+                written += len(kept)
+                await self.logs([(n.level, n.message) for n in kept])
+                await self.events([n for n in kept if n.event])
                 now = time.monotonic()
                 if now >= next_ready:
                     next_ready = now + 30.0
@@ -215,7 +211,7 @@ class Reporter:
         w = self.d.take_window()
         for k in self.hour:
             self.hour[k] += w.get(k, 0)
-        extra = f", {self.dropped} log lines over the limit" if self.dropped else ""
+        extra = f", {self.dropped} notices over the limit (not logged, no event)" if self.dropped else ""
         self.dropped = 0
         await self.logs([(logging.INFO, f"last {w['seconds']:.0f} s: fired {w['fired']}, succeeded {w['succeeded']}, "
                                         f"failed attempts {w['failed_attempts']}, failed for good "

@@ -9,7 +9,6 @@ import email.policy
 import json
 import os
 import signal
-import subprocess
 import time
 import uuid
 from collections import Counter
