@@ -28,7 +28,7 @@ from enum import IntEnum
 from typing import Any, Optional
 
 from pydantic import NaiveDatetime
-from sqlalchemy import Index, and_, event, func, insert, or_, select, update
+from sqlalchemy import Index, and_, bindparam, event, func, insert, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, create_engine
@@ -444,7 +444,9 @@ class DelayedStore:
                 q = q.with_for_update()
             current = {r.id: r for r in conn.execute(q).all()}
             made = {i: r.attempts for i, r in current.items()}  # attempts so far, counting this batch's
-            attempts = []
+            attempts: list[dict[str, Any]] = []
+            finished: list[dict[str, Any]] = []
+            counted: list[dict[str, Any]] = []
             for o in outcomes:
                 c = o.claim
                 cur = current.get(c.id)
@@ -460,30 +462,43 @@ class DelayedStore:
                 if cur is None or cur.claimedby != me or cur.claimseq != c.seq or cur.status != DelayStatus.Ready:
                     # voided, reset or re-claimed meanwhile: it keeps its state, the attempt still counts
                     if cur is not None:
-                        conn.execute(update(T).where(T.c.id == c.id).values(attempts=number))
+                        counted.append({"b_id": c.id, "b_attempts": number})
                     settled.append(Settled(c, cur.status if cur is not None else -1, stale=True))
                     continue
-                base = {"executetime": o.firetime, "attempts": number, "claimedby": None,
-                        "leaseuntil": None, "manual": False}
+                row = {"b_id": c.id, "b_executetime": o.firetime, "b_attempts": number, "b_status": DelayStatus.Ready,
+                       "b_finishtime": None, "b_dueat": None, "b_failedretrys": c.failedretrys, "b_remark": c.remark}
                 if o.success:
-                    values = {**base, "status": DelayStatus.Successed, "finishtime": o.firetime, "dueat": None}
+                    row.update(b_status=DelayStatus.Successed, b_finishtime=o.firetime)
                     if c.manual:
-                        values["remark"] = _append(c.remark, " | 手动执行回调成功")
+                        row["b_remark"] = _append(c.remark, " | 手动执行回调成功")
                     settled.append(Settled(c, DelayStatus.Successed))
                 elif not c.manual and c.failedretrys < retry_times:
                     n = c.failedretrys + 1
                     due = utcnow() + timedelta(seconds=retry_spans * n)
-                    values = {**base, "failedretrys": n, "dueat": due}
+                    row.update(b_failedretrys=n, b_dueat=due)
                     settled.append(Settled(c, DelayStatus.Ready, next_due=due))
                 else:
-                    values = {**base, "status": DelayStatus.Failed, "dueat": None}
+                    row["b_status"] = DelayStatus.Failed
                     if not c.manual:
-                        values["remark"] = _append(c.remark, f"重试{c.failedretrys}次后失败结束", sep=" | ")
+                        row["b_remark"] = _append(c.remark, f"重试{c.failedretrys}次后失败结束", sep=" | ")
                     settled.append(Settled(c, DelayStatus.Failed))
-                conn.execute(update(T).where(T.c.id == c.id).values(**values))
+                finished.append(row)
+            # one statement each, executed for many rows: a per-row UPDATE built in Python was
+            # most of the dispatcher's CPU at 1,000 callbacks a second
+            if finished:
+                conn.execute(_SETTLE, finished)
+            if counted:
+                conn.execute(_COUNT_ATTEMPT, counted)
             if attempts:
                 conn.execute(insert(A), attempts)
         return settled
+
+
+_SETTLE = update(T).where(T.c.id == bindparam("b_id")).values(
+    status=bindparam("b_status"), executetime=bindparam("b_executetime"), finishtime=bindparam("b_finishtime"),
+    dueat=bindparam("b_dueat"), failedretrys=bindparam("b_failedretrys"), remark=bindparam("b_remark"),
+    attempts=bindparam("b_attempts"), claimedby=None, leaseuntil=None, manual=False)
+_COUNT_ATTEMPT = update(T).where(T.c.id == bindparam("b_id")).values(attempts=bindparam("b_attempts"))
 
 
 def _append(remark: str | None, text: str, sep: str = "") -> str:
