@@ -257,7 +257,8 @@ class Dispatcher:
         c = s.claim
         self.window.final_failures += 1
         self.total.final_failures += 1
-        what = "manual execute failed" if c.manual else f"failed after {c.failedretrys} retries"
+        what = ("manual execute failed" if c.manual
+                else f"failed after {c.failedretrys} {'retry' if c.failedretrys == 1 else 'retries'}")
         self.notice(Notice(logging.ERROR, f"{c.id} [{c.sourceapp} {c.topic}/{c.contentkey}] {what}: {o.error}",
                            "schedulemaster.delayed.failed", c.id,
                            {"topic": c.topic, "content_key": c.contentkey, "source_app": c.sourceapp,

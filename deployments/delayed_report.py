@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 from prefect import flow
 
 from schedulemaster.deployments.delayed_dispatch import Dispatcher, Notice
-from schedulemaster.ms_compat.delayed_store import STATUS_TEXT, DelayedStore
+from schedulemaster.ms_compat.delayed_store import STATUS_NAMES, STATUS_TEXT, DelayedStore
 
 log = logging.getLogger("schedulemaster.delayed.report")
 
@@ -60,6 +60,7 @@ class Reporter:
         self.deployment_id = None
         self.run_id = None
         self.run_started = 0.0
+        self.run_opened = datetime.now(self.tz)
         self.hour = {"fired": 0, "succeeded": 0, "final_failures": 0, "late": 0, "recovered": 0}
         self.dropped = 0
 
@@ -99,7 +100,7 @@ class Reporter:
         run = await self.client.create_flow_run_from_deployment(
             self.deployment_id, state=Running(), name=f"{self.name}-{stamp}",
             tags=["schedulemaster", "delayed", f"dispatcher:{self.name}"])
-        self.run_id, self.run_started = run.id, time.monotonic()
+        self.run_id, self.run_started, self.run_opened = run.id, time.monotonic(), datetime.now(self.tz)
         self.hour = dict.fromkeys(self.hour, 0)
         await self.logs([(logging.INFO, f"dispatcher {self.d.me} dispatching delayed tasks "
                                         f"(up to {self.d.max_held} held, {self.d.per_host} connections per receiver)")])
@@ -147,13 +148,15 @@ class Reporter:
 
         counts = await asyncio.to_thread(self.store.counts)
         oldest = counts["oldest_due"]
-        rows = [{"what": f"status {k} {STATUS_TEXT.get(k, '')}", "value": v}
+        rows = [{"what": f"status {k} {STATUS_NAMES.get(k, '')} ({STATUS_TEXT.get(k, '')})", "value": v}
                 for k, v in sorted(counts["by_status"].items())]
         rows += [{"what": "Ready and due within a minute", "value": counts["due_next_minute"]},
                  {"what": "oldest Ready due at (UTC)", "value": oldest.isoformat(sep=" ", timespec="seconds")
                   if oldest else "-"}]
-        rows += [{"what": f"last {window.get('seconds', 0):.0f} s: {k}", "value": v} for k, v in window.items()
-                 if k != "seconds"]
+        rows += [{"what": f"last {window.get('seconds', 0):.0f} s: {k.replace('_', ' ')}", "value": v}
+                 for k, v in window.items() if k != "seconds"]
+        rows += [{"what": f"this run (since {self.run_opened:%H:%M}): {k.replace('_', ' ')}", "value": v}
+                 for k, v in self.hour.items()]
         await self.client.create_artifact(ArtifactCreate(
             key=ARTIFACT_KEY, type="table", data=rows, flow_run_id=run_id or self.run_id,
             description=f"Delayed tasks as seen by dispatcher {self.name} at "
@@ -213,9 +216,12 @@ class Reporter:
             self.hour[k] += w.get(k, 0)
         extra = f", {self.dropped} notices over the limit (not logged, no event)" if self.dropped else ""
         self.dropped = 0
-        await self.logs([(logging.INFO, f"last {w['seconds']:.0f} s: fired {w['fired']}, succeeded {w['succeeded']}, "
-                                        f"failed attempts {w['failed_attempts']}, failed for good "
-                                        f"{w['final_failures']}, late {w['late']}, lateness p50 {w['lateness_p50']} s "
-                                        f"p99 {w['lateness_p99']} s, held {w['held']}{extra}")])
+        if w["fired"]:
+            line = (f"last {w['seconds']:.0f} s: fired {w['fired']}, succeeded {w['succeeded']}, failed attempts "
+                    f"{w['failed_attempts']}, failed for good {w['final_failures']}, late {w['late']}, lateness "
+                    f"p50 {w['lateness_p50']} s p99 {w['lateness_p99']} s max {w['lateness_max']} s, held {w['held']}")
+        else:
+            line = f"last {w['seconds']:.0f} s: nothing fell due, held {w['held']}"
+        await self.logs([(logging.INFO, line + extra)])
         await self.artifact(w)
         await self.events([Notice(logging.INFO, "dispatcher stats", "schedulemaster.delayed.stats", None, w)])

@@ -51,6 +51,7 @@ class DelayStatus(IntEnum):
 
 
 STATUS_TEXT = {0: "已作废", 1: "已创建", 2: "已就绪", 3: "执行成功", 4: "异常"}
+STATUS_NAMES = {0: "voided", 1: "created", 2: "ready", 3: "succeeded", 4: "failed"}
 
 
 def utcnow() -> datetime:

@@ -246,7 +246,8 @@ def test_the_dispatcher_is_one_deployment_with_a_running_run_and_an_artifact(sys
         "artifacts": {"key": {"any_": ["delayed-dispatcher"]}}}).json(), timeout=30)
     rows = json.loads(art[0]["data"]) if isinstance(art[0]["data"], str) else art[0]["data"]
     assert any("Ready" in r["what"] for r in rows)
-    assert any("last minute" in x or "fired" in x for x in dispatcher_log(prefect))
+    wait_until(lambda: any(x.startswith("last ") and ("fired" in x or "nothing fell due" in x)
+                           for x in dispatcher_log(prefect)), timeout=30)
 
 
 # ---- console operations ----------------------------------------------------------------------
