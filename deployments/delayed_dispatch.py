@@ -36,6 +36,8 @@ from schedulemaster.ms_compat.delayed_store import (LATE_AFTER, Claimed, Delayed
 
 log = logging.getLogger("schedulemaster.delayed")
 
+MAX_PENDING_MAILS = 200  # creators' failure mails queued at once; beyond it they are logged, not sent
+
 
 
 @dataclass
@@ -102,13 +104,18 @@ class Dispatcher:
         self.notices: asyncio.Queue[Notice] = asyncio.Queue(maxsize=10_000)
         self.db = ThreadPoolExecutor(1, thread_name_prefix="delayed-db")  # one writer: SQLite's rule
         self._stopping = asyncio.Event()
+        self._closing = False
         self.session: aiohttp.ClientSession | None = None
+        self.host_slots: dict[str, asyncio.Semaphore] = {}
+        self.mails_pending = 0
 
     # ---- settings ----------------------------------------------------------------
     def _int_setting(self, key: str, default: int) -> int:
+        """A setting as an int; the default when it is bad or the settings cannot be read now
+        (a database blip must not stop a loop: ``configs`` keeps its last good values)."""
         try:
             return int(str(self.configs().get(key, default)).strip())
-        except ValueError:
+        except Exception:
             return default
 
     @property
@@ -140,22 +147,32 @@ class Dispatcher:
         try:
             await self._stopping.wait()
         finally:
-            parts[0].cancel()
-            await asyncio.gather(parts[0], return_exceptions=True)
+            self._closing = True
+            await asyncio.gather(parts[0], return_exceptions=True)   # ends after its current claim
             for handle in self.timers.values():
                 handle.cancel()
-            unfired = [i for i in self.timers]
+            unfired = list(self.timers)
             self.timers.clear()
             if self.sending:
                 await asyncio.wait(self.sending, timeout=min(self.timeout, 15.0))
-            for t in self.sending:
+            for t in self.sending:  # still in flight: their outcome is unknown (re-sent as recovered)
                 t.cancel()
-            parts[1].cancel()
+            await asyncio.gather(parts[1], return_exceptions=True)   # ends after its current batch
             parts[2].cancel()
-            await asyncio.gather(*parts[1:], return_exceptions=True)
-            await self._settle_all()
+            await asyncio.gather(parts[2], return_exceptions=True)
+            for attempt in range(10):  # known outcomes must reach the database, or they are re-sent
+                await self._settle_all()
+                if not self.outcomes:
+                    break
+                await asyncio.sleep(1.0)
+            if self.outcomes:
+                log.error("%d callback outcomes could not be recorded before stopping: they will be sent again",
+                          len(self.outcomes))
             if unfired:
-                await self._db(self.store.release, self.me, unfired)
+                try:
+                    await self._db(self.store.release, self.me, unfired)
+                except Exception as exc:
+                    log.error("could not give back %d unfired claims (their lease will expire): %s", len(unfired), exc)
             await self.session.close()
             self.db.shutdown(wait=True)
 
@@ -163,7 +180,7 @@ class Dispatcher:
         self._stopping.set()
 
     async def _claim_loop(self) -> None:
-        while True:
+        while not self._closing:
             got = 0
             room = self.max_held - len(self.held)
             if room > 0:
@@ -183,12 +200,29 @@ class Dispatcher:
         claimed = await self._db(self.store.claim, self.me, self.seq, now + self.lookahead, now,
                                  self.lease, limit, busy)
         loop = asyncio.get_running_loop()
+        over: list[Claimed] = []
         for c in claimed:
+            old = self.held.get(c.id)
+            if old is not None:
+                # A row we hold came back: an operator's 执行 released it, or our lease lapsed
+                # while the database was away. One claim in memory: it settles as the newest.
+                old.seq = c.seq
+                if c.id in self.timers and c.dueat < old.dueat:  # "execute now" on a row not yet fired
+                    self.timers.pop(c.id).cancel()
+                    c.host = old.host
+                    self.held[c.id] = c
+                    self.timers[c.id] = loop.call_later(0.0, self._start, c)
+                continue
+            if self.host_held[c.host] >= self.host_cap:
+                over.append(c)  # one receiver's share is full: give the rest back
+                continue
             self.held[c.id] = c
             self.host_held[c.host] += 1
             delay = (c.dueat - utcnow()).total_seconds()
             self.timers[c.id] = loop.call_later(max(0.0, delay), self._start, c)
-        return len(claimed)
+        if over:
+            await self._db(self.store.hand_back, self.me, over)
+        return len(claimed) - len(over)
 
     def _start(self, c: Claimed) -> None:
         self.timers.pop(c.id, None)
@@ -197,6 +231,33 @@ class Dispatcher:
         task.add_done_callback(self.sending.discard)
 
     async def _fire(self, c: Claimed) -> None:
+        slots = self.host_slots.get(c.host)
+        if slots is None:
+            slots = self.host_slots[c.host] = asyncio.Semaphore(self.per_host)
+        waited = time.monotonic()
+        async with slots:  # the timeout below covers the request, not the wait for a connection
+            if time.monotonic() - waited > 1.0:
+                # queued behind a slow receiver: make sure it was not voided or reset meanwhile
+                try:
+                    mine = await self._db(self.store.still_mine, c.id, self.me, c.seq)
+                except Exception:
+                    mine = True
+                if not mine:
+                    self._forget(c)
+                    return
+            await self._send(c)
+
+    def _forget(self, c: Claimed) -> None:
+        if self.held.get(c.id) is c:
+            del self.held[c.id]
+            self._host_done(c.host)
+
+    def _host_done(self, host: str) -> None:
+        self.host_held[host] -= 1
+        if self.host_held[host] <= 0:
+            del self.host_held[host]
+
+    async def _send(self, c: Claimed) -> None:
         fired = utcnow()
         late = (fired - c.dueat).total_seconds()
         try:
@@ -214,8 +275,9 @@ class Dispatcher:
                 w.succeeded += 1
             else:
                 w.failed_attempts += 1
-        if len(self.total.lateness) > 100_000:
-            del self.total.lateness[:50_000]
+        for w in (self.window, self.total):  # bounded even when nobody takes the window (Prefect away)
+            if len(w.lateness) > 100_000:
+                del w.lateness[:50_000]
         if c.recovered:
             self.notice(Notice(logging.WARNING, f"{c.id} [{c.topic}/{c.contentkey}] sent again after a dispatcher "
                                f"crash (a dead dispatcher held it: it may have been sent, its outcome is unknown): "
@@ -228,9 +290,13 @@ class Dispatcher:
                                      answer.elapsed_ms))
 
     async def _settle_loop(self) -> None:
-        while True:
+        while not (self._closing and not self.sending):
             await asyncio.sleep(0.05)
-            await self._settle_all()
+            try:
+                await self._settle_all()
+            except Exception as exc:  # never let this loop die: held rows would never be released
+                log.error("recording callback outcomes failed (kept, retried): %s", exc)
+                await asyncio.sleep(1.0)
 
     async def _settle_all(self) -> None:
         while self.outcomes:
@@ -246,10 +312,9 @@ class Dispatcher:
                 return
             by_id = {o.claim.id: o for o in batch}
             for s in settled:
-                if self.held.pop(s.claim.id, None) is not None:
-                    self.host_held[s.claim.host] -= 1
-                    if self.host_held[s.claim.host] <= 0:
-                        del self.host_held[s.claim.host]
+                if self.held.get(s.claim.id) is s.claim:
+                    del self.held[s.claim.id]
+                    self._host_done(s.claim.host)
                 if s.status == DelayStatus.Failed and not s.stale:
                     self._final_failure(s, by_id[s.claim.id])
 
@@ -263,16 +328,29 @@ class Dispatcher:
                            "schedulemaster.delayed.failed", c.id,
                            {"topic": c.topic, "content_key": c.contentkey, "source_app": c.sourceapp,
                             "url": c.notifyurl, "error": o.error, "status_code": o.statuscode}))
-        if self.on_final_failure is not None:
-            task = asyncio.get_running_loop().create_task(self.on_final_failure(s, o))
-            self.sending.add(task)
-            task.add_done_callback(self.sending.discard)
+        if self.on_final_failure is None:
+            return
+        if self.mails_pending >= MAX_PENDING_MAILS:  # a storm of failures: the log and events still say it
+            log.error("delayed task %s failed for good; its creator is not mailed (%d mails already queued)",
+                      c.id, self.mails_pending)
+            return
+        self.mails_pending += 1
+
+        async def mail() -> None:
+            try:
+                await self.on_final_failure(s, o)
+            finally:
+                self.mails_pending -= 1
+
+        task = asyncio.get_running_loop().create_task(mail())
+        self.sending.add(task)
+        task.add_done_callback(self.sending.discard)
 
     async def _renew_loop(self) -> None:
         while True:
             await asyncio.sleep(min(5.0, self.lease.total_seconds() / 4))
             try:
-                await self._db(self.store.renew, self.me, utcnow() + self.lease)
+                await self._db(self.store.renew, self.me, list(self.held), self.lease)
             except Exception as exc:
                 log.error("renewing the leases of held callbacks failed: %s", exc)
 

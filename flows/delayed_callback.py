@@ -100,7 +100,16 @@ async def send(session: aiohttp.ClientSession, req: Request, timeout: float) -> 
     async def post() -> tuple[int, bytes]:
         async with session.post(req.url, data=req.body, headers=req.headers, allow_redirects=True,
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-            return resp.status, await resp.content.read(READ_LIMIT)
+            # read() returns what has arrived so far: keep reading to the end (or the limit),
+            # "success" may come in a later chunk
+            parts, size = [], 0
+            while size < READ_LIMIT:
+                part = await resp.content.read(READ_LIMIT - size)
+                if not part:
+                    break
+                parts.append(part)
+                size += len(part)
+            return resp.status, b"".join(parts)
 
     # No silent resend on ServerDisconnectedError: the receiver may have processed the
     # request before the connection dropped, and every request that leaves must be a

@@ -40,6 +40,8 @@ async def _form(request: Request) -> FormValues:
     if ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
         try:
             form = await request.form(max_files=10, max_fields=5000)
+        except _TooLarge:
+            raise
         except Exception:  # malformed multipart, too many parts, bad encoding
             values = FormValues([])
             values.broken = True
@@ -67,6 +69,17 @@ class LegacyPipeline:
             if name == b"content-length" and (not value.isdigit() or int(value) > limit):
                 return await R.client_error(413)(scope, receive, send)
         started = False
+        received = 0
+
+        async def counted_receive():
+            # a chunked body has no Content-Length: count what arrives against the same limit
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _TooLarge()
+            return message
 
         async def tracked_send(message):
             nonlocal started
@@ -74,11 +87,18 @@ class LegacyPipeline:
             await send(message)
 
         try:
-            await self.app(scope, receive, tracked_send)
+            await self.app(scope, counted_receive, tracked_send)
+        except _TooLarge:
+            if not started:
+                await R.client_error(413)(scope, receive, send)
         except Exception:
             log.exception("unhandled error in %s", scope["path"])
             if not started:
                 await R.failed(SERVICE_ERROR)(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    """A body grew past its limit while being read."""
 
 
 def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService]],
@@ -187,6 +207,8 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
             try:
                 form = await request.form(max_files=1, max_fields=10, max_part_size=UPLOAD_LIMIT)
                 files = [v for k, v in form.multi_items() if k.lower() == "file" and not isinstance(v, str)]
+            except _TooLarge:
+                raise
             except Exception:
                 values.broken = True
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -24,6 +25,8 @@ from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.binding import F, FormValues, bind, id_from_form_or_query, page_bounds
 from schedulemaster.ms_compat.delayed_store import LATE_AFTER, STATUS_TEXT, DuplicateIds, host_of, utcnow
 from schedulemaster.ms_compat.store import Store, SystemUser
+
+log = logging.getLogger("schedulemaster.api")
 
 MAX_SPAN_SECONDS = 10 * 365 * 24 * 3600  # ten years: anything longer is a mistake, not a delay
 MAX_BATCH_ITEMS = 10_000
@@ -68,7 +71,11 @@ class Configs:
 
     def get(self) -> dict[str, str]:
         if time.monotonic() - self._at > self.ttl:
-            self._value, self._at = self.store.configs(), time.monotonic()
+            self._at = time.monotonic()
+            try:
+                self._value = self.store.configs()
+            except Exception as exc:  # the database is away: the last values hold until it is back
+                log.warning("reading the settings failed, keeping the last ones: %s", exc)
         return self._value
 
     def invalidate(self) -> None:
@@ -76,7 +83,10 @@ class Configs:
 
 
 def to_utc(local: datetime, tz: str) -> datetime:
-    return local.replace(tzinfo=ZoneInfo(tz)).astimezone(timezone.utc).replace(tzinfo=None)
+    try:
+        return local.replace(tzinfo=ZoneInfo(tz)).astimezone(timezone.utc).replace(tzinfo=None)
+    except OverflowError:  # year 1 or 9999 shifted out of range: as far as it can go
+        return datetime.min if local.year < 5000 else datetime.max
 
 
 def to_local(value: datetime | None, tz: str) -> datetime | None:
@@ -114,6 +124,11 @@ def row_for_create(m: dict[str, Any], user: SystemUser, tz: str, default_pattern
     executors = [e.strip() for e in m.get("Executors") or [] if e and e.strip()]
     if any(len(e) > 100 or "," in e for e in executors):
         raise Refused("Executors 中的节点名最长 100 个字符，且不能含逗号")
+    if len(",".join(executors)) > 2000:
+        raise Refused("Executors 合计最长 2000 个字符")
+    for key in ("SourceApp", "Topic", "ContentKey", "NotifyUrl", "NotifyDataType", "NotifyBody", "Remark"):
+        if "\x00" in (m.get(key) or ""):  # PostgreSQL cannot store it; no receiver wants it
+            raise Refused(f"{key} 不能包含 NUL (\\0) 字符")
     given = m.get("Id")
     task_id = str(given) if given is not None and given != EMPTY_GUID else str(uuid.uuid4())
     return {
@@ -205,7 +220,7 @@ def add_delayed_routes(app: FastAPI, store: Store, guarded, form_of, tz_of: Call
         """Extension: a JSON array of ScheduleDelayedInfo objects, all created or none."""
         try:
             items = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             items = None
         if not isinstance(items, list) or not items:
             return R.validation_problem({"": ["The body must be a non-empty JSON array of delayed tasks."]})
@@ -250,7 +265,7 @@ def add_delayed_routes(app: FastAPI, store: Store, guarded, form_of, tz_of: Call
             page, size = page_bounds(m["pageNumber"], m["pageSize"], 20)
             tz = tz_of()
             end = m["endDate"]
-            if end is not None and end.time() == datetime.min.time():
+            if end is not None and end.time() == datetime.min.time() and end.date() < datetime.max.date():
                 end += timedelta(days=1)  # a bare date means through the end of that day, as the console's picker
             total, rows = await asyncio.to_thread(
                 delayed.query, start=m["startDate"] and to_utc(m["startDate"], tz),

@@ -168,6 +168,7 @@ class Claimed:
     seq: int
     recovered: bool  # its previous claim was never released: a dispatcher died holding it
     host: str = ""
+    previous_owner: str | None = None  # claimedby before this claim (restored if handed straight back)
 
 
 @dataclass
@@ -389,18 +390,25 @@ class DelayedStore:
             return conn.execute(update(T).where(T.c.claimedby.is_not(None), T.c.status == DelayStatus.Ready)
                                 .values(leaseuntil=None)).rowcount
 
+    def _db_now(self, fallback: datetime):
+        """Lease times come from one clock: PostgreSQL's, where dispatchers on several machines
+        compare them (a fast clock would take rows still in flight elsewhere); SQLite has one
+        dispatcher, whose clock is the only one."""
+        return func.timezone("UTC", func.now()) if self.postgres else fallback
+
     def claim(self, me: str, seq: int, horizon: datetime, now: datetime, lease: timedelta,
               limit: int, busy_hosts: set[str] | frozenset = frozenset()) -> list[Claimed]:
         """Take up to ``limit`` Ready rows due by ``horizon``, oldest first, whose lease is free.
 
         PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so dispatchers side by side never take the
         same row; SQLite: the transaction holds the write lock, one claim at a time."""
+        db_now = self._db_now(now)
         with self.wengine.begin() as conn:
             q = (select(T.c.id, T.c.dueat, T.c.notifyurl, T.c.notifydatatype, T.c.notifybody, T.c.failedretrys,
                         T.c.attempts, T.c.manual, T.c.remark, T.c.createusername, T.c.sourceapp, T.c.topic,
                         T.c.contentkey, T.c.claimedby, T.c.notifyhost)
                  .where(T.c.status == DelayStatus.Ready, T.c.dueat <= horizon,
-                        or_(T.c.leaseuntil.is_(None), T.c.leaseuntil < now))
+                        or_(T.c.leaseuntil.is_(None), T.c.leaseuntil < db_now))
                  .order_by(T.c.dueat).limit(limit))
             if busy_hosts:  # receivers already holding their share: the others go first
                 q = q.where(T.c.notifyhost.not_in(sorted(busy_hosts)))
@@ -410,10 +418,38 @@ class DelayedStore:
             if not rows:
                 return []
             ids = [r.id for r in rows]
-            conn.execute(update(T).where(T.c.id.in_(ids)).values(claimedby=me, claimseq=seq, leaseuntil=now + lease))
+            conn.execute(update(T).where(T.c.id.in_(ids)).values(claimedby=me, claimseq=seq,
+                                                                 leaseuntil=db_now + lease))
         return [Claimed(r.id, r.dueat, r.notifyurl, r.notifydatatype, r.notifybody, r.failedretrys, r.attempts,
                         bool(r.manual), r.remark, r.createusername, r.sourceapp, r.topic, r.contentkey, seq,
-                        recovered=r.claimedby is not None, host=r.notifyhost) for r in rows]
+                        recovered=r.claimedby is not None, host=r.notifyhost, previous_owner=r.claimedby)
+                for r in rows]
+
+    def hand_back(self, me: str, claims: list[Claimed]) -> int:
+        """Undo claims taken but not wanted (their receiver's share is full): the row gets back
+        its previous owner, so a row a dead dispatcher held is still known as one."""
+        if not claims:
+            return 0
+        with self.wengine.begin() as conn:
+            return conn.execute(_HAND_BACK, [{"b_id": c.id, "b_owner": c.previous_owner, "b_me": me,
+                                              "b_seq": c.seq} for c in claims]).rowcount
+
+    def renew(self, me: str, ids: list[str], lease: timedelta) -> int:
+        """Extend the leases of the rows this dispatcher holds in memory, and only those: a
+        claim it lost track of must expire so that it is sent (as recovered)."""
+        n = 0
+        until = self._db_now(utcnow()) + lease
+        with self.wengine.begin() as conn:
+            for part in chunks(ids, 500):
+                n += conn.execute(update(T).where(T.c.id.in_(part), T.c.claimedby == me,
+                                                  T.c.status == DelayStatus.Ready).values(leaseuntil=until)).rowcount
+        return n
+
+    def still_mine(self, task_id: str, me: str, seq: int) -> bool:
+        """Is this claim still the row's (not voided, reset or taken over) right before sending?"""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(T.c.claimedby, T.c.claimseq, T.c.status).where(T.c.id == task_id)).first()
+        return row is not None and row.claimedby == me and row.claimseq == seq and row.status == DelayStatus.Ready
 
     def release(self, me: str, ids: list[str]) -> int:
         """Give back claims that never fired (a dispatcher stopping cleanly): not a recovery."""
@@ -424,11 +460,6 @@ class DelayedStore:
                                                   T.c.status == DelayStatus.Ready)
                                   .values(claimedby=None, leaseuntil=None)).rowcount
         return n
-
-    def renew(self, me: str, until: datetime) -> int:
-        with self.wengine.begin() as conn:
-            return conn.execute(update(T).where(T.c.claimedby == me, T.c.status == DelayStatus.Ready,
-                                                T.c.leaseuntil.is_not(None)).values(leaseuntil=until)).rowcount
 
     def settle(self, me: str, outcomes: list[Outcome], retry_times: int, retry_spans: int) -> list[Settled]:
         """Write a batch of outcomes and their attempt rows in one transaction.
@@ -499,6 +530,9 @@ _SETTLE = update(T).where(T.c.id == bindparam("b_id")).values(
     status=bindparam("b_status"), executetime=bindparam("b_executetime"), finishtime=bindparam("b_finishtime"),
     dueat=bindparam("b_dueat"), failedretrys=bindparam("b_failedretrys"), remark=bindparam("b_remark"),
     attempts=bindparam("b_attempts"), claimedby=None, leaseuntil=None, manual=False)
+_HAND_BACK = update(T).where(T.c.id == bindparam("b_id"), T.c.claimedby == bindparam("b_me"),
+                             T.c.claimseq == bindparam("b_seq")).values(claimedby=bindparam("b_owner"),
+                                                                        leaseuntil=None)
 _COUNT_ATTEMPT = update(T).where(T.c.id == bindparam("b_id")).values(attempts=bindparam("b_attempts"))
 
 

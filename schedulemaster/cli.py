@@ -96,7 +96,9 @@ def node(name: str = typer.Option("worker1", "--name", help="node name (the orig
 
 
 @app.command()
-def dispatcher(name: str = typer.Option("dispatcher", "--name", help="shown in the Prefect UI and in each attempt"),
+def dispatcher(name: str = typer.Option("dispatcher", "--name",
+                                       help="unique per dispatcher: its Prefect runs and each attempt carry it "
+                                            "(a new one marks runs left Running under its name Crashed)"),
                max_held: int = typer.Option(5000, "--max-held", min=10, max=100_000,
                                             help="callbacks claimed at once (due within 0.5 s, or in flight)"),
                per_host: int = typer.Option(100, "--per-host", min=1, max=10_000,

@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 from datetime import datetime, timezone
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from schedulemaster import prefect_patches
@@ -27,9 +28,12 @@ from schedulemaster.settings import Settings
 log = logging.getLogger("schedulemaster.dispatcher")
 
 
-def single_lock(settings: Settings):
-    """The SQLite store allows one dispatcher: hold an exclusive lock for our lifetime."""
-    path = settings.data_dir.resolve() / "dispatcher.lock"
+def single_lock(store_url: str):
+    """The SQLite store allows one dispatcher: hold an exclusive lock, next to the database
+    file (whatever data dir points at it), for our lifetime."""
+    from sqlalchemy.engine import make_url
+
+    path = Path(make_url(store_url).database or "store").resolve().with_suffix(".dispatcher.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = open(path, "a+")
     try:
@@ -59,7 +63,7 @@ async def serve_dispatcher(settings: Settings, name: str, max_held: int = 5000, 
 
     store = Store(settings.store_url)
     single = store.url.startswith("sqlite")
-    lock = single_lock(settings) if single else None
+    lock = single_lock(store.url) if single else None
     for attempt in range(30):  # the master may be creating the same tables right now
         try:
             store.init()

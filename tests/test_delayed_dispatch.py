@@ -122,3 +122,41 @@ async def test_a_clean_stop_finishes_what_is_in_flight_and_gives_back_the_rest(s
     for r in later:
         row = store.delayed.get(r["id"])
         assert row["status"] == DelayStatus.Ready and row["claimedby"] is None and row["attempts"] == 0
+
+
+async def test_a_settings_read_that_fails_does_not_stop_dispatching(store):
+    """The settings come from the database; while it is away the defaults hold and outcomes settle."""
+    url, arrivals, runner = await start_receiver()
+    rows_ = rows(url, [utcnow()] * 5)
+    store.delayed.create(rows_).result(10)
+
+    def broken():
+        raise RuntimeError("database is away")
+
+    d = Dispatcher(store.delayed, "t", broken, single=True)
+    await run_until(d, lambda: all(store.delayed.get(r["id"])["status"] == DelayStatus.Successed for r in rows_))
+    await runner.cleanup()
+    assert len(arrivals) == 5 and not d.held and not d.host_held
+
+
+async def test_execute_on_a_row_already_claimed_fires_it_once_now(store):
+    """An operator's 执行 releases a claim the dispatcher holds in memory: one claim, one send."""
+    url, arrivals, runner = await start_receiver()
+    [row] = rows(url, [utcnow() + timedelta(seconds=0.45)])
+    row["dueat"] = utcnow() + timedelta(seconds=0.45)
+    store.delayed.create([row]).result(10)
+    d = Dispatcher(store.delayed, "t", lambda: {}, single=True, lookahead=10.0)
+    task = asyncio.create_task(d.run())
+    while row["id"] not in d.held:
+        await asyncio.sleep(0.01)
+    store.delayed.transition(row["id"], "execute", utcnow())
+    while store.delayed.get(row["id"])["status"] != DelayStatus.Successed:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)
+    d.stop()
+    await task
+    await runner.cleanup()
+    assert len(arrivals) == 1
+    got = store.delayed.get(row["id"])
+    assert got["attempts"] == 1 and got["claimedby"] is None
+    assert not d.held and not d.host_held

@@ -78,6 +78,29 @@ async def answering_server():
     await runner.cleanup()
 
 
+async def test_success_arriving_in_a_later_chunk_counts(answering_server):
+    async def slow_word(request: web.Request):
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b'{"result": ')
+        await asyncio.sleep(0.3)
+        await resp.write(b'"success"}')
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/chunked", slow_word)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    async with aiohttp.ClientSession() as session:
+        answer = await cb.send(session, cb.build("t", f"http://127.0.0.1:{port}/chunked", "application/json", "{}"), 5)
+    await runner.cleanup()
+    assert answer.success and answer.excerpt == '{"result": "success"}'
+
+
 @pytest.mark.parametrize("path,success,status", [("/ok", True, 200), ("/created", True, 201),
                                                  ("/no-word", False, 200), ("/upper", False, 200),
                                                  ("/error", False, 500)])
@@ -135,6 +158,11 @@ def test_absolute_mode_takes_the_local_time_and_stores_utc():
     ({"NotifyUrl": "ftp://x/y"}, "Relative"),
     ({"NotifyDataType": "application/x-www-form-urlencoded", "NotifyBody": '{"a":1}'}, "Relative"),
     ({"Executors": ["a,b"]}, "Relative"),
+    ({"Executors": ["n" * 100] * 30}, "Relative"),
+    ({"Topic": "a\x00b"}, "Relative"),
+    ({"NotifyBody": '{"a":"\x00"}'}, "Relative"),
+    ({"DelayAbsoluteTime": datetime(1, 1, 1)}, "Absolute"),
+    ({"DelayAbsoluteTime": datetime(9999, 12, 31, 23, 59, 59)}, "Absolute"),
 ])
 def test_what_a_callback_could_never_survive_is_refused(over, pattern):
     with pytest.raises(Refused):
@@ -312,3 +340,17 @@ def test_a_clean_stop_gives_back_unfired_claims_without_marking_them_recovered(s
     assert d.release("d1", [row["id"]]) == 1
     [c] = claim_all(d, "d2")
     assert not c.recovered
+
+
+def test_a_claim_handed_straight_back_keeps_the_dead_owner(store):
+    """A receiver's share was full, so the claim is undone: a row a dead dispatcher held must
+    still count as recovered when it is claimed again."""
+    d = store.delayed
+    row = new_row(dueat=utcnow())
+    d.create([row]).result(10)
+    claim_all(d, "dead")
+    d.release_all()
+    [c] = claim_all(d, "next", seq=1)
+    assert d.hand_back("next", [c]) == 1
+    [again] = claim_all(d, "next", seq=2)
+    assert again.recovered and again.previous_owner == "dead"
