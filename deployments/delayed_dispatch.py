@@ -87,7 +87,9 @@ class Dispatcher:
         self.configs = configs
         self.max_held = max_held
         self.per_host = per_host
-        self.host_cap = per_host * 2  # claimed-but-unsettled rows one receiver may hold
+        # claimed-but-unsettled rows one receiver may hold: enough for ~1,000/s to one fast
+        # receiver (claimed 0.5 s ahead), few enough that a hung one leaves most for the rest
+        self.host_cap = max(10, min(max_held // 4, per_host * 10))
         self.poll = poll
         self.lookahead = timedelta(seconds=lookahead)
         self.lease = timedelta(seconds=lease)
@@ -107,6 +109,8 @@ class Dispatcher:
         self._closing = False
         self.session: aiohttp.ClientSession | None = None
         self.host_slots: dict[str, asyncio.Semaphore] = {}
+        self.queued: set[str] = set()    # due, waiting for a slot to their receiver
+        self.revoked: dict[str, int] = {}  # of those, id -> claim seq voided / reset / taken over meanwhile
         self.mails_pending = 0
 
     # ---- settings ----------------------------------------------------------------
@@ -143,7 +147,8 @@ class Dispatcher:
                                    "dispatcher stopped without finishing: they are sent again (same Idempotency-Key)"))
         parts = [asyncio.create_task(self._claim_loop(), name="claim"),
                  asyncio.create_task(self._settle_loop(), name="settle"),
-                 asyncio.create_task(self._renew_loop(), name="renew")]
+                 asyncio.create_task(self._renew_loop(), name="renew"),
+                 asyncio.create_task(self._revoke_loop(), name="revoke")]
         try:
             await self._stopping.wait()
         finally:
@@ -158,8 +163,9 @@ class Dispatcher:
             for t in self.sending:  # still in flight: their outcome is unknown (re-sent as recovered)
                 t.cancel()
             await asyncio.gather(parts[1], return_exceptions=True)   # ends after its current batch
-            parts[2].cancel()
-            await asyncio.gather(parts[2], return_exceptions=True)
+            for part in parts[2:]:
+                part.cancel()
+            await asyncio.gather(*parts[2:], return_exceptions=True)
             for attempt in range(10):  # known outcomes must reach the database, or they are re-sent
                 await self._settle_all()
                 if not self.outcomes:
@@ -234,18 +240,16 @@ class Dispatcher:
         slots = self.host_slots.get(c.host)
         if slots is None:
             slots = self.host_slots[c.host] = asyncio.Semaphore(self.per_host)
-        waited = time.monotonic()
-        async with slots:  # the timeout below covers the request, not the wait for a connection
-            if time.monotonic() - waited > 1.0:
-                # queued behind a slow receiver: make sure it was not voided or reset meanwhile
-                try:
-                    mine = await self._db(self.store.still_mine, c.id, self.me, c.seq)
-                except Exception:
-                    mine = True
-                if not mine:
+        self.queued.add(c.id)
+        try:
+            async with slots:  # the timeout below covers the request, not the wait for a connection
+                if self.revoked.pop(c.id, None) == c.seq:  # voided or reset while it waited behind a slow receiver
                     self._forget(c)
                     return
-            await self._send(c)
+                self.queued.discard(c.id)
+                await self._send(c)
+        finally:
+            self.queued.discard(c.id)
 
     def _forget(self, c: Claimed) -> None:
         if self.held.get(c.id) is c:
@@ -345,6 +349,23 @@ class Dispatcher:
         task = asyncio.get_running_loop().create_task(mail())
         self.sending.add(task)
         task.add_done_callback(self.sending.discard)
+
+    async def _revoke_loop(self) -> None:
+        """Once a second, one query: which rows queued behind a slow receiver were voided,
+        reset or taken over meanwhile (they are dropped instead of sent)."""
+        while True:
+            await asyncio.sleep(1.0)
+            waiting = [self.held[i] for i in self.queued if i in self.held]
+            if not waiting:
+                continue
+            asked = {c.id: c.seq for c in waiting}
+            try:
+                gone = await self._db(self.store.not_mine, self.me, list(asked.items()))
+            except Exception as exc:
+                log.warning("checking queued callbacks failed: %s", exc)
+                continue
+            self.revoked = {i: seq for i, seq in self.revoked.items() if i in self.queued}
+            self.revoked.update({i: asked[i] for i in gone})
 
     async def _renew_loop(self) -> None:
         while True:

@@ -445,11 +445,19 @@ class DelayedStore:
                                                   T.c.status == DelayStatus.Ready).values(leaseuntil=until)).rowcount
         return n
 
-    def still_mine(self, task_id: str, me: str, seq: int) -> bool:
-        """Is this claim still the row's (not voided, reset or taken over) right before sending?"""
+    def not_mine(self, me: str, claims: list[tuple[str, int]]) -> set[str]:
+        """Of these (id, claim seq), the ones no longer this claim's: voided, reset or taken over."""
+        seqs = dict(claims)
+        gone: set[str] = set()
         with self.engine.connect() as conn:
-            row = conn.execute(select(T.c.claimedby, T.c.claimseq, T.c.status).where(T.c.id == task_id)).first()
-        return row is not None and row.claimedby == me and row.claimseq == seq and row.status == DelayStatus.Ready
+            for part in chunks(list(seqs), 500):
+                rows = conn.execute(select(T.c.id, T.c.claimedby, T.c.claimseq, T.c.status)
+                                    .where(T.c.id.in_(part))).all()
+                found = {r.id for r in rows}
+                gone.update(i for i in part if i not in found)
+                gone.update(r.id for r in rows if r.claimedby != me or r.claimseq != seqs[r.id]
+                            or r.status != DelayStatus.Ready)
+        return gone
 
     def release(self, me: str, ids: list[str]) -> int:
         """Give back claims that never fired (a dispatcher stopping cleanly): not a recovery."""

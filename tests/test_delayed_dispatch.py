@@ -160,3 +160,25 @@ async def test_execute_on_a_row_already_claimed_fires_it_once_now(store):
     got = store.delayed.get(row["id"])
     assert got["attempts"] == 1 and got["claimedby"] is None
     assert not d.held and not d.host_held
+
+
+async def test_a_callback_voided_while_queued_behind_a_slow_receiver_is_not_sent(store):
+    url, arrivals, runner = await start_receiver(delay=2.0)
+    queue = rows(url, [utcnow()] * 6)
+    store.delayed.create(queue).result(10)
+    d = Dispatcher(store.delayed, "t", lambda: {"DelayTask_RequestTimeout": "10"}, per_host=1, single=True)
+    task = asyncio.create_task(d.run())
+    while not arrivals:
+        await asyncio.sleep(0.02)
+    voided = [r["id"] for r in queue if r["id"] != arrivals[0][0]][:3]
+    for i in voided:
+        store.delayed.transition(i, "void", utcnow())
+    while any(store.delayed.get(r["id"])["status"] == DelayStatus.Ready for r in queue):
+        await asyncio.sleep(0.1)
+    d.stop()
+    await task
+    await runner.cleanup()
+    sent = {i for i, _ in arrivals}
+    assert not sent & set(voided) and len(sent) == 3
+    assert all(store.delayed.get(i)["status"] == DelayStatus.Deleted for i in voided)
+    assert not d.held and not d.host_held
