@@ -54,7 +54,8 @@ class LegacyPipeline:
     """Case-insensitive paths, body limits, and never a 500 (the legacy failure envelope instead).
 
     A plain ASGI middleware: Starlette's ``@app.middleware("http")`` wraps every request in
-    an extra task and stream, which cost a tenth of the master's CPU at 1,000 creates/s."""
+    an extra task and stream; measured here, replacing it took DelayTask/Create from 784/s
+    to 1,669/s on SQLite."""
 
     def __init__(self, app):
         self.app = app
