@@ -155,8 +155,10 @@ def cron(expression: str = typer.Argument(..., help="a Quartz expression, e.g. '
 
 
 from schedulemaster.admin_cli import account_app, config_app, plugin_app  # noqa: E402
+from schedulemaster.import_cli import import_command  # noqa: E402
 from schedulemaster.delayed_cli import delayed_app  # noqa: E402
 
+app.command("import")(import_command)
 app.add_typer(plugin_app, name="plugin")
 app.add_typer(account_app, name="account")
 app.add_typer(config_app, name="config")
