@@ -55,8 +55,9 @@ def import_command(source: str = typer.Option(..., "--from", help="the original'
         store = Store(settings.store_url)
         existing_users = {u.username: u.password for u in store.list_users()}
         existing_delayed = {r["id"] for r in store.delayed.query(status=2, limit=1_000_000)[1]}
+    existing_tasks, tasks_known = target_task_ids(settings.prefect_api_url)
     plan = plan_import(snap, known_configs={k for k, *_ in DEFAULT_CONFIGS}, existing_users=existing_users,
-                       existing_tasks=set(), existing_delayed=existing_delayed, start=start)
+                       existing_tasks=existing_tasks, existing_delayed=existing_delayed, start=start)
     summary = Table("kind", "create", "update", "keep", "cannot carry over", title="dry run: nothing was changed")
     for kind in ("task", "user", "setting", "delayed"):
         summary.add_row(kind, *[str(plan.count(kind, a)) for a in ("create", "update", "keep", "cannot")])
@@ -69,4 +70,27 @@ def import_command(source: str = typer.Option(..., "--from", help="the original'
         console.print(details)
     if with_history:
         console.print("history: " + ", ".join(f"{t} {n} rows" for t, n in plan.history.items()))
+    if not tasks_known:
+        console.print(f"note: the target's Prefect API ({settings.prefect_api_url}) did not answer, so every "
+                      "task shows as create; with the system up, tasks it already has show as update")
     console.print(CHECKLIST)
+
+
+def target_task_ids(prefect_api: str) -> tuple[set[str], bool]:
+    """Ids of the tasks (deployments tagged schedulemaster) the target already has."""
+    import httpx
+
+    ids: set[str] = set()
+    try:
+        offset = 0
+        while True:
+            r = httpx.post(f"{prefect_api}/deployments/filter", timeout=10, json={
+                "deployments": {"tags": {"all_": ["schedulemaster"]}}, "limit": 200, "offset": offset})
+            r.raise_for_status()
+            page = r.json()
+            ids.update(d["id"] for d in page)
+            if len(page) < 200:
+                return ids, True
+            offset += 200
+    except httpx.HTTPError:
+        return set(), False
