@@ -110,6 +110,7 @@ class Dispatcher:
         self.session: aiohttp.ClientSession | None = None
         self.host_slots: dict[str, asyncio.Semaphore] = {}
         self.queued: set[str] = set()    # due, waiting for a slot to their receiver
+        self.unsent: list[str] = []      # cancelled at shutdown before they were sent
         self.revoked: dict[str, int] = {}  # of those, id -> claim seq voided / reset / taken over meanwhile
         self.mails_pending = 0
 
@@ -174,6 +175,7 @@ class Dispatcher:
             if self.outcomes:
                 log.error("%d callback outcomes could not be recorded before stopping: they will be sent again",
                           len(self.outcomes))
+            unfired += self.unsent
             if unfired:
                 try:
                     await self._db(self.store.release, self.me, unfired)
@@ -241,13 +243,19 @@ class Dispatcher:
         if slots is None:
             slots = self.host_slots[c.host] = asyncio.Semaphore(self.per_host)
         self.queued.add(c.id)
+        sending = False
         try:
             async with slots:  # the timeout below covers the request, not the wait for a connection
                 if self.revoked.pop(c.id, None) == c.seq:  # voided or reset while it waited behind a slow receiver
                     self._forget(c)
                     return
                 self.queued.discard(c.id)
+                sending = True
                 await self._send(c)
+        except asyncio.CancelledError:
+            if not sending:  # stopped while waiting for a slot: never sent, so given back, not "recovered"
+                self.unsent.append(c.id)
+            raise
         finally:
             self.queued.discard(c.id)
 

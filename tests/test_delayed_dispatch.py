@@ -182,3 +182,27 @@ async def test_a_callback_voided_while_queued_behind_a_slow_receiver_is_not_sent
     assert not sent & set(voided) and len(sent) == 3
     assert all(store.delayed.get(i)["status"] == DelayStatus.Deleted for i in voided)
     assert not d.held and not d.host_held
+
+
+async def test_a_stop_while_callbacks_wait_for_a_slot_gives_them_back_unsent(store):
+    """Stopping waits up to the request timeout for what is under way; then a callback still in
+    flight keeps its claim (outcome unknown: re-sent as recovered), the ones still waiting for a
+    slot were never sent and are given back as if never claimed."""
+    url, arrivals, runner = await start_receiver(delay=5.0)
+    queue = rows(url, [utcnow()] * 4)
+    store.delayed.create(queue).result(10)
+    d = Dispatcher(store.delayed, "t", lambda: {"DelayTask_RequestTimeout": "7"}, per_host=1, single=True)
+    task = asyncio.create_task(d.run())
+    while not arrivals:
+        await asyncio.sleep(0.02)
+    d.stop()
+    await task
+    await runner.cleanup()
+    sent = [i for i, _ in arrivals]
+    assert len(sent) == 2          # the first answered within the grace period, the second was cut off
+    states = {r["id"]: store.delayed.get(r["id"]) for r in queue}
+    assert states[sent[0]]["status"] == DelayStatus.Successed
+    assert states[sent[1]]["claimedby"] is not None and states[sent[1]]["attempts"] == 0
+    for i, got in states.items():
+        if i not in sent:
+            assert got["status"] == DelayStatus.Ready and got["claimedby"] is None and got["attempts"] == 0
