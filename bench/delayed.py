@@ -65,6 +65,16 @@ PR_SET_PDEATHSIG = 1
 MB = 1_000_000  # decimal megabytes: the goal says 200 MB
 
 
+def arrivals_of(hits, due: dict[str, float]) -> tuple[Counter, dict[str, float]]:
+    """Arrivals per task id, and each expected task's first arrival time."""
+    per = Counter(h[1] for h in hits)
+    first: dict[str, float] = {}
+    for _, key, t in hits:
+        if key in due and (key not in first or t < first[key]):
+            first[key] = t
+    return per, first
+
+
 def pct(values: list[float], p: float) -> float | None:
     """Nearest-rank percentile (as bench/lateness.py)."""
     if not values:
@@ -575,11 +585,7 @@ async def fire(session, up: Up, pg: Pg, rx: Receiver, rss: RssSampler, args, sta
         await asyncio.sleep(1.0)
     rss.phase = "after-fire"
     hits = [h for h in await rx.hits(session, "/fire")]
-    per_id = Counter(h[1] for h in hits)
-    first_arrival: dict[str, float] = {}
-    for _, key, t in hits:
-        if key in due and (key not in first_arrival or t < first_arrival[key]):
-            first_arrival[key] = t
+    per_id, first_arrival = arrivals_of(hits, due)
     late = [first_arrival[k] - due[k] for k in first_arrival]
     delivered = len(first_arrival)
     per_second = Counter(int(t) for t in first_arrival.values())
@@ -706,11 +712,7 @@ async def baseline_fire(session, client, up: Up, rx: Receiver, dep_id, pool: str
             worker.wait()
         shutil.rmtree(env["PREFECT_HOME"], ignore_errors=True)
     hits = await rx.hits(session, "/basefire")
-    per = Counter(h[1] for h in hits)
-    first: dict[str, float] = {}
-    for _, key, t in hits:
-        if key in due_by_run and (key not in first or t < first[key]):
-            first[key] = t
+    per, first = arrivals_of(hits, due_by_run)
     late = [first[k] - due_by_run[k] for k in first]
     return {"expected": n, "created": len(due_by_run), "created_in_s": round(created_in, 1),
             "seconds_given": args.baseline_fire_seconds, "delivered": len(first),

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -24,9 +22,7 @@ from schedulemaster.flows import delayed_callback as cb
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.binding import F, FormValues, bind, id_from_form_or_query, page_bounds
 from schedulemaster.ms_compat.delayed_store import LATE_AFTER, STATUS_TEXT, DuplicateIds, host_of, utcnow
-from schedulemaster.ms_compat.store import Store, SystemUser
-
-log = logging.getLogger("schedulemaster.api")
+from schedulemaster.ms_compat.store import Configs, Store, SystemUser
 
 MAX_SPAN_SECONDS = 10 * 365 * 24 * 3600  # ten years: anything longer is a mistake, not a delay
 MAX_BATCH_ITEMS = 10_000
@@ -59,27 +55,6 @@ ID_FIELD: list[F] = [F("id", "guid")]
 
 class Refused(Exception):
     """A create the callback could never survive: answered Success:false, nothing written."""
-
-
-class Configs:
-    """The settings a create reads, cached for a second (a create must not cost a settings query)."""
-
-    def __init__(self, store: Store, ttl: float = 1.0):
-        self.store, self.ttl = store, ttl
-        self._value: dict[str, str] = {}
-        self._at = -1e9
-
-    def get(self) -> dict[str, str]:
-        if time.monotonic() - self._at > self.ttl:
-            self._at = time.monotonic()
-            try:
-                self._value = self.store.configs()
-            except Exception as exc:  # the database is away: the last values hold until it is back
-                log.warning("reading the settings failed, keeping the last ones: %s", exc)
-        return self._value
-
-    def invalidate(self) -> None:
-        self._at = -1e9
 
 
 def to_utc(local: datetime, tz: str) -> datetime:

@@ -188,7 +188,6 @@ class Settled:
 
     claim: Claimed
     status: int
-    next_due: datetime | None = None
     stale: bool = False  # the row was voided, reset or re-claimed meanwhile: only the attempt counts
 
 
@@ -516,7 +515,7 @@ class DelayedStore:
                     n = c.failedretrys + 1
                     due = utcnow() + timedelta(seconds=retry_spans * n)
                     row.update(b_failedretrys=n, b_dueat=due)
-                    settled.append(Settled(c, DelayStatus.Ready, next_due=due))
+                    settled.append(Settled(c, DelayStatus.Ready))
                 else:
                     row["b_status"] = DelayStatus.Failed
                     if not c.manual:

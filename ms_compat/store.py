@@ -7,6 +7,8 @@ follow the original's schema (§3) so an imported database maps one to one.
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import datetime, timezone
 from typing import Optional
 
@@ -14,6 +16,8 @@ from sqlalchemy import event
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from schedulemaster.ms_compat.secret import md5_hex  # noqa: F401  (re-exported: the store hashes passwords)
+
+log = logging.getLogger("schedulemaster.store")
 
 
 class SystemUser(SQLModel, table=True):
@@ -218,3 +222,25 @@ class Store:
             row.value, row.updatetime, row.updateusername = value, datetime.now(timezone.utc), user
             s.add(row)
             s.commit()
+
+
+class Configs:
+    """Settings read through a short cache: a create (1,000/s) or a dispatcher loop must not cost a
+    settings query each time; while the database is away the last values hold."""
+
+    def __init__(self, store: Store, ttl: float = 1.0):
+        self.store, self.ttl = store, ttl
+        self._value: dict[str, str] = {}
+        self._at = -1e9
+
+    def get(self) -> dict[str, str]:
+        if time.monotonic() - self._at > self.ttl:
+            self._at = time.monotonic()
+            try:
+                self._value = self.store.configs()
+            except Exception as exc:  # the database is away: the last values hold until it is back
+                log.warning("reading the settings failed, keeping the last ones: %s", exc)
+        return self._value
+
+    def invalidate(self) -> None:
+        self._at = -1e9

@@ -57,9 +57,8 @@ async def serve_dispatcher(settings: Settings, name: str, max_held: int = 5000, 
 
     from schedulemaster.deployments.delayed_dispatch import Dispatcher
     from schedulemaster.deployments.delayed_report import Reporter
-    from schedulemaster.ms_compat.delayed_api import Configs
     from schedulemaster.ms_compat.keepers import mail_delayed_failure
-    from schedulemaster.ms_compat.store import Store
+    from schedulemaster.ms_compat.store import Configs, Store
 
     store = Store(settings.store_url)
     single = store.url.startswith("sqlite")

@@ -250,3 +250,14 @@ def wait_until(fn, timeout: float = 30, interval: float = 0.25):
             return last
         time.sleep(interval)
     raise AssertionError(f"condition not met in {timeout} s (last: {json.dumps(last, default=str)[:300]})")
+
+
+async def serve_aiohttp(app) -> tuple[str, object]:
+    """Start an aiohttp app on a free 127.0.0.1 port; returns (base URL, runner to clean up)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", runner

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 from aiohttp import web
 
+from helpers import serve_aiohttp
 from schedulemaster.deployments.delayed_dispatch import Dispatcher
 from schedulemaster.ms_compat.delayed_api import row_for_create
 from schedulemaster.ms_compat.delayed_store import DelayStatus, utcnow
@@ -30,12 +31,8 @@ async def start_receiver(delay: float = 0.0):
 
     app = web.Application()
     app.router.add_post("/cb", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    return f"http://127.0.0.1:{port}/cb", arrivals, runner
+    base, runner = await serve_aiohttp(app)
+    return f"{base}/cb", arrivals, runner
 
 
 def rows(url: str, dues) -> list[dict]:

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from helpers import serve_aiohttp
 from schedulemaster.flows import delayed_callback as cb
 from schedulemaster.ms_compat.delayed_api import Refused, form_of_json, row_for_create
 from schedulemaster.ms_compat.delayed_store import DelayStatus, DuplicateIds, Outcome, utcnow
@@ -69,12 +70,8 @@ async def answering_server():
 
     app = web.Application()
     app.router.add_route("POST", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", hits
+    base, runner = await serve_aiohttp(app)
+    yield base, hits
     await runner.cleanup()
 
 
@@ -90,13 +87,9 @@ async def test_success_arriving_in_a_later_chunk_counts(answering_server):
 
     app = web.Application()
     app.router.add_post("/chunked", slow_word)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    base, runner = await serve_aiohttp(app)
     async with aiohttp.ClientSession() as session:
-        answer = await cb.send(session, cb.build("t", f"http://127.0.0.1:{port}/chunked", "application/json", "{}"), 5)
+        answer = await cb.send(session, cb.build("t", f"{base}/chunked", "application/json", "{}"), 5)
     await runner.cleanup()
     assert answer.success and answer.excerpt == '{"result": "success"}'
 
