@@ -1,10 +1,12 @@
-"""Reading an existing ScheduleMaster database and planning its import (issue 8, first slice).
+"""Reading an existing ScheduleMaster database and turning its rows into import items.
 
 This module only *reads* the original's tables (behaviour notes §3: MySQL by default,
-PostgreSQL, SQL Server where a driver installs) and decides, row by row, what an import would
-do: create, update, keep, or cannot carry over, and why. ``schedulemaster import --dry-run``
-prints that plan. Writing it (tasks with the same ids through the master, users with their
-stored hashes, settings, delayed tasks) is the next slice; see the issue's notes.
+PostgreSQL, SQL Server where a driver installs) and judges each row on its own: what cannot
+be carried over and why (an invalid cron, an HTTP task without its options, a MetaType that
+does not exist...), what changes on the way (dangling keepers and children dropped, a Nexts
+cycle broken), and the item the master is sent. What each item does to *this* system
+(create, update, keep, conflict) is decided by the master (``ms_compat/import_target.py``),
+the one place that sees the target and the ledger of earlier imports.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterator
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import bindparam, create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -68,19 +70,27 @@ def _quote(engine: Engine, name: str) -> str:
     return engine.dialect.identifier_preparer.quote(name)
 
 
+def _quote_for(engine: Engine):
+    return lambda name: _quote(engine, name)
+
+
+def _connect_args(url: str, timeout: int) -> dict[str, Any]:
+    backend = make_url(source_url(url)).get_backend_name()
+    if backend == "mysql":
+        return {"connect_timeout": timeout, "charset": "utf8mb4"}
+    if backend == "postgresql":
+        return {"connect_timeout": timeout}
+    return {}
+
+
 def read_source(url: str, timeout: int = 10) -> Snapshot:
     """All of the original's rows this import needs, or SourceError saying why not."""
     try:
         u = make_url(source_url(url))
     except Exception as exc:
         raise SourceError(f"not a database URL ({exc}); expected e.g. mysql://user:pw@host/schedule_master") from None
-    args: dict[str, Any] = {}
-    if u.get_backend_name() == "mysql":
-        args = {"connect_timeout": timeout, "charset": "utf8mb4"}
-    elif u.get_backend_name() == "postgresql":
-        args = {"connect_timeout": timeout}
     try:
-        engine = create_engine(u, connect_args=args)
+        engine = create_engine(u, connect_args=_connect_args(url, timeout))
     except Exception as exc:  # no driver for this dialect
         raise SourceError(f"cannot use {u.drivername}: {exc}") from None
     snap = Snapshot()
@@ -118,22 +128,30 @@ def read_source(url: str, timeout: int = 10) -> Snapshot:
     return snap
 
 
+
 @dataclass
 class Item:
     kind: str     # task | user | setting | delayed
     key: str      # the id / user name / setting key
     title: str
-    action: str   # create | update | keep | skip | cannot
+    action: str   # import | skip | cannot; after the master answered: created, updated, kept, conflict, failed
     notes: list[str] = field(default_factory=list)
+    payload: dict[str, Any] | None = None  # what the master is sent
+    level: int = 0  # tasks: 0 = no children; a parent is sent after every child it names
+    target_id: str | None = None  # its id here, once the master answered (users: may differ)
 
 
 @dataclass
 class Plan:
     items: list[Item] = field(default_factory=list)
     history: dict[str, int] = field(default_factory=dict)
+    history_result: dict[str, Any] | None = None  # runs recorded, failed, skipped (--with-history)
 
     def count(self, kind: str, action: str) -> int:
         return sum(1 for i in self.items if i.kind == kind and i.action == action)
+
+    def of(self, kind: str) -> list[Item]:
+        return [i for i in self.items if i.kind == kind]
 
 
 def _guid(value: Any) -> str | None:
@@ -145,55 +163,73 @@ def _guid(value: Any) -> str | None:
         return None
 
 
-def plan_import(snap: Snapshot, *, known_configs: set[str], existing_users: dict[str, str],
-                existing_tasks: set[str], existing_delayed: set[str], start: bool = False) -> Plan:
-    """Decide what importing ``snap`` does, item by item, without changing anything.
-
-    ``existing_*`` describe the target: user name -> stored hash, task ids, delayed ids."""
-    from schedulemaster.deployments import quartz
-
+def plan_import(snap: Snapshot, *, known_configs: set[str], start: bool = False) -> Plan:
+    """Judge every row of ``snap`` on its own, without looking at the target."""
     plan = Plan(history=dict(snap.history_counts))
-    users = {u["id"]: u for u in snap.rows["systemusers"]}
+    _plan_users(snap, plan)
+    for c in snap.rows["systemconfigs"]:
+        key, value = str(c["key"]), ("" if c["value"] is None else str(c["value"]))
+        if key in known_configs:
+            plan.items.append(Item("setting", key, value, "import", payload={"key": key, "value": value}))
+        else:
+            plan.items.append(Item("setting", key, value, "cannot", ["unknown setting"]))
+    _plan_tasks(snap, plan, start)
+    _plan_delayed(snap, plan)
+    return plan
+
+
+def _plan_users(snap: Snapshot, plan: Plan) -> None:
+    seen: set[str] = set()
     for u in snap.rows["systemusers"]:
-        name, pw = str(u["username"] or ""), str(u["password"] or "")
-        item = Item("user", name, u["realname"] or "", "create")
-        if not name:
-            item.action, item.notes = "cannot", ["empty user name"]
+        name, pw = str(u["username"] or ""), str(u["password"] or "").lower()
+        item = Item("user", name, u["realname"] or "", "import")
+        plan.items.append(item)
+        if u["status"] == -1:
+            item.action, item.notes = "skip", ["deleted in the original"]
+            continue
+        if not name or len(name) > 50:
+            item.action, item.notes = "cannot", ["empty or over-long user name"]
+        elif name.lower() in seen:
+            item.action, item.notes = "cannot", ["the same name (ignoring case) as another user: names are unique here"]
         elif not _MD5.match(pw):
             item.action, item.notes = "cannot", ["password is not an md5 hex hash"]
-        elif name in existing_users:
-            item.action = "keep" if existing_users[name] == pw else "update"
-            if item.action == "update":
-                item.notes.append("password hash differs: the original's will be kept")
+        if item.action == "cannot":
+            continue
+        seen.add(name.lower())
         if u["status"] == 0:
             item.notes.append("disabled")
-        elif u["status"] == -1:
-            item.notes.append("deleted")
-        plan.items.append(item)
-    for c in snap.rows["systemconfigs"]:
-        key = str(c["key"])
-        if key in known_configs:
-            plan.items.append(Item("setting", key, str(c["value"] or ""), "update"))
-        else:
-            plan.items.append(Item("setting", key, str(c["value"] or ""), "cannot", ["unknown setting"]))
+        item.payload = {"id": u["id"], "username": name, "password": pw, "realname": (u["realname"] or "")[:50],
+                        "phone": (u["phone"] or None) and str(u["phone"])[:15], "email": u["email"] or None,
+                        "status": 0 if u["status"] == 0 else 1, "createtime": u["createtime"] or datetime(2000, 1, 1),
+                        "lastlogintime": u["lastlogintime"]}
 
-    task_ids = {_guid(s["id"]) for s in snap.rows["schedules"] if s["status"] != -1}
+
+def _plan_tasks(snap: Snapshot, plan: Plan, start: bool) -> None:
+    from schedulemaster.deployments import quartz
+
+    users = {u["id"] for u in snap.rows["systemusers"] if u["status"] != -1}
     http = {_guid(h["scheduleid"]): h for h in snap.rows["schedulehttpoptions"]}
-    keepers: dict[str, list[int]] = {}
+    keepers: dict[str | None, list[int]] = {}
     for k in snap.rows["schedulekeepers"]:
         keepers.setdefault(_guid(k["scheduleid"]), []).append(k["userid"])
-    nexts: dict[str, list[str]] = {}
+    nexts: dict[str | None, list[str | None]] = {}
     for r in snap.rows["schedulereferences"]:
         nexts.setdefault(_guid(r["scheduleid"]), []).append(_guid(r["childid"]))
+    executors: dict[str | None, list[str]] = {}
+    for e in snap.rows["scheduleexecutors"]:
+        executors.setdefault(_guid(e["scheduleid"]), []).append(str(e["workername"] or "").strip())
+    items: dict[str, Item] = {}
     for s in snap.rows["schedules"]:
         tid = _guid(s["id"])
         if s["status"] == -1:
             continue  # soft-deleted in the original: nothing to carry over
-        item = Item("task", tid or str(s["id"]), s["title"] or "", "update" if tid in existing_tasks else "create")
+        item = Item("task", tid or str(s["id"]), s["title"] or "", "import")
         plan.items.append(item)
         if tid is None:
             item.action, item.notes = "cannot", ["id is not a GUID"]
             continue
+        if not (s["title"] or "").strip():
+            item.action, item.notes = "cannot", ["empty title"]
         if s["runloop"]:
             try:
                 quartz.parse(s["cronexpression"] or "")
@@ -204,46 +240,170 @@ def plan_import(snap: Snapshot, *, known_configs: set[str], existing_users: dict
             item.action = "cannot"
             item.notes.append("HTTP task without its schedulehttpoptions row")
         elif s["metatype"] == 1:
-            item.notes.append(f".NET plugin {s['assemblyname']}/{s['classname']}: comes in Stopped until a Python "
-                              "port of the same AssemblyName/ClassName is uploaded")
+            item.notes.append(f"plugin {s['assemblyname']}/{s['classname']}: starts only once a Python port of "
+                              "this AssemblyName/ClassName is on the nodes (schedulemaster plugin upload)")
         elif s["metatype"] not in (1, 2):
             item.action = "cannot"
             item.notes.append(f"unknown MetaType {s['metatype']}")
-        if s["customparamsjson"]:
+        params = s["customparamsjson"]
+        if params:
             try:
-                if not isinstance(json.loads(s["customparamsjson"]), list):
+                value = json.loads(params)
+                if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
                     raise ValueError("not a list")
             except ValueError:
-                item.notes.append("CustomParamsJson is not a JSON list: dropped")
+                item.notes.append("CustomParamsJson is not a JSON ScheduleParam list: dropped")
+                params = "[]"
         dangling_k = [k for k in keepers.get(tid, []) if k not in users]
         if dangling_k:
             item.notes.append(f"keepers {dangling_k} are not users: dropped")
-        dangling_n = [n for n in nexts.get(tid, []) if n not in task_ids]
-        if dangling_n:
-            item.notes.append(f"{len(dangling_n)} child task(s) missing or deleted: dropped")
         if s["status"] in (1, 2) and item.action != "cannot":
-            item.notes.append("Running in the original" + ("" if start and s["metatype"] == 2 else
-                                                           ": comes in Stopped (use --start)"))
-    now = datetime.now()
-    from datetime import timedelta
+            item.notes.append(("Running" if s["status"] == 1 else "Paused") + " in the original: "
+                              + ("started after the import (--start)" if start else "comes in Stopped (use --start)"))
+        if item.action == "cannot":
+            continue
+        h = http.get(tid) or {}
+        item.payload = {
+            "id": tid, "title": s["title"], "metatype": s["metatype"], "remark": s["remark"],
+            "runloop": bool(s["runloop"]), "cronexpression": s["cronexpression"],
+            "assemblyname": s["assemblyname"], "classname": s["classname"], "customparamsjson": params,
+            "status": s["status"], "startdate": s["startdate"], "enddate": s["enddate"],
+            "createtime": s["createtime"], "createuserid": s["createuserid"] or 0,
+            "createusername": s["createusername"],
+            "keepers": list(dict.fromkeys(k for k in keepers.get(tid, []) if k in users)),
+            "nexts": [], "executors": list(dict.fromkeys(e for e in executors.get(tid, []) if e)),
+            "requesturl": h.get("requesturl"), "method": h.get("method"), "contenttype": h.get("contenttype"),
+            "headers": h.get("headers"), "body": h.get("body"),
+        }
+        items[tid] = item
+    # Nexts: children that come over too, without the edges that close a cycle (the original
+    # accepted A -> B -> A and looped forever; this system refuses cycles).
+    graph: dict[str, list[str]] = {}
+    for tid, item in items.items():
+        kids = [c for c in dict.fromkeys(nexts.get(tid, [])) if c is not None and c != tid]
+        missing = [c for c in kids if c not in items]
+        if missing:
+            item.notes.append(f"{len(missing)} child task(s) missing, deleted or not carried over: dropped")
+        if tid in nexts.get(tid, []):
+            item.notes.append("names itself as a child: dropped")
+        graph[tid] = [c for c in kids if c in items]
+    for parent, child in _cycle_edges(graph):
+        graph[parent].remove(child)
+        items[parent].notes.append(f"child {child} dropped: it closes a cycle of Nexts")
+    for tid, item in items.items():
+        item.payload["nexts"] = graph[tid]
+    levels = _levels(graph)
+    for tid, item in items.items():
+        item.level = levels[tid]
 
+
+def _cycle_edges(graph: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """The back edges of a depth-first walk: removing them leaves no cycle."""
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+    edges: list[tuple[str, str]] = []
+    for root in graph:
+        if root in state:
+            continue
+        state[root] = 1
+        stack = [(root, iter(list(graph[root])))]
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                state[node] = 2
+                stack.pop()
+            elif state.get(child) == 1:
+                edges.append((node, child))
+            elif child not in state:
+                state[child] = 1
+                stack.append((child, iter(list(graph[child]))))
+    return edges
+
+
+def _levels(graph: dict[str, list[str]]) -> dict[str, int]:
+    """0 for a task with no children, else 1 + its deepest child (the graph has no cycle).
+    Iterative post-order: a long chain must not hit the recursion limit."""
+    memo: dict[str, int] = {}
+    for root in graph:
+        stack = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if node in memo:
+                continue
+            if expanded:
+                memo[node] = 1 + max((memo[c] for c in graph[node]), default=-1)
+            else:
+                stack.append((node, True))
+                stack.extend((c, False) for c in graph[node] if c not in memo)
+    return memo
+
+
+def _plan_delayed(snap: Snapshot, plan: Plan) -> None:
     pattern = next((str(c["value"]) for c in snap.rows["systemconfigs"] if c["key"] == "DelayTask_DelayPattern"),
                    "Relative")
+    pattern = "Absolute" if pattern == "Absolute" else "Relative"
+    executors: dict[str | None, list[str]] = {}
+    for e in snap.rows["scheduleexecutors"]:
+        executors.setdefault(_guid(e["scheduleid"]), []).append(str(e["workername"] or "").strip())
     for d in snap.rows["scheduledelayeds"]:
-        did = _guid(d["id"])
-        title = f"{d['topic']}/{d['contentkey']}"
         if d["status"] not in (1, 2):
             continue  # voided, succeeded or failed: history, not work
-        item = Item("delayed", did or str(d["id"]), title, "keep" if did in existing_delayed else "create")
+        did = _guid(d["id"])
+        item = Item("delayed", did or str(d["id"]), f"{d['topic']}/{d['contentkey']}", "import")
+        plan.items.append(item)
         if did is None:
             item.action, item.notes = "cannot", ["id is not a GUID"]
-        elif not str(d["notifyurl"] or "").startswith(("http://", "https://")):
+            continue
+        if not str(d["notifyurl"] or "").strip().lower().startswith(("http://", "https://")):
             item.action, item.notes = "cannot", [f"NotifyUrl '{d['notifyurl']}' is not http(s)"]
-        else:
-            # the original kept one global pattern; its times are the workers' local wall times
-            due = (d["delayabsolutetime"] if pattern == "Absolute" or not d["createtime"]
-                   else d["createtime"] + timedelta(seconds=d["delaytimespan"] or 0))
-            if isinstance(due, datetime) and due < now:
-                item.notes.append("overdue: fires at once after the import, marked late")
-        plan.items.append(item)
-    return plan
+            continue
+        if pattern == "Relative" and d["createtime"] is None:
+            item.action, item.notes = "cannot", ["no createtime to count its DelayTimeSpan from"]
+            continue
+        # the original kept one global pattern; its times are the workers' local wall times,
+        # which the master turns into a due time (and says when it is already past)
+        item.payload = {
+            "id": did, "sourceapp": d["sourceapp"] or "", "topic": d["topic"] or "", "contentkey": d["contentkey"] or "",
+            "delaytimespan": max(0, d["delaytimespan"] or 0), "delayabsolutetime": d["delayabsolutetime"],
+            "createtime": d["createtime"], "createusername": d["createusername"], "executetime": d["executetime"],
+            "status": d["status"], "failedretrys": max(0, d["failedretrys"] or 0), "remark": d["remark"],
+            "notifyurl": d["notifyurl"], "notifydatatype": d["notifydatatype"] or "", "notifybody": d["notifybody"] or "",
+            "pattern": pattern, "executors": list(dict.fromkeys(e for e in executors.get(did, []) if e)),
+        }
+
+
+def iter_history(url: str, task_ids: set[str], batch: int = 200, timeout: int = 10) -> Iterator[list[dict[str, Any]]]:
+    """The original's traces of ``task_ids``, oldest first, ``batch`` at a time, each with its
+    log lines (systemlogs by traceid). Streamed: a history of millions of rows is never
+    held in memory."""
+    engine = create_engine(source_url(url), connect_args=_connect_args(url, timeout))
+    q = _quote_for(engine)
+    cols = HISTORY_TABLES["scheduletraces"]
+    log_cols = ["traceid", "category", "message", "stacktrace", "createtime"]
+    try:
+        with engine.connect() as stream, engine.connect() as lookup:
+            result = stream.execution_options(stream_results=True, yield_per=batch).execute(text(
+                f"SELECT {', '.join(q(c) for c in cols)} FROM {q('scheduletraces')} ORDER BY {q('starttime')}"))
+            for rows in result.partitions(batch):
+                traces = [dict(zip(cols, r)) for r in rows]
+                traces = [t for t in traces if _guid(t["scheduleid"]) in task_ids and _guid(t["traceid"])]
+                if not traces:
+                    continue
+                by_trace: dict[str, list[dict[str, Any]]] = {}
+                ids = [str(t["traceid"]) for t in traces]
+                logs = lookup.execute(text(
+                    f"SELECT {', '.join(q(c) for c in log_cols)} FROM {q('systemlogs')} "
+                    f"WHERE {q('traceid')} IN :ids ORDER BY {q('id')}").bindparams(
+                        bindparam("ids", expanding=True)), {"ids": ids})
+                for r in logs:
+                    entry = dict(zip(log_cols, r))
+                    by_trace.setdefault(_guid(entry.pop("traceid")), []).append(entry)
+                yield [{"traceid": _guid(t["traceid"]), "scheduleid": _guid(t["scheduleid"]), "node": t["node"],
+                        "starttime": t["starttime"], "endtime": t["endtime"], "elapsedtime": t["elapsedtime"],
+                        "result": t["result"], "logs": [
+                            {"category": e["category"], "message": str(e["message"] or ""),
+                             "stacktrace": e["stacktrace"], "createtime": e["createtime"] or t["starttime"]}
+                            for e in by_trace.get(_guid(t["traceid"]), [])[:50]]}
+                       for t in traces]
+    finally:
+        engine.dispose()

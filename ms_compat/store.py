@@ -125,7 +125,7 @@ class Store:
 
     def init(self) -> None:
         """Create the tables and seed the default account and settings (idempotent)."""
-        from schedulemaster.ms_compat import delayed_store  # noqa: F401  (registers its tables)
+        from schedulemaster.ms_compat import delayed_store, import_target  # noqa: F401  (register their tables)
 
         ensure_database(self.url)
         SQLModel.metadata.create_all(self.engine)

@@ -1,96 +1,295 @@
 """`schedulemaster import`: move an existing ScheduleMaster database over (issue 8).
 
-This slice plans the import and prints the plan (``--dry-run``); nothing is written yet.
+The CLI reads the original's tables (``ms_compat/legacy_import.py``) and hands the items to
+the running master, kind by kind, in batches (``/api/schedulemaster/import/*`` on the Prefect
+port, guarded by Prefect's auth string): settings, then users (their ids here are needed to
+map Keepers), then tasks children first (so every Nexts names a task that exists), then
+pending delayed tasks, then, with ``--with-history``, traces and their logs. The master
+decides and writes each item on its own; ``--dry-run`` asks it the same questions and
+writes nothing.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import sys
+from datetime import date, datetime
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
+from uuid import UUID
 
 import typer
 
-CHECKLIST = """Next steps after an import:
+CHECKLIST = """Next steps:
   1. Port each .NET plugin listed above to Python (TaskBase), upload it as <AssemblyName>.zip
      (schedulemaster plugin upload), then Start its task.
-  2. Point legacy clients at this API (port 30000): their ms_auth_user / ms_auth_secret keep working.
-  3. Stop the original's workers before starting tasks here, so no task runs on both.
-  4. Start the imported tasks (or re-run the import with --start for HTTP tasks)."""
+  2. Stop the original's workers before starting tasks here, so no task runs on both.
+  3. Start the imported tasks: re-run this import with --start (tasks Running in the original
+     start here, Paused ones start paused), or Start them one by one.
+  4. Point legacy clients at this API (port 30000): their ms_auth_user / ms_auth_secret keep working."""
+
+BATCH = {"settings": 100, "users": 200, "tasks": 50, "delayed": 500, "history": 200}
+DONE = ("created", "updated", "kept")
+EXIT_INCOMPLETE = 3
 
 
-def import_command(source: str = typer.Option(..., "--from", help="the original's database, e.g. "
-                                              "mysql://root:pw@127.0.0.1/schedule_master or postgresql://..."),
-                   dry_run: bool = typer.Option(False, "--dry-run", help="print what would happen; change nothing"),
-                   start: bool = typer.Option(False, "--start", help="HTTP tasks Running in the original start here"),
-                   with_history: bool = typer.Option(False, "--with-history", help="also traces and logs"),
-                   data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="the target system's data dir")
-                   ) -> None:
-    """Import tasks, users, settings and pending delayed tasks from a ScheduleMaster database."""
+class TargetError(Exception):
+    """The running system did not take a batch (down, refused, auth)."""
+
+
+class Target:
+    """The master's import endpoints, through httpx (Prefect's auth string as Basic auth)."""
+
+    def __init__(self, api_url: str, dry_run: bool, overwrite: bool, start: bool, timezone: str | None):
+        import httpx
+
+        headers = {"content-type": "application/json"}
+        auth = os.environ.get("PREFECT_API_AUTH_STRING")
+        if auth:
+            headers["authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+        self.api_url = api_url.rstrip("/")
+        self.client = httpx.Client(headers=headers, timeout=httpx.Timeout(600, connect=5))
+        self.options = {"dry_run": dry_run, "overwrite": overwrite, "start": start, "timezone": timezone}
+
+    def reachable(self) -> str | None:
+        """None when the master answers, else why not."""
+        import httpx
+
+        try:
+            r = self.client.get(f"{self.api_url}/health")
+            if r.status_code == 401:
+                return "it refused the credentials: set PREFECT_API_AUTH_STRING to the master's auth string"
+            r.raise_for_status()
+            return None
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    def send(self, kind: str, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        import httpx
+
+        body = json.dumps({"options": self.options, "items": payloads}, default=_json_default, ensure_ascii=False)
+        try:
+            r = self.client.post(f"{self.api_url}/schedulemaster/import/{kind}", content=body.encode())
+        except httpx.HTTPError as exc:
+            raise TargetError(f"{kind}: the master did not answer ({type(exc).__name__}: {exc})") from None
+        if r.status_code != 200:
+            raise TargetError(f"{kind}: the master answered {r.status_code}: {r.text[:500]}")
+        return r.json()["outcomes"]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", "replace")
+    if hasattr(value, "__float__"):  # Decimal from some drivers
+        return float(value)
+    raise TypeError(f"cannot send {type(value).__name__}")
+
+
+def import_command(
+        source: str = typer.Option(..., "--from", help="the original's database, e.g. "
+                                   "mysql://root:pw@127.0.0.1/schedule_master or postgresql://..."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="print what would happen; change nothing"),
+        start: bool = typer.Option(False, "--start", help="tasks Running (Paused) in the original start "
+                                   "(start paused) here; plugins need their Python port uploaded first"),
+        with_history: bool = typer.Option(False, "--with-history", help="also the traces (as runs) and their logs"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="on a conflict (an item changed in the original "
+                                       "and here since the last import) the original's values win"),
+        source_tz: Optional[str] = typer.Option(None, "--source-timezone", help="the zone the original's times are "
+                                                "in (its workers' local time); default: this system's"),
+        target: Optional[str] = typer.Option(None, "--target", help="the master's Prefect API URL "
+                                             "(default: this machine's, from SM_PREFECT_PORT)"),
+        report: Optional[Path] = typer.Option(None, "--report", help="also write every item (kind, id, title, "
+                                              "action, notes) to this file as JSON, for an audit trail"),
+) -> None:
+    """Import tasks (same ids), users (same password hashes), settings and pending delayed tasks
+    from a ScheduleMaster database into the running system. Safe to run again: nothing is
+    duplicated, changed rows are updated, conflicts are reported."""
     from rich.console import Console
-    from rich.table import Table
 
     from schedulemaster.ms_compat.legacy_import import SourceError, plan_import, read_source
-    from schedulemaster.ms_compat.store import DEFAULT_CONFIGS, Store
+    from schedulemaster.ms_compat.store import DEFAULT_CONFIGS
     from schedulemaster.settings import Settings
 
-    if not dry_run:
-        typer.echo("error: only --dry-run is available yet: writing the import is not built "
-                   "(issue 8's next slice); nothing was changed", err=True)
-        raise typer.Exit(2)
-    settings = Settings.from_env()
-    if data_dir is not None:
-        settings.data_dir = data_dir
     console = Console(width=None if sys.stdout.isatty() else 200)
+    if source_tz is not None:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(source_tz)
+        except Exception:
+            typer.echo(f"error: unknown time zone {source_tz!r} (an IANA name, e.g. Asia/Shanghai)", err=True)
+            raise typer.Exit(2)
     with console.status("reading the original's database..."):
         try:
             snap = read_source(source)
         except SourceError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1)
-    existing_users: dict[str, str] = {}
-    existing_delayed: set[str] = set()
-    store_db = settings.data_dir / "schedulemaster.db"
-    if store_db.exists() or not settings.store_url.startswith("sqlite"):
-        store = Store(settings.store_url)
-        existing_users = {u.username: u.password for u in store.list_users()}
-        existing_delayed = {r["id"] for r in store.delayed.query(status=2, limit=1_000_000)[1]}
-    existing_tasks, tasks_known = target_task_ids(settings.prefect_api_url)
-    plan = plan_import(snap, known_configs={k for k, *_ in DEFAULT_CONFIGS}, existing_users=existing_users,
-                       existing_tasks=existing_tasks, existing_delayed=existing_delayed, start=start)
-    summary = Table("kind", "create", "update", "keep", "cannot carry over", title="dry run: nothing was changed")
-    for kind in ("task", "user", "setting", "delayed"):
-        summary.add_row(kind, *[str(plan.count(kind, a)) for a in ("create", "update", "keep", "cannot")])
+    plan = plan_import(snap, known_configs={k for k, *_ in DEFAULT_CONFIGS}, start=start)
+    tgt = Target(target or Settings.from_env().prefect_api_url, dry_run, overwrite, start, source_tz)
+    down = tgt.reachable()
+    if down is not None:
+        if not dry_run:
+            typer.echo(f"error: the target system ({tgt.api_url}) is not reachable: {down}. Start it "
+                       "(./sm up, or schedulemaster master) and run the import again; nothing was changed", err=True)
+            raise typer.Exit(1)
+        console.print(f"note: the target system ({tgt.api_url}) is not reachable ({down}): this dry run judges "
+                      "the original's rows only; with the system up it also says what each item does here")
+        _report(console, plan, dry_run=True, history=with_history, applied=False, path=report)
+        if any(i.action == "cannot" for i in plan.items):
+            raise typer.Exit(EXIT_INCOMPLETE)
+        return
+    try:
+        _apply(console, plan, tgt, source if with_history else None)
+    except TargetError as exc:
+        _report(console, plan, dry_run=dry_run, history=with_history, applied=True, path=report)
+        typer.echo(f"error: {exc}. Items already written stay written; run the import again to go on", err=True)
+        raise typer.Exit(1)
+    _report(console, plan, dry_run=dry_run, history=with_history, applied=True, path=report)
+    if any(i.action in ("cannot", "failed", "conflict") for i in plan.items):
+        raise typer.Exit(EXIT_INCOMPLETE)
+
+
+def _write_report(path: Path | None, plan) -> None:
+    if path is None:
+        return
+    items = [{"kind": i.kind, "key": i.key, "title": i.title, "action": i.action, "notes": i.notes,
+              "target_id": i.target_id} for i in plan.items]
+    path.write_text(json.dumps({"items": items, "history": plan.history_result}, ensure_ascii=False, indent=1))
+
+
+def _apply(console, plan, tgt: Target, history_source: str | None) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=not console.is_terminal) as progress:
+        _send_kind(progress, tgt, "settings", plan.of("setting"))
+        users = plan.of("user")
+        _send_kind(progress, tgt, "users", users)
+        _send_tasks(progress, tgt, plan.of("task"), _user_ids(users))
+        _send_kind(progress, tgt, "delayed", plan.of("delayed"))
+        if history_source is not None:
+            _send_history(progress, tgt, plan, history_source)
+
+
+def _send_kind(progress, tgt: Target, kind: str, items, size: int | None = None) -> None:
+    todo = [i for i in items if i.action == "import"]
+    bar = progress.add_task(kind, total=len(todo))
+    size = size or BATCH[kind]
+    for n in range(0, len(todo), size):
+        part = todo[n:n + size]
+        for item, outcome in zip(part, tgt.send(kind, [i.payload for i in part])):
+            item.action = outcome["action"]
+            item.target_id = outcome.get("target_id")
+            if outcome.get("message"):
+                item.notes.append(outcome["message"])
+        progress.advance(bar, len(part))
+
+
+def _user_ids(users) -> dict[int, int]:
+    """The original's user id -> the same person's id here (for Keepers and creators)."""
+    ids = {}
+    for u in users:
+        if u.payload is not None and u.action in DONE + ("conflict",):
+            ids[u.payload["id"]] = int(u.target_id) if u.target_id else u.payload["id"]
+    return ids
+
+
+def _send_tasks(progress, tgt: Target, tasks, user_ids: dict[int, int]) -> None:
+    """Level by level, children first: a parent names only children that are (or, in a dry
+    run, would be) here, so one child that cannot come over never fails its parent."""
+    here: set[str] = set()
+    levels = sorted({t.level for t in tasks if t.action == "import"})
+    bar = progress.add_task("tasks", total=sum(1 for t in tasks if t.action == "import"))
+    for level in levels:
+        todo = [t for t in tasks if t.action == "import" and t.level == level]
+        for t in todo:
+            p = t.payload
+            lost = [c for c in p["nexts"] if c not in here]
+            if lost:
+                t.notes.append(f"{len(lost)} child task(s) not imported: dropped from Nexts")
+                p["nexts"] = [c for c in p["nexts"] if c in here]
+            lost_k = [k for k in p["keepers"] if k not in user_ids]
+            if lost_k:
+                t.notes.append(f"keepers {lost_k} were not imported: dropped")
+            p["keepers"] = [user_ids[k] for k in p["keepers"] if k in user_ids]
+            p["createuserid"] = user_ids.get(p["createuserid"], p["createuserid"])
+        for n in range(0, len(todo), BATCH["tasks"]):
+            part = todo[n:n + BATCH["tasks"]]
+            for item, outcome in zip(part, tgt.send("tasks", [t.payload for t in part])):
+                item.action = outcome["action"]
+                item.target_id = outcome.get("target_id")
+                if outcome.get("message"):
+                    item.notes.append(outcome["message"])
+                if item.target_id:
+                    here.add(item.key)
+            progress.advance(bar, len(part))
+
+
+def _send_history(progress, tgt: Target, plan, source: str) -> None:
+    from schedulemaster.ms_compat.legacy_import import iter_history
+
+    tasks_here = {t.key for t in plan.of("task") if t.target_id}
+    total = plan.history.get("scheduletraces", 0)
+    bar = progress.add_task("history", total=total)
+    counts = {"created": 0, "kept": 0, "failed": 0}
+    failures: list[str] = []
+    sent = 0
+    for batch in iter_history(source, tasks_here, BATCH["history"]):
+        if tgt.options["dry_run"]:
+            counts["created"] += len(batch)
+        else:
+            for outcome in tgt.send("history", batch):
+                ok = outcome["action"] in DONE
+                counts[outcome["action"] if ok and outcome["action"] != "updated" else "failed"] += 1
+                if not ok and len(failures) < 20:
+                    failures.append(f"{outcome['key']}: {outcome['message']}")
+        sent += len(batch)
+        progress.update(bar, completed=sent)
+    progress.update(bar, completed=total)
+    plan.history_result = {"runs": counts["created"], "kept": counts["kept"], "failed": counts["failed"],
+                           "skipped": max(0, total - sent), "failures": failures}
+
+
+_ACTIONS = ("created", "updated", "kept", "conflict", "failed", "cannot", "skip")
+
+
+def _report(console, plan, *, dry_run: bool, history: bool, applied: bool, path: Path | None = None) -> None:
+    from rich.table import Table
+
+    _write_report(path, plan)
+
+    if not applied:  # the source judged alone: every importable item would be sent
+        columns, title = ("import", "cannot", "skip"), "dry run: the original's rows (nothing was changed)"
+    else:
+        columns = _ACTIONS
+        title = "dry run: what the import would do (nothing was changed)" if dry_run else "import summary"
+    summary = Table("kind", *[("would be " + c if dry_run and c in ("created", "updated", "kept") else c)
+                              for c in columns], title=title)
+    for kind in ("setting", "user", "task", "delayed"):
+        summary.add_row(kind, *[str(plan.count(kind, a)) for a in columns])
     console.print(summary)
     details = Table("kind", "id / name", "title", "action", "notes", title="items that need attention")
     for item in plan.items:
-        if item.notes or item.action == "cannot":
+        if item.notes or item.action in ("cannot", "failed", "conflict"):
             details.add_row(item.kind, item.key, item.title[:40], item.action, "; ".join(item.notes))
     if details.row_count:
         console.print(details)
-    if with_history:
-        console.print("history: " + ", ".join(f"{t} {n} rows" for t, n in plan.history.items()))
-    if not tasks_known:
-        console.print(f"note: the target's Prefect API ({settings.prefect_api_url}) did not answer, so every "
-                      "task shows as create; with the system up, tasks it already has show as update")
+    if history:
+        result = plan.history_result
+        if result is None or dry_run:
+            console.print("history: " + ", ".join(f"{t} {n} rows" for t, n in plan.history.items())
+                          + ("" if result is None else f"; {result['runs']} traces of imported tasks would become runs"))
+        else:
+            console.print(f"history: {result['runs']} traces recorded as runs (with their logs), {result['kept']} "
+                          f"already recorded, {result['failed']} failed, {result['skipped']} skipped (their task "
+                          "was not imported)")
+            for line in result["failures"]:
+                console.print(f"  {line}")
     console.print(CHECKLIST)
-
-
-def target_task_ids(prefect_api: str) -> tuple[set[str], bool]:
-    """Ids of the tasks (deployments tagged schedulemaster) the target already has."""
-    import httpx
-
-    ids: set[str] = set()
-    try:
-        offset = 0
-        while True:
-            r = httpx.post(f"{prefect_api}/deployments/filter", timeout=10, json={
-                "deployments": {"tags": {"all_": ["schedulemaster"]}}, "limit": 200, "offset": offset})
-            r.raise_for_status()
-            page = r.json()
-            ids.update(d["id"] for d in page)
-            if len(page) < 200:
-                return ids, True
-            offset += 200
-    except httpx.HTTPError:
-        return set(), False

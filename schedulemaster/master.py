@@ -74,8 +74,9 @@ async def mirror_settings(client, store) -> None:
         await client.update_variable(VariableUpdate(name=SETTINGS_VARIABLE, value=value))
 
 
-def mount_record_api(prefect_app, on_failure=None, packages=None) -> None:
-    """Nodes record firings at ``/api/schedulemaster/firings`` (see deployments/record_api.py).
+def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None) -> None:
+    """Nodes record firings at ``/api/schedulemaster/firings`` (see deployments/record_api.py);
+    ``schedulemaster import`` writes at ``/api/schedulemaster/import/*`` (ms_compat/import_api.py).
 
     Mounted inside Prefect's API app (the one behind "/api"), so Prefect's own middleware,
     its auth string check included, covers these endpoints too."""
@@ -84,6 +85,10 @@ def mount_record_api(prefect_app, on_failure=None, packages=None) -> None:
     from schedulemaster.deployments.record_api import create_record_app
 
     api_app = next(r.app for r in prefect_app.routes if isinstance(r, Mount) and r.name == "api")
+    if importer is not None:  # before "/schedulemaster", which would otherwise take the path
+        from schedulemaster.ms_compat.import_api import create_import_app
+
+        api_app.router.routes.append(Mount("/schedulemaster/import", app=create_import_app(importer)))
     api_app.router.routes.append(Mount("/schedulemaster", app=create_record_app(on_failure, packages)))
 
 
@@ -113,9 +118,12 @@ async def serve_master(settings: Settings) -> None:
     from schedulemaster.ms_compat.store import Store
     from schedulemaster.ms_compat.task_api import TaskService
 
+    from schedulemaster.ms_compat.import_target import ImportTarget
+
     store = Store(settings.store_url)
     store.init()
     client = get_client()
+    services: dict[str, TaskService] = {}
 
     async def make_service() -> TaskService:
         await client.__aenter__()
@@ -123,7 +131,8 @@ async def serve_master(settings: Settings) -> None:
         await ensure_infrastructure(client, settings)
         await mirror_settings(client, store)
         schema = parameter_schema(run_task).model_dump_for_openapi()
-        return TaskService(store, client, settings.timezone, settings.work_pool, schema)
+        services["task"] = TaskService(store, client, settings.timezone, settings.work_pool, schema)
+        return services["task"]
 
     async def close() -> None:
         await client.__aexit__(None, None, None)
@@ -131,7 +140,8 @@ async def serve_master(settings: Settings) -> None:
     mailer = KeeperMailer(store)
     packages = PackageStore(settings.data_dir.resolve() / "plugins")
     prefect_app = create_prefect_app(final=True)
-    mount_record_api(prefect_app, mailer.task_failed, packages)
+    importer = ImportTarget(store, lambda: services.get("task"), lambda: mirror_settings(client, store))
+    mount_record_api(prefect_app, mailer.task_failed, packages, importer)
     legacy_app = create_legacy_app(store, make_service, close, packages)
     servers = [_Server(prefect_app, settings.prefect_host, settings.prefect_port),
                _Server(legacy_app, settings.api_host, settings.api_port)]

@@ -1,161 +1,248 @@
-"""Planning the import of an original ScheduleMaster database (issue 8, first slice: --dry-run),
-against the MariaDB of this machine (127.0.0.1:3306, root, no password) with the original's
-schema in its MySQL types (behaviour notes §3)."""
+"""Importing an original ScheduleMaster database (issue 8): from the MariaDB of this machine
+(127.0.0.1:3306, root) with the original's MySQL types, and from its PostgreSQL, into a
+running system; every item checked through the legacy API and Prefect's API."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
+import httpx
+import psycopg
 import pymysql
 import pytest
 
+from helpers import AUTH, System, wait_until
+from legacy_source import MYSQL_SCHEMA, POSTGRES_SCHEMA, Source, fill, md5
 from schedulemaster.ms_compat.legacy_import import SourceError, plan_import, read_source
 from schedulemaster.ms_compat.store import DEFAULT_CONFIGS
 
-SCHEMA = """
-CREATE TABLE schedules (id char(36) NOT NULL PRIMARY KEY, title varchar(100) NOT NULL, metatype int NOT NULL,
-  remark varchar(500), runloop tinyint(1) NOT NULL, cronexpression varchar(50), assemblyname varchar(200),
-  classname varchar(200), customparamsjson longtext, status int NOT NULL, startdate datetime(6), enddate datetime(6),
-  createtime datetime(6) NOT NULL, createuserid int NOT NULL, createusername varchar(50), lastruntime datetime(6),
-  nextruntime datetime(6), totalruncount int NOT NULL);
-CREATE TABLE schedulehttpoptions (scheduleid char(36) NOT NULL PRIMARY KEY, requesturl varchar(500) NOT NULL,
-  method varchar(10) NOT NULL, contenttype varchar(50) NOT NULL, headers longtext, body longtext);
-CREATE TABLE schedulekeepers (id int AUTO_INCREMENT PRIMARY KEY, scheduleid char(36) NOT NULL, userid int NOT NULL);
-CREATE TABLE schedulereferences (id int AUTO_INCREMENT PRIMARY KEY, scheduleid char(36) NOT NULL,
-  childid char(36) NOT NULL);
-CREATE TABLE scheduleexecutors (id int AUTO_INCREMENT PRIMARY KEY, scheduleid char(36) NOT NULL,
-  workername varchar(100) NOT NULL);
-CREATE TABLE schedulelocks (scheduleid char(36) NOT NULL PRIMARY KEY, status int NOT NULL, lockedtime datetime(6),
-  lockednode varchar(100));
-CREATE TABLE scheduletraces (traceid char(36) NOT NULL PRIMARY KEY, scheduleid char(36) NOT NULL, node varchar(100),
-  starttime datetime(6) NOT NULL, endtime datetime(6) NOT NULL, elapsedtime double NOT NULL, result int NOT NULL);
-CREATE TABLE scheduledelayeds (id char(36) NOT NULL PRIMARY KEY, sourceapp varchar(50) NOT NULL,
-  topic varchar(100) NOT NULL, contentkey varchar(100) NOT NULL, delaytimespan int NOT NULL,
-  delayabsolutetime datetime(6) NOT NULL, createtime datetime(6) NOT NULL, createusername varchar(50),
-  executetime datetime(6), finishtime datetime(6), status int NOT NULL, failedretrys int NOT NULL,
-  remark varchar(255), notifyurl varchar(255) NOT NULL, notifydatatype varchar(50) NOT NULL,
-  notifybody varchar(1000) NOT NULL);
-CREATE TABLE systemusers (id int AUTO_INCREMENT PRIMARY KEY, username varchar(50) NOT NULL,
-  password varchar(50) NOT NULL, realname varchar(50) NOT NULL, phone varchar(15), email varchar(500),
-  status int NOT NULL, createtime datetime(6) NOT NULL, lastlogintime datetime(6));
-CREATE TABLE systemconfigs (`key` varchar(50) NOT NULL PRIMARY KEY, `group` varchar(50) NOT NULL,
-  name varchar(100) NOT NULL, value varchar(1000), sort int NOT NULL, isreuired tinyint(1) NOT NULL,
-  remark varchar(500), createtime datetime(6), updatetime datetime(6), updateusername varchar(50));
-CREATE TABLE systemlogs (id int AUTO_INCREMENT PRIMARY KEY, category int NOT NULL, message longtext NOT NULL,
-  stacktrace longtext, scheduleid char(36), node varchar(100), traceid char(36), createtime datetime(6) NOT NULL);
-"""
-
-HTTP, PLUGIN, BAD_CRON, CHILD, DELETED, ODD = (str(uuid.uuid4()) for _ in range(6))
-READY_LATE, CREATED, DONE, BAD_URL = (str(uuid.uuid4()) for _ in range(4))
+TZ = "Asia/Shanghai"  # the original's workers' wall clock, and the target system's zone
+KNOWN = {k for k, *_ in DEFAULT_CONFIGS}
 
 
-def connect(db: str | None = None):
+def mysql(db: str | None = None):
     return pymysql.connect(host="127.0.0.1", port=3306, user="root", password="", database=db,
                            charset="utf8mb4", autocommit=True)
 
 
+def local_now() -> datetime:
+    return datetime.now(ZoneInfo(TZ)).replace(tzinfo=None)
+
+
 @pytest.fixture(scope="module")
-def source():
+def source(receiver):
     try:
-        admin = connect()
+        admin = mysql()
     except pymysql.MySQLError as exc:
         pytest.fail(f"MariaDB is not reachable at 127.0.0.1:3306 (root): {exc}")
     db = f"sm_src_{uuid.uuid4().hex[:8]}"
     admin.cursor().execute(f"CREATE DATABASE {db} CHARACTER SET utf8mb4")
-    conn = connect(db)
-    cur = conn.cursor()
-    for statement in filter(str.strip, SCHEMA.split(";")):
-        cur.execute(statement)
-    now = datetime.now().replace(microsecond=0)
-    cur.executemany("INSERT INTO systemusers (username, password, realname, email, status, createtime) "
-                    "VALUES (%s, %s, %s, %s, %s, %s)", [
-                        ("admin", "96e79218965eb72c92a549dd5a330112", "超级管理员", "admin@example.com", 1, now),
-                        ("ops", "0" * 32, "运维", None, 0, now),
-                        ("broken", "plaintext", "坏", None, 1, now)])
-    cur.executemany("INSERT INTO systemconfigs (`key`, `group`, name, value, sort, isreuired) "
-                    "VALUES (%s, 'g', 'n', %s, 0, 0)", [("Http_RequestTimeout", "20"),
-                                                         ("DelayTask_DelayPattern", "Relative"),
-                                                         ("Legacy_Unknown", "x")])
-    task = ("INSERT INTO schedules (id, title, metatype, runloop, cronexpression, assemblyname, classname, "
-            "customparamsjson, status, createtime, createuserid, createusername, totalruncount) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, 'admin', 0)")
-    cur.executemany(task, [
-        (HTTP, "订单同步", 2, 1, "0/30 * * * * ?", None, None, '[{"ParamKey":"k","ParamValue":"v"}]', 1, now),
-        (PLUGIN, "夜间对账", 1, 1, "0 0 2 * * ?", "Hos.Demo", "Hos.Demo.Reconcile", "[]", 0, now),
-        (BAD_CRON, "坏表达式", 2, 1, "61 * * * * ?", None, None, None, 0, now),
-        (CHILD, "子任务", 2, 0, None, None, None, "not json", 0, now),
-        (DELETED, "已删除", 2, 1, "0 * * * * ?", None, None, None, -1, now),
-        (ODD, "奇怪类型", 3, 0, None, None, None, None, 0, now)])
-    cur.executemany("INSERT INTO schedulehttpoptions VALUES (%s, %s, 'POST', 'application/json', '[]', '{}')",
-                    [(HTTP, "http://127.0.0.1:9/a"), (BAD_CRON, "http://127.0.0.1:9/b")])
-    cur.executemany("INSERT INTO schedulekeepers (scheduleid, userid) VALUES (%s, %s)", [(HTTP, 1), (HTTP, 999)])
-    cur.executemany("INSERT INTO schedulereferences (scheduleid, childid) VALUES (%s, %s)",
-                    [(HTTP, CHILD), (HTTP, DELETED)])
-    delayed = ("INSERT INTO scheduledelayeds VALUES (%s, 'shop', 'order', %s, %s, %s, %s, 'admin', NULL, NULL, %s, 0, "
-               "NULL, %s, 'application/json', '{}')")
-    cur.executemany(delayed, [
-        (READY_LATE, "A1", 60, datetime(1, 1, 1), now - timedelta(hours=1), 2, "http://127.0.0.1:9/cb"),
-        (CREATED, "A2", 3600, datetime(1, 1, 1), now, 1, "http://127.0.0.1:9/cb"),
-        (DONE, "A3", 60, datetime(1, 1, 1), now - timedelta(days=1), 3, "http://127.0.0.1:9/cb"),
-        (BAD_URL, "A4", 60, datetime(1, 1, 1), now, 2, "ftp://x/cb")])
-    cur.execute("INSERT INTO scheduletraces VALUES (%s, %s, 'w1', %s, %s, 0.5, 1)", (str(uuid.uuid4()), HTTP, now, now))
+    src = Source(url=f"mysql://root@127.0.0.1:3306/{db}")
+    conn = mysql(db)
+    fill(conn.cursor(), MYSQL_SCHEMA, src, receiver.url(""), local_now())
     conn.close()
-    yield f"mysql://root@127.0.0.1:3306/{db}"
+    yield src
     admin.cursor().execute(f"DROP DATABASE {db}")
     admin.close()
 
 
-def by_key(plan):
-    return {i.key: i for i in plan.items}
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    s = System(tmp_path_factory.mktemp("sm-import"), timezone=TZ).start()
+    yield s
+    s.stop()
 
 
-def test_the_plan_says_what_each_row_becomes(source):
-    snap = read_source(source)
-    plan = plan_import(snap, known_configs={k for k, *_ in DEFAULT_CONFIGS}, existing_users={},
-                       existing_tasks=set(), existing_delayed=set())
-    items = by_key(plan)
-    assert items[HTTP].action == "create" and items[HTTP].title == "订单同步"
-    assert any("keepers [999]" in n for n in items[HTTP].notes)
-    assert any("1 child task(s) missing or deleted" in n for n in items[HTTP].notes)
-    assert any("comes in Stopped" in n for n in items[HTTP].notes)
-    assert items[PLUGIN].action == "create" and any("Python port" in n for n in items[PLUGIN].notes)
-    assert items[BAD_CRON].action == "cannot" and "invalid cron" in items[BAD_CRON].notes[0]
-    assert items[CHILD].action == "cannot" and any("schedulehttpoptions" in n for n in items[CHILD].notes)
-    assert items[ODD].action == "cannot" and DELETED not in items
-    assert items["admin"].action == "create" and items["broken"].action == "cannot"
-    assert "disabled" in items["ops"].notes
-    assert items["Http_RequestTimeout"].action == "update" and items["Legacy_Unknown"].action == "cannot"
-    assert items[READY_LATE].action == "create" and any("overdue" in n for n in items[READY_LATE].notes)
-    assert items[CREATED].action == "create" and not items[CREATED].notes
-    assert DONE not in items and items[BAD_URL].action == "cannot"
-    assert plan.history["scheduletraces"] == 1
+def run_import(target_system: System | None, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
 
-
-def test_existing_items_are_kept_or_updated_not_duplicated(source):
-    snap = read_source(source)
-    plan = plan_import(snap, known_configs=set(), existing_users={"admin": "96e79218965eb72c92a549dd5a330112",
-                                                                  "ops": "1" * 32},
-                       existing_tasks={HTTP}, existing_delayed={CREATED})
-    items = by_key(plan)
-    assert items["admin"].action == "keep" and items["ops"].action == "update"
-    assert items[HTTP].action == "update" and items[CREATED].action == "keep"
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+    extra = {"SM_PREFECT_PORT": str(target_system.prefect_port)} if target_system else {}
     return subprocess.run([sys.executable, "-m", "schedulemaster.cli", "import", *args], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=600, env={**os.environ, "COLUMNS": "250", **extra, **(env or {})})
 
 
-def test_dry_run_prints_the_plan_and_changes_nothing(source, tmp_path):
-    r = run_cli("--from", source, "--dry-run", "--with-history", "--data-dir", str(tmp_path / "data"))
-    assert r.returncode == 0, r.stderr
-    assert "dry run: nothing was changed" in r.stdout and "坏表达式" in r.stdout and "invalid cron" in r.stdout
-    assert "scheduletraces 1 rows" in r.stdout and "Next steps" in r.stdout
-    assert not (tmp_path / "data").exists()
+def deployment(system: System, task_id: str) -> dict:
+    r = httpx.get(f"{system.prefect}/deployments/{task_id}", timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
 
+
+def task_count(system: System) -> int:
+    r = httpx.post(f"{system.prefect}/deployments/count", json={"deployments": {"tags": {"all_": ["schedulemaster"]}}})
+    return r.json()
+
+
+def secret(user: str, password: str) -> dict:
+    return {"ms_auth_user": user, "ms_auth_secret": md5(user + md5(password) + user)}
+
+
+def legacy(system: System, method: str, path: str, headers=None, **kw) -> httpx.Response:
+    return httpx.request(method, f"{system.api}/api/{path}", headers=AUTH if headers is None else headers,
+                         timeout=60, **kw)
+
+
+def edit(system: System, task_id: str, **changes) -> dict:
+    spec = deployment(system, task_id)["parameters"]["task"]
+    form = {"Id": task_id, "Title": spec["Title"], "MetaType": "2", "RunLoop": str(spec["RunLoop"]).lower(),
+            "CronExpression": spec["CronExpression"] or "", "HttpRequestUrl": spec["Http"]["RequestUrl"],
+            "HttpMethod": spec["Http"]["Method"], "HttpContentType": spec["Http"]["ContentType"], **changes}
+    return system.post("Edit", data=form).json()
+
+
+def source_execute(src: Source, sql: str, *params) -> None:
+    conn = mysql(src.url.rsplit("/", 1)[1])
+    conn.cursor().execute(sql, params)
+    conn.close()
+
+
+# ---- the source judged alone -------------------------------------------------------------
+
+def test_the_plan_judges_each_row_of_the_original(source):
+    plan = plan_import(read_source(source.url), known_configs=KNOWN)
+    items = {i.key: i for i in plan.items}
+    http = items[source.HTTP]
+    assert http.action == "import" and http.title == "订单同步"
+    assert http.payload["keepers"] == [1, source.dev_id] and any("keepers [999, 4]" in n for n in http.notes)
+    assert http.payload["nexts"] == [source.CHILD] and any("2 child task(s)" in n for n in http.notes)
+    assert http.payload["executors"] == ["worker1"] and any("comes in Stopped" in n for n in http.notes)
+    assert http.level == 1 and items[source.CHILD].level == 0
+    assert any("Python port" in n for n in items[source.PLUGIN].notes)
+    assert items[source.BAD_CRON].action == "cannot" and "invalid cron" in items[source.BAD_CRON].notes[0]
+    assert items[source.NOHTTP].action == "cannot" and "schedulehttpoptions" in items[source.NOHTTP].notes[0]
+    assert items[source.ODD].action == "cannot" and source.DELETED not in items
+    assert items[source.CHILD].payload["customparamsjson"] == "[]"
+    cycle = [items[source.CYCLE_A].payload["nexts"], items[source.CYCLE_B].payload["nexts"]]
+    assert sorted(map(len, cycle)) == [0, 1], "exactly one edge of the A -> B -> A cycle is dropped"
+    assert items["admin"].action == "import" and items["broken"].action == "cannot"
+    assert items["ghost"].action == "skip" and "disabled" in items["ops"].notes
+    assert items["Http_RequestTimeout"].action == "import" and items["Legacy_Unknown"].action == "cannot"
+    assert items[source.CREATED].action == "import" and items[source.BAD_URL].action == "cannot"
+    assert source.DONE not in items
+    assert plan.history == {"scheduletraces": 4, "systemlogs": 3}
+
+
+# ---- into a running system ---------------------------------------------------------------
+
+def test_a_dry_run_says_what_would_happen_and_changes_nothing(source, target):
+    before = task_count(target)
+    r = run_import(target, "--from", source.url, "--dry-run", "--with-history")
+    assert r.returncode == 3, r.stdout + r.stderr  # some rows cannot come over
+    assert "what the import would do (nothing was changed)" in r.stdout
+    assert "坏表达式" in r.stdout and "invalid cron" in r.stdout and "would be created" in r.stdout
+    assert "3 traces of imported tasks would become runs" in r.stdout and "Next steps" in r.stdout
+    assert task_count(target) == before and target.detail(source.HTTP) is None
+    assert legacy(target, "GET", "Account/QueryList", headers=secret("dev", source.passwords["dev"]),
+                  params={"pageNumber": 1, "pageSize": 10}).status_code == 401
+
+
+def test_the_import_carries_tasks_users_settings_delayed_tasks_and_history(source, target, receiver):
+    r = run_import(target, "--from", source.url, "--with-history")
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "import summary" in r.stdout
+    assert "3 traces recorded as runs (with their logs), 0 already recorded, 0 failed, 1 skipped" in r.stdout
+    # tasks: the same ids and fields, Stopped until a deliberate switch-over
+    d = target.detail(source.HTTP)
+    assert d["Title"] == "订单同步" and d["CronExpression"] == "0/30 * * * * ?" and d["Status"] == 0
+    assert d["Remark"] == "每30秒" and d["CreateTime"] == "2024-03-01 09:30:00" and d["CreateUserName"] == "admin"
+    assert json.loads(d["CustomParamsJson"]) == [{"ParamKey": "shop", "ParamValue": "上海店", "ParamRemark": "门店"}]
+    spec = deployment(target, source.HTTP)["parameters"]["task"]
+    assert spec["Keepers"] == [1, source.dev_id] and spec["Executors"] == ["worker1"]
+    assert spec["Nexts"] == [source.CHILD] and spec["TimeZone"] == TZ
+    assert spec["Http"]["RequestUrl"].endswith("/orders") and spec["Http"]["Method"] == "POST"
+    assert "X-Shop" in spec["Http"]["Headers"] and spec["Http"]["Body"] == '{"sync":true}'
+    assert target.detail(source.PLUGIN)["AssemblyName"] == "Hos.Demo"
+    nexts = [deployment(target, t)["parameters"]["task"]["Nexts"] for t in (source.CYCLE_A, source.CYCLE_B)]
+    assert sorted(map(len, nexts)) == [0, 1]
+    for gone in (source.BAD_CRON, source.NOHTTP, source.ODD, source.DELETED):
+        assert target.detail(gone) is None
+    # users: stored hashes kept, so secrets computed the original way work; ids kept
+    accounts = legacy(target, "GET", "Account/QueryList", headers=secret("dev", source.passwords["dev"]),
+                      params={"pageNumber": 1, "pageSize": 50}).json()
+    assert accounts["Success"], accounts
+    by_name = {u["UserName"]: u for u in accounts["Data"]["rows"]}
+    assert by_name["dev"]["Id"] == source.dev_id and by_name["ops"]["Status"] == 0
+    assert "ghost" not in by_name and "broken" not in by_name
+    assert legacy(target, "GET", "Task/QueryList", headers=secret("ops", source.passwords["ops"]),
+                  params={"pageNumber": 1, "pageSize": 1}).status_code == 401  # disabled
+    # settings: valid ones carried, an invalid one reported and left alone
+    configs = {c["Key"]: c["Value"] for c in legacy(target, "GET", "System/Configs").json()["Data"]}
+    assert configs["Http_RequestTimeout"] == "20" and configs["DelayTask_RetryTimes"] == "2"
+    assert configs["DelayTask_RetrySpans"] == "10" and "DelayTask_RetrySpans" in r.stdout
+    # delayed tasks: same ids, due times kept; the overdue one fires at once, the next on time
+    late = receiver.wait_for("/late", 1, timeout=60)
+    assert late[0].headers["idempotency-key"] == source.READY_LATE
+    soon = receiver.wait_for("/soon", 1, timeout=90)
+    assert soon[0].headers["idempotency-key"] == source.SOON and json.loads(soon[0].body) == {"orderNo": "A5"}
+    created = legacy(target, "GET", "DelayTask/QueryDetail", params={"id": source.CREATED}).json()["Data"]
+    assert created["Status"] == 2 and created["Topic"] == "订单超时"
+    due = datetime.fromisoformat(created["NextAttemptTime"].replace(" ", "T"))
+    assert abs((due - (datetime.fromisoformat(created["CreateTime"].replace(" ", "T")) + timedelta(hours=1)))
+               .total_seconds()) < 2
+    for gone in (source.BAD_URL, source.DONE, source.BAD_FORM):
+        assert legacy(target, "GET", "DelayTask/QueryDetail", params={"id": gone}).json()["Data"] is None
+    # history: traces are runs of their task, with the original's log lines
+    runs = {r["name"]: r for r in target.flow_runs(source.HTTP)}
+    assert sorted(r["state_type"] for r in runs.values()) == ["COMPLETED", "FAILED", "FAILED"]
+    failed = next(r for r in runs.values() if r["state"]["message"] == "imported: failed in the original")
+    text = "\n".join(target.run_logs(failed["id"]))
+    assert "请求失败：连接超时" in text and "System.TimeoutException" in text
+    assert target.detail(source.HTTP)["TotalRunCount"] == 1
+
+
+def test_running_it_again_duplicates_nothing(source, target):
+    tasks = task_count(target)
+    runs = len(target.flow_runs(source.HTTP))
+    r = run_import(target, "--from", source.url, "--with-history")
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "0 traces recorded as runs (with their logs), 3 already recorded" in r.stdout
+    assert task_count(target) == tasks and len(target.flow_runs(source.HTTP)) == runs
+    rows = legacy(target, "GET", "DelayTask/QueryList", params={"pageNumber": 1, "pageSize": 100,
+                                                                "sourceApp": "shop"}).json()["Data"]
+    assert rows["total"] == 3
+
+
+def test_changes_are_updated_and_changes_on_both_sides_are_conflicts(source, target):
+    source_execute(source, "UPDATE schedules SET title = %s WHERE id = %s", "子任务（新）", source.CHILD)
+    assert edit(target, source.PAUSED, Title="这里改的")["Success"]
+    source_execute(source, "UPDATE schedules SET title = %s WHERE id = %s", "循环B（原系统改）", source.CYCLE_B)
+    assert edit(target, source.CYCLE_B, Title="循环B（这里改）")["Success"]
+    r = run_import(target, "--from", source.url)
+    assert r.returncode == 3
+    assert target.detail(source.CHILD)["Title"] == "子任务（新）"          # changed there: updated
+    assert target.detail(source.PAUSED)["Title"] == "这里改的"              # changed here: kept
+    assert target.detail(source.CYCLE_B)["Title"] == "循环B（这里改）"      # both: conflict
+    row = next(line for line in r.stdout.splitlines() if source.CYCLE_B in line)
+    assert "conflict" in row and "changed in the original and here" in row
+    r = run_import(target, "--from", source.url, "--overwrite")
+    assert target.detail(source.CYCLE_B)["Title"] == "循环B（原系统改）"
+    assert target.detail(source.PAUSED)["Title"] == "这里改的"  # a change made only here stays
+    r = run_import(target, "--from", source.url)
+    assert "conflict" not in r.stdout.split("items that need attention")[-1]
+
+
+def test_start_switches_over_to_this_system(source, target, receiver, tmp_path):
+    r = run_import(target, "--from", source.url, "--start", "--report", str(tmp_path / "report.json"))
+    assert r.returncode == 3, r.stdout + r.stderr
+    report = {i["key"]: "; ".join(i["notes"]) + " | " + i["action"]
+              for i in json.loads((tmp_path / "report.json").read_text())["items"]}
+    assert target.detail(source.HTTP)["Status"] == 1
+    assert target.detail(source.PAUSED)["Status"] == 2
+    assert target.detail(source.PORTED)["Status"] == 1    # a Python port on the nodes: started
+    assert target.detail(source.PLUGIN)["Status"] == 0    # a .NET plugin without one: not started
+    assert "not started: 任务启动失败!" in report[source.PLUGIN]
+    assert report[source.HTTP].endswith("; started | kept") or report[source.HTTP].endswith("; started | created")
+    assert "started and paused, as in the original" in report[source.PAUSED]
+    hit = receiver.wait_for("/orders", 1, timeout=45)[0]  # the imported HTTP task fires here
+    assert hit.headers["x-shop"] == "sh" and json.loads(hit.body) == {"sync": True}
+    wait_until(lambda: target.detail(source.HTTP)["TotalRunCount"] >= 2, timeout=60)
+
+
+# ---- bad input -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("url,needle", [
     ("mysql://root@127.0.0.1:1/none", "cannot read"),
@@ -167,10 +254,112 @@ def test_unreadable_sources_are_reported(url, needle):
     with pytest.raises(SourceError) as exc:
         read_source(url, timeout=3)
     assert needle in str(exc.value)
-    r = run_cli("--from", url, "--dry-run")
+    r = run_import(None, "--from", url, "--dry-run")
     assert r.returncode == 1 and needle in r.stderr
 
 
-def test_without_dry_run_nothing_is_written_yet(source):
-    r = run_cli("--from", source)
-    assert r.returncode == 2 and "only --dry-run" in r.stderr
+def test_a_target_that_is_down_changes_nothing_and_says_so(source, tmp_path):
+    r = run_import(None, "--from", source.url, "--target", "http://127.0.0.1:1/api")
+    assert r.returncode == 1 and "is not reachable" in r.stderr and "nothing was changed" in r.stderr
+    r = run_import(None, "--from", source.url, "--target", "http://127.0.0.1:1/api", "--dry-run")
+    assert r.returncode == 3 and "judges the original's rows only" in r.stdout
+    r = run_import(None, "--from", source.url, "--source-timezone", "Mars/Olympus")
+    assert r.returncode == 2 and "unknown time zone" in r.stderr
+
+
+def import_post(system: System, kind: str, body, **kw) -> httpx.Response:
+    content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return httpx.post(f"{system.prefect}/schedulemaster/import/{kind}", content=content, timeout=60,
+                      headers={"content-type": "application/json"}, **kw)
+
+
+def task_item(**fields) -> dict:
+    return {"id": str(uuid.uuid4()), "title": "t", "metatype": 2, "runloop": True, "cronexpression": "0 0 * * * ?",
+            "status": 0, "createtime": "2024-01-01T00:00:00", "requesturl": "http://127.0.0.1:9/x",
+            "method": "GET", "contenttype": "text/plain", **fields}
+
+
+@pytest.mark.parametrize("kind,body", [
+    ("tasks", b"{not json"),
+    ("tasks", {"items": [task_item(id="not-a-guid")]}),
+    ("tasks", {"items": [task_item(title="x" * 101)]}),
+    ("tasks", {"items": [task_item(surprise=1)]}),
+    ("tasks", {"items": [task_item() for _ in range(501)]}),
+    ("tasks", {"items": [task_item()], "options": {"timezone": "Mars/Olympus"}}),
+    ("users", {"items": [{"username": "eve", "password": "plaintext", "realname": "e", "status": 1,
+                          "createtime": "2024-01-01T00:00:00"}]}),
+    ("users", {"items": [{"id": -5, "username": "eve", "password": "0" * 32, "realname": "e", "status": 1,
+                          "createtime": "2024-01-01T00:00:00"}]}),
+    ("delayed", {"items": [{"id": str(uuid.uuid4()), "sourceapp": "a", "topic": "t", "contentkey": "k",
+                            "createtime": "2024-01-01T00:00:00", "status": 3, "notifyurl": "http://x/",
+                            "notifydatatype": "application/json", "notifybody": "{}"}]}),
+    ("history", {"items": [{"traceid": str(uuid.uuid4()), "scheduleid": str(uuid.uuid4()),
+                            "starttime": "2024-01-01T00:00:00", "logs": [{"message": "m"}]}]}),
+    ("nothing", {"items": []}),
+])
+def test_the_import_endpoints_refuse_malformed_bodies_whole(target, kind, body):
+    before = task_count(target)
+    r = import_post(target, kind, body)
+    assert r.status_code in (404, 422), r.text
+    assert task_count(target) == before
+
+
+def test_a_hostile_row_is_refused_and_the_rest_of_its_batch_goes_on(target):
+    bad = task_item(requesturl="javascript:alert(1)", title="<script>")
+    nul = task_item(title="nul\x00title")
+    good = task_item(title="import 好的")
+    r = import_post(target, "tasks", {"items": [bad, nul, good]})
+    assert r.status_code == 200, r.text
+    outcomes = r.json()["outcomes"]
+    assert outcomes[0]["action"] == "failed" and "HttpRequestUrl" in outcomes[0]["message"]
+    assert outcomes[1]["action"] == "failed"
+    assert outcomes[2]["action"] == "created" and target.detail(good["id"])["Title"] == "import 好的"
+    assert target.detail(bad["id"]) is None and target.detail(nul["id"]) is None
+
+
+# ---- from PostgreSQL, into a system whose store is on PostgreSQL -----------------------------
+
+@pytest.fixture(scope="module")
+def pg_source(receiver):
+    db = f"sm_src_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{db}"')
+    src = Source(url=f"postgresql://postgres@127.0.0.1:5432/{db}")
+    with psycopg.connect(src.url, autocommit=True) as conn:
+        fill(conn.cursor(), POSTGRES_SCHEMA, src, receiver.url("/pg"), local_now(), quote='"')
+    yield src
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def pg_target(tmp_path_factory):
+    db = f"sm_test_{uuid.uuid4().hex[:8]}"
+    s = System(tmp_path_factory.mktemp("sm-import-pg"), timezone=TZ,
+               env={"SM_STORE_URL": f"postgresql://postgres@127.0.0.1:5432/{db}"}).start()
+    yield s
+    s.stop()
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+def test_the_same_import_from_postgresql_into_a_postgresql_store(pg_source, pg_target, receiver):
+    r = run_import(pg_target, "--from", pg_source.url, "--with-history")
+    assert r.returncode == 3, r.stdout + r.stderr
+    d = pg_target.detail(pg_source.HTTP)
+    assert d["Title"] == "订单同步" and d["CreateTime"] == "2024-03-01 09:30:00"
+    assert deployment(pg_target, pg_source.HTTP)["parameters"]["task"]["Keepers"] == [1, pg_source.dev_id]
+    dev = secret("dev", pg_source.passwords["dev"])
+    assert legacy(pg_target, "GET", "Task/QueryList", headers=dev,
+                  params={"pageNumber": 1, "pageSize": 1}).json()["total"] == 7
+    # an explicit id moved PostgreSQL's sequence: the next account does not collide with dev (7)
+    made = legacy(pg_target, "POST", "Account/Create", headers=dev,
+                  data={"UserName": "newcomer", "RealName": "新人", "Password": "secret-1"}).json()
+    assert made["Success"], made
+    ids = [u["Id"] for u in legacy(pg_target, "GET", "Account/QueryList", headers=dev,
+                                   params={"pageNumber": 1, "pageSize": 50}).json()["Data"]["rows"]]
+    assert len(ids) == len(set(ids)) and max(ids) > pg_source.dev_id
+    assert receiver.wait_for("/pg/late", 1, timeout=60)[0].headers["idempotency-key"] == pg_source.READY_LATE
+    assert len(pg_target.flow_runs(pg_source.HTTP)) == 3
+    r = run_import(pg_target, "--from", pg_source.url, "--with-history")
+    assert "3 already recorded" in r.stdout and len(pg_target.flow_runs(pg_source.HTTP)) == 3

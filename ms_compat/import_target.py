@@ -1,0 +1,504 @@
+"""The master's side of ``schedulemaster import``: each item of an original ScheduleMaster
+database checked against this system and written in its own transaction.
+
+Why here and not in the CLI: tasks must keep their GUIDs, and only code inside the Prefect
+server process can create a deployment with an id it did not mint (``deployments/tasks.py``).
+Users, settings and delayed tasks go through the same door so that one process decides
+every item with the same rules, and a dry run asks the same questions without writing.
+
+Re-running an import is a three-way comparison per item, between the source now, the
+target now, and what the last import wrote (the ``importledger`` table):
+
+=====================  ===================  ==========================================
+source since last      target since last    outcome
+=====================  ===================  ==========================================
+unchanged              any                  kept (a change made here stays)
+changed                unchanged            updated
+changed                changed              conflict: reported, nothing written
+                                            (``--overwrite``: the source wins)
+=====================  ===================  ==========================================
+
+An item the target has without a ledger row (the seeded ``admin``, or a write whose ledger
+row was lost) is kept when it already equals the source and updated otherwise: on a first
+import the original is the authority. An item the last import wrote and someone deleted
+here is a conflict, not silently re-created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Optional
+from zoneinfo import ZoneInfo
+
+from pydantic import NaiveDatetime
+from sqlmodel import Field, Session, SQLModel, select
+
+from schedulemaster.ms_compat.store import Store, SystemUser
+
+log = logging.getLogger("schedulemaster.import")
+
+#: the task fields an import sets; a task's fingerprint here is taken over these
+TASK_CONTENT = ("Title", "MetaType", "Remark", "RunLoop", "CronExpression", "AssemblyName", "ClassName",
+                "CustomParamsJson", "StartDate", "EndDate", "Keepers", "Nexts", "Executors", "Http", "TimeZone")
+USER_CONTENT = ("username", "password", "realname", "phone", "email", "status")
+
+
+class ImportLedger(SQLModel, table=True):
+    """What the last import wrote for each item: fingerprints of the source row and of the
+    target item right after the write, so a re-run can tell who changed what."""
+
+    __tablename__ = "importledger"
+    kind: str = Field(primary_key=True, max_length=10)   # task | user | setting
+    key: str = Field(primary_key=True, max_length=100)   # task id, lowercased user name, setting key
+    sourcefp: str = Field(max_length=64)
+    targetfp: str = Field(max_length=64)
+    targetid: Optional[str] = Field(default=None, max_length=64)
+    importedat: NaiveDatetime = Field(default_factory=lambda: datetime.now(timezone.utc).replace(tzinfo=None))
+
+
+def fingerprint(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass
+class Outcome:
+    kind: str
+    key: str
+    action: str            # created | updated | kept | conflict | failed
+    message: str = ""
+    target_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "key": self.key, "action": self.action, "message": self.message,
+                "target_id": self.target_id}
+
+
+@dataclass
+class Options:
+    dry_run: bool = False
+    overwrite: bool = False
+    start: bool = False
+    timezone: str | None = None  # the original's wall-clock zone; None: the master's
+
+
+def decide(exists: bool, ledger: ImportLedger | None, source_fp: str, would_fp: str, target_fp: str | None,
+           overwrite: bool) -> tuple[str, str]:
+    """(action, why) for one item; see the module docstring. ``would_fp`` is the target's
+    fingerprint as the import would write it, ``target_fp`` the target's as it is now."""
+    if not exists:
+        if ledger is not None and not overwrite:
+            return "conflict", "deleted here after the last import: not re-created (--overwrite re-creates it)"
+        return "create", "re-created (--overwrite)" if ledger is not None else ""
+    if ledger is None:
+        if would_fp == target_fp:
+            return "keep", ""
+        return "update", "existed here before the import: the original's values replace it"
+    source_changed = source_fp != ledger.sourcefp
+    target_changed = target_fp != ledger.targetfp
+    if not source_changed:
+        return "keep", "changed here since the last import: kept" if target_changed else ""
+    if not target_changed or would_fp == target_fp:
+        return "update", ""
+    if overwrite:
+        return "update", "changed on both sides: the original's values replace it (--overwrite)"
+    return "conflict", "changed in the original and here since the last import: nothing written (--overwrite)"
+
+
+_PAST = {"create": "created", "update": "updated", "keep": "kept", "conflict": "conflict"}
+
+
+class ImportTarget:
+    """Every write of an import, item by item. ``service`` gives the master's TaskService
+    (the legacy API's own validation and Start), or None while the master is starting."""
+
+    def __init__(self, store: Store, service: Callable[[], Any], on_settings_saved=None):
+        self.store = store
+        self.service = service
+        self.on_settings_saved = on_settings_saved
+        self._lock = asyncio.Lock()  # one import at a time: the ledger is read, then written
+
+    # ---- ledger -----------------------------------------------------------------------
+    def _ledger(self, kind: str, keys: list[str]) -> dict[str, ImportLedger]:
+        if not keys:
+            return {}
+        with Session(self.store.engine) as s:
+            rows = s.exec(select(ImportLedger).where(ImportLedger.kind == kind, ImportLedger.key.in_(keys))).all()
+            return {r.key: r for r in rows}
+
+    @staticmethod
+    def _remember(session: Session, kind: str, key: str, source_fp: str, target_fp: str,
+                  target_id: str | None = None) -> None:
+        row = session.get(ImportLedger, (kind, key)) or ImportLedger(kind=kind, key=key, sourcefp="", targetfp="")
+        row.sourcefp, row.targetfp, row.targetid = source_fp, target_fp, target_id
+        row.importedat = datetime.now(timezone.utc).replace(tzinfo=None)
+        session.add(row)
+
+    def _remember_alone(self, kind: str, key: str, source_fp: str, target_fp: str, target_id: str | None = None):
+        with Session(self.store.engine) as s:
+            self._remember(s, kind, key, source_fp, target_fp, target_id)
+            s.commit()
+
+    # ---- settings ---------------------------------------------------------------------
+    async def settings(self, items: list[dict[str, Any]], opts: Options) -> list[Outcome]:
+        from schedulemaster.ms_compat.admin_api import CONFIG_RULES
+
+        async with self._lock:
+            current = await asyncio.to_thread(self.store.configs)
+            ledger = await asyncio.to_thread(self._ledger, "setting", [i["key"] for i in items])
+            out: list[Outcome] = []
+            changed = False
+            for item in items:
+                key, value = item["key"], (item.get("value") or "").strip()
+                if key not in current:
+                    out.append(Outcome("setting", key, "failed", "unknown setting"))
+                    continue
+                rule = CONFIG_RULES.get(key)
+                if rule is not None and not rule[0](value):
+                    out.append(Outcome("setting", key, "failed", f"invalid value {value[:50]!r} (expected {rule[1]})"))
+                    continue
+                fp = fingerprint(value)
+                action, why = decide(True, ledger.get(key), fp, fp, fingerprint(current[key]), opts.overwrite)
+                if action == "update" and not opts.dry_run:
+                    def write(key=key, value=value, fp=fp):
+                        with Session(self.store.engine) as s:
+                            from schedulemaster.ms_compat.store import SystemConfig
+
+                            row = s.get(SystemConfig, key)
+                            row.value, row.updateusername = value, "import"
+                            row.updatetime = datetime.now(timezone.utc)
+                            s.add(row)
+                            self._remember(s, "setting", key, fp, fp)
+                            s.commit()
+                    await asyncio.to_thread(write)
+                    changed = True
+                elif action == "keep" and not opts.dry_run and key not in ledger:
+                    await asyncio.to_thread(self._remember_alone, "setting", key, fp, fp)
+                out.append(Outcome("setting", key, _PAST[action], why))
+            if changed and self.on_settings_saved is not None:
+                await self.on_settings_saved()
+            return out
+
+    # ---- users ------------------------------------------------------------------------
+    async def users(self, items: list[dict[str, Any]], opts: Options) -> list[Outcome]:
+        zone = ZoneInfo(opts.timezone or self._tz())
+        async with self._lock:
+            return await asyncio.to_thread(self._users, items, opts, zone)
+
+    def _users(self, items: list[dict[str, Any]], opts: Options, zone: ZoneInfo) -> list[Outcome]:
+        from sqlalchemy import func, text
+
+        ledger = self._ledger("user", [i["username"].lower() for i in items])
+        out: list[Outcome] = []
+        for item in items:
+            key = item["username"].lower()
+            if _has_nul(item):
+                out.append(Outcome("user", item["username"], "failed", "a field contains a NUL character"))
+                continue
+            content = {k: item.get(k) for k in USER_CONTENT}
+            fp = fingerprint(content)
+            try:
+                with Session(self.store.engine) as s:
+                    target = s.exec(select(SystemUser).where(func.lower(SystemUser.username) == key)).first()
+                    target_fp = fingerprint({k: getattr(target, k) for k in USER_CONTENT}) if target else None
+                    action, why = decide(target is not None, ledger.get(key), fp, fp, target_fp, opts.overwrite)
+                    if target is not None:
+                        content["username"] = target.username  # the name as it is spelled here
+                    notes = [why] if why else []
+                    if action == "create":
+                        wanted = item.get("id")
+                        taken = s.get(SystemUser, wanted) if wanted else None
+                        if taken is not None:
+                            notes.append(f"id {wanted} is '{taken.username}' here: imported under a new id "
+                                         f"(clients sending Keepers={wanted} must change)")
+                        last = item.get("lastlogintime")
+                        target = SystemUser(id=None if taken is not None else wanted,
+                                            createtime=_aware(item["createtime"], zone),
+                                            lastlogintime=_aware(last, zone) if last else None, **content)
+                    elif action == "update":
+                        for k, v in content.items():
+                            setattr(target, k, v)
+                    remember = action in ("create", "update") or (action == "keep" and key not in ledger)
+                    if remember and not opts.dry_run:
+                        if action != "keep":
+                            s.add(target)
+                            s.flush()
+                        # a keep is remembered only the first time: a ledger row moved on
+                        # a keep would hide a change made here from the next comparison
+                        self._remember(s, "user", key, fp, fingerprint(content) if action != "keep" else target_fp,
+                                       str(target.id))
+                        s.commit()
+                        if action == "create" and not self.store.url.startswith("sqlite"):
+                            # an explicit id does not move PostgreSQL's sequence: the next
+                            # account created through the API would collide with it
+                            s.exec(text("SELECT setval(pg_get_serial_sequence('systemusers', 'id'), "
+                                        "(SELECT max(id) FROM systemusers))"))
+                            s.commit()
+                    out.append(Outcome("user", item["username"], _PAST[action], "; ".join(notes),
+                                       str(target.id) if target is not None and target.id is not None else None))
+            except Exception as exc:  # one bad row must not abort the others
+                log.exception("importing user %s failed", item["username"])
+                out.append(Outcome("user", item["username"], "failed", _short(exc)))
+        if not opts.dry_run:
+            self.store.user_version += 1  # the legacy API's auth cache re-reads the accounts
+        return out
+
+    # ---- tasks ------------------------------------------------------------------------
+    async def tasks(self, items: list[dict[str, Any]], opts: Options) -> list[Outcome]:
+        """Items in the order given (children before their parents, so Nexts exist)."""
+        service = self.service()
+        if service is None:
+            raise RuntimeError("the legacy API is still starting")
+        async with self._lock:
+            ledger = await asyncio.to_thread(self._ledger, "task", [str(i["id"]) for i in items])
+            out: list[Outcome] = []
+            for item in items:
+                try:
+                    out.append(await self._task(service, item, ledger.get(str(item["id"])), opts))
+                except Exception as exc:
+                    log.exception("importing task %s failed", item.get("id"))
+                    out.append(Outcome("task", str(item.get("id")), "failed", _short(exc)))
+            return out
+
+    async def _task(self, service, item: dict[str, Any], ledger: ImportLedger | None, opts: Options) -> Outcome:
+        from schedulemaster.deployments.tasks import Status
+        from schedulemaster.ms_compat.task_api import TaskError
+
+        task_id = uuid.UUID(str(item["id"]))
+        key = str(task_id)
+        if _has_nul(item):
+            return Outcome("task", key, "failed", "a field contains a NUL character")
+        rec = await service.repo.read(task_id)
+        model = {
+            "Title": item["title"], "MetaType": item["metatype"], "Remark": item.get("remark"),
+            "RunLoop": bool(item.get("runloop")), "CronExpression": item.get("cronexpression"),
+            "AssemblyName": item.get("assemblyname"), "ClassName": item.get("classname"),
+            "CustomParamsJson": item.get("customparamsjson"),
+            "StartDate": item.get("startdate"), "EndDate": item.get("enddate"),
+            "Keepers": item.get("keepers") or [], "Nexts": item.get("nexts") or [],
+            "Executors": item.get("executors") or [], "NotifyBlocks": [],
+            "HttpRequestUrl": item.get("requesturl"), "HttpMethod": item.get("method"),
+            "HttpContentType": item.get("contenttype"), "HttpHeaders": item.get("headers"),
+            "HttpBody": item.get("body"),
+        }
+        creator = SystemUser(id=item.get("createuserid") or 0, username=item.get("createusername") or "",
+                             password="", realname="")
+        if opts.dry_run:
+            # children this dry run would create do not exist yet: validate against the ones
+            # that do (the CLI sends only children that are, or would be, here)
+            known = {str(r.id) for r in await service.repo.list()}
+            model["Nexts"] = [n for n in model["Nexts"] if str(n) in known]
+        try:
+            spec = await service.build_spec(model, task_id, creator, rec.spec if rec else None)
+        except TaskError as exc:
+            return Outcome("task", key, "failed", str(exc))
+        spec["Nexts"] = [str(n) for n in dict.fromkeys(item.get("nexts") or [])]
+        spec["CreateTime"] = item["createtime"].replace(microsecond=0).isoformat()
+        spec["CreateUserId"], spec["CreateUserName"] = creator.id, item.get("createusername")
+        if opts.timezone:
+            spec["TimeZone"] = opts.timezone
+        source_fp = fingerprint(item)
+        would_fp = _task_fp(spec)
+        target_fp = _task_fp(rec.spec) if rec else None
+        action, why = decide(rec is not None, ledger, source_fp, would_fp, target_fp, opts.overwrite)
+        notes = [why] if why else []
+        if opts.dry_run or action == "conflict":
+            # target_id says whether the task is (or would be) here afterwards: parents
+            # sent later name only children that are
+            return Outcome("task", key, _PAST[action], "; ".join(notes),
+                           key if rec is not None or action != "conflict" else None)
+        if action == "create":
+            await service.repo.create(task_id, spec, service.work_pool, service.parameter_schema)
+        elif action == "update":
+            spec["StartedAt"] = rec.spec.get("StartedAt")
+            await service.repo.write(task_id, spec, rec.status, rename=spec["Title"] != rec.spec.get("Title"))
+        if action != "keep" or ledger is None:  # see _users: a keep moves no ledger row
+            written = spec if action != "keep" else rec.spec
+            await asyncio.to_thread(self._remember_alone, "task", key, source_fp, _task_fp(written), key)
+        status = Status.Stop if action == "create" else rec.status
+        if opts.start and item.get("status") in (1, 2) and status == Status.Stop:
+            notes.append(await self._start(service, task_id, item["status"]))
+        return Outcome("task", key, _PAST[action], "; ".join(n for n in notes if n), key)
+
+    @staticmethod
+    async def _start(service, task_id: uuid.UUID, source_status: int) -> str:
+        started = json.loads((await service.start(task_id)).body)
+        if not started["Success"]:
+            return f"not started: {started['Message']}"
+        if source_status == 2:
+            await service.pause(task_id)
+            return "started and paused, as in the original"
+        return "started"
+
+    # ---- delayed tasks ----------------------------------------------------------------
+    async def delayed(self, items: list[dict[str, Any]], opts: Options) -> list[Outcome]:
+        """Pending callbacks keep their ids and due times. One already here is kept as it
+        is: it may have fired or been retried since, and this system's row is the truth."""
+        tz = opts.timezone or self._tz()
+        async with self._lock:
+            existing = await asyncio.to_thread(self._existing_delayed, [str(i["id"]) for i in items])
+            out: list[Outcome] = []
+            rows: list[dict[str, Any]] = []
+            for item in items:
+                key = str(item["id"])
+                if key in existing:
+                    out.append(Outcome("delayed", key, "kept", "already here", key))
+                    continue
+                try:
+                    row = delayed_row(item, tz)
+                except ValueError as exc:
+                    out.append(Outcome("delayed", key, "failed", str(exc)))
+                    continue
+                rows.append(row)
+                note = "overdue: fires at once, marked late" if row["dueat"] < _utcnow() else ""
+                if item["status"] == 1:
+                    note = "; ".join(filter(None, ["Created (not yet queued) in the original: Ready here", note]))
+                out.append(Outcome("delayed", key, "created", note, key))
+            if rows and not opts.dry_run:
+                try:
+                    await asyncio.wrap_future(self.store.delayed.create(rows))
+                except Exception as exc:  # e.g. a Create with one of these ids in between
+                    failed = {r["id"] for r in rows}
+                    for o in out:
+                        if o.key in failed:
+                            o.action, o.message = "failed", _short(exc)
+            return out
+
+    def _existing_delayed(self, ids: list[str]) -> set[str]:
+        from schedulemaster.ms_compat.delayed_store import T
+
+        with self.store.engine.connect() as conn:
+            return set(conn.execute(select(T.c.id).where(T.c.id.in_(ids))).scalars())
+
+    def _tz(self) -> str:
+        service = self.service()
+        return service.tz if service is not None else "UTC"
+
+    # ---- history ----------------------------------------------------------------------
+    async def history(self, items: list[dict[str, Any]], opts: Options) -> list[Outcome]:
+        """Traces become flow runs of their tasks (with their log lines), recorded like a
+        node's firings but without keeper mail; the trace id is the run's idempotency key,
+        so a re-run adds nothing."""
+        from schedulemaster.deployments.record_api import FiringLog, FiringRecord, record_firings
+
+        tz = ZoneInfo(opts.timezone or self._tz())
+        records, out = [], []
+        for item in items:
+            key = str(item["traceid"])
+            start = _aware(item["starttime"], tz)
+            unfinished = item["endtime"] is None or item["endtime"].year < 1000
+            end = start if unfinished else max(_aware(item["endtime"], tz), start)
+            result = item.get("result")
+            message = {1: "imported: succeeded in the original", 2: "imported: failed in the original",
+                       3: "imported: cancelled as a conflict (互斥取消) in the original"}.get(
+                result, "imported: never finished in the original")
+            logs = [FiringLog(level={1: 20, 2: 30, 3: 40}.get(entry.get("category"), 20),
+                              message=(entry["message"] + ("\n" + entry["stacktrace"] if entry.get("stacktrace")
+                                                           else ""))[:20_000],
+                              timestamp=_aware(entry["createtime"], tz))
+                    for entry in (item.get("logs") or [])[:50]]
+            records.append(FiringRecord(
+                task_id=item["scheduleid"], firing_id=f"import:{key}",
+                name=f"imported-{item['starttime']:%Y%m%d-%H%M%S}", scheduled=start, started=start, finished=end,
+                ok=result == 1, message=message, logs=logs,
+                fire={"imported": True, "node": item.get("node"), "traceid": key,
+                      "elapsed_s": item.get("elapsedtime")}))
+            out.append(Outcome("history", key, "created", "", key))
+        if opts.dry_run:
+            return out
+        already = await _recorded([r.firing_id for r in records])
+        for o, r in zip(out, records):
+            if r.firing_id in already:
+                o.action = "kept"
+        result = await record_firings(records, on_failure=None)
+        unknown = {str(u) for u in result.unknown_tasks}
+        for o, item in zip(out, items):
+            if str(item["scheduleid"]) in unknown:
+                o.action, o.message = "failed", "its task is not here"
+        return out
+
+
+async def _recorded(firing_ids: list[str]) -> set[str]:
+    """Which of these firing ids already have a run (one indexed query)."""
+    import sqlalchemy as sa
+    from prefect.server.database import provide_database_interface
+
+    from schedulemaster.deployments.tasks import FLOW_NAME
+
+    db = provide_database_interface()
+    async with db.session_context() as session:
+        # every task's runs belong to one flow: (flow_id, idempotency_key) is Prefect's unique index
+        flow_id = sa.select(db.Flow.id).where(db.Flow.name == FLOW_NAME).scalar_subquery()
+        rows = await session.execute(sa.select(db.FlowRun.idempotency_key).where(
+            db.FlowRun.flow_id == flow_id, db.FlowRun.idempotency_key.in_(firing_ids)))
+        return set(rows.scalars())
+
+
+def delayed_row(item: dict[str, Any], tz: str) -> dict[str, Any]:
+    """The store row of a pending delayed task of the original (times given in ``tz``)."""
+    from schedulemaster.flows import delayed_callback as cb
+    from schedulemaster.ms_compat.delayed_store import host_of
+
+    url = (item.get("notifyurl") or "").strip()
+    try:
+        cb.check_url(url)
+        if (item.get("notifydatatype") or "").strip().lower() == cb.FORM:
+            cb.form_pairs((item.get("notifybody") or "").replace("\r\n", ""))
+    except cb.CallbackError as exc:
+        raise ValueError(str(exc)) from None
+    for k in ("sourceapp", "topic", "contentkey", "notifyurl", "notifydatatype", "notifybody", "remark"):
+        if "\x00" in (item.get(k) or ""):
+            raise ValueError(f"{k} contains a NUL character")
+    if item.get("pattern") == "Absolute":
+        due_local = item["delayabsolutetime"]
+    else:
+        due_local = item["createtime"] + timedelta(seconds=item.get("delaytimespan") or 0)
+    zone = ZoneInfo(tz)
+    due = _naive_utc(due_local, zone)
+    return {
+        "id": str(item["id"]), "sourceapp": item["sourceapp"], "topic": item["topic"],
+        "contentkey": item["contentkey"], "delaytimespan": item.get("delaytimespan") or 0,
+        "delayabsolutetime": due, "createtime": _naive_utc(item["createtime"], zone),
+        "createusername": item.get("createusername"), "status": 2, "failedretrys": item.get("failedretrys") or 0,
+        "remark": item.get("remark"), "notifyurl": url, "notifydatatype": item["notifydatatype"].strip(),
+        "notifybody": item.get("notifybody") or "", "executors": ",".join(item.get("executors") or []) or None,
+        "pattern": item.get("pattern") or "Relative", "notifyhost": host_of(url), "dueat": due,
+        "claimedby": None, "claimseq": 0, "leaseuntil": None, "manual": False, "attempts": 0,
+        "executetime": _naive_utc(item["executetime"], zone) if item.get("executetime") else None,
+        "finishtime": None,
+    }
+
+
+def _has_nul(item: dict[str, Any]) -> bool:
+    """PostgreSQL cannot store NUL in text, and no legacy field needs one."""
+    values = [v for value in item.values() for v in (value if isinstance(value, list) else [value])]
+    return any(isinstance(v, str) and "\x00" in v for v in values)
+
+
+def _task_fp(spec: dict[str, Any]) -> str:
+    return fingerprint({k: spec.get(k) for k in TASK_CONTENT})
+
+
+def _aware(value: datetime, tz: ZoneInfo) -> datetime:
+    return value.replace(tzinfo=tz) if value.tzinfo is None else value
+
+
+def _naive_utc(value: datetime, zone: ZoneInfo) -> datetime:
+    try:
+        return _aware(value, zone).astimezone(timezone.utc).replace(tzinfo=None)
+    except OverflowError:
+        return datetime.min if value.year < 5000 else datetime.max
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
