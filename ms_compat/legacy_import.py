@@ -49,10 +49,11 @@ class SourceError(Exception):
 
 
 def source_url(url: str) -> str:
-    """``mysql://`` means PyMySQL (pure Python, installs anywhere); ``postgresql://`` psycopg."""
+    """``mysql://`` means PyMySQL (pure Python, installs anywhere); ``postgresql://`` psycopg;
+    ``mssql://`` pymssql (its wheel carries FreeTDS: no ODBC driver to install by hand)."""
     for prefix, driver in (("mysql://", "mysql+pymysql://"), ("mariadb://", "mysql+pymysql://"),
                            ("postgresql://", "postgresql+psycopg://"), ("postgres://", "postgresql+psycopg://"),
-                           ("mssql://", "mssql+pyodbc://")):
+                           ("mssql://", "mssql+pymssql://"), ("sqlserver://", "mssql+pymssql://")):
         if url.startswith(prefix):
             return driver + url[len(prefix):]
     return url
@@ -80,6 +81,8 @@ def _connect_args(url: str, timeout: int) -> dict[str, Any]:
         return {"connect_timeout": timeout, "charset": "utf8mb4"}
     if backend == "postgresql":
         return {"connect_timeout": timeout}
+    if backend == "mssql":
+        return {"login_timeout": timeout, "timeout": 600}
     return {}
 
 

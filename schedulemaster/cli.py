@@ -39,7 +39,21 @@ def _settings(data_dir: Optional[Path], api_port: Optional[int], prefect_port: O
             raise typer.BadParameter(f"port {port} is not in 1-65535")
     if s.api_port == s.prefect_port:
         raise typer.BadParameter("--api-port and --prefect-port must differ")
+    _check_auth_strings()
     return s
+
+
+def _check_auth_strings() -> None:
+    """Prefect 3.8.8 compares the auth string with ``secrets.compare_digest`` on str, which raises
+    TypeError for non-ASCII text: the server then answers every request with a 500 (seen
+    here). Refuse it before anything starts."""
+    import os
+
+    for key in ("PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING"):
+        value = os.environ.get(key)
+        if value is not None and not value.isascii():
+            raise typer.BadParameter(f"{key} must be ASCII: Prefect's server cannot compare other characters "
+                                     "(it would answer every request with a 500)")
 
 
 def _check_zone(name: str) -> None:

@@ -57,14 +57,18 @@ class Target:
         """None when the master answers, else why not."""
         import httpx
 
-        try:
-            r = self.client.get(f"{self.api_url}/health")
-            if r.status_code == 401:
-                return "it refused the credentials: set PREFECT_API_AUTH_STRING to the master's auth string"
-            r.raise_for_status()
-            return None
+        try:  # an empty dry-run batch: answers only when the endpoint exists and the credentials pass
+            r = self.client.post(f"{self.api_url}/schedulemaster/import/settings",
+                                 content=json.dumps({"options": {"dry_run": True}, "items": []}).encode())
         except httpx.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}"
+        if r.status_code == 401:
+            return "it refused the credentials: set PREFECT_API_AUTH_STRING to the master's auth string"
+        if r.status_code == 404:
+            return "it has no import endpoint: is it a ScheduleMaster master of this version?"
+        if r.status_code != 200:
+            return f"it answered {r.status_code}: {r.text[:200]}"
+        return None
 
     def send(self, kind: str, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
         import httpx

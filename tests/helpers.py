@@ -90,11 +90,18 @@ class System:
     def wait_node(self, name: str = "worker1", timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            r = httpx.post(f"{self.prefect}/work_pools/schedulemaster/workers/filter", json={}, timeout=10)
+            r = httpx.post(f"{self.prefect}/work_pools/schedulemaster/workers/filter", json={}, timeout=10,
+                           auth=self.prefect_auth)
             if r.status_code == 200 and any(w["name"] == name and w["status"] == "ONLINE" for w in r.json()):
                 return
             time.sleep(0.5)
         raise RuntimeError(f"node {name} never came online\n{self.logs()}")
+
+    @property
+    def prefect_auth(self) -> tuple[str, str] | None:
+        """Basic auth for Prefect's API when the system runs with PREFECT_SERVER_API_AUTH_STRING."""
+        value = self.env.get("PREFECT_SERVER_API_AUTH_STRING")
+        return tuple(value.split(":", 1)) if value else None  # type: ignore[return-value]
 
     def logs(self) -> str:
         out = []

@@ -249,6 +249,7 @@ def test_start_switches_over_to_this_system(source, target, receiver, tmp_path):
     ("mysql://root@127.0.0.1:3306/information_schema", "not the ScheduleMaster schema"),
     ("not a url", "not a database URL"),
     ("oracle://x@y/z", "cannot use"),
+    ("mssql://sa:pw@127.0.0.1:1/schedule_master", "cannot read"),  # the driver is there; no server here
 ])
 def test_unreadable_sources_are_reported(url, needle):
     with pytest.raises(SourceError) as exc:
@@ -256,6 +257,44 @@ def test_unreadable_sources_are_reported(url, needle):
     assert needle in str(exc.value)
     r = run_import(None, "--from", url, "--dry-run")
     assert r.returncode == 1 and needle in r.stderr
+
+
+def test_a_schema_of_another_version_is_refused_before_anything_is_read():
+    admin = mysql()
+    db = f"sm_src_{uuid.uuid4().hex[:8]}"
+    admin.cursor().execute(f"CREATE DATABASE {db} CHARACTER SET utf8mb4")
+    try:
+        conn = mysql(db)
+        for statement in filter(str.strip, MYSQL_SCHEMA.split(";")):
+            conn.cursor().execute(statement)
+        conn.cursor().execute("ALTER TABLE schedules DROP COLUMN customparamsjson")  # as db.sql of v1 had it
+        conn.cursor().execute("DROP TABLE scheduledelayeds")
+        with pytest.raises(SourceError) as exc:
+            read_source(f"mysql://root@127.0.0.1:3306/{db}")
+        assert "not the ScheduleMaster schema" in str(exc.value)
+        assert "schedules" in str(exc.value) and "scheduledelayeds" in str(exc.value)
+    finally:
+        admin.cursor().execute(f"DROP DATABASE {db}")
+
+
+@pytest.mark.parametrize("exists,ledger,source,would,target,overwrite,action", [
+    (False, None, "s1", "w1", None, False, "create"),             # first import
+    (True, None, "s1", "w1", "w1", False, "keep"),                # already equal here
+    (True, None, "s1", "w1", "t0", False, "update"),              # here before the import: the original wins
+    (True, ("s1", "t1"), "s1", "w1", "t1", False, "keep"),        # nothing changed
+    (True, ("s1", "t1"), "s1", "w1", "t2", False, "keep"),        # changed here only: stays
+    (True, ("s1", "t1"), "s2", "w2", "t1", False, "update"),      # changed there only
+    (True, ("s1", "t1"), "s2", "w2", "t2", False, "conflict"),    # both
+    (True, ("s1", "t1"), "s2", "w2", "t2", True, "update"),       # both, --overwrite
+    (True, ("s1", "t1"), "s2", "w2", "w2", False, "update"),      # both, to the same values
+    (False, ("s1", "t1"), "s1", "w1", None, False, "conflict"),   # deleted here
+    (False, ("s1", "t1"), "s1", "w1", None, True, "create"),      # deleted here, --overwrite
+])
+def test_the_three_way_decision(exists, ledger, source, would, target, overwrite, action):
+    from schedulemaster.ms_compat.import_target import ImportLedger, decide
+
+    row = ImportLedger(kind="task", key="k", sourcefp=ledger[0], targetfp=ledger[1]) if ledger else None
+    assert decide(exists, row, source, would, target, overwrite)[0] == action
 
 
 def test_a_target_that_is_down_changes_nothing_and_says_so(source, tmp_path):
@@ -325,6 +364,7 @@ def pg_source(receiver):
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{db}"')
     src = Source(url=f"postgresql://postgres@127.0.0.1:5432/{db}")
+    src.passwords["admin"] = "原系统的密码"  # the original's admin had changed the default
     with psycopg.connect(src.url, autocommit=True) as conn:
         fill(conn.cursor(), POSTGRES_SCHEMA, src, receiver.url("/pg"), local_now(), quote='"')
     yield src
@@ -346,7 +386,13 @@ def pg_target(tmp_path_factory):
 def test_the_same_import_from_postgresql_into_a_postgresql_store(pg_source, pg_target, receiver):
     r = run_import(pg_target, "--from", pg_source.url, "--with-history")
     assert r.returncode == 3, r.stdout + r.stderr
-    d = pg_target.detail(pg_source.HTTP)
+    # the admin secret computed the original way (from the original's password) works; the default does not
+    admin = secret("admin", pg_source.passwords["admin"])
+    assert legacy(pg_target, "GET", "Task/QueryList", headers={**AUTH}, params={"pageNumber": 1, "pageSize": 1}
+                  ).status_code == 401
+    listing = legacy(pg_target, "GET", "Task/QueryList", headers=admin, params={"pageNumber": 1, "pageSize": 10})
+    assert listing.status_code == 200 and listing.json()["total"] == 7
+    d = legacy(pg_target, "GET", "Task/QueryTaskDetail", headers=admin, params={"id": pg_source.HTTP}).json()["Data"]
     assert d["Title"] == "订单同步" and d["CreateTime"] == "2024-03-01 09:30:00"
     assert deployment(pg_target, pg_source.HTTP)["parameters"]["task"]["Keepers"] == [1, pg_source.dev_id]
     dev = secret("dev", pg_source.passwords["dev"])
@@ -360,6 +406,38 @@ def test_the_same_import_from_postgresql_into_a_postgresql_store(pg_source, pg_t
                                    params={"pageNumber": 1, "pageSize": 50}).json()["Data"]["rows"]]
     assert len(ids) == len(set(ids)) and max(ids) > pg_source.dev_id
     assert receiver.wait_for("/pg/late", 1, timeout=60)[0].headers["idempotency-key"] == pg_source.READY_LATE
+    created = legacy(pg_target, "GET", "DelayTask/QueryDetail", headers=admin,
+                     params={"id": pg_source.CREATED}).json()["Data"]
+    assert created["Status"] == 2 and created["ContentKey"] == "A2"
     assert len(pg_target.flow_runs(pg_source.HTTP)) == 3
     r = run_import(pg_target, "--from", pg_source.url, "--with-history")
     assert "3 already recorded" in r.stdout and len(pg_target.flow_runs(pg_source.HTTP)) == 3
+
+
+def test_the_import_door_is_guarded_by_prefects_auth_string(source, tmp_path):
+    """Whoever can import can write accounts and tasks: with PREFECT_SERVER_API_AUTH_STRING set,
+    the import endpoints answer only to the same credentials (as the firing recorder does)."""
+    auth = "importer:s3cret"
+    s = System(tmp_path / "data", timezone=TZ,
+               env={"PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_API_AUTH_STRING": auth}).start()
+    try:
+        assert import_post(s, "settings", {"items": []}).status_code == 401
+        r = run_import(s, "--from", source.url, "--dry-run", env={"PREFECT_API_AUTH_STRING": "importer:wrong"})
+        assert r.returncode == 3 and "refused the credentials" in r.stdout
+        r = run_import(s, "--from", source.url, env={"PREFECT_API_AUTH_STRING": "importer:wrong"})
+        assert r.returncode == 1 and "refused the credentials" in r.stderr
+        assert s.detail(source.HTTP) is None
+        r = run_import(s, "--from", source.url, env={"PREFECT_API_AUTH_STRING": auth})
+        assert r.returncode == 3, r.stdout + r.stderr
+        assert s.detail(source.HTTP)["Title"] == "订单同步"
+    finally:
+        s.stop()
+
+
+def test_a_non_ascii_auth_string_is_refused_before_anything_starts(tmp_path):
+    import os
+
+    r = subprocess.run([sys.executable, "-m", "schedulemaster.cli", "up", "--data-dir", str(tmp_path / "d")],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PREFECT_SERVER_API_AUTH_STRING": "u:密码"})
+    assert r.returncode == 2 and "must be ASCII" in r.stderr and not (tmp_path / "d").exists()
