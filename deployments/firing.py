@@ -197,15 +197,19 @@ class FiringLoop:
             self._last_full = loop_time
             full = True
         elif newest > last_newest:
-            records, offset = [], 0
+            # newest first, and usually only a few are new: a first page of 10, then pages of
+            # 200 (Prefect cannot filter on `updated`; reading 200 deployments a second while
+            # an import or a client created tasks kept the master's CPU busy)
+            records, offset, size = [], 0, 10
             while True:
                 page = await self.client.read_deployments(deployment_filter=flt, sort=DeploymentSort.UPDATED_DESC,
-                                                          limit=200, offset=offset)
+                                                          limit=size, offset=offset)
                 fresh = [d for d in page if d.updated > last_newest]
                 records += [r for r in (dep.record_of(d) for d in fresh) if r is not None]
-                if len(fresh) < len(page) or len(page) < 200:
+                if len(fresh) < len(page) or len(page) < size:
                     break
-                offset += 200
+                offset += size
+                size = 200
             full = False
         else:
             return

@@ -149,6 +149,7 @@ class Plan:
     items: list[Item] = field(default_factory=list)
     history: dict[str, int] = field(default_factory=dict)
     history_result: dict[str, Any] | None = None  # runs recorded, failed, skipped (--with-history)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, for --report
 
     def count(self, kind: str, action: str) -> int:
         return sum(1 for i in self.items if i.kind == kind and i.action == action)

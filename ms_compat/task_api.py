@@ -109,7 +109,11 @@ class TaskService:
 
     # ---- spec from a bound ScheduleInfo -------------------------------------------
     async def build_spec(self, m: dict[str, Any], task_id: uuid.UUID, user: SystemUser,
-                         existing: dict[str, Any] | None) -> dict[str, Any]:
+                         existing: dict[str, Any] | None,
+                         records: dict[str, TaskRecord] | None = None) -> dict[str, Any]:
+        """The task spec a bound ScheduleInfo describes, or TaskError saying what is wrong.
+        ``records``: every task by id, when the caller has them (an import batch reads them
+        once instead of once per task)."""
         meta = m.get("MetaType") or 0
         if meta not in (1, 2):
             raise TaskError(f"MetaType 必须是 1 (程序集任务) 或 2 (HTTP任务)，收到 {meta}")
@@ -150,7 +154,7 @@ class TaskService:
         # on a fresh install): a keeper that is not a user with an email gets no mail.
         keepers = list(dict.fromkeys(m.get("Keepers") or []))
         nexts = [str(n) for n in dict.fromkeys(m.get("Nexts") or [])]
-        await self.check_nexts(task_id, nexts)
+        await self.check_nexts(task_id, nexts, records)
         executors = [e.strip() for e in dict.fromkeys(m.get("Executors") or []) if e and e.strip()]
         for e in executors:
             if len(e) > 100 or any(c in e for c in "/%"):
@@ -189,10 +193,12 @@ class TaskService:
             if "notify" not in (doc.block_schema.capabilities if doc.block_schema else []):
                 raise TaskError(f"块 {slug} 不能发送通知（没有 notify 能力）")
 
-    async def check_nexts(self, task_id: uuid.UUID, nexts: list[str]) -> None:
+    async def check_nexts(self, task_id: uuid.UUID, nexts: list[str],
+                          records: dict[str, TaskRecord] | None = None) -> None:
         if not nexts:
             return
-        records = {str(r.id): r for r in await self.repo.list()}
+        if records is None:
+            records = {str(r.id): r for r in await self.repo.list()}
         missing = [n for n in nexts if n not in records]
         if missing:
             raise TaskError(f"子任务不存在：{', '.join(missing)}")

@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import sys
+import time
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -30,7 +31,7 @@ CHECKLIST = """Next steps:
      start here, Paused ones start paused), or Start them one by one.
   4. Point legacy clients at this API (port 30000): their ms_auth_user / ms_auth_secret keep working."""
 
-BATCH = {"settings": 100, "users": 200, "tasks": 50, "delayed": 500, "history": 200}
+BATCH = {"settings": 100, "users": 200, "tasks": 50, "delayed": 500, "history": 500}
 DONE = ("created", "updated", "kept")
 EXIT_INCOMPLETE = 3
 
@@ -129,6 +130,7 @@ def import_command(
         except Exception:
             typer.echo(f"error: unknown time zone {source_tz!r} (an IANA name, e.g. Asia/Shanghai)", err=True)
             raise typer.Exit(2)
+    t0 = time.monotonic()
     with console.status("reading the original's database..."):
         try:
             snap = read_source(source)
@@ -136,6 +138,7 @@ def import_command(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1)
     plan = plan_import(snap, known_configs={k for k, *_ in DEFAULT_CONFIGS}, start=start)
+    plan.timings["read"] = round(time.monotonic() - t0, 3)
     tgt = Target(target or Settings.from_env().prefect_api_url, dry_run, overwrite, start, source_tz)
     down = tgt.reachable()
     if down is not None:
@@ -165,21 +168,26 @@ def _write_report(path: Path | None, plan) -> None:
         return
     items = [{"kind": i.kind, "key": i.key, "title": i.title, "action": i.action, "notes": i.notes,
               "target_id": i.target_id} for i in plan.items]
-    path.write_text(json.dumps({"items": items, "history": plan.history_result}, ensure_ascii=False, indent=1))
+    path.write_text(json.dumps({"items": items, "history": plan.history_result, "timings": plan.timings},
+                               ensure_ascii=False, indent=1))
 
 
 def _apply(console, plan, tgt: Target, history_source: str | None) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    users = plan.of("user")
+    phases = [("settings", lambda p: _send_kind(p, tgt, "settings", plan.of("setting"))),
+              ("users", lambda p: _send_kind(p, tgt, "users", users)),
+              ("tasks", lambda p: _send_tasks(p, tgt, plan.of("task"), _user_ids(users))),
+              ("delayed", lambda p: _send_kind(p, tgt, "delayed", plan.of("delayed")))]
+    if history_source is not None:
+        phases.append(("history", lambda p: _send_history(p, tgt, plan, history_source)))
     with Progress(*columns, console=console, transient=not console.is_terminal) as progress:
-        _send_kind(progress, tgt, "settings", plan.of("setting"))
-        users = plan.of("user")
-        _send_kind(progress, tgt, "users", users)
-        _send_tasks(progress, tgt, plan.of("task"), _user_ids(users))
-        _send_kind(progress, tgt, "delayed", plan.of("delayed"))
-        if history_source is not None:
-            _send_history(progress, tgt, plan, history_source)
+        for name, phase in phases:
+            t0 = time.monotonic()
+            phase(progress)
+            plan.timings[name] = round(time.monotonic() - t0, 3)
 
 
 def _send_kind(progress, tgt: Target, kind: str, items, size: int | None = None) -> None:

@@ -1,4 +1,5 @@
-"""An original ScheduleMaster database for the import tests: the §3 schema in MySQL types
+"""An original ScheduleMaster database for the import tests and bench/import_db.py: the §3 schema
+(with the indexes of its ModelBuilderExtensions.CreateIndexes) in MySQL types
 (MariaDB on this machine) or PostgreSQL types, filled with rows as a team would have them
 (Chinese titles, both MetaTypes and an unknown one, a chain and a cycle, keepers, executors,
 delayed tasks in every status, a disabled and a deleted user, traces with logs)."""
@@ -39,7 +40,14 @@ CREATE TABLE systemconfigs (`key` varchar(50) NOT NULL PRIMARY KEY, `group` varc
   name varchar(100) NOT NULL, value varchar(1000), sort int NOT NULL, isreuired tinyint(1) NOT NULL,
   remark varchar(500), createtime datetime(6), updatetime datetime(6), updateusername varchar(50));
 CREATE TABLE systemlogs (id int AUTO_INCREMENT PRIMARY KEY, category int NOT NULL, message longtext NOT NULL,
-  stacktrace longtext, scheduleid char(36), node varchar(100), traceid char(36), createtime datetime(6) NOT NULL)
+  stacktrace longtext, scheduleid char(36), node varchar(100), traceid char(36), createtime datetime(6) NOT NULL);
+CREATE INDEX ix_scheduletraces_scheduleid ON scheduletraces (scheduleid);
+CREATE INDEX ix_scheduletraces_starttime ON scheduletraces (starttime);
+CREATE INDEX ix_scheduletraces_result ON scheduletraces (result);
+CREATE INDEX ix_systemlogs_traceid ON systemlogs (traceid);
+CREATE INDEX ix_systemlogs_createtime ON systemlogs (createtime);
+CREATE INDEX ix_scheduledelayeds_createtime ON scheduledelayeds (createtime);
+CREATE INDEX ix_scheduledelayeds_contentkey ON scheduledelayeds (contentkey)
 """
 
 # EF Core's PostgreSQL defaults: uuid, boolean, timestamp, text / varchar, serial identities
@@ -72,7 +80,10 @@ CREATE TABLE systemconfigs ("key" varchar(50) NOT NULL PRIMARY KEY, "group" varc
   name varchar(100) NOT NULL, value varchar(1000), sort integer NOT NULL, isreuired boolean NOT NULL,
   remark varchar(500), createtime timestamp, updatetime timestamp, updateusername varchar(50));
 CREATE TABLE systemlogs (id serial PRIMARY KEY, category integer NOT NULL, message text NOT NULL, stacktrace text,
-  scheduleid uuid, node varchar(100), traceid uuid, createtime timestamp NOT NULL)
+  scheduleid uuid, node varchar(100), traceid uuid, createtime timestamp NOT NULL);
+CREATE INDEX ix_scheduletraces_scheduleid ON scheduletraces (scheduleid);
+CREATE INDEX ix_scheduletraces_starttime ON scheduletraces (starttime);
+CREATE INDEX ix_systemlogs_traceid ON systemlogs (traceid)
 """
 
 

@@ -73,7 +73,9 @@ def deployment(system: System, task_id: str) -> dict:
 
 
 def task_count(system: System) -> int:
-    r = httpx.post(f"{system.prefect}/deployments/count", json={"deployments": {"tags": {"all_": ["schedulemaster"]}}})
+    """Deployments of the task flow (the dispatcher's deployment is tagged schedulemaster too)."""
+    r = httpx.post(f"{system.prefect}/deployments/count", json={
+        "deployments": {"tags": {"all_": ["schedulemaster"]}}, "flows": {"name": {"any_": ["schedulemaster-task"]}}})
     return r.json()
 
 
