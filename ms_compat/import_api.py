@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from schedulemaster.ms_compat.import_target import ImportTarget, Options
 
 MAX_ITEMS = 500
+MAX_BODY = 64 * 1024 * 1024  # a batch; the CLI keeps its batches under a quarter of it
 Name = Annotated[str, StringConstraints(max_length=100)]
 
 
@@ -129,8 +130,45 @@ KINDS: dict[str, tuple[type, str]] = {
 }
 
 
+class _BodyLimit:
+    """Refuse a body over MAX_BODY before it is read into memory (413), counted as it arrives
+    when it comes chunked. Prefect's own API sets no limit."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.responses import JSONResponse
+
+        too_large = JSONResponse({"detail": f"body over {MAX_BODY} bytes: send smaller batches"}, status_code=413)
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY):
+                return await too_large(scope, receive, send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_BODY:
+                raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await too_large(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
 def create_import_app(target: ImportTarget) -> FastAPI:
     app = FastAPI(title="ScheduleMaster import", openapi_url=None, docs_url=None, redoc_url=None)
+    app.add_middleware(_BodyLimit)
     router = APIRouter()
 
     def endpoint(model, method: str):

@@ -545,9 +545,11 @@ def delayed_row(item: dict[str, Any], tz: str) -> dict[str, Any]:
         if "\x00" in (item.get(k) or ""):
             raise ValueError(f"{k} contains a NUL character")
     if item.get("pattern") == "Absolute":
-        due_local = item["delayabsolutetime"]
+        due_local = item.get("delayabsolutetime")
+        if due_local is None:
+            raise ValueError("Absolute pattern without a DelayAbsoluteTime")
     else:
-        due_local = item["createtime"] + timedelta(seconds=item.get("delaytimespan") or 0)
+        due_local = item["createtime"] + timedelta(seconds=min(item.get("delaytimespan") or 0, 10 * 366 * 86400))
     zone = ZoneInfo(tz)
     due = _naive_utc(due_local, zone)
     return {

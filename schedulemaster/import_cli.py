@@ -34,6 +34,7 @@ CHECKLIST = """Next steps:
 BATCH = {"settings": 100, "users": 200, "tasks": 50, "delayed": 500, "history": 500}
 DONE = ("created", "updated", "kept")
 EXIT_INCOMPLETE = 3
+MAX_BATCH_BYTES = 16 * 1024 * 1024  # a quarter of the master's limit per request (import_api.MAX_BODY)
 
 
 class TargetError(Exception):
@@ -257,7 +258,7 @@ def _send_history(progress, tgt: Target, plan, source: str) -> None:
         if tgt.options["dry_run"]:
             counts["created"] += len(batch)
         else:
-            for outcome in tgt.send("history", batch):
+            for outcome in (o for part in _by_size(batch) for o in tgt.send("history", part)):
                 ok = outcome["action"] in DONE
                 counts[outcome["action"] if ok and outcome["action"] != "updated" else "failed"] += 1
                 if not ok and len(failures) < 20:
@@ -267,6 +268,21 @@ def _send_history(progress, tgt: Target, plan, source: str) -> None:
     progress.update(bar, completed=total)
     plan.history_result = {"runs": counts["created"], "kept": counts["kept"], "failed": counts["failed"],
                            "skipped": max(0, total - sent), "failures": failures}
+
+
+def _by_size(batch: list[dict[str, Any]], limit: int = MAX_BATCH_BYTES) -> list[list[dict[str, Any]]]:
+    """Split a history batch so that no request body passes ``limit`` (traces carry up to 50
+    log lines each, and a stack trace can be long)."""
+    parts: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for item in batch:
+        n = len(json.dumps(item, default=_json_default, ensure_ascii=False).encode())
+        if parts[-1] and size + n > limit:
+            parts.append([])
+            size = 0
+        parts[-1].append(item)
+        size += n
+    return parts
 
 
 _ACTIONS = ("created", "updated", "kept", "conflict", "failed", "cannot", "skip")

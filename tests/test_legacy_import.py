@@ -337,12 +337,26 @@ def task_item(**fields) -> dict:
     ("history", {"items": [{"traceid": str(uuid.uuid4()), "scheduleid": str(uuid.uuid4()),
                             "starttime": "2024-01-01T00:00:00", "logs": [{"message": "m"}]}]}),
     ("nothing", {"items": []}),
+    ("history", b"[" + b" " * (64 * 1024 * 1024) + b"]"),  # over the body limit: 413
 ])
 def test_the_import_endpoints_refuse_malformed_bodies_whole(target, kind, body):
     before = task_count(target)
     r = import_post(target, kind, body)
-    assert r.status_code in (404, 422), r.text
+    assert r.status_code in (404, 413, 422), r.text
     assert task_count(target) == before
+
+
+def test_a_delayed_row_that_cannot_fire_is_refused_alone(target):
+    base = {"sourceapp": "a", "topic": "t", "contentkey": "k", "createtime": "2024-01-01T00:00:00", "status": 2,
+            "notifyurl": "http://127.0.0.1:9/cb", "notifydatatype": "application/json", "notifybody": "{}"}
+    no_time = {**base, "id": str(uuid.uuid4()), "pattern": "Absolute"}
+    huge_span = {**base, "id": str(uuid.uuid4()), "delaytimespan": 2**31 - 1}
+    r = import_post(target, "delayed", {"items": [no_time, huge_span]})
+    assert r.status_code == 200, r.text
+    first, second = r.json()["outcomes"]
+    assert first["action"] == "failed" and "DelayAbsoluteTime" in first["message"]
+    assert second["action"] == "created"
+    assert legacy(target, "GET", "DelayTask/QueryDetail", params={"id": no_time["id"]}).json()["Data"] is None
 
 
 def test_a_hostile_row_is_refused_and_the_rest_of_its_batch_goes_on(target):
