@@ -68,6 +68,7 @@ class TaskItem(_Item):
     contenttype: str | None = Field(default=None, max_length=50)
     headers: str | None = Field(default=None, max_length=20_000)
     body: str | None = Field(default=None, max_length=1_000_000)
+    sourcefp: str | None = Field(default=None, max_length=64)  # the CLI's fingerprint of the original's row
 
 
 class DelayedItem(_Item):

@@ -47,6 +47,7 @@ log = logging.getLogger("schedulemaster.import")
 TASK_CONTENT = ("Title", "MetaType", "Remark", "RunLoop", "CronExpression", "AssemblyName", "ClassName",
                 "CustomParamsJson", "StartDate", "EndDate", "Keepers", "Nexts", "Executors", "Http", "TimeZone")
 USER_CONTENT = ("username", "password", "realname", "phone", "email", "status")
+HISTORY_TRANSACTION = 100  # runs (with their logs) per transaction
 
 
 class ImportLedger(SQLModel, table=True):
@@ -118,9 +119,10 @@ class ImportTarget:
     """Every write of an import, item by item. ``service`` gives the master's TaskService
     (the legacy API's own validation and Start), or None while the master is starting."""
 
-    def __init__(self, store: Store, service: Callable[[], Any], on_settings_saved=None):
+    def __init__(self, store: Store, service: Callable[[], Any], timezone_name: str, on_settings_saved=None):
         self.store = store
         self.service = service
+        self.tz = timezone_name  # the system's zone: the original's times are read in it by default
         self.on_settings_saved = on_settings_saved
         self._lock = asyncio.Lock()  # one import at a time: the ledger is read, then written
 
@@ -186,7 +188,14 @@ class ImportTarget:
                     await asyncio.to_thread(self._remember_alone, "setting", key, fp, fp)
                 out.append(Outcome("setting", key, _PAST[action], why))
             if changed and self.on_settings_saved is not None:
-                await self.on_settings_saved()
+                try:
+                    await self.on_settings_saved()
+                except Exception as exc:  # saved here all the same; nodes see them at the next save
+                    log.exception("mirroring the imported settings to the nodes failed")
+                    for o in out:
+                        if o.action == "updated":
+                            o.message = "; ".join(filter(None, [o.message, f"saved, but not yet mirrored to "
+                                                                f"the nodes ({_short(exc)})"]))
             return out
 
     # ---- users ------------------------------------------------------------------------
@@ -196,9 +205,13 @@ class ImportTarget:
             return await asyncio.to_thread(self._users, items, opts, zone)
 
     def _users(self, items: list[dict[str, Any]], opts: Options, zone: ZoneInfo) -> list[Outcome]:
-        from sqlalchemy import func, text
+        from sqlalchemy import text
 
         ledger = self._ledger("user", [i["username"].lower() for i in items])
+        with Session(self.store.engine) as s:
+            # names compared in Python: SQLite's lower() folds ASCII only, so "Иван" would
+            # not find "иван" and a re-run would create the account a second time
+            ids_by_name = {u.username.lower(): u.id for u in s.exec(select(SystemUser)).all()}
         out: list[Outcome] = []
         for item in items:
             key = item["username"].lower()
@@ -209,7 +222,11 @@ class ImportTarget:
             fp = fingerprint(content)
             try:
                 with Session(self.store.engine) as s:
-                    target = s.exec(select(SystemUser).where(func.lower(SystemUser.username) == key)).first()
+                    known = ledger.get(key)
+                    target = s.get(SystemUser, int(known.targetid)) if known and known.targetid else None
+                    if target is None or target.username.lower() != key:
+                        target_id = ids_by_name.get(key)
+                        target = s.get(SystemUser, target_id) if target_id is not None else None
                     target_fp = fingerprint({k: getattr(target, k) for k in USER_CONTENT}) if target else None
                     action, why = decide(target is not None, ledger.get(key), fp, fp, target_fp, opts.overwrite)
                     if target is not None:
@@ -233,17 +250,19 @@ class ImportTarget:
                         if action != "keep":
                             s.add(target)
                             s.flush()
+                        if action == "create" and not self.store.url.startswith("sqlite"):
+                            # an explicit id does not move PostgreSQL's sequence: the next account
+                            # created through the API would collide with it. Never moved back
+                            # (GREATEST with nextval), and in the same transaction as the insert.
+                            s.exec(text("SELECT setval(pg_get_serial_sequence('systemusers', 'id'), GREATEST("
+                                        "(SELECT max(id) FROM systemusers), "
+                                        "nextval(pg_get_serial_sequence('systemusers', 'id'))))"))
                         # a keep is remembered only the first time: a ledger row moved on
                         # a keep would hide a change made here from the next comparison
                         self._remember(s, "user", key, fp, fingerprint(content) if action != "keep" else target_fp,
                                        str(target.id))
                         s.commit()
-                        if action == "create" and not self.store.url.startswith("sqlite"):
-                            # an explicit id does not move PostgreSQL's sequence: the next
-                            # account created through the API would collide with it
-                            s.exec(text("SELECT setval(pg_get_serial_sequence('systemusers', 'id'), "
-                                        "(SELECT max(id) FROM systemusers))"))
-                            s.commit()
+                        ids_by_name[key] = target.id
                     out.append(Outcome("user", item["username"], _PAST[action], "; ".join(notes),
                                        str(target.id) if target is not None and target.id is not None else None))
             except Exception as exc:  # one bad row must not abort the others
@@ -318,7 +337,9 @@ class ImportTarget:
         spec["CreateUserId"], spec["CreateUserName"] = creator.id, item.get("createusername")
         if opts.timezone:
             spec["TimeZone"] = opts.timezone
-        source_fp = fingerprint(item)
+        # what the original has, before this target's mapping (see legacy_import.source_fingerprint)
+        source_fp = item.get("sourcefp") or fingerprint({k: v for k, v in item.items()
+                                                          if k not in ("status", "sourcefp")})
         would_fp = _task_fp(spec)
         target_fp = _task_fp(rec.spec) if rec else None
         action, why = decide(rec is not None, ledger, source_fp, would_fp, target_fp, opts.overwrite)
@@ -333,6 +354,7 @@ class ImportTarget:
             now = datetime.now(timezone.utc)
             records[key] = TaskRecord(task_id, spec["Title"], spec, Status.Stop, now, now)
         elif action == "update":
+            rec = await service.repo.read(task_id) or rec  # a Start or Edit made meanwhile stays
             spec["StartedAt"] = rec.spec.get("StartedAt")
             await service.repo.write(task_id, spec, rec.status, rename=spec["Title"] != rec.spec.get("Title"))
             records[key] = TaskRecord(task_id, spec["Title"], spec, rec.status, rec.created, rec.updated)
@@ -341,7 +363,11 @@ class ImportTarget:
             remember.append(("task", key, source_fp, _task_fp(written), key))
         status = Status.Stop if action == "create" else rec.status
         if opts.start and item.get("status") in (1, 2) and status == Status.Stop:
-            notes.append(await self._start(service, task_id, item["status"]))
+            try:
+                notes.append(await self._start(service, task_id, item["status"]))
+            except Exception as exc:  # the task is here all the same
+                log.exception("starting imported task %s failed", key)
+                notes.append(f"not started: {_short(exc)}")
         return Outcome("task", key, _PAST[action], "; ".join(n for n in notes if n), key)
 
     @staticmethod
@@ -370,8 +396,8 @@ class ImportTarget:
                     continue
                 try:
                     row = delayed_row(item, tz)
-                except ValueError as exc:
-                    out.append(Outcome("delayed", key, "failed", str(exc)))
+                except (ValueError, OverflowError) as exc:  # a date at the ends of the calendar
+                    out.append(Outcome("delayed", key, "failed", str(exc) or type(exc).__name__))
                     continue
                 rows.append(row)
                 note = "overdue: fires at once, marked late" if row["dueat"] < _utcnow() else ""
@@ -395,8 +421,7 @@ class ImportTarget:
             return set(conn.execute(select(T.c.id).where(T.c.id.in_(ids))).scalars())
 
     def _tz(self) -> str:
-        service = self.service()
-        return service.tz if service is not None else "UTC"
+        return self.tz
 
     # ---- history ----------------------------------------------------------------------
     async def history(self, items: list[dict[str, Any]], opts: Options) -> list[Outcome]:
@@ -407,9 +432,17 @@ class ImportTarget:
         out: list[Outcome] = []
         for item in items:
             key = str(item["traceid"])
-            start = _aware(item["starttime"], tz)
-            unfinished = item["endtime"] is None or item["endtime"].year < 1000
-            end = start if unfinished else max(_aware(item["endtime"], tz), start)
+            try:  # a time at the ends of the calendar cannot be stored as UTC: this trace alone fails
+                start = _aware(item["starttime"], tz)
+                start.astimezone(timezone.utc)
+                unfinished = item["endtime"] is None or item["endtime"].year < 1000
+                end = start if unfinished else max(_aware(item["endtime"], tz), start)
+                end.astimezone(timezone.utc)
+                for entry in item.get("logs") or []:
+                    _aware(entry["createtime"], tz).astimezone(timezone.utc)
+            except (OverflowError, ValueError) as exc:
+                out.append(Outcome("history", key, "failed", f"a time out of range: {exc}"))
+                continue
             result = item.get("result")
             message = {1: "imported: succeeded in the original", 2: "imported: failed in the original",
                        3: "imported: cancelled as a conflict (互斥取消) in the original"}.get(
@@ -425,9 +458,20 @@ class ImportTarget:
             out.append(Outcome("history", key, "created", "", key))
         if opts.dry_run:
             return out
+        kept: set[str] = set()
+        unknown: set[uuid.UUID] = set()
         async with self._lock:
-            kept, unknown = await write_history(runs)
-        for o, run in zip(out, runs):
+            # transactions of HISTORY_TRANSACTION runs: on SQLite a write transaction holds
+            # the one write lock, and node firings are recorded in between
+            for n in range(0, len(runs), HISTORY_TRANSACTION):
+                part_kept, part_unknown = await write_history(runs[n:n + HISTORY_TRANSACTION])
+                kept |= part_kept
+                unknown |= part_unknown
+        by_key = {r.firing_id: r for r in runs}
+        for o in out:
+            run = by_key.get(f"import:{o.key}")
+            if run is None:
+                continue  # failed above
             if run.firing_id in kept:
                 o.action = "kept"
             elif run.task_id in unknown:

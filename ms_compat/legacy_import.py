@@ -38,6 +38,18 @@ TABLES: dict[str, list[str]] = {
                     "lastlogintime"],
     "systemconfigs": ["key", "value"],
 }
+ORDER = {"schedules": "id", "schedulehttpoptions": "scheduleid", "schedulekeepers": "id", "schedulereferences": "id",
+         "scheduleexecutors": "id", "scheduledelayeds": "id", "systemusers": "id", "systemconfigs": "key"}
+# what the master accepts (ms_compat/import_api.py); a longer value is reported here, not sent
+LIMITS = {
+    "task": {"title": 100, "remark": 500, "cronexpression": 50, "assemblyname": 200, "classname": 200,
+             "customparamsjson": 20_000, "createusername": 50, "requesturl": 500, "method": 10,
+             "contenttype": 50, "headers": 20_000, "body": 1_000_000},
+    "delayed": {"sourceapp": 50, "topic": 100, "contentkey": 100, "createusername": 50, "remark": 255,
+                "notifyurl": 255, "notifydatatype": 50, "notifybody": 1000},
+    "user": {"email": 500},
+}
+LOG_MAX = 20_000  # characters of a log line (message and stack trace) carried over
 HISTORY_TABLES = {"scheduletraces": ["traceid", "scheduleid", "node", "starttime", "endtime", "elapsedtime", "result"],
                   "systemlogs": ["id", "category", "message", "stacktrace", "scheduleid", "node", "traceid",
                                  "createtime"]}
@@ -112,8 +124,10 @@ def read_source(url: str, timeout: int = 10) -> Snapshot:
                 raise SourceError("not the ScheduleMaster schema this import knows (v2.x): cannot read "
                                   + "; ".join(missing))
             for table, cols in TABLES.items():
+                # a fixed order: which edge of a Nexts cycle is dropped, and the order of
+                # keepers, children and executors, must not change between two runs
                 result = conn.execute(text(f"SELECT {', '.join(_quote(engine, c) for c in cols)} "
-                                           f"FROM {_quote(engine, table)}"))
+                                           f"FROM {_quote(engine, table)} ORDER BY {_quote(engine, ORDER[table])}"))
                 snap.rows[table] = [dict(zip(cols, r)) for r in result]
             for table in HISTORY_TABLES:
                 try:
@@ -167,6 +181,25 @@ def _guid(value: Any) -> str | None:
         return None
 
 
+def _too_long(kind: str, payload: dict[str, Any]) -> str | None:
+    for key, limit in LIMITS[kind].items():
+        value = payload.get(key)
+        if isinstance(value, str) and len(value) > limit:
+            return f"{key} is {len(value):,} characters; at most {limit:,} are kept here"
+    for key in ("executors",):
+        if any(len(v) > 100 for v in payload.get(key) or []):
+            return "an executor name is over 100 characters"
+    return None
+
+
+def source_fingerprint(payload: dict[str, Any]) -> str:
+    """The task as the original has it (status aside: starting or pausing it there is not an
+    edit), taken before the keepers are mapped and children dropped for this target."""
+    from schedulemaster.ms_compat.import_target import fingerprint
+
+    return fingerprint({k: v for k, v in payload.items() if k not in ("status", "sourcefp")})
+
+
 def plan_import(snap: Snapshot, *, known_configs: set[str], start: bool = False) -> Plan:
     """Judge every row of ``snap`` on its own, without looking at the target."""
     plan = Plan(history=dict(snap.history_counts))
@@ -202,6 +235,9 @@ def _plan_users(snap: Snapshot, plan: Plan) -> None:
         seen.add(name.lower())
         if u["status"] == 0:
             item.notes.append("disabled")
+        if (u["email"] or "") and len(u["email"]) > 500:
+            item.action, item.notes = "cannot", ["email is over 500 characters"]
+            continue
         item.payload = {"id": u["id"], "username": name, "password": pw, "realname": (u["realname"] or "")[:50],
                         "phone": (u["phone"] or None) and str(u["phone"])[:15], "email": u["email"] or None,
                         "status": 0 if u["status"] == 0 else 1, "createtime": u["createtime"] or datetime(2000, 1, 1),
@@ -264,9 +300,13 @@ def _plan_tasks(snap: Snapshot, plan: Plan, start: bool) -> None:
         if s["status"] in (1, 2) and item.action != "cannot":
             item.notes.append(("Running" if s["status"] == 1 else "Paused") + " in the original: "
                               + ("started after the import (--start)" if start else "comes in Stopped (use --start)"))
+        h = http.get(tid) or {}
+        too_long = _too_long("task", {**s, **h})
+        if too_long:
+            item.action = "cannot"
+            item.notes.append(too_long)
         if item.action == "cannot":
             continue
-        h = http.get(tid) or {}
         item.payload = {
             "id": tid, "title": s["title"], "metatype": s["metatype"], "remark": s["remark"],
             "runloop": bool(s["runloop"]), "cronexpression": s["cronexpression"],
@@ -296,6 +336,7 @@ def _plan_tasks(snap: Snapshot, plan: Plan, start: bool) -> None:
         items[parent].notes.append(f"child {child} dropped: it closes a cycle of Nexts")
     for tid, item in items.items():
         item.payload["nexts"] = graph[tid]
+        item.payload["sourcefp"] = source_fingerprint(item.payload)
     levels = _levels(graph)
     for tid, item in items.items():
         item.level = levels[tid]
@@ -366,6 +407,10 @@ def _plan_delayed(snap: Snapshot, plan: Plan) -> None:
             continue
         # the original kept one global pattern; its times are the workers' local wall times,
         # which the master turns into a due time (and says when it is already past)
+        too_long = _too_long("delayed", d)
+        if too_long:
+            item.action, item.notes = "cannot", [too_long]
+            continue
         item.payload = {
             "id": did, "sourceapp": d["sourceapp"] or "", "topic": d["topic"] or "", "contentkey": d["contentkey"] or "",
             "delaytimespan": max(0, d["delaytimespan"] or 0), "delayabsolutetime": d["delayabsolutetime"],
@@ -402,11 +447,13 @@ def iter_history(url: str, task_ids: set[str], batch: int = 200, timeout: int = 
                 for r in logs:
                     entry = dict(zip(log_cols, r))
                     by_trace.setdefault(_guid(entry.pop("traceid")), []).append(entry)
-                yield [{"traceid": _guid(t["traceid"]), "scheduleid": _guid(t["scheduleid"]), "node": t["node"],
+                yield [{"traceid": _guid(t["traceid"]), "scheduleid": _guid(t["scheduleid"]),
+                         "node": str(t["node"])[:100] if t["node"] else None,
                         "starttime": t["starttime"], "endtime": t["endtime"], "elapsedtime": t["elapsedtime"],
                         "result": t["result"], "logs": [
-                            {"category": e["category"], "message": str(e["message"] or ""),
-                             "stacktrace": e["stacktrace"], "createtime": e["createtime"] or t["starttime"]}
+                            {"category": e["category"], "message": str(e["message"] or "")[:LOG_MAX],
+                             "stacktrace": str(e["stacktrace"])[:LOG_MAX] if e["stacktrace"] else None,
+                             "createtime": e["createtime"] or t["starttime"]}
                             for e in by_trace.get(_guid(t["traceid"]), [])[:50]]}
                        for t in traces]
     finally:

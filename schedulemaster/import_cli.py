@@ -233,8 +233,10 @@ def _send_tasks(progress, tgt: Target, tasks, user_ids: dict[int, int]) -> None:
                 t.notes.append(f"keepers {lost_k} were not imported: dropped")
             p["keepers"] = [user_ids[k] for k in p["keepers"] if k in user_ids]
             p["createuserid"] = user_ids.get(p["createuserid"], p["createuserid"])
-        for n in range(0, len(todo), BATCH["tasks"]):
-            part = todo[n:n + BATCH["tasks"]]
+        # with --start a plugin's Start may wait up to a minute for its node: smaller requests
+        size = BATCH["tasks"] if not tgt.options["start"] else 5
+        for n in range(0, len(todo), size):
+            part = todo[n:n + size]
             for item, outcome in zip(part, tgt.send("tasks", [t.payload for t in part])):
                 item.action = outcome["action"]
                 item.target_id = outcome.get("target_id")

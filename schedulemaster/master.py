@@ -140,7 +140,8 @@ async def serve_master(settings: Settings) -> None:
     mailer = KeeperMailer(store)
     packages = PackageStore(settings.data_dir.resolve() / "plugins")
     prefect_app = create_prefect_app(final=True)
-    importer = ImportTarget(store, lambda: services.get("task"), lambda: mirror_settings(client, store))
+    importer = ImportTarget(store, lambda: services.get("task"), settings.timezone,
+                            lambda: mirror_settings(client, store))
     mount_record_api(prefect_app, mailer.task_failed, packages, importer)
     legacy_app = create_legacy_app(store, make_service, close, packages)
     servers = [_Server(prefect_app, settings.prefect_host, settings.prefect_port),

@@ -122,7 +122,8 @@ def fill(cur, schema: str, src: Source, receiver_url: str, now: datetime, quote:
              (2, "ops", md5(src.passwords["ops"]), "运维", "13800000000", "ops@example.com", 0),
              (3, "broken", "plaintext", "坏", None, None, 1),
              (4, "ghost", md5("x"), "已删除", None, None, -1),
-             (src.dev_id, "dev", md5(src.passwords["dev"]), "开发", None, "dev@example.com", 1)]
+             (src.dev_id, "dev", md5(src.passwords["dev"]), "开发", None, "dev@example.com", 1),
+             (8, "Иван", md5("привет"), "Иван Петров", None, "ivan@example.com", 1)]  # SQLite's lower() is ASCII
     cur.executemany("INSERT INTO systemusers (id, username, password, realname, phone, email, status, createtime) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", [u + (now,) for u in users])
     q = quote

@@ -140,6 +140,9 @@ def test_a_dry_run_says_what_would_happen_and_changes_nothing(source, target):
     assert task_count(target) == before and target.detail(source.HTTP) is None
     assert legacy(target, "GET", "Account/QueryList", headers=secret("dev", source.passwords["dev"]),
                   params={"pageNumber": 1, "pageSize": 10}).status_code == 401
+    configs = {c["Key"]: c["Value"] for c in legacy(target, "GET", "System/Configs").json()["Data"]}
+    assert configs["Http_RequestTimeout"] == "10" and configs["Email_SmtpServer"] == ""
+    assert legacy(target, "GET", "DelayTask/QueryDetail", params={"id": source.CREATED}).json()["Data"] is None
 
 
 def test_the_import_carries_tasks_users_settings_delayed_tasks_and_history(source, target, receiver):
@@ -196,13 +199,24 @@ def test_the_import_carries_tasks_users_settings_delayed_tasks_and_history(sourc
     assert target.detail(source.HTTP)["TotalRunCount"] == 1
 
 
-def test_running_it_again_duplicates_nothing(source, target):
+def accounts(system: System) -> list[dict]:
+    return legacy(system, "GET", "Account/QueryList", params={"pageNumber": 1, "pageSize": 100}).json()["Data"]["rows"]
+
+
+def test_running_it_again_duplicates_nothing(source, target, tmp_path):
     tasks = task_count(target)
     runs = len(target.flow_runs(source.HTTP))
-    r = run_import(target, "--from", source.url, "--with-history")
+    users = accounts(target)
+    r = run_import(target, "--from", source.url, "--with-history", "--report", str(tmp_path / "r.json"))
     assert r.returncode == 3, r.stdout + r.stderr
     assert "0 traces recorded as runs (with their logs), 3 already recorded" in r.stdout
     assert task_count(target) == tasks and len(target.flow_runs(source.HTTP)) == runs
+    assert accounts(target) == users and "Иван" in {u["UserName"] for u in users}
+    outcomes = {(i["kind"], i["action"]) for i in json.loads((tmp_path / "r.json").read_text())["items"]
+                if i["kind"] in ("task", "user", "setting", "delayed")}
+    assert outcomes <= {(k, a) for k in ("task", "user", "setting", "delayed") for a in ("kept", "cannot", "skip",
+                                                                                         "failed")}
+    assert ("task", "kept") in outcomes and ("user", "kept") in outcomes
     rows = legacy(target, "GET", "DelayTask/QueryList", params={"pageNumber": 1, "pageSize": 100,
                                                                 "sourceApp": "shop"}).json()["Data"]
     assert rows["total"] == 3
@@ -210,6 +224,9 @@ def test_running_it_again_duplicates_nothing(source, target):
 
 def test_changes_are_updated_and_changes_on_both_sides_are_conflicts(source, target):
     source_execute(source, "UPDATE schedules SET title = %s WHERE id = %s", "子任务（新）", source.CHILD)
+    # pausing a task in the original is not an edit: with an edit here it is no conflict
+    source_execute(source, "UPDATE schedules SET status = 2 WHERE id = %s", source.CYCLE_A)
+    assert edit(target, source.CYCLE_A, Title="循环A（这里改）")["Success"]
     assert edit(target, source.PAUSED, Title="这里改的")["Success"]
     source_execute(source, "UPDATE schedules SET title = %s WHERE id = %s", "循环B（原系统改）", source.CYCLE_B)
     assert edit(target, source.CYCLE_B, Title="循环B（这里改）")["Success"]
@@ -220,6 +237,8 @@ def test_changes_are_updated_and_changes_on_both_sides_are_conflicts(source, tar
     assert target.detail(source.CYCLE_B)["Title"] == "循环B（这里改）"      # both: conflict
     row = next(line for line in r.stdout.splitlines() if source.CYCLE_B in line)
     assert "conflict" in row and "changed in the original and here" in row
+    assert target.detail(source.CYCLE_A)["Title"] == "循环A（这里改）"
+    assert "conflict" not in next(line for line in r.stdout.splitlines() if source.CYCLE_A in line)
     r = run_import(target, "--from", source.url, "--overwrite")
     assert target.detail(source.CYCLE_B)["Title"] == "循环B（原系统改）"
     assert target.detail(source.PAUSED)["Title"] == "这里改的"  # a change made only here stays
@@ -321,6 +340,7 @@ def task_item(**fields) -> dict:
 
 
 @pytest.mark.parametrize("kind,body", [
+    ("tasks", {"items": []} | {"options": {"dry_run": "maybe"}}),
     ("tasks", b"{not json"),
     ("tasks", {"items": [task_item(id="not-a-guid")]}),
     ("tasks", {"items": [task_item(title="x" * 101)]}),
@@ -340,10 +360,11 @@ def task_item(**fields) -> dict:
     ("history", b"[" + b" " * (64 * 1024 * 1024) + b"]"),  # over the body limit: 413
 ])
 def test_the_import_endpoints_refuse_malformed_bodies_whole(target, kind, body):
-    before = task_count(target)
+    before = task_count(target), accounts(target)
     r = import_post(target, kind, body)
-    assert r.status_code in (404, 413, 422), r.text
-    assert task_count(target) == before
+    expected = 404 if kind == "nothing" else 413 if isinstance(body, bytes) and len(body) > 1000 else 422
+    assert r.status_code == expected, r.text
+    assert (task_count(target), accounts(target)) == before
 
 
 def test_a_delayed_row_that_cannot_fire_is_refused_alone(target):
@@ -381,8 +402,8 @@ def pg_source(receiver):
         admin.execute(f'CREATE DATABASE "{db}"')
     src = Source(url=f"postgresql://postgres@127.0.0.1:5432/{db}")
     src.passwords["admin"] = "原系统的密码"  # the original's admin had changed the default
-    with psycopg.connect(src.url, autocommit=True) as conn:
-        fill(conn.cursor(), POSTGRES_SCHEMA, src, receiver.url("/pg"), local_now(), quote='"')
+    with psycopg.connect(src.url, autocommit=True) as conn:  # this original ran on UTC wall clocks
+        fill(conn.cursor(), POSTGRES_SCHEMA, src, receiver.url("/pg"), datetime.utcnow(), quote='"')
     yield src
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
@@ -400,7 +421,7 @@ def pg_target(tmp_path_factory):
 
 
 def test_the_same_import_from_postgresql_into_a_postgresql_store(pg_source, pg_target, receiver):
-    r = run_import(pg_target, "--from", pg_source.url, "--with-history")
+    r = run_import(pg_target, "--from", pg_source.url, "--with-history", "--source-timezone", "UTC")
     assert r.returncode == 3, r.stdout + r.stderr
     # the admin secret computed the original way (from the original's password) works; the default does not
     admin = secret("admin", pg_source.passwords["admin"])
@@ -420,14 +441,21 @@ def test_the_same_import_from_postgresql_into_a_postgresql_store(pg_source, pg_t
     assert made["Success"], made
     ids = [u["Id"] for u in legacy(pg_target, "GET", "Account/QueryList", headers=dev,
                                    params={"pageNumber": 1, "pageSize": 50}).json()["Data"]["rows"]]
-    assert len(ids) == len(set(ids)) and max(ids) > pg_source.dev_id
+    assert len(ids) == len(set(ids)) and max(ids) > 8  # dev is 7, Иван 8
     assert receiver.wait_for("/pg/late", 1, timeout=60)[0].headers["idempotency-key"] == pg_source.READY_LATE
     created = legacy(pg_target, "GET", "DelayTask/QueryDetail", headers=admin,
                      params={"id": pg_source.CREATED}).json()["Data"]
     assert created["Status"] == 2 and created["ContentKey"] == "A2"
+    # due an hour after its (UTC) creation, shown in this system's zone
+    due = datetime.fromisoformat(created["NextAttemptTime"].replace(" ", "T")).replace(tzinfo=ZoneInfo(TZ))
+    expected = datetime.now(ZoneInfo("UTC")) + timedelta(hours=1)
+    assert abs((due - expected).total_seconds()) < 120, (due, expected)
     assert len(pg_target.flow_runs(pg_source.HTTP)) == 3
-    r = run_import(pg_target, "--from", pg_source.url, "--with-history")
+    r = run_import(pg_target, "--from", pg_source.url, "--with-history", "--source-timezone", "UTC")
     assert "3 already recorded" in r.stdout and len(pg_target.flow_runs(pg_source.HTTP)) == 3
+    names = [u["UserName"] for u in legacy(pg_target, "GET", "Account/QueryList", headers=dev,
+                                           params={"pageNumber": 1, "pageSize": 50}).json()["Data"]["rows"]]
+    assert names.count("Иван") == 1
 
 
 def test_the_import_door_is_guarded_by_prefects_auth_string(source, tmp_path):
