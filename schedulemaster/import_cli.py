@@ -131,6 +131,9 @@ def import_command(
         except Exception:
             typer.echo(f"error: unknown time zone {source_tz!r} (an IANA name, e.g. Asia/Shanghai)", err=True)
             raise typer.Exit(2)
+    if report is not None and not (report.parent.is_dir() and os.access(report.parent, os.W_OK)):
+        typer.echo(f"error: --report {report}: its folder does not exist or is not writable", err=True)
+        raise typer.Exit(2)
     t0 = time.monotonic()
     with console.status("reading the original's database..."):
         try:

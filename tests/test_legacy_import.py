@@ -325,6 +325,8 @@ def test_a_target_that_is_down_changes_nothing_and_says_so(source, tmp_path):
     assert r.returncode == 3 and "judges the original's rows only" in r.stdout
     r = run_import(None, "--from", source.url, "--source-timezone", "Mars/Olympus")
     assert r.returncode == 2 and "unknown time zone" in r.stderr
+    r = run_import(None, "--from", source.url, "--report", str(tmp_path / "no" / "such" / "r.json"))
+    assert r.returncode == 2 and "--report" in r.stderr
 
 
 def import_post(system: System, kind: str, body, **kw) -> httpx.Response:
