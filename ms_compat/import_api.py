@@ -9,6 +9,7 @@ written on its own by ``ImportTarget``, so a bad row is reported and the others 
 
 # no `from __future__ import annotations`: the batch models are built in a function, and
 # pydantic/FastAPI must see their real annotations, not strings naming local variables
+import logging
 from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -17,6 +18,8 @@ from fastapi import APIRouter, FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from schedulemaster.ms_compat.import_target import ImportTarget, Options
+
+log = logging.getLogger("schedulemaster.import")
 
 MAX_ITEMS = 500
 MAX_BODY = 64 * 1024 * 1024  # a batch; the CLI keeps its batches under a quarter of it
@@ -188,6 +191,10 @@ def create_import_app(target: ImportTarget) -> FastAPI:
                 outcomes = await getattr(target, method)([i.model_dump() for i in batch.items], opts)
             except RuntimeError as exc:  # the master is still starting
                 raise HTTPException(503, str(exc)) from None
+            except Exception as exc:  # e.g. the database is away: items already done stay done
+                log.exception("an import batch (%s) failed", method)
+                raise HTTPException(503, f"the master could not take this batch: {type(exc).__name__}: "
+                                         f"{str(exc)[:300]}") from None
             return {"outcomes": [o.as_dict() for o in outcomes]}
 
         return handle

@@ -182,7 +182,12 @@ class ImportTarget:
                             s.add(row)
                             self._remember(s, "setting", key, fp, fp)
                             s.commit()
-                    await asyncio.to_thread(write)
+                    try:
+                        await asyncio.to_thread(write)
+                    except Exception as exc:  # the store refused it: this setting alone fails
+                        log.exception("importing setting %s failed", key)
+                        out.append(Outcome("setting", key, "failed", _short(exc)))
+                        continue
                     changed = True
                 elif action == "keep" and not opts.dry_run and key not in ledger:
                     await asyncio.to_thread(self._remember_alone, "setting", key, fp, fp)
@@ -463,8 +468,15 @@ class ImportTarget:
         async with self._lock:
             # transactions of HISTORY_TRANSACTION runs: on SQLite a write transaction holds
             # the one write lock, and node firings are recorded in between
+            broken: dict[str, str] = {}
             for n in range(0, len(runs), HISTORY_TRANSACTION):
-                part_kept, part_unknown = await write_history(runs[n:n + HISTORY_TRANSACTION])
+                part = runs[n:n + HISTORY_TRANSACTION]
+                try:
+                    part_kept, part_unknown = await write_history(part)
+                except Exception as exc:  # the database refused the transaction: its runs fail, not the batch
+                    log.exception("importing %d traces failed", len(part))
+                    broken.update({r.firing_id: _short(exc) for r in part})
+                    continue
                 kept |= part_kept
                 unknown |= part_unknown
         by_key = {r.firing_id: r for r in runs}
@@ -472,7 +484,9 @@ class ImportTarget:
             run = by_key.get(f"import:{o.key}")
             if run is None:
                 continue  # failed above
-            if run.firing_id in kept:
+            if run.firing_id in broken:
+                o.action, o.message = "failed", broken[run.firing_id]
+            elif run.firing_id in kept:
                 o.action = "kept"
             elif run.task_id in unknown:
                 o.action, o.message = "failed", "its task is not here"
