@@ -70,6 +70,29 @@ def to_local(value: datetime | None, tz: str) -> datetime | None:
     return value.replace(tzinfo=timezone.utc).astimezone(ZoneInfo(tz)).replace(tzinfo=None)
 
 
+TEXT_FIELDS = ("SourceApp", "Topic", "ContentKey", "NotifyUrl", "NotifyDataType", "NotifyBody", "Remark")
+
+
+def unsendable(url: str, data_type: str, body: str, executors: list[str],
+               texts: dict[str, str | None]) -> str | None:
+    """Why a delayed task could never be sent or stored, or None. Shared by Create and by the
+    import of an original database (ms_compat/import_target.py)."""
+    try:
+        cb.check_url(url.strip())
+        if data_type.strip().lower() == cb.FORM:
+            cb.form_pairs(body.replace("\r\n", ""))
+    except cb.CallbackError as exc:
+        return str(exc)
+    if any(len(e) > 100 or "," in e for e in executors):
+        return "Executors 中的节点名最长 100 个字符，且不能含逗号"
+    if len(",".join(executors)) > 2000:
+        return "Executors 合计最长 2000 个字符"
+    for key, value in texts.items():
+        if "\x00" in (value or ""):  # PostgreSQL cannot store it; no receiver wants it
+            return f"{key} 不能包含 NUL (\\0) 字符"
+    return None
+
+
 def row_for_create(m: dict[str, Any], user: SystemUser, tz: str, default_pattern: str,
                    now: datetime) -> dict[str, Any]:
     """The row a bound ScheduleDelayedInfo becomes; raises Refused for what cannot run."""
@@ -90,20 +113,11 @@ def row_for_create(m: dict[str, Any], user: SystemUser, tz: str, default_pattern
             raise Refused("任务启动失败！DelayAbsoluteTime 早于当前时间")
         if due > now + timedelta(seconds=MAX_SPAN_SECONDS):
             raise Refused("DelayAbsoluteTime 不能晚于十年之后")
-    try:
-        cb.check_url(m["NotifyUrl"].strip())
-        if m["NotifyDataType"].strip().lower() == cb.FORM:
-            cb.form_pairs(m["NotifyBody"].replace("\r\n", ""))
-    except cb.CallbackError as exc:
-        raise Refused(str(exc)) from None
     executors = [e.strip() for e in m.get("Executors") or [] if e and e.strip()]
-    if any(len(e) > 100 or "," in e for e in executors):
-        raise Refused("Executors 中的节点名最长 100 个字符，且不能含逗号")
-    if len(",".join(executors)) > 2000:
-        raise Refused("Executors 合计最长 2000 个字符")
-    for key in ("SourceApp", "Topic", "ContentKey", "NotifyUrl", "NotifyDataType", "NotifyBody", "Remark"):
-        if "\x00" in (m.get(key) or ""):  # PostgreSQL cannot store it; no receiver wants it
-            raise Refused(f"{key} 不能包含 NUL (\\0) 字符")
+    problem = unsendable(m["NotifyUrl"], m["NotifyDataType"], m["NotifyBody"], executors,
+                         {k: m.get(k) for k in TEXT_FIELDS})
+    if problem:
+        raise Refused(problem)
     given = m.get("Id")
     task_id = str(given) if given is not None and given != EMPTY_GUID else str(uuid.uuid4())
     return {

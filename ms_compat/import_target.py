@@ -39,6 +39,8 @@ from zoneinfo import ZoneInfo
 from pydantic import NaiveDatetime
 from sqlmodel import Field, Session, SQLModel, select
 
+from schedulemaster.ms_compat.delayed_api import to_utc
+from schedulemaster.ms_compat.delayed_store import utcnow
 from schedulemaster.ms_compat.store import Store, SystemUser
 
 log = logging.getLogger("schedulemaster.import")
@@ -60,7 +62,7 @@ class ImportLedger(SQLModel, table=True):
     sourcefp: str = Field(max_length=64)
     targetfp: str = Field(max_length=64)
     targetid: Optional[str] = Field(default=None, max_length=64)
-    importedat: NaiveDatetime = Field(default_factory=lambda: datetime.now(timezone.utc).replace(tzinfo=None))
+    importedat: NaiveDatetime = Field(default_factory=utcnow)
 
 
 def fingerprint(value: Any) -> str:
@@ -139,7 +141,7 @@ class ImportTarget:
                   target_id: str | None = None) -> None:
         row = session.get(ImportLedger, (kind, key)) or ImportLedger(kind=kind, key=key, sourcefp="", targetfp="")
         row.sourcefp, row.targetfp, row.targetid = source_fp, target_fp, target_id
-        row.importedat = datetime.now(timezone.utc).replace(tzinfo=None)
+        row.importedat = utcnow()
         session.add(row)
 
     def _remember_alone(self, kind: str, key: str, source_fp: str, target_fp: str, target_id: str | None = None):
@@ -205,7 +207,7 @@ class ImportTarget:
 
     # ---- users ------------------------------------------------------------------------
     async def users(self, items: list[dict[str, Any]], opts: Options) -> list[Outcome]:
-        zone = ZoneInfo(opts.timezone or self._tz())
+        zone = ZoneInfo(opts.timezone or self.tz)
         async with self._lock:
             return await asyncio.to_thread(self._users, items, opts, zone)
 
@@ -308,6 +310,7 @@ class ImportTarget:
     async def _task(self, service, item: dict[str, Any], ledger: ImportLedger | None, opts: Options,
                     records: dict[str, Any], remember: list[tuple[str, str, str, str, str]]) -> Outcome:
         from schedulemaster.deployments.tasks import Status, TaskRecord
+        from schedulemaster.ms_compat.legacy_import import source_fingerprint
         from schedulemaster.ms_compat.task_api import TaskError
 
         task_id = uuid.UUID(str(item["id"]))
@@ -342,9 +345,8 @@ class ImportTarget:
         spec["CreateUserId"], spec["CreateUserName"] = creator.id, item.get("createusername")
         if opts.timezone:
             spec["TimeZone"] = opts.timezone
-        # what the original has, before this target's mapping (see legacy_import.source_fingerprint)
-        source_fp = item.get("sourcefp") or fingerprint({k: v for k, v in item.items()
-                                                          if k not in ("status", "sourcefp")})
+        # what the original has, before this target's mapping (the CLI sends it)
+        source_fp = item.get("sourcefp") or source_fingerprint(item)
         would_fp = _task_fp(spec)
         target_fp = _task_fp(rec.spec) if rec else None
         action, why = decide(rec is not None, ledger, source_fp, would_fp, target_fp, opts.overwrite)
@@ -389,7 +391,7 @@ class ImportTarget:
     async def delayed(self, items: list[dict[str, Any]], opts: Options) -> list[Outcome]:
         """Pending callbacks keep their ids and due times. One already here is kept as it
         is: it may have fired or been retried since, and this system's row is the truth."""
-        tz = opts.timezone or self._tz()
+        tz = opts.timezone or self.tz
         async with self._lock:
             existing = await asyncio.to_thread(self._existing_delayed, [str(i["id"]) for i in items])
             out: list[Outcome] = []
@@ -405,7 +407,7 @@ class ImportTarget:
                     out.append(Outcome("delayed", key, "failed", str(exc) or type(exc).__name__))
                     continue
                 rows.append(row)
-                note = "overdue: fires at once, marked late" if row["dueat"] < _utcnow() else ""
+                note = "overdue: fires at once, marked late" if row["dueat"] < utcnow() else ""
                 if item["status"] == 1:
                     note = "; ".join(filter(None, ["Created (not yet queued) in the original: Ready here", note]))
                 out.append(Outcome("delayed", key, "created", note, key))
@@ -425,14 +427,11 @@ class ImportTarget:
         with self.store.engine.connect() as conn:
             return set(conn.execute(select(T.c.id).where(T.c.id.in_(ids))).scalars())
 
-    def _tz(self) -> str:
-        return self.tz
-
     # ---- history ----------------------------------------------------------------------
     async def history(self, items: list[dict[str, Any]], opts: Options) -> list[Outcome]:
         """Traces become finished flow runs of their tasks, with their log lines; the trace id
         is the run's idempotency key, so a re-run adds nothing."""
-        tz = ZoneInfo(opts.timezone or self._tz())
+        tz = ZoneInfo(opts.timezone or self.tz)
         runs: list[HistoricalRun] = []
         out: list[Outcome] = []
         for item in items:
@@ -589,37 +588,31 @@ async def _recorded(firing_ids: list[str]) -> set[str]:
 
 def delayed_row(item: dict[str, Any], tz: str) -> dict[str, Any]:
     """The store row of a pending delayed task of the original (times given in ``tz``)."""
-    from schedulemaster.flows import delayed_callback as cb
+    from schedulemaster.ms_compat.delayed_api import TEXT_FIELDS, unsendable
     from schedulemaster.ms_compat.delayed_store import host_of
 
     url = (item.get("notifyurl") or "").strip()
-    try:
-        cb.check_url(url)
-        if (item.get("notifydatatype") or "").strip().lower() == cb.FORM:
-            cb.form_pairs((item.get("notifybody") or "").replace("\r\n", ""))
-    except cb.CallbackError as exc:
-        raise ValueError(str(exc)) from None
-    for k in ("sourceapp", "topic", "contentkey", "notifyurl", "notifydatatype", "notifybody", "remark"):
-        if "\x00" in (item.get(k) or ""):
-            raise ValueError(f"{k} contains a NUL character")
+    problem = unsendable(url, item.get("notifydatatype") or "", item.get("notifybody") or "",
+                         list(item.get("executors") or []), {k: item.get(k.lower()) for k in TEXT_FIELDS})
+    if problem:
+        raise ValueError(problem)
     if item.get("pattern") == "Absolute":
         due_local = item.get("delayabsolutetime")
         if due_local is None:
             raise ValueError("Absolute pattern without a DelayAbsoluteTime")
     else:
         due_local = item["createtime"] + timedelta(seconds=min(item.get("delaytimespan") or 0, 10 * 366 * 86400))
-    zone = ZoneInfo(tz)
-    due = _naive_utc(due_local, zone)
+    due = to_utc(due_local, tz)
     return {
         "id": str(item["id"]), "sourceapp": item["sourceapp"], "topic": item["topic"],
         "contentkey": item["contentkey"], "delaytimespan": item.get("delaytimespan") or 0,
-        "delayabsolutetime": due, "createtime": _naive_utc(item["createtime"], zone),
+        "delayabsolutetime": due, "createtime": to_utc(item["createtime"], tz),
         "createusername": item.get("createusername"), "status": 2, "failedretrys": item.get("failedretrys") or 0,
         "remark": item.get("remark"), "notifyurl": url, "notifydatatype": item["notifydatatype"].strip(),
         "notifybody": item.get("notifybody") or "", "executors": ",".join(item.get("executors") or []) or None,
         "pattern": item.get("pattern") or "Relative", "notifyhost": host_of(url), "dueat": due,
         "claimedby": None, "claimseq": 0, "leaseuntil": None, "manual": False, "attempts": 0,
-        "executetime": _naive_utc(item["executetime"], zone) if item.get("executetime") else None,
+        "executetime": to_utc(item["executetime"], tz) if item.get("executetime") else None,
         "finishtime": None,
     }
 
@@ -636,17 +629,6 @@ def _task_fp(spec: dict[str, Any]) -> str:
 
 def _aware(value: datetime, tz: ZoneInfo) -> datetime:
     return value.replace(tzinfo=tz) if value.tzinfo is None else value
-
-
-def _naive_utc(value: datetime, zone: ZoneInfo) -> datetime:
-    try:
-        return _aware(value, zone).astimezone(timezone.utc).replace(tzinfo=None)
-    except OverflowError:
-        return datetime.min if value.year < 5000 else datetime.max
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def _short(exc: BaseException) -> str:

@@ -244,6 +244,14 @@ def _plan_users(snap: Snapshot, plan: Plan) -> None:
                         "lastlogintime": u["lastlogintime"]}
 
 
+def _executors(snap: Snapshot) -> dict[str | None, list[str]]:
+    """scheduleexecutors by schedule id; the original keyed tasks and delayed tasks alike there."""
+    out: dict[str | None, list[str]] = {}
+    for e in snap.rows["scheduleexecutors"]:
+        out.setdefault(_guid(e["scheduleid"]), []).append(str(e["workername"] or "").strip())
+    return out
+
+
 def _plan_tasks(snap: Snapshot, plan: Plan, start: bool) -> None:
     from schedulemaster.deployments import quartz
 
@@ -255,9 +263,7 @@ def _plan_tasks(snap: Snapshot, plan: Plan, start: bool) -> None:
     nexts: dict[str | None, list[str | None]] = {}
     for r in snap.rows["schedulereferences"]:
         nexts.setdefault(_guid(r["scheduleid"]), []).append(_guid(r["childid"]))
-    executors: dict[str | None, list[str]] = {}
-    for e in snap.rows["scheduleexecutors"]:
-        executors.setdefault(_guid(e["scheduleid"]), []).append(str(e["workername"] or "").strip())
+    executors = _executors(snap)
     items: dict[str, Item] = {}
     for s in snap.rows["schedules"]:
         tid = _guid(s["id"])
@@ -387,9 +393,7 @@ def _plan_delayed(snap: Snapshot, plan: Plan) -> None:
     pattern = next((str(c["value"]) for c in snap.rows["systemconfigs"] if c["key"] == "DelayTask_DelayPattern"),
                    "Relative")
     pattern = "Absolute" if pattern == "Absolute" else "Relative"
-    executors: dict[str | None, list[str]] = {}
-    for e in snap.rows["scheduleexecutors"]:
-        executors.setdefault(_guid(e["scheduleid"]), []).append(str(e["workername"] or "").strip())
+    executors = _executors(snap)
     for d in snap.rows["scheduledelayeds"]:
         if d["status"] not in (1, 2):
             continue  # voided, succeeded or failed: history, not work

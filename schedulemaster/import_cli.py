@@ -200,12 +200,17 @@ def _send_kind(progress, tgt: Target, kind: str, items, size: int | None = None)
     size = size or BATCH[kind]
     for n in range(0, len(todo), size):
         part = todo[n:n + size]
-        for item, outcome in zip(part, tgt.send(kind, [i.payload for i in part])):
-            item.action = outcome["action"]
-            item.target_id = outcome.get("target_id")
-            if outcome.get("message"):
-                item.notes.append(outcome["message"])
+        _apply_outcomes(part, tgt.send(kind, [i.payload for i in part]))
         progress.advance(bar, len(part))
+
+
+def _apply_outcomes(items, outcomes: list[dict[str, Any]]) -> None:
+    """What the master did with each item (same order as sent)."""
+    for item, outcome in zip(items, outcomes):
+        item.action = outcome["action"]
+        item.target_id = outcome.get("target_id")
+        if outcome.get("message"):
+            item.notes.append(outcome["message"])
 
 
 def _user_ids(users) -> dict[int, int]:
@@ -240,13 +245,8 @@ def _send_tasks(progress, tgt: Target, tasks, user_ids: dict[int, int]) -> None:
         size = BATCH["tasks"] if not tgt.options["start"] else 5
         for n in range(0, len(todo), size):
             part = todo[n:n + size]
-            for item, outcome in zip(part, tgt.send("tasks", [t.payload for t in part])):
-                item.action = outcome["action"]
-                item.target_id = outcome.get("target_id")
-                if outcome.get("message"):
-                    item.notes.append(outcome["message"])
-                if item.target_id:
-                    here.add(item.key)
+            _apply_outcomes(part, tgt.send("tasks", [t.payload for t in part]))
+            here.update(t.key for t in part if t.target_id)
             progress.advance(bar, len(part))
 
 
