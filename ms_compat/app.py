@@ -103,7 +103,8 @@ class _TooLarge(Exception):
 
 
 def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService]],
-               on_shutdown: Callable[[], Awaitable[None]] | None = None, packages=None) -> FastAPI:
+               on_shutdown: Callable[[], Awaitable[None]] | None = None, packages=None,
+               info: dict[str, Any] | None = None) -> FastAPI:
     auth = Authenticator(store)
     state: dict[str, Any] = {}
 
@@ -225,6 +226,16 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
                                    "Size": info.size})
 
         return await guarded(request, [], values, act)
+
+    @app.get("/api/system/info")
+    async def system_info(request: Request):
+        """Extension: where the Prefect API is and which zone cron runs in, so a client given
+        only this API's URL (``schedulemaster.connect``) finds the rest."""
+        async def act(_m, _user):
+            return R.ok("请求数据成功", {**(info or {}), "TimeZone": state["service"].tz,
+                                     "WorkPool": state["service"].work_pool})
+
+        return await guarded(request, [], FormValues([]), act)
 
     @app.get("/api/health")
     async def health():

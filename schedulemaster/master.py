@@ -92,6 +92,15 @@ def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None)
     api_app.router.routes.append(Mount("/schedulemaster", app=create_record_app(on_failure, packages)))
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("schedulemaster")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 async def wait_for_prefect(client, timeout: float = 120.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -143,7 +152,8 @@ async def serve_master(settings: Settings) -> None:
     importer = ImportTarget(store, lambda: services.get("task"), settings.timezone,
                             lambda: mirror_settings(client, store))
     mount_record_api(prefect_app, mailer.task_failed, packages, importer)
-    legacy_app = create_legacy_app(store, make_service, close, packages)
+    legacy_app = create_legacy_app(store, make_service, close, packages, info={
+        "PrefectApiUrl": settings.prefect_api_url, "Version": _version()})
     servers = [_Server(prefect_app, settings.prefect_host, settings.prefect_port),
                _Server(legacy_app, settings.api_host, settings.api_port)]
 

@@ -1,0 +1,426 @@
+"""What the system holds, as pandas DataFrames: tasks, runs, logs, nodes, delayed tasks, lateness.
+
+Columns are typed for ``groupby`` and plotting: times are tz-aware in the system's cron zone,
+statuses and kinds are categoricals with every possible value (so a count shows the zeros),
+counts are integers and durations float seconds. Runs come from Prefect page by page and
+stop at ``limit``, so asking for the last hour of a busy system does not load its year.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Iterator
+from uuid import UUID
+
+import pandas as pd
+
+from schedulemaster.connection import Connection, current
+from schedulemaster.deployments.tasks import FLOW_NAME, NODE_QUEUE_PREFIX, STOPPED_TAG
+from schedulemaster.handles import STATUS_NAMES, parse_span
+
+if TYPE_CHECKING:
+    from schedulemaster.handles import Task
+
+TASK_STATUSES = ["stopped", "running", "paused"]
+TASK_TYPES = ["plugin", "http"]
+RUN_KINDS = ["firing", "run-once", "child", "start", "imported", "other"]
+RUN_STATES = ["SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "CRASHED", "PAUSED",
+              "CANCELLING"]
+DELAYED_STATUSES = {0: "voided", 1: "created", 2: "ready", 3: "succeeded", 4: "failed"}
+PAGE = 200
+
+TASK_COLUMNS = ["task_id", "title", "type", "status", "cron", "run_loop", "start_date", "end_date",
+                "executors", "keepers", "nexts", "params", "url", "method", "module", "class_name",
+                "created", "last_run", "next_run", "total_runs", "remark"]
+RUN_COLUMNS = ["run_id", "task_id", "task", "name", "kind", "state", "message", "node", "scheduled",
+               "started", "ended", "duration_s", "lateness_s", "status_code", "tags"]
+NODE_COLUMNS = ["name", "status", "last_seen", "seconds_since_seen", "created", "pool"]
+DELAYED_COLUMNS = ["delayed_id", "source_app", "topic", "content_key", "status", "due", "pattern", "created",
+                   "executed", "finished", "next_attempt", "attempts", "failed_retries", "notify_url",
+                   "data_type", "executors", "created_by", "remark"]
+LATENESS_COLUMNS = ["task_id", "task", "firings", "p50_s", "p95_s", "p99_s", "max_s"]
+
+
+def _conn(conn: Connection | None) -> Connection:
+    return conn or current()
+
+
+def _since(value: str | timedelta | datetime | None, tz: str) -> datetime | None:
+    """``"1h"`` / a timedelta (that long ago) / a datetime (naive = the system's zone)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        from zoneinfo import ZoneInfo
+
+        return value if value.tzinfo else value.replace(tzinfo=ZoneInfo(tz))
+    return datetime.now(timezone.utc) - parse_span(value, "since")
+
+
+def _times(series: pd.Series, tz: str) -> pd.Series:
+    return pd.to_datetime(series, utc=True, errors="coerce", format="ISO8601").dt.tz_convert(tz)
+
+
+def _local_times(series: pd.Series, tz: str) -> pd.Series:
+    """The legacy API's wall times in ``tz`` ('yyyy-MM-dd HH:mm:ss', or ISO with a T where
+    the original serialized a nullable DateTime) as aware timestamps."""
+    parsed = pd.to_datetime(series, errors="coerce", format="ISO8601")
+    return parsed.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
+
+
+def _category(series: pd.Series, values: list[str]) -> pd.Series:
+    return pd.Categorical(series, categories=values)
+
+
+# ---- tasks ------------------------------------------------------------------------------
+
+def task_specs(conn: Connection | None = None) -> dict[str, dict[str, Any]]:
+    """Every task's spec by id (the ``task`` parameter of its deployment), with ``_status``."""
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    client = _conn(conn).prefect()
+    out: dict[str, dict[str, Any]] = {}
+    offset = 0
+    while True:
+        page = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+                                       limit=PAGE, offset=offset)
+        for dep in page:
+            spec = dict((dep.parameters or {}).get("task") or {})
+            spec["_status"] = "stopped" if STOPPED_TAG in (dep.tags or []) else \
+                "paused" if dep.paused else "running"
+            out[str(dep.id)] = spec
+        if len(page) < PAGE:
+            return out
+        offset += PAGE
+
+
+def tasks(conn: Connection | None = None) -> pd.DataFrame:
+    """Every task: its definition, status and run counts (QueryList's numbers)."""
+    import json
+
+    conn = _conn(conn)
+    specs = task_specs(conn)
+    stats = {r["Id"]: r for r in conn.legacy.iter_tasks()}
+    rows = []
+    for tid, s in specs.items():
+        st = stats.get(tid, {})
+        http = s.get("Http") or {}
+        try:
+            params = {p["ParamKey"]: p["ParamValue"] for p in json.loads(s.get("CustomParamsJson") or "[]")}
+        except (ValueError, TypeError, KeyError):
+            params = {}
+        rows.append({
+            "task_id": tid, "title": s.get("Title"), "type": "plugin" if s.get("MetaType") == 1 else "http",
+            "status": STATUS_NAMES.get(st.get("Status"), s["_status"]), "cron": s.get("CronExpression"),
+            "run_loop": bool(s.get("RunLoop")), "start_date": s.get("StartDate"), "end_date": s.get("EndDate"),
+            "executors": list(s.get("Executors") or []), "keepers": list(s.get("Keepers") or []),
+            "nexts": list(s.get("Nexts") or []), "params": params, "url": http.get("RequestUrl"),
+            "method": http.get("Method"), "module": s.get("AssemblyName"), "class_name": s.get("ClassName"),
+            "created": s.get("CreateTime"), "last_run": st.get("LastRunTime"), "next_run": st.get("NextRunTime"),
+            "total_runs": int(st.get("TotalRunCount") or 0), "remark": s.get("Remark")})
+    df = pd.DataFrame(rows, columns=TASK_COLUMNS)
+    tz = conn.timezone
+    for col in ("start_date", "end_date", "created"):
+        df[col] = _local_times(df[col], tz)
+    for col in ("last_run", "next_run"):
+        df[col] = _local_times(df[col], tz)
+    df["type"] = _category(df["type"], TASK_TYPES)
+    df["status"] = _category(df["status"], TASK_STATUSES)
+    df["run_loop"] = df["run_loop"].astype(bool)
+    df["total_runs"] = df["total_runs"].astype("int64")
+    for col in ("title", "cron", "url", "method", "module", "class_name", "remark"):
+        df[col] = df[col].astype("string")
+    return df.sort_values("title", ignore_index=True)
+
+
+# ---- runs -------------------------------------------------------------------------------
+
+def _kind(run: Any) -> str:
+    tags = set(run.tags or [])
+    if "sm:imported" in tags:
+        return "imported"
+    if "sm:start" in tags:
+        return "start"
+    if "sm:run-once" in tags:
+        return "run-once"
+    if (run.parameters or {}).get("fire") is not None:
+        return "firing"
+    if "sm:next" in tags:
+        return "child"
+    return "other"
+
+
+KIND_TAGS = {"imported": "sm:imported", "start": "sm:start", "run-once": "sm:run-once", "child": "sm:next"}
+
+
+def iter_runs(task: "Task | str | None" = None, since: Any = None, until: Any = None, kind: str | None = None,
+              state: str | None = None, page_size: int = PAGE,
+              conn: Connection | None = None) -> Iterator[list[Any]]:
+    """Pages of Prefect flow runs of tasks, newest scheduled instant first."""
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowFilter,
+                                                FlowFilterName, FlowRunFilter, FlowRunFilterExpectedStartTime,
+                                                FlowRunFilterState, FlowRunFilterStateType,
+                                                FlowRunFilterTags)
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    conn = _conn(conn)
+    if kind is not None and kind not in RUN_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(RUN_KINDS)}, got {kind!r}")
+    if state is not None and str(state).upper() not in RUN_STATES:
+        raise ValueError(f"state must be one of {', '.join(RUN_STATES)} (any case), got {state!r}")
+    if not isinstance(page_size, int) or not 1 <= page_size <= 200:
+        raise ValueError("page_size must be 1..200 (Prefect's limit per request)")
+    task_id = _task_id(task, conn)
+    after, before = _since(since, conn.timezone), _since(until, conn.timezone)
+    run_filter = FlowRunFilter(
+        expected_start_time=FlowRunFilterExpectedStartTime(after_=after, before_=before) if after or before else None,
+        tags=FlowRunFilterTags(all_=[KIND_TAGS[kind]]) if kind in KIND_TAGS else None,
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(str(state).upper())]))
+        if state else None)
+    dep_filter = DeploymentFilter(id=DeploymentFilterId(any_=[UUID(task_id)])) if task_id else None
+    client = conn.prefect()
+    offset = 0
+    while True:
+        page = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+                                     deployment_filter=dep_filter, flow_run_filter=run_filter,
+                                     sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=page_size, offset=offset)
+        if kind is not None and kind not in KIND_TAGS:
+            page_kept = [r for r in page if _kind(r) == kind]
+        else:
+            page_kept = page
+        if page_kept:
+            yield page_kept
+        if len(page) < page_size:
+            return
+        offset += page_size
+
+
+def _task_id(task: Any, conn: Connection) -> str | None:
+    if task is None:
+        return None
+    from schedulemaster.handles import Task, get_task
+
+    if isinstance(task, Task):
+        return task.id
+    if isinstance(task, UUID):
+        return str(task)
+    if isinstance(task, str):
+        try:
+            return str(UUID(task))
+        except ValueError:
+            return get_task(task).id
+    raise TypeError(f"task must be a Task, a title or an id, got {type(task).__name__}")
+
+
+def runs(task: "Task | str | None" = None, since: Any = None, until: Any = None, *, kind: str | None = None,
+         state: str | None = None, limit: int = 10_000, conn: Connection | None = None) -> pd.DataFrame:
+    """Runs of every task (or of ``task``: a Task, a title or an id), newest first.
+
+    ``since`` / ``until``: ``"1h"``, a timedelta or a datetime, on the scheduled instant.
+    ``kind``: firing (the node's scheduled firings), run-once, child, start, imported,
+    other (runs started from the UI). ``state``: COMPLETED, FAILED, ... At most ``limit`` rows
+    are read, a page of 200 at a time.
+    """
+    conn = _conn(conn)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"limit must be a positive whole number, got {limit!r}")
+    titles: dict[str, str] | None = None
+    rows: list[dict[str, Any]] = []
+    for page in iter_runs(task, since, until, kind, state, min(PAGE, limit), conn):
+        if titles is None:
+            titles = {tid: s.get("Title") for tid, s in task_specs(conn).items()}
+        for r in page:
+            fire = (r.parameters or {}).get("fire") or {}
+            started = r.start_time
+            scheduled = r.expected_start_time
+            lateness = fire.get("lateness_ms")
+            lateness_s = lateness / 1000 if lateness is not None else \
+                (started - scheduled).total_seconds() if started and scheduled else None
+            rows.append({
+                "run_id": str(r.id), "task_id": str(r.deployment_id) if r.deployment_id else None,
+                "task": titles.get(str(r.deployment_id)), "name": r.name, "kind": _kind(r),
+                "state": r.state.type.value if r.state else None, "message": (r.state.message if r.state else None),
+                "node": fire.get("node") or _node_of_queue(r.work_queue_name), "scheduled": scheduled,
+                "started": started, "ended": r.end_time,
+                "duration_s": r.total_run_time.total_seconds() if r.total_run_time is not None else None,
+                "lateness_s": lateness_s, "status_code": fire.get("status_code"), "tags": list(r.tags or [])})
+            if len(rows) >= limit:
+                break
+        if len(rows) >= limit:
+            break
+    return _runs_frame(rows, conn.timezone)
+
+
+def _node_of_queue(queue: str | None) -> str | None:
+    return queue[len(NODE_QUEUE_PREFIX):] if queue and queue.startswith(NODE_QUEUE_PREFIX) else None
+
+
+def _runs_frame(rows: list[dict[str, Any]], tz: str) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    for col in ("scheduled", "started", "ended"):
+        df[col] = _times(df[col], tz)
+    df["kind"] = _category(df["kind"], RUN_KINDS)
+    df["state"] = _category(df["state"], RUN_STATES)
+    for col in ("duration_s", "lateness_s"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    df["status_code"] = pd.to_numeric(df["status_code"], errors="coerce").astype("Int64")
+    for col in ("run_id", "task_id", "task", "name", "message", "node"):
+        df[col] = df[col].astype("string")
+    return df
+
+
+def logs(run: str | UUID | pd.Series, conn: Connection | None = None, limit: int = 10_000) -> pd.DataFrame:
+    """A run's log lines (time, level, logger, message), oldest first."""
+    import logging
+
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.sorting import LogSort
+
+    conn = _conn(conn)
+    run_id = run["run_id"] if isinstance(run, pd.Series) else run
+    try:
+        run_uuid = UUID(str(run_id))
+    except ValueError:
+        raise ValueError(f"not a run id: {run_id!r}") from None
+    client = conn.prefect()
+    rows, offset = [], 0
+    while len(rows) < limit:
+        page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_uuid])),
+                                limit=PAGE, offset=offset, sort=LogSort.TIMESTAMP_ASC)
+        rows += [{"time": entry.timestamp, "level": logging.getLevelName(entry.level), "logger": entry.name,
+                  "message": entry.message} for entry in page]
+        if len(page) < PAGE:
+            break
+        offset += PAGE
+    df = pd.DataFrame(rows[:limit], columns=["time", "level", "logger", "message"])
+    df["time"] = _times(df["time"], conn.timezone)
+    df["level"] = _category(df["level"], ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    df["message"] = df["message"].astype("string")
+    df["logger"] = df["logger"].astype("string")
+    return df
+
+
+# ---- nodes ------------------------------------------------------------------------------
+
+def _workers(conn: Connection) -> list[Any]:
+    client = conn.prefect()
+    out, offset = [], 0
+    while True:
+        page = client.read_workers_for_work_pool(conn.work_pool, limit=PAGE, offset=offset)
+        out += page
+        if len(page) < PAGE:
+            return out
+        offset += PAGE
+
+
+def node_names(conn: Connection | None = None) -> set[str]:
+    return {w.name for w in _workers(_conn(conn))}
+
+
+def nodes(conn: Connection | None = None) -> pd.DataFrame:
+    """The executor nodes (Prefect workers of the system's pool), online or not."""
+    conn = _conn(conn)
+    now = datetime.now(timezone.utc)
+    rows = [{"name": w.name, "status": (w.status.value if w.status else "OFFLINE").lower(),
+             "last_seen": w.last_heartbeat_time,
+             "seconds_since_seen": (now - w.last_heartbeat_time).total_seconds() if w.last_heartbeat_time else None,
+             "created": w.created, "pool": conn.work_pool} for w in _workers(conn)]
+    df = pd.DataFrame(rows, columns=NODE_COLUMNS)
+    df["status"] = _category(df["status"], ["online", "offline"])
+    for col in ("last_seen", "created"):
+        df[col] = _times(df[col], conn.timezone)
+    df["seconds_since_seen"] = pd.to_numeric(df["seconds_since_seen"], errors="coerce").astype("float64")
+    df["name"] = df["name"].astype("string")
+    df["pool"] = df["pool"].astype("string")
+    return df.sort_values("name", ignore_index=True)
+
+
+# ---- delayed tasks ----------------------------------------------------------------------
+
+def _delayed_status(status: str | int | None) -> int | None:
+    if status is None:
+        return None
+    if isinstance(status, int) and not isinstance(status, bool) and status in DELAYED_STATUSES:
+        return status
+    by_name = {v: k for k, v in DELAYED_STATUSES.items()}
+    if isinstance(status, str) and status.lower() in by_name:
+        return by_name[status.lower()]
+    raise ValueError(f"status must be one of {', '.join(DELAYED_STATUSES.values())} (or 0-4), got {status!r}")
+
+
+def delayed(status: str | int | None = None, topic: str | None = None, content_key: str | None = None,
+            source_app: str | None = None, since: Any = None, limit: int = 10_000,
+            conn: Connection | None = None) -> pd.DataFrame:
+    """Delayed tasks (DelayTask/QueryList), newest first; ``since`` filters on creation."""
+    conn = _conn(conn)
+    code = _delayed_status(status)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"limit must be a positive whole number, got {limit!r}")
+    start = _since(since, conn.timezone)
+    query: dict[str, Any] = {"status": code, "topic": topic, "contentKey": content_key, "sourceApp": source_app}
+    if start is not None:
+        from zoneinfo import ZoneInfo
+
+        query["startDate"] = start.astimezone(ZoneInfo(conn.timezone)).strftime("%Y-%m-%d %H:%M:%S")
+    rows = []
+    for r in conn.legacy.iter_delayed(page_size=min(500, limit), **query):
+        rows.append({"delayed_id": r.get("Id"), "source_app": r.get("SourceApp"), "topic": r.get("Topic"),
+                     "content_key": r.get("ContentKey"), "status": DELAYED_STATUSES.get(r.get("Status")),
+                     "due": r.get("DelayAbsoluteTime"), "pattern": r.get("DelayPattern"),
+                     "created": r.get("CreateTime"), "executed": r.get("ExecuteTime"),
+                     "finished": r.get("FinishTime"), "next_attempt": r.get("NextAttemptTime"),
+                     "attempts": r.get("Attempts") or 0, "failed_retries": r.get("FailedRetrys") or 0,
+                     "notify_url": r.get("NotifyUrl"), "data_type": r.get("NotifyDataType"),
+                     "executors": list(r.get("Executors") or []), "created_by": r.get("CreateUserName"),
+                     "remark": r.get("Remark")})
+        if len(rows) >= limit:
+            break
+    df = pd.DataFrame(rows, columns=DELAYED_COLUMNS)
+    for col in ("due", "created", "executed", "finished", "next_attempt"):
+        df[col] = _local_times(df[col], conn.timezone)
+    df["status"] = _category(df["status"], list(DELAYED_STATUSES.values()))
+    for col in ("attempts", "failed_retries"):
+        df[col] = df[col].astype("int64")
+    for col in ("delayed_id", "source_app", "topic", "content_key", "pattern", "notify_url", "data_type",
+                "created_by", "remark"):
+        df[col] = df[col].astype("string")
+    return df
+
+
+# ---- lateness ---------------------------------------------------------------------------
+
+def lateness(since: Any = "1h", task: "Task | str | None" = None, limit: int = 100_000,
+             conn: Connection | None = None) -> pd.DataFrame:
+    """Per task, how late its scheduled firings started: p50/p95/p99/max seconds over the
+    firings scheduled since ``since`` (lateness = started - scheduled, measured on the node)."""
+    df = runs(task=task, since=since, kind="firing", limit=limit, conn=conn)
+    if df.empty:
+        return pd.DataFrame({"task_id": pd.Series(dtype="string"), "task": pd.Series(dtype="string"),
+                             "firings": pd.Series(dtype="int64"),
+                             **{c: pd.Series(dtype="float64") for c in LATENESS_COLUMNS[3:]}})
+    grouped = df.groupby(["task_id", "task"], observed=True, dropna=False)["lateness_s"]
+    out = grouped.agg(firings="count", p50_s=lambda s: s.quantile(0.50), p95_s=lambda s: s.quantile(0.95),
+                      p99_s=lambda s: s.quantile(0.99), max_s="max").reset_index()
+    out["firings"] = out["firings"].astype("int64")
+    return out.sort_values("p99_s", ascending=False, ignore_index=True)[LATENESS_COLUMNS]
+
+
+def plot_lateness(since: Any = "1h", task: "Task | str | None" = None, ax: Any = None,
+                  conn: Connection | None = None):
+    """A box plot of firing lateness per task (matplotlib Axes)."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError("plot_lateness needs matplotlib: pip install matplotlib") from None
+    df = runs(task=task, since=since, kind="firing", conn=conn)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 0.5 + 0.4 * max(1, df["task"].nunique())))
+    if df.empty:
+        ax.set_title(f"no firings since {since}")
+        return ax
+    data = [g["lateness_s"].dropna().to_numpy() for _, g in df.groupby("task", observed=True)]
+    labels = [str(name) for name, _ in df.groupby("task", observed=True)]
+    ax.boxplot(data, vert=False, labels=labels)
+    ax.set_xlabel("lateness (s): started - scheduled")
+    ax.set_title(f"firing lateness since {since}")
+    return ax

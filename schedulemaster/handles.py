@@ -1,0 +1,538 @@
+"""Tasks as Python objects: ``@schedulemaster.task``, ``http_task``, ``delay`` and ``Task``.
+
+A task is named by its title (titles are unique), so running a notebook cell again finds
+the task the last run made and updates it instead of adding a second one. Every change
+goes through the legacy API, so a task made here obeys the same rules, answers the same
+errors and shows in the same places (the Prefect UI, QueryList) as one made by curl.
+
+Changes are idempotent: asking for the state a task is already in does nothing and returns
+that state; asking for what the original refused (pausing a stopped task) raises
+``LegacyError`` with the original's message. Editing needs a stopped task in the original;
+here a running or paused task is stopped, edited and put back in its state.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable
+from zoneinfo import ZoneInfo
+
+from schedulemaster.connection import Connection, current
+from schedulemaster.legacy_client import LegacyError
+
+STATUS_NAMES = {-1: "deleted", 0: "stopped", 1: "running", 2: "paused"}
+HTTP_FIELDS = {"RequestUrl": "HttpRequestUrl", "Method": "HttpMethod", "ContentType": "HttpContentType",
+               "Headers": "HttpHeaders", "Body": "HttpBody"}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_span(value: str | int | float | timedelta, what: str = "duration") -> timedelta:
+    """``30``, ``"30s"``, ``"5m"``, ``"1h"``, ``"7d"`` or a timedelta, as a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be seconds or a text like '30s', '5m', '1h', '7d', got {value!r}")
+    if isinstance(value, (int, float)):
+        return timedelta(seconds=value)
+    m = _DURATION.match(value) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"{what} must be seconds or a text like '30s', '5m', '1h', '7d', got {value!r}")
+    unit = m.group(2).lower() if m.group(2) else None
+    return timedelta(seconds=float(m.group(1)) * _UNITS[unit])
+
+
+def params_json(params: dict[str, Any] | None) -> str:
+    """Custom parameters as the original's CustomParamsJson (values as text, as it stored them)."""
+    if not params:
+        return "[]"
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of name -> value, got {type(params).__name__}")
+    rows = []
+    for key, value in params.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"a parameter name must be a non-empty string, got {key!r}")
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False) \
+            if isinstance(value, (dict, list)) else str(value)
+        rows.append({"ParamKey": key, "ParamValue": text, "ParamRemark": ""})
+    return json.dumps(rows, ensure_ascii=False)
+
+
+def check_cron(cron: str | None) -> None:
+    """The server's own Quartz parser, with its message, before anything is sent."""
+    from schedulemaster.deployments import quartz
+
+    if cron is None:
+        return
+    if not isinstance(cron, str):
+        raise TypeError(f"cron must be a Quartz expression string, got {type(cron).__name__}")
+    try:
+        quartz.parse(cron)
+    except quartz.CronError as exc:
+        raise ValueError(f"cron表达式验证失败：{exc} ({cron!r})") from None
+
+
+def check_executors(conn: Connection, executors: Iterable[str] | None) -> list[str]:
+    """Executors must name nodes this system knows (online or not); a typo would otherwise
+    leave the task with nowhere to run."""
+    names = [e for e in (executors or [])]
+    if not names:
+        return []
+    if isinstance(executors, str):
+        raise TypeError("executors must be a list of node names, e.g. ['worker1']")
+    from schedulemaster.frames import node_names
+
+    known = node_names(conn)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown executor{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
+                         f"the nodes of this system are {', '.join(sorted(known)) or '(none yet)'}")
+    return names
+
+
+def _find_task(conn: Connection, title: str) -> dict[str, Any] | None:
+    for row in conn.legacy.iter_tasks(name=title):
+        if row.get("Title") == title:
+            return row
+    return None
+
+
+def _spec(conn: Connection, task_id: str) -> dict[str, Any]:
+    """The task as the nodes see it: the ``task`` parameter of its Prefect deployment."""
+    from uuid import UUID
+
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        dep = conn.prefect().read_deployment(UUID(task_id))
+    except ObjectNotFound:
+        raise LegacyError("任务不存在!") from None
+    return dict((dep.parameters or {}).get("task") or {})
+
+
+def form_from_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The ScheduleInfo form that re-creates ``spec`` (an Edit replaces every field)."""
+    form = {"Id": spec.get("Id"), "Title": spec.get("Title"), "MetaType": spec.get("MetaType"),
+            "Remark": spec.get("Remark"), "RunLoop": bool(spec.get("RunLoop")),
+            "CronExpression": spec.get("CronExpression"), "AssemblyName": spec.get("AssemblyName"),
+            "ClassName": spec.get("ClassName"), "CustomParamsJson": spec.get("CustomParamsJson") or "[]",
+            "StartDate": (spec.get("StartDate") or "").replace("T", " ") or None,
+            "EndDate": (spec.get("EndDate") or "").replace("T", " ") or None,
+            "Keepers": list(spec.get("Keepers") or []), "Nexts": list(spec.get("Nexts") or []),
+            "Executors": list(spec.get("Executors") or []), "NotifyBlocks": list(spec.get("NotifyBlocks") or [])}
+    for key, field in HTTP_FIELDS.items():
+        form[field] = (spec.get("Http") or {}).get(key)
+    return form
+
+
+def _same(form: dict[str, Any], spec: dict[str, Any]) -> bool:
+    """Would ``form`` leave ``spec`` as it is? (then an upsert writes nothing)"""
+    old = form_from_spec(spec)
+    for key, value in form.items():
+        if key in ("Id", "RunNow"):
+            continue
+        a, b = old.get(key), value
+        if isinstance(b, (list, tuple)):
+            a, b = [str(x) for x in a or []], [str(x) for x in b]
+        elif key == "CustomParamsJson":
+            a, b = json.loads(a or "[]"), json.loads(b or "[]")
+        elif isinstance(b, datetime):
+            b = b.strftime("%Y-%m-%d %H:%M:%S")
+        if (a or None) != (b or None) and not (isinstance(b, bool) and bool(a) == b):
+            return False
+    return True
+
+
+class Task:
+    """One ScheduleMaster task. Its methods call the running system; nothing is cached but
+    the id and title."""
+
+    def __init__(self, task_id: str, title: str, conn: Connection | None = None):
+        self.id = str(task_id)
+        self.title = title
+        self._conn = conn
+
+    @property
+    def conn(self) -> Connection:
+        return self._conn or current()
+
+    def __repr__(self) -> str:
+        try:
+            status = self.status
+        except Exception:
+            status = "?"
+        return f"<Task {self.title!r} {self.id} {status}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Task) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    # ---- reading -----------------------------------------------------------------------
+    def detail(self) -> dict[str, Any]:
+        """QueryTaskDetail's row (with ``NextFireTimes``) plus ``StatusName``."""
+        row = self.conn.legacy.task(self.id)
+        if row is None:
+            raise LegacyError("任务不存在!")
+        row["StatusName"] = STATUS_NAMES.get(row.get("Status"), str(row.get("Status")))
+        return row
+
+    @property
+    def status(self) -> str:
+        """``stopped``, ``running`` or ``paused``."""
+        return self.detail()["StatusName"]
+
+    def spec(self) -> dict[str, Any]:
+        return _spec(self.conn, self.id)
+
+    def next_fires(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
+        """The next ``count`` instants this task fires at if it runs (StartDate, EndDate and
+        RunLoop included), in the task's zone: the same Quartz evaluation the nodes use."""
+        from schedulemaster.deployments import plan
+
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= 10_000:
+            raise ValueError(f"count must be a whole number from 1 to 10000, got {count!r}")
+        spec = self.spec()
+        zone = ZoneInfo(spec.get("TimeZone") or self.conn.timezone)
+        start = after or datetime.now(timezone.utc)
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=zone)
+        return [t.astimezone(zone) for t in plan.upcoming(spec, count, start)]
+
+    def runs(self, since: str | timedelta | datetime | None = None, **kw: Any):
+        """This task's runs as a DataFrame (see ``schedulemaster.runs``)."""
+        from schedulemaster.frames import runs
+
+        return runs(task=self, since=since, conn=self.conn, **kw)
+
+    # ---- state changes -----------------------------------------------------------------
+    def _move(self, action: str, target: str, allowed_from: tuple[str, ...]) -> dict[str, Any]:
+        now = self.status
+        if now == target:
+            return self.detail()
+        if now not in allowed_from:
+            getattr(self.conn.legacy, action)(self.id)  # raises the original's message
+        else:
+            try:
+                getattr(self.conn.legacy, action)(self.id)
+            except LegacyError as exc:
+                if action == "start":
+                    raise LegacyError(self._why_start_failed(exc.message)) from None
+                raise
+        return self.detail()
+
+    def _why_start_failed(self, message: str) -> str:
+        """A plugin Start that failed on the node left a run saying why: add it."""
+        try:
+            from schedulemaster.frames import runs
+
+            df = runs(task=self, kind="start", limit=1, conn=self.conn)
+            if len(df) and df.iloc[0]["state"] != "COMPLETED" and df.iloc[0]["message"]:
+                return f"{message} {df.iloc[0]['message']}"
+        except Exception:
+            pass
+        return message
+
+    def start(self) -> dict[str, Any]:
+        """Start (a paused task resumes). Returns the task's detail."""
+        if self.status == "paused":
+            return self.resume()
+        return self._move("start", "running", ("stopped",))
+
+    def pause(self) -> dict[str, Any]:
+        return self._move("pause", "paused", ("running",))
+
+    def resume(self) -> dict[str, Any]:
+        return self._move("resume", "running", ("paused",))
+
+    def stop(self) -> dict[str, Any]:
+        return self._move("stop", "stopped", ("running", "paused"))
+
+    def delete(self) -> None:
+        """Delete the task (stopping it first). Deleting a task that is gone does nothing."""
+        try:
+            status = self.status
+        except LegacyError:
+            return
+        if status != "stopped":
+            self.stop()
+        self.conn.legacy.delete(self.id)
+
+    def run_once(self, wait: bool = False, timeout: float = 120.0):
+        """Fire once now (RunOnce: the task must be running). With ``wait``, block until the
+        run ends and return its row (``runs()`` columns) with its log lines in ``logs``."""
+        from schedulemaster.frames import logs, runs
+
+        since = datetime.now(timezone.utc) - timedelta(seconds=2)
+        self.conn.legacy.run_once(self.id)
+        if not wait:
+            return None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            df = runs(task=self, kind="run-once", since=since, limit=5, conn=self.conn)
+            if len(df) and df.iloc[0]["state"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                row = df.iloc[0].copy()
+                # the worker ships a run's log lines in batches, a moment after its final state
+                for _ in range(20):
+                    row["logs"] = logs(row["run_id"], conn=self.conn)
+                    if len(row["logs"]) or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.5)
+                return row
+            time.sleep(0.5)
+        raise TimeoutError(f"the RunOnce of {self.title!r} did not finish within {timeout:g} s")
+
+    def edit(self, **fields: Any) -> dict[str, Any]:
+        """Change ScheduleInfo fields (``CronExpression="0 * * * * ?"``...); a running or
+        paused task is stopped for the edit and put back in its state."""
+        form = {**form_from_spec(self.spec()), **fields, "Id": self.id}
+        _write(self.conn, form, self)
+        return self.detail()
+
+    # ---- chains --------------------------------------------------------------------------
+    def then(self, *children: "Task") -> "Task":
+        """Make ``children`` run after each successful run of this task (Nexts)."""
+        for child in children:
+            if not isinstance(child, Task):
+                raise TypeError(f"a child task must be a Task, got {type(child).__name__}")
+        spec = self.spec()
+        nexts = list(spec.get("Nexts") or [])
+        new = [c.id for c in children if c.id not in nexts]
+        if not new:
+            return children[-1] if children else self
+        for child in children:
+            _check_no_cycle(self.conn, self, child)
+        self.edit(Nexts=nexts + new)
+        return children[-1]
+
+    def __rshift__(self, other: "Task") -> "Task":
+        """``a >> b``: b runs after a (``a >> b >> c`` chains three)."""
+        return self.then(other)
+
+
+def _check_no_cycle(conn: Connection, parent: Task, child: Task) -> None:
+    """Refuse ``parent >> child`` when ``child`` already leads back to ``parent``, before
+    the parent is stopped for the edit (the server checks again when it writes)."""
+    from schedulemaster.frames import task_specs
+
+    specs = task_specs(conn)
+    titles = {tid: s.get("Title") or tid for tid, s in specs.items()}
+    path = [child.id]
+    seen = set()
+
+    def walk(node: str) -> bool:
+        if node == parent.id:
+            return True
+        if node in seen:
+            return False
+        seen.add(node)
+        for nxt in specs.get(node, {}).get("Nexts") or []:
+            path.append(nxt)
+            if walk(nxt):
+                return True
+            path.pop()
+        return False
+
+    if parent.id == child.id or walk(child.id):
+        cycle = [parent.id] + (path if parent.id != child.id else [])
+        raise LegacyError("子任务形成循环：" + " → ".join(titles.get(p, p) for p in cycle))
+
+
+@contextmanager
+def _stopped(task: Task):
+    """Hold ``task`` stopped (Edit's precondition) and put it back in its state afterwards,
+    also when the edit is refused."""
+    was = task.status
+    if was != "stopped":
+        task.conn.legacy.stop(task.id)
+    try:
+        yield
+    finally:
+        if was != "stopped":
+            task.start()
+            if was == "paused":
+                task.pause()
+
+
+def _write(conn: Connection, form: dict[str, Any], task: Task) -> None:
+    """Edit a task in place, keeping its state."""
+    with _stopped(task):
+        conn.legacy.edit_task(**form)
+
+
+def upsert(conn: Connection, form: dict[str, Any], *, start: bool = False,
+           upload: Callable[[], None] | None = None) -> Task:
+    """Create the task titled ``form["Title"]`` or bring the existing one to ``form``;
+    ``upload`` (new code for a function task) runs while the task is stopped."""
+    title = form["Title"]
+    row = _find_task(conn, title)
+    if row is None:
+        if upload:
+            upload()
+        task = Task(conn.legacy.create_task(**form), title, conn)
+    else:
+        task = Task(row["Id"], title, conn)
+        changed = not _same(form, task.spec())
+        if changed or upload:
+            with _stopped(task):
+                if changed:
+                    conn.legacy.edit_task(**{**form, "Id": task.id})
+                if upload:
+                    upload()
+    if start:
+        task.start()
+    return task
+
+
+def _common_form(title: str, cron: str | None, run_loop: bool | None, executors, keepers, params, start_date,
+                 end_date, remark) -> dict[str, Any]:
+    if not isinstance(title, str) or not title.strip():
+        raise ValueError("a task needs a non-empty title")
+    check_cron(cron)
+    conn = current()
+    if keepers is not None and (isinstance(keepers, (str, int)) or
+                                not all(isinstance(k, int) and not isinstance(k, bool) for k in keepers)):
+        raise TypeError("keepers must be a list of user ids, e.g. [1]")
+    return {"Title": title, "RunLoop": bool(cron) if run_loop is None else bool(run_loop),
+            "CronExpression": cron, "Executors": check_executors(conn, executors),
+            "Keepers": list(keepers or []), "CustomParamsJson": params_json(params),
+            "StartDate": start_date, "EndDate": end_date, "Remark": remark}
+
+
+class ScheduledFunction(Task):
+    """A task whose work is a Python function shipped to the nodes; calling it runs the
+    function here (handy to try it in the notebook first)."""
+
+    def __init__(self, task_id: str, title: str, fn: Callable[..., Any], conn: Connection | None = None):
+        super().__init__(task_id, title, conn)
+        self.fn = fn
+        self.__wrapped__ = fn
+        self.__doc__ = getattr(fn, "__doc__", None)
+        self.__name__ = getattr(fn, "__name__", title)
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        return self.fn(*args, **kw)
+
+
+def task(cron: str | Callable[..., Any] | None = None, *, title: str | None = None,
+         executors: list[str] | None = None, keepers: list[int] | None = None,
+         params: dict[str, Any] | None = None, run_loop: bool | None = None,
+         start_date: datetime | None = None, end_date: datetime | None = None, remark: str | None = None,
+         start: bool = False):
+    """Schedule a function on the executor nodes::
+
+        @sm.task(cron="0/10 * * * * ?", executors=["worker1"], params={"batch": 500})
+        def sync_orders(context):
+            context.write_log(f"batch {context.get_argument('batch', int)}")
+
+    The function (``def f(context)`` or ``def f()``; a ``TaskBase`` subclass works too) is
+    pickled with what it uses and stored on the master, and the nodes load it at Start. The
+    task is titled after the function unless ``title`` is given; decorating again (a cell run
+    again) updates that task. Without ``cron`` the task fires once when started (RunLoop off).
+    """
+    if callable(cron) and not isinstance(cron, str):  # bare @sm.task
+        return task()(cron)
+
+    def decorate(fn: Callable[..., Any]) -> ScheduledFunction:
+        from schedulemaster import shipping
+
+        name = title or getattr(fn, "__name__", None) or ""
+        if name == "<lambda>":
+            raise ValueError("a lambda has no name to title its task by: pass title=...")
+        form = _common_form(name, cron, run_loop, executors, keepers, params, start_date, end_date, remark)
+        filename, data = shipping.package(fn, name)  # refuses what cannot travel, before any write
+        conn = current()
+        form.update(MetaType=1, AssemblyName=filename.rsplit(".", 1)[0], ClassName=shipping.CLASS_NAME)
+
+        def upload() -> None:
+            conn.legacy.upload_plugin(filename, data)
+
+        fresh = _stored_package(conn, form["AssemblyName"]) != data
+        t = upsert(conn, form, start=start, upload=upload if fresh else None)
+        return ScheduledFunction(t.id, name, fn, conn)
+
+    return decorate
+
+
+def _stored_package(conn: Connection, name: str) -> bytes | None:
+    """The package the master holds under ``name`` (what the nodes would fetch), or None."""
+    try:
+        resp = conn.prefect()._client.get(f"/schedulemaster/plugins/{name}")
+    except Exception as exc:
+        if getattr(getattr(exc, "response", None), "status_code", None) == 404:
+            return None
+        raise
+    return resp.content
+
+
+def http_task(title: str, url: str, cron: str | None = None, *, method: str = "GET", body: str | None = None,
+              content_type: str | None = None, headers: dict[str, str] | None = None,
+              executors: list[str] | None = None, keepers: list[int] | None = None,
+              params: dict[str, Any] | None = None, run_loop: bool | None = None,
+              start_date: datetime | None = None, end_date: datetime | None = None,
+              remark: str | None = None, start: bool = False) -> Task:
+    """Create (or update, by title) an HTTP task (MetaType 2) and return it."""
+    if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
+        raise ValueError(f"url must be an absolute http:// or https:// address, got {url!r}")
+    form = _common_form(title, cron, run_loop, executors, keepers, params, start_date, end_date, remark)
+    if headers is not None and not isinstance(headers, dict):
+        raise TypeError("headers must be a dict of name -> value")
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body, ensure_ascii=False)
+        content_type = content_type or "application/json"
+    form.update(MetaType=2, HttpRequestUrl=url, HttpMethod=method, HttpBody=body,
+                HttpContentType=content_type or ("application/json" if body else None),
+                HttpHeaders=params_json(headers) if headers else None)
+    return upsert(current(), form, start=start)
+
+
+def get_task(title_or_id: str) -> Task:
+    """The task with this title (or id)."""
+    conn = current()
+    row = _find_task(conn, title_or_id)
+    if row is None and re.fullmatch(r"[0-9a-fA-F-]{32,36}", title_or_id or ""):
+        detail = conn.legacy.task(title_or_id)
+        if detail:
+            return Task(detail["Id"], detail["Title"], conn)
+    if row is None:
+        raise LegacyError(f"任务不存在! (no task titled {title_or_id!r})")
+    return Task(row["Id"], row["Title"], conn)
+
+
+def delay(url: str, body: str | dict | list = "", *, after: str | int | float | timedelta | None = None,
+          at: datetime | None = None, topic: str = "notebook", content_key: str | None = None,
+          source_app: str = "notebook", data_type: str | None = None, executors: list[str] | None = None,
+          remark: str | None = None, id: str | None = None) -> str:
+    """A delayed task: POST ``body`` to ``url`` after ``after`` (or at ``at``). Returns its id.
+    With ``id`` the call is safe to repeat: an id that exists already is returned as is."""
+    if (after is None) == (at is None):
+        raise ValueError("give exactly one of after= (e.g. '30s') or at= (a datetime)")
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body, ensure_ascii=False)
+        data_type = data_type or "application/json"
+    fields: dict[str, Any] = {"Id": id, "SourceApp": source_app, "Topic": topic,
+                              "ContentKey": content_key or f"{topic}-{int(time.time() * 1000)}",
+                              "NotifyUrl": url, "NotifyDataType": data_type or "application/json",
+                              "NotifyBody": body, "Remark": remark, "Executors": executors}
+    if after is not None:
+        span = parse_span(after, "after")
+        if span.total_seconds() < 0:
+            raise ValueError(f"after must not be negative, got {after!r}")
+        fields.update(DelayPattern="Relative", DelayTimeSpan=int(round(span.total_seconds())))
+    else:
+        if not isinstance(at, datetime):
+            raise TypeError(f"at must be a datetime, got {type(at).__name__}")
+        conn = current()
+        local = at.astimezone(ZoneInfo(conn.timezone)).replace(tzinfo=None) if at.tzinfo else at
+        fields.update(DelayPattern="Absolute", DelayAbsoluteTime=local)
+    try:
+        return current().legacy.create_delayed(**fields)
+    except LegacyError as exc:
+        if id is not None and exc.message == "任务ID已存在!":
+            return id
+        raise
