@@ -123,7 +123,7 @@ class Recorder:
             "fire": {"firing_id": f.firing_id, "node": f.node,
                      "scheduled": f.scheduled.isoformat(), "started": f.started.isoformat(),
                      "finished": f.finished.isoformat(), "lateness_ms": round(f.lateness_ms, 1),
-                     "status_code": f.status_code, "ok": f.ok},
+                     "status_code": f.status_code, "ok": f.ok, "parent": f.parent},
             "parent_firing_id": f.parent,
             "logs": [{"level": level, "message": msg[:20_000], "timestamp": ts.isoformat()}
                      for level, msg, ts in f.logs[:50]],

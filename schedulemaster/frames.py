@@ -142,14 +142,16 @@ def _kind(run: Any) -> str:
         return "start"
     if "sm:run-once" in tags:
         return "run-once"
-    if (run.parameters or {}).get("fire") is not None:
+    fire = (run.parameters or {}).get("fire")
+    if "sm:next" in tags or (fire is not None and fire.get("parent")):
+        return "child"  # run after its parent: on another node (sm:next) or on the parent's
+    if fire is not None:
         return "firing"
-    if "sm:next" in tags:
-        return "child"
     return "other"
 
 
-KIND_TAGS = {"imported": "sm:imported", "start": "sm:start", "run-once": "sm:run-once", "child": "sm:next"}
+#: kinds a tag alone identifies, filtered on the server; the others are filtered here
+KIND_TAGS = {"imported": "sm:imported", "start": "sm:start", "run-once": "sm:run-once"}
 
 
 def iter_runs(task: "Task | str | None" = None, since: Any = None, until: Any = None, kind: str | None = None,
@@ -217,8 +219,9 @@ def runs(task: "Task | str | None" = None, since: Any = None, until: Any = None,
     """Runs of every task (or of ``task``: a Task, a title or an id), newest first.
 
     ``since`` / ``until``: ``"1h"``, a timedelta or a datetime, on the scheduled instant.
-    ``kind``: firing (the node's scheduled firings), run-once, child, start, imported,
-    other (runs started from the UI). ``state``: COMPLETED, FAILED, ... At most ``limit`` rows
+    ``kind``: firing (the node's scheduled firings), run-once, child (after its parent),
+    start (a plugin's Start), imported (history from the original), other (runs started
+    from the UI). ``state``: COMPLETED, FAILED, ... At most ``limit`` rows
     are read, a page of 200 at a time.
     """
     conn = _conn(conn)
@@ -420,7 +423,7 @@ def plot_lateness(since: Any = "1h", task: "Task | str | None" = None, ax: Any =
         return ax
     data = [g["lateness_s"].dropna().to_numpy() for _, g in df.groupby("task", observed=True)]
     labels = [str(name) for name, _ in df.groupby("task", observed=True)]
-    ax.boxplot(data, vert=False, labels=labels)
+    ax.boxplot(data, orientation="horizontal", tick_labels=labels)
     ax.set_xlabel("lateness (s): started - scheduled")
     ax.set_title(f"firing lateness since {since}")
     return ax

@@ -277,13 +277,15 @@ class Task:
             df = runs(task=self, kind="run-once", since=since, limit=5, conn=self.conn)
             if len(df) and df.iloc[0]["state"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 row = df.iloc[0].copy()
-                # the worker ships a run's log lines in batches, a moment after its final state
-                for _ in range(20):
+                # Log lines are shipped in batches, a moment after the final state: wait for
+                # the engine's last line ("Finished in state ...") or 15 s.
+                settle = time.monotonic() + 15
+                while True:
                     row["logs"] = logs(row["run_id"], conn=self.conn)
-                    if len(row["logs"]) or time.monotonic() > deadline:
-                        break
+                    done = row["logs"]["message"].str.startswith("Finished in state").any()
+                    if done or time.monotonic() > settle:
+                        return row
                     time.sleep(0.5)
-                return row
             time.sleep(0.5)
         raise TimeoutError(f"the RunOnce of {self.title!r} did not finish within {timeout:g} s")
 
@@ -368,13 +370,20 @@ def _write(conn: Connection, form: dict[str, Any], task: Task) -> None:
 def upsert(conn: Connection, form: dict[str, Any], *, start: bool = False,
            upload: Callable[[], None] | None = None) -> Task:
     """Create the task titled ``form["Title"]`` or bring the existing one to ``form``;
-    ``upload`` (new code for a function task) runs while the task is stopped."""
+    ``upload`` (new code for a function task) runs while the task is stopped, before it
+    starts again."""
     title = form["Title"]
     row = _find_task(conn, title)
     if row is None:
-        if upload:
-            upload()
+        # Create first, so the server judges every field before the code is stored; a
+        # package that then cannot be stored takes its new task with it.
         task = Task(conn.legacy.create_task(**form), title, conn)
+        if upload:
+            try:
+                upload()
+            except BaseException:
+                conn.legacy.delete(task.id)
+                raise
     else:
         task = Task(row["Id"], title, conn)
         changed = not _same(form, task.spec())
