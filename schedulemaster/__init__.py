@@ -19,6 +19,7 @@ from schedulemaster.sdk import (CancellationToken, FunctionTask, LogCategory, Op
 #: name -> module of the notebook API, imported when first asked for
 _LAZY = {
     "connect": "connection", "current": "connection", "Connection": "connection",
+    "PrefectUnavailable": "connection",
     "LegacyClient": "legacy_client", "LegacyError": "legacy_client", "LegacyAuthError": "legacy_client",
     "LegacyValidationError": "legacy_client", "LegacyUnavailable": "legacy_client",
     "task": "handles", "http_task": "handles", "delay": "handles", "get_task": "handles", "Task": "handles",

@@ -21,30 +21,33 @@ config_app = typer.Typer(help="Settings (the original's systemconfigs).", no_arg
 
 
 def call(api: str, user: str, password: str, method: str, path: str, **kw) -> Any:
-    """One legacy API call; prints the failure and exits 1 unless the envelope says Success."""
-    import httpx
+    """One legacy API call through ``LegacyClient``; prints the failure and exits (1, or 2
+    for a request the API refused as malformed) unless the envelope says Success."""
+    from schedulemaster.legacy_client import (LegacyAuthError, LegacyClient, LegacyError, LegacyUnavailable,
+                                              LegacyValidationError)
 
-    from schedulemaster.ms_compat.secret import legacy_secret
-
-    headers = {"ms_auth_user": user, "ms_auth_secret": legacy_secret(user, password)}
     try:
-        resp = httpx.request(method, f"{api.rstrip('/')}/api/{path}", headers=headers, timeout=120, **kw)
-    except httpx.HTTPError as exc:
-        typer.echo(f"error: cannot reach {api}: {exc}", err=True)
-        raise typer.Exit(1)
-    if resp.status_code == 401:
+        with LegacyClient(api, user, password) as client:
+            body = client.envelope(method, path, **kw)
+    except ValueError as exc:  # a URL that is not http(s)
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    except LegacyAuthError:
         typer.echo("error: 401 (wrong user or password, or the user is disabled)", err=True)
         raise typer.Exit(1)
-    if resp.status_code == 400:
-        errors = resp.json().get("errors", {})
-        typer.echo("error: " + "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), err=True)
+    except LegacyValidationError as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
-    if resp.status_code == 413:
-        typer.echo("error: 413 Payload Too Large (the API takes 1 MiB per request, 16 MiB per batch)", err=True)
-        raise typer.Exit(2)
-    body = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
-    if resp.status_code != 200 or not body.get("Success"):
-        typer.echo(f"error: {body.get('Message') or resp.status_code}", err=True)
+    except LegacyUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+    except LegacyError as exc:
+        if exc.http_status == 413:
+            typer.echo("error: 413 Payload Too Large (the API takes 1 MiB per request, 16 MiB per batch)", err=True)
+            raise typer.Exit(2)
+        raise
+    if not isinstance(body, dict) or not body.get("Success"):
+        typer.echo(f"error: {(body or {}).get('Message') if isinstance(body, dict) else body}", err=True)
         raise typer.Exit(1)
     return body
 

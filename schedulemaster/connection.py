@@ -10,13 +10,33 @@ and which zone cron runs in, so a notebook needs one URL, or none next to ``./sm
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from schedulemaster.legacy_client import DEFAULT_URL, LegacyClient, LegacyUnavailable
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "0.0.0.0", "::1", ""}
+
+
+class PrefectUnavailable(ConnectionError):
+    """Prefect's API (runs, logs, nodes) could not be reached or refused the request."""
+
+
+@contextmanager
+def prefect_errors(url: str) -> Iterator[None]:
+    """Turn the Prefect client's HTTP errors into ``PrefectUnavailable`` saying where and why,
+    so a notebook sees one exception type, not httpx's."""
+    import httpx
+
+    try:
+        yield
+    except httpx.HTTPStatusError as exc:
+        detail = exc.response.text[:300] if exc.response is not None else ""
+        raise PrefectUnavailable(f"Prefect's API at {url} answered HTTP {exc.response.status_code}: {detail}") from None
+    except httpx.HTTPError as exc:
+        raise PrefectUnavailable(f"cannot reach Prefect's API at {url}: {exc}") from None
 
 
 @dataclass
@@ -39,7 +59,8 @@ class Connection:
 
             client = SyncPrefectClient(self.prefect_url, auth_string=os.environ.get("PREFECT_API_AUTH_STRING"),
                                        api_key=os.environ.get("PREFECT_API_KEY"))
-            client.__enter__()
+            with prefect_errors(self.prefect_url):
+                client.__enter__()
             self._prefect = client
         return self._prefect
 
@@ -91,8 +112,7 @@ def connect(url: str | None = None, user: str | None = None, password: str | Non
         raise
     prefect = (prefect_url or os.environ.get("SM_PREFECT_API_URL")
                or _reachable_prefect(info.get("PrefectApiUrl") or "", url))
-    if _current is not None:
-        _current.close()
+    # the connection this replaces stays open: code may still hold it (``conn=`` arguments)
     _current = Connection(legacy, prefect.rstrip("/"), info.get("TimeZone") or "UTC",
                           info.get("WorkPool") or "schedulemaster", info.get("Version") or "unknown")
     return _current

@@ -14,7 +14,7 @@ from uuid import UUID
 
 import pandas as pd
 
-from schedulemaster.connection import Connection, current
+from schedulemaster.connection import Connection, current, prefect_errors
 from schedulemaster.deployments.tasks import FLOW_NAME, NODE_QUEUE_PREFIX, STOPPED_TAG
 from schedulemaster.handles import STATUS_NAMES, parse_span
 
@@ -81,8 +81,9 @@ def task_specs(conn: Connection | None = None) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     offset = 0
     while True:
-        page = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
-                                       limit=PAGE, offset=offset)
+        with prefect_errors(_conn(conn).prefect_url):
+            page = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+                                           limit=PAGE, offset=offset)
         for dep in page:
             spec = dict((dep.parameters or {}).get("task") or {})
             spec["_status"] = "stopped" if STOPPED_TAG in (dep.tags or []) else \
@@ -183,9 +184,11 @@ def iter_runs(task: "Task | str | None" = None, since: Any = None, until: Any = 
     client = conn.prefect()
     offset = 0
     while True:
-        page = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
-                                     deployment_filter=dep_filter, flow_run_filter=run_filter,
-                                     sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=page_size, offset=offset)
+        with prefect_errors(conn.prefect_url):
+            page = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+                                         deployment_filter=dep_filter, flow_run_filter=run_filter,
+                                         sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=page_size,
+                                         offset=offset)
         if kind is not None and kind not in KIND_TAGS:
             page_kept = [r for r in page if _kind(r) == kind]
         else:
@@ -288,8 +291,9 @@ def logs(run: str | UUID | pd.Series, conn: Connection | None = None, limit: int
     client = conn.prefect()
     rows, offset = [], 0
     while len(rows) < limit:
-        page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_uuid])),
-                                limit=PAGE, offset=offset, sort=LogSort.TIMESTAMP_ASC)
+        with prefect_errors(conn.prefect_url):
+            page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_uuid])),
+                                    limit=PAGE, offset=offset, sort=LogSort.TIMESTAMP_ASC)
         rows += [{"time": entry.timestamp, "level": logging.getLevelName(entry.level), "logger": entry.name,
                   "message": entry.message} for entry in page]
         if len(page) < PAGE:
@@ -309,7 +313,8 @@ def _workers(conn: Connection) -> list[Any]:
     client = conn.prefect()
     out, offset = [], 0
     while True:
-        page = client.read_workers_for_work_pool(conn.work_pool, limit=PAGE, offset=offset)
+        with prefect_errors(conn.prefect_url):
+            page = client.read_workers_for_work_pool(conn.work_pool, limit=PAGE, offset=offset)
         out += page
         if len(page) < PAGE:
             return out

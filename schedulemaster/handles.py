@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo
 
-from schedulemaster.connection import Connection, current
+from schedulemaster.connection import Connection, current, prefect_errors
 from schedulemaster.legacy_client import LegacyError
 
 STATUS_NAMES = {-1: "deleted", 0: "stopped", 1: "running", 2: "paused"}
@@ -108,7 +108,8 @@ def _spec(conn: Connection, task_id: str) -> dict[str, Any]:
     from prefect.exceptions import ObjectNotFound
 
     try:
-        dep = conn.prefect().read_deployment(UUID(task_id))
+        with prefect_errors(conn.prefect_url):
+            dep = conn.prefect().read_deployment(UUID(task_id))
     except ObjectNotFound:
         raise LegacyError("任务不存在!") from None
     return dict((dep.parameters or {}).get("task") or {})
@@ -470,12 +471,15 @@ def task(cron: str | Callable[..., Any] | None = None, *, title: str | None = No
 
 def _stored_package(conn: Connection, name: str) -> bytes | None:
     """The package the master holds under ``name`` (what the nodes would fetch), or None."""
-    try:
-        resp = conn.prefect()._client.get(f"/schedulemaster/plugins/{name}")
-    except Exception as exc:
-        if getattr(getattr(exc, "response", None), "status_code", None) == 404:
-            return None
-        raise
+    import httpx
+
+    with prefect_errors(conn.prefect_url):
+        try:
+            resp = conn.prefect()._client.get(f"/schedulemaster/plugins/{name}")
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 404:
+                return None
+            raise
     return resp.content
 
 

@@ -557,3 +557,21 @@ def test_legacy_client_envelopes(conn, system):
         api.call("GET", "No/Such")
     assert api.task(str(uuid.uuid4())) is None
     api.close()
+
+
+@pytest.mark.e2e
+def test_prefect_that_cannot_be_reached_is_one_clear_exception(conn, system):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{probe.getsockname()[1]}/api"
+    probe.close()
+    try:
+        broken = sm.connect(system.api, prefect_url=dead)
+        assert broken.prefect_url == dead
+        started = time.monotonic()
+        with pytest.raises(sm.PrefectUnavailable, match=f"cannot reach Prefect's API at {dead}"):
+            sm.runs()
+        print(f"PrefectUnavailable after {time.monotonic() - started:.1f} s")
+    finally:
+        sm.connect(system.api)
+
