@@ -421,14 +421,17 @@ def plot_lateness(since: Any = "1h", task: "Task | str | None" = None, ax: Any =
     except ImportError:
         raise ImportError("plot_lateness needs matplotlib: pip install matplotlib") from None
     df = runs(task=task, since=since, kind="firing", conn=conn)
+    # a deleted task's runs outlive it without a title: label them by id
+    label = df["task"].fillna("(deleted) " + df["task_id"].fillna("?").str.slice(0, 8))
+    groups = [(name, g["lateness_s"].dropna().to_numpy()) for name, g in df.groupby(label, sort=True)]
+    groups = [(name, values) for name, values in groups if len(values)]
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 0.5 + 0.4 * max(1, df["task"].nunique())))
-    if df.empty:
+        _, ax = plt.subplots(figsize=(8, max(2.0, 0.8 + 0.4 * len(groups))))
+    if not groups:
         ax.set_title(f"no firings since {since}")
         return ax
-    data = [g["lateness_s"].dropna().to_numpy() for _, g in df.groupby("task", observed=True)]
-    labels = [str(name) for name, _ in df.groupby("task", observed=True)]
-    ax.boxplot(data, orientation="horizontal", tick_labels=labels)
+    ax.boxplot([values for _, values in groups], orientation="horizontal",
+               tick_labels=[str(name) for name, _ in groups])
     ax.set_xlabel("lateness (s): started - scheduled")
     ax.set_title(f"firing lateness since {since}")
     return ax

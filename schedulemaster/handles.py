@@ -79,10 +79,12 @@ def check_cron(cron: str | None) -> None:
 def check_executors(conn: Connection, executors: Iterable[str] | None) -> list[str]:
     """Executors must name nodes this system knows (online or not); a typo would otherwise
     leave the task with nowhere to run."""
-    names = [e for e in (executors or [])]
+    if isinstance(executors, str):
+        raise TypeError("executors must be a list of node names, e.g. ['worker1']")
+    names = list(executors or [])
     if not names:
         return []
-    if isinstance(executors, str):
+    if not all(isinstance(n, str) for n in names):
         raise TypeError("executors must be a list of node names, e.g. ['worker1']")
     from schedulemaster.frames import node_names
 
@@ -342,7 +344,7 @@ def _check_no_cycle(conn: Connection, parent: Task, child: Task) -> None:
         return False
 
     if parent.id == child.id or walk(child.id):
-        cycle = [parent.id] + (path if parent.id != child.id else [])
+        cycle = [parent.id] + (path if parent.id != child.id else [parent.id])
         raise LegacyError("子任务形成循环：" + " → ".join(titles.get(p, p) for p in cycle))
 
 
@@ -522,6 +524,9 @@ def delay(url: str, body: str | dict | list = "", *, after: str | int | float | 
           source_app: str = "notebook", data_type: str | None = None, executors: list[str] | None = None,
           remark: str | None = None, id: str | None = None) -> str:
     """A delayed task: POST ``body`` to ``url`` after ``after`` (or at ``at``). Returns its id.
+
+    ``at`` without a time zone is a wall time in the system's zone (``sm.current().timezone``),
+    as the legacy API reads DelayAbsoluteTime; give an aware datetime to mean another zone.
     With ``id`` the call is safe to repeat: an id that exists already is returned as is."""
     if (after is None) == (at is None):
         raise ValueError("give exactly one of after= (e.g. '30s') or at= (a datetime)")
