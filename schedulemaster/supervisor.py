@@ -96,6 +96,8 @@ def run_up(settings: Settings, node_name: str = "worker1", maxc: int = 20, echo=
         echo("  default login  admin / 111111   (ms_auth_user: admin, ms_auth_secret: 811a5cb95196217ed3fda54cf73b9244)")
         echo(f"  executor node  {node_name}   time zone {settings.timezone}")
         echo("  delayed tasks  dispatcher   (POST /api/DelayTask/Create)")
+        api = f"http://127.0.0.1:{settings.api_port}"
+        echo(f"  Python         import schedulemaster as sm; sm.connect({api!r})   (notebooks/: examples)")
         echo(f"  logs           {logs}/")
         echo("Ctrl-C stops everything.")
     elif not stopping:
