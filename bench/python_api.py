@@ -82,6 +82,19 @@ def plain_prefect_read(conn, page: int = 200) -> int:
         offset += page
 
 
+def create_retrying(make, attempts: int = 5):
+    """SQLite refuses a write now and then under this load ("数据保存失败!" = database is
+    locked, the README's known stall): say so and try again, so the run still measures."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return make()
+        except sm.LegacyError as exc:
+            print(f"  create refused ({exc.message}), attempt {attempt}/{attempts}", file=sys.stderr, flush=True)
+            if attempt == attempts:
+                raise
+            time.sleep(5)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--decorations", type=int, default=10)
@@ -98,8 +111,8 @@ def main() -> None:
             print(f"system up: {system.api}, Prefect {conn.prefect_url}, SQLite", flush=True)
             dec = bench_decorations(args.decorations)
 
-            tasks = [sm.http_task(f"bench-http-{i}", rx.url(f"/b{i}"), "* * * * * ?", start=True)
-                     for i in range(args.tasks)]
+            tasks = [create_retrying(lambda i=i: sm.http_task(f"bench-http-{i}", rx.url(f"/b{i}"), "* * * * * ?",
+                                                              start=True)) for i in range(args.tasks)]
             print(f"{args.tasks} HTTP tasks firing every second for {args.seconds} s ...", flush=True)
             time.sleep(args.seconds)
             for t in tasks:

@@ -94,3 +94,19 @@ async def submit_child(client, work_pool: str, child, parent_firing_id: str, res
         work_queue_name=queue, tags=["sm:next"], name=f"next-{parent_firing_id[:8]}",
         idempotency_key=child_firing_id(child.id, parent_firing_id))
     log.info("child %s of %s submitted to %s", child.id, parent_title or parent_firing_id, queue)
+
+
+def find_cycle(graph: dict[str, list[str]], start: str) -> list[str] | None:
+    """A path start -> ... -> start through Nexts (task id -> child ids), if one exists.
+    Iterative: a chain of thousands of tasks is no recursion limit."""
+    stack = [(start, [start])]
+    seen: set[str] = set()
+    while stack:
+        node, path = stack.pop()
+        for child in graph.get(node, []):
+            if child == start:
+                return path + [start]
+            if child not in seen:
+                seen.add(child)
+                stack.append((child, path + [child]))
+    return None

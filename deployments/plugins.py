@@ -196,8 +196,8 @@ class PluginHost:
         if self.fetch is None or not assembly:
             return None
         marker = task_dir / ".package"
-        if self.pull_policy() == "IfNotPresent" and marker.is_file():
-            return task_dir.resolve()
+        if self.pull_policy() == "IfNotPresent" and marker.is_file() and _stem(marker.read_text()) == assembly:
+            return task_dir.resolve()  # the same package unpacked before (a new AssemblyName is fetched)
         try:
             package = await self.fetch(assembly)
         except Exception as exc:
@@ -285,6 +285,13 @@ class PluginHost:
         for tid in list(self.loaded):
             await self.stop(tid)
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _stem(filename: str) -> str:
+    for ext in (".zip", ".whl"):
+        if filename.lower().endswith(ext):
+            return filename[: -len(ext)]
+    return filename
 
 
 _HOST: PluginHost | None = None

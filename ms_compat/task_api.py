@@ -206,7 +206,7 @@ class TaskService:
         graph[str(task_id)] = nexts
         title = {tid: r.spec.get("Title") for tid, r in records.items()}
         title.setdefault(str(task_id), "(本任务)")
-        path = _find_cycle(graph, str(task_id))
+        path = chain.find_cycle(graph, str(task_id))
         if path:
             raise TaskError("子任务形成循环：" + " → ".join(title.get(p, p) for p in path))
 
@@ -394,18 +394,3 @@ def _params_json(m: dict[str, Any]) -> str:
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise TaskError("CustomParamsJson 必须是 JSON 数组：[{\"ParamKey\":...,\"ParamValue\":...,\"ParamRemark\":...}]")
     return text
-
-
-def _find_cycle(graph: dict[str, list[str]], start: str) -> list[str] | None:
-    """A path start -> ... -> start through Nexts, if one exists."""
-    stack = [(start, [start])]
-    seen: set[str] = set()
-    while stack:
-        node, path = stack.pop()
-        for child in graph.get(node, []):
-            if child == start:
-                return path + [start]
-            if child not in seen:
-                seen.add(child)
-                stack.append((child, path + [child]))
-    return None

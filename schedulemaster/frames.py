@@ -15,7 +15,7 @@ from uuid import UUID
 import pandas as pd
 
 from schedulemaster.connection import Connection, current, prefect_errors
-from schedulemaster.deployments.tasks import FLOW_NAME, NODE_QUEUE_PREFIX, STOPPED_TAG
+from schedulemaster.deployments.tasks import FLOW_NAME, NODE_QUEUE_PREFIX, status_of
 from schedulemaster.handles import STATUS_NAMES, parse_span
 
 if TYPE_CHECKING:
@@ -57,13 +57,15 @@ def _since(value: str | timedelta | datetime | None, tz: str) -> datetime | None
 
 
 def _times(series: pd.Series, tz: str) -> pd.Series:
-    return pd.to_datetime(series, utc=True, errors="coerce", format="ISO8601").dt.tz_convert(tz)
+    # one unit whatever the values (pandas picks seconds for an all-empty column)
+    parsed = pd.to_datetime(series, utc=True, errors="coerce", format="ISO8601")
+    return parsed.astype("datetime64[us, UTC]").dt.tz_convert(tz)
 
 
 def _local_times(series: pd.Series, tz: str) -> pd.Series:
     """The legacy API's wall times in ``tz`` ('yyyy-MM-dd HH:mm:ss', or ISO with a T where
     the original serialized a nullable DateTime) as aware timestamps."""
-    parsed = pd.to_datetime(series, errors="coerce", format="ISO8601")
+    parsed = pd.to_datetime(series, errors="coerce", format="ISO8601").astype("datetime64[us]")
     return parsed.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT")
 
 
@@ -86,8 +88,7 @@ def task_specs(conn: Connection | None = None) -> dict[str, dict[str, Any]]:
                                            limit=PAGE, offset=offset)
         for dep in page:
             spec = dict((dep.parameters or {}).get("task") or {})
-            spec["_status"] = "stopped" if STOPPED_TAG in (dep.tags or []) else \
-                "paused" if dep.paused else "running"
+            spec["_status"] = STATUS_NAMES[int(status_of(dep))]
             out[str(dep.id)] = spec
         if len(page) < PAGE:
             return out
@@ -128,7 +129,7 @@ def tasks(conn: Connection | None = None) -> pd.DataFrame:
     df["status"] = _category(df["status"], TASK_STATUSES)
     df["run_loop"] = df["run_loop"].astype(bool)
     df["total_runs"] = df["total_runs"].astype("int64")
-    for col in ("title", "cron", "url", "method", "module", "class_name", "remark"):
+    for col in ("task_id", "title", "cron", "url", "method", "module", "class_name", "remark"):
         df[col] = df[col].astype("string")
     return df.sort_values("title", ignore_index=True)
 
@@ -144,7 +145,7 @@ def _kind(run: Any) -> str:
     if "sm:run-once" in tags:
         return "run-once"
     fire = (run.parameters or {}).get("fire")
-    if "sm:next" in tags or (fire is not None and fire.get("parent")):
+    if "sm:next" in tags or run.parent_task_run_id is not None or (fire is not None and fire.get("parent")):
         return "child"  # run after its parent: on another node (sm:next) or on the parent's
     if fire is not None:
         return "firing"
@@ -232,10 +233,16 @@ def runs(task: "Task | str | None" = None, since: Any = None, until: Any = None,
         raise ValueError(f"limit must be a positive whole number, got {limit!r}")
     titles: dict[str, str] | None = None
     rows: list[dict[str, Any]] = []
-    for page in iter_runs(task, since, until, kind, state, min(PAGE, limit), conn):
+    seen: set[UUID] = set()
+    # kinds filtered here need full pages whatever the limit; the server's own filters do not
+    page_size = min(PAGE, limit) if kind is None or kind in KIND_TAGS else PAGE
+    for page in iter_runs(task, since, until, kind, state, page_size, conn):
         if titles is None:
             titles = {tid: s.get("Title") for tid, s in task_specs(conn).items()}
         for r in page:
+            if r.id in seen:  # offset paging repeats a row when runs are recorded meanwhile
+                continue
+            seen.add(r.id)
             fire = (r.parameters or {}).get("fire") or {}
             started = r.start_time
             scheduled = r.expected_start_time
@@ -301,7 +308,8 @@ def logs(run: str | UUID | pd.Series, conn: Connection | None = None, limit: int
         offset += PAGE
     df = pd.DataFrame(rows[:limit], columns=["time", "level", "logger", "message"])
     df["time"] = _times(df["time"], conn.timezone)
-    df["level"] = _category(df["level"], ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    levels = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+    df["level"] = _category(df["level"], levels + sorted(set(df["level"].dropna()) - set(levels)))
     df["message"] = df["message"].astype("string")
     df["logger"] = df["logger"].astype("string")
     return df
@@ -370,8 +378,11 @@ def delayed(status: str | int | None = None, topic: str | None = None, content_k
         from zoneinfo import ZoneInfo
 
         query["startDate"] = start.astimezone(ZoneInfo(conn.timezone)).strftime("%Y-%m-%d %H:%M:%S")
-    rows = []
+    rows, seen = [], set()
     for r in conn.legacy.iter_delayed(page_size=min(500, limit), **query):
+        if r.get("Id") in seen:  # newest first: one created meanwhile shifts the pages by one
+            continue
+        seen.add(r.get("Id"))
         rows.append({"delayed_id": r.get("Id"), "source_app": r.get("SourceApp"), "topic": r.get("Topic"),
                      "content_key": r.get("ContentKey"), "status": DELAYED_STATUSES.get(r.get("Status")),
                      "due": r.get("DelayAbsoluteTime"), "pattern": r.get("DelayPattern"),

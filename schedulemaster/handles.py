@@ -22,12 +22,13 @@ from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo
 
 from schedulemaster.connection import Connection, current, prefect_errors
-from schedulemaster.legacy_client import LegacyError
+from schedulemaster.legacy_client import LegacyError, LegacyNotFound
 
 STATUS_NAMES = {-1: "deleted", 0: "stopped", 1: "running", 2: "paused"}
 HTTP_FIELDS = {"RequestUrl": "HttpRequestUrl", "Method": "HttpMethod", "ContentType": "HttpContentType",
                "Headers": "HttpHeaders", "Body": "HttpBody"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
+MAX_SPAN_SECONDS = 10 * 365 * 86400  # as the delayed-task API and CLI bound their spans
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 
 
@@ -38,12 +39,17 @@ def parse_span(value: str | int | float | timedelta, what: str = "duration") -> 
     if isinstance(value, bool):
         raise ValueError(f"{what} must be seconds or a text like '30s', '5m', '1h', '7d', got {value!r}")
     if isinstance(value, (int, float)):
+        if not 0 <= value <= MAX_SPAN_SECONDS:
+            raise ValueError(f"{what} must be seconds from 0 to ten years or a text like '30s', got {value!r}")
         return timedelta(seconds=value)
     m = _DURATION.match(value) if isinstance(value, str) else None
     if not m:
         raise ValueError(f"{what} must be seconds or a text like '30s', '5m', '1h', '7d', got {value!r}")
     unit = m.group(2).lower() if m.group(2) else None
-    return timedelta(seconds=float(m.group(1)) * _UNITS[unit])
+    seconds = float(m.group(1)) * _UNITS[unit]
+    if seconds > MAX_SPAN_SECONDS:
+        raise ValueError(f"{what} {value!r} is longer than ten years")
+    return timedelta(seconds=seconds)
 
 
 def params_json(params: dict[str, Any] | None) -> str:
@@ -97,10 +103,13 @@ def check_executors(conn: Connection, executors: Iterable[str] | None) -> list[s
 
 
 def _find_task(conn: Connection, title: str) -> dict[str, Any] | None:
-    for row in conn.legacy.iter_tasks(name=title):
-        if row.get("Title") == title:
-            return row
-    return None
+    """The task titled exactly ``title``; ValueError when several are (the legacy API and
+    imports allow that, and updating one at random would be wrong)."""
+    rows = [row for row in conn.legacy.iter_tasks(name=title) if row.get("Title") == title]
+    if len(rows) > 1:
+        raise ValueError(f"{len(rows)} tasks are titled {title!r} ({', '.join(r['Id'] for r in rows)}): "
+                         "rename or delete all but one, or use another title")
+    return rows[0] if rows else None
 
 
 def _spec(conn: Connection, task_id: str) -> dict[str, Any]:
@@ -113,7 +122,7 @@ def _spec(conn: Connection, task_id: str) -> dict[str, Any]:
         with prefect_errors(conn.prefect_url):
             dep = conn.prefect().read_deployment(UUID(task_id))
     except ObjectNotFound:
-        raise LegacyError("任务不存在!") from None
+        raise LegacyNotFound("任务不存在!") from None
     return dict((dep.parameters or {}).get("task") or {})
 
 
@@ -181,7 +190,7 @@ class Task:
         """QueryTaskDetail's row (with ``NextFireTimes``) plus ``StatusName``."""
         row = self.conn.legacy.task(self.id)
         if row is None:
-            raise LegacyError("任务不存在!")
+            raise LegacyNotFound("任务不存在!")
         row["StatusName"] = STATUS_NAMES.get(row.get("Status"), str(row.get("Status")))
         return row
 
@@ -218,26 +227,37 @@ class Task:
         now = self.status
         if now == target:
             return self.detail()
-        if now not in allowed_from:
-            getattr(self.conn.legacy, action)(self.id)  # raises the original's message
-        else:
-            try:
-                getattr(self.conn.legacy, action)(self.id)
-            except LegacyError as exc:
-                if action == "start":
-                    raise LegacyError(self._why_start_failed(exc.message)) from None
-                raise
+        if action != "start" or now not in allowed_from:
+            getattr(self.conn.legacy, action)(self.id)  # when refused: the original's message
+            return self.detail()
+        before = self._start_run_ids()
+        try:
+            self.conn.legacy.start(self.id)
+        except LegacyError as exc:
+            if type(exc) is LegacyError:  # not a transport or auth error: say why, if the node did
+                raise LegacyError(self._why_start_failed(exc.message, before), status=exc.status) from None
+            raise
         return self.detail()
 
-    def _why_start_failed(self, message: str) -> str:
-        """A plugin Start that failed on the node left a run saying why: add it."""
-        try:
-            from schedulemaster.frames import runs
+    def _start_run_ids(self) -> set[str]:
+        from schedulemaster.frames import runs
 
-            df = runs(task=self, kind="start", limit=1, conn=self.conn)
+        try:
+            return set(runs(task=self, kind="start", limit=50, conn=self.conn)["run_id"])
+        except Exception:
+            return set()
+
+    def _why_start_failed(self, message: str, before: set[str]) -> str:
+        """A plugin Start that failed on the node left a run saying why: add its message (only
+        a run this Start made, not an earlier attempt's)."""
+        from schedulemaster.frames import runs
+
+        try:
+            df = runs(task=self, kind="start", limit=50, conn=self.conn)
+            df = df[~df["run_id"].isin(before)]
             if len(df) and df.iloc[0]["state"] != "COMPLETED" and df.iloc[0]["message"]:
                 return f"{message} {df.iloc[0]['message']}"
-        except Exception:
+        except Exception:  # the reason is a courtesy; the Start's own answer stands
             pass
         return message
 
@@ -260,7 +280,7 @@ class Task:
         """Delete the task (stopping it first). Deleting a task that is gone does nothing."""
         try:
             status = self.status
-        except LegacyError:
+        except LegacyNotFound:
             return
         if status != "stopped":
             self.stop()
@@ -271,13 +291,17 @@ class Task:
         run ends and return its row (``runs()`` columns) with its log lines in ``logs``."""
         from schedulemaster.frames import logs, runs
 
-        since = datetime.now(timezone.utc) - timedelta(seconds=2)
+        def ids() -> set[str]:
+            return set(runs(task=self, kind="run-once", limit=200, conn=self.conn)["run_id"]) if wait else set()
+
+        before = ids()  # the new run is the one not there before (no clock comparison)
         self.conn.legacy.run_once(self.id)
         if not wait:
             return None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            df = runs(task=self, kind="run-once", since=since, limit=5, conn=self.conn)
+            df = runs(task=self, kind="run-once", limit=200, conn=self.conn)
+            df = df[~df["run_id"].isin(before)]
             if len(df) and df.iloc[0]["state"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 row = df.iloc[0].copy()
                 # Log lines are shipped in batches, a moment after the final state: wait for
@@ -322,30 +346,18 @@ class Task:
 
 def _check_no_cycle(conn: Connection, parent: Task, child: Task) -> None:
     """Refuse ``parent >> child`` when ``child`` already leads back to ``parent``, before
-    the parent is stopped for the edit (the server checks again when it writes)."""
+    the parent is stopped for the edit (the server checks again when it writes), with the
+    server's own words and search."""
+    from schedulemaster.deployments.chain import find_cycle
     from schedulemaster.frames import task_specs
 
     specs = task_specs(conn)
-    titles = {tid: s.get("Title") or tid for tid, s in specs.items()}
-    path = [child.id]
-    seen = set()
-
-    def walk(node: str) -> bool:
-        if node == parent.id:
-            return True
-        if node in seen:
-            return False
-        seen.add(node)
-        for nxt in specs.get(node, {}).get("Nexts") or []:
-            path.append(nxt)
-            if walk(nxt):
-                return True
-            path.pop()
-        return False
-
-    if parent.id == child.id or walk(child.id):
-        cycle = [parent.id] + (path if parent.id != child.id else [parent.id])
-        raise LegacyError("子任务形成循环：" + " → ".join(titles.get(p, p) for p in cycle))
+    graph = {tid: list(s.get("Nexts") or []) for tid, s in specs.items()}
+    graph[parent.id] = graph.get(parent.id, []) + [child.id]
+    path = find_cycle(graph, parent.id)
+    if path:
+        titles = {tid: s.get("Title") or tid for tid, s in specs.items()}
+        raise LegacyError("子任务形成循环：" + " → ".join(titles.get(p, p) for p in path))
 
 
 @contextmanager
@@ -357,11 +369,23 @@ def _stopped(task: Task):
         task.conn.legacy.stop(task.id)
     try:
         yield
-    finally:
+    except BaseException as exc:
         if was != "stopped":
-            task.start()
-            if was == "paused":
-                task.pause()
+            try:
+                _restore(task, was)
+            except Exception as again:  # the edit's error is the one to see; say the task stays stopped
+                exc.add_note(f"and {task.title!r} could not be put back to {was}: {again}; it is stopped")
+        raise
+    if was != "stopped":
+        _restore(task, was)
+
+
+def _restore(task: Task, was: str) -> None:
+    """Start again, then pause when it was paused (the legacy API has no start-paused: for a
+    moment the task is running and may fire)."""
+    task.start()
+    if was == "paused":
+        task.pause()
 
 
 def _write(conn: Connection, form: dict[str, Any], task: Task) -> None:
@@ -373,8 +397,7 @@ def _write(conn: Connection, form: dict[str, Any], task: Task) -> None:
 def upsert(conn: Connection, form: dict[str, Any], *, start: bool = False,
            upload: Callable[[], None] | None = None) -> Task:
     """Create the task titled ``form["Title"]`` or bring the existing one to ``form``;
-    ``upload`` (new code for a function task) runs while the task is stopped, before it
-    starts again."""
+    ``upload`` stores a function task's new code (before an Edit points the task at it)."""
     title = form["Title"]
     row = _find_task(conn, title)
     if row is None:
@@ -389,13 +412,14 @@ def upsert(conn: Connection, form: dict[str, Any], *, start: bool = False,
                 raise
     else:
         task = Task(row["Id"], title, conn)
-        changed = not _same(form, task.spec())
-        if changed or upload:
+        spec = task.spec()
+        changed = not _same(form, spec)
+        if upload:  # new code under a new name: nothing uses it until the Edit points to it
+            upload()
+        if changed:
             with _stopped(task):
-                if changed:
-                    conn.legacy.edit_task(**{**form, "Id": task.id})
-                if upload:
-                    upload()
+                # an Edit replaces every field: keep what the form does not set (Nexts, blocks)
+                conn.legacy.edit_task(**{**form_from_spec(spec), **form, "Id": task.id})
     if start:
         task.start()
     return task
@@ -413,7 +437,18 @@ def _common_form(title: str, cron: str | None, run_loop: bool | None, executors,
     return {"Title": title, "RunLoop": bool(cron) if run_loop is None else bool(run_loop),
             "CronExpression": cron, "Executors": check_executors(conn, executors),
             "Keepers": list(keepers or []), "CustomParamsJson": params_json(params),
-            "StartDate": start_date, "EndDate": end_date, "Remark": remark}
+            "StartDate": wall_time(start_date, conn, "start_date"),
+            "EndDate": wall_time(end_date, conn, "end_date"), "Remark": remark}
+
+
+def wall_time(value: datetime | None, conn: Connection, what: str) -> datetime | None:
+    """A datetime as the legacy API reads it: a wall time in the system's zone. An aware one is
+    converted; a naive one already is such a wall time."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise TypeError(f"{what} must be a datetime, got {type(value).__name__}")
+    return value.astimezone(ZoneInfo(conn.timezone)).replace(tzinfo=None) if value.tzinfo else value
 
 
 class ScheduledFunction(Task):
@@ -429,6 +464,15 @@ class ScheduledFunction(Task):
 
     def __call__(self, *args: Any, **kw: Any) -> Any:
         return self.fn(*args, **kw)
+
+    def __reduce__(self):
+        """Another task's function that calls this one ships the function, not the handle
+        (which holds a connection)."""
+        return (_function_of, (self.fn,))
+
+
+def _function_of(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return fn
 
 
 def task(cron: str | Callable[..., Any] | None = None, *, title: str | None = None,
@@ -464,15 +508,16 @@ def task(cron: str | Callable[..., Any] | None = None, *, title: str | None = No
         def upload() -> None:
             conn.legacy.upload_plugin(filename, data)
 
-        fresh = _stored_package(conn, form["AssemblyName"]) != data
-        t = upsert(conn, form, start=start, upload=upload if fresh else None)
+        # the package name carries the code's fingerprint: stored already = this very code
+        stored = _stored_package(conn, form["AssemblyName"]) is not None
+        t = upsert(conn, form, start=start, upload=None if stored else upload)
         return ScheduledFunction(t.id, name, fn, conn)
 
     return decorate
 
 
 def _stored_package(conn: Connection, name: str) -> bytes | None:
-    """The package the master holds under ``name`` (what the nodes would fetch), or None."""
+    """The package the master holds under ``name`` (what the nodes fetch), or None."""
     import httpx
 
     with prefect_errors(conn.prefect_url):
@@ -545,9 +590,7 @@ def delay(url: str, body: str | dict | list = "", *, after: str | int | float | 
     else:
         if not isinstance(at, datetime):
             raise TypeError(f"at must be a datetime, got {type(at).__name__}")
-        conn = current()
-        local = at.astimezone(ZoneInfo(conn.timezone)).replace(tzinfo=None) if at.tzinfo else at
-        fields.update(DelayPattern="Absolute", DelayAbsoluteTime=local)
+        fields.update(DelayPattern="Absolute", DelayAbsoluteTime=wall_time(at, current(), "at"))
     try:
         return current().legacy.create_delayed(**fields)
     except LegacyError as exc:

@@ -35,6 +35,10 @@ class LegacyError(Exception):
         self.http_status = http_status
 
 
+class LegacyNotFound(LegacyError):
+    """The task asked for does not exist (any more)."""
+
+
 class LegacyAuthError(LegacyError):
     """401: a wrong user or password, or a disabled user."""
 
@@ -56,6 +60,9 @@ def _form_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime):
+        if value.tzinfo is not None:  # the API reads wall times in the system's zone only
+            raise ValueError(f"{value!r} has a time zone: convert it to the system's zone and drop tzinfo "
+                             "(schedulemaster.connect() knows the zone: current().timezone)")
         return value.strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
 
@@ -158,33 +165,36 @@ class LegacyClient:
                                                                "pageSize": page_size})
             rows = body.get("rows") or []
             yield from rows
-            if not rows or page * page_size >= int(body.get("total") or 0):
+            # the server caps a page (1000): a short page is the last, whatever was asked
+            if len(rows) < min(page_size, 1000) or page * len(rows) >= int(body.get("total") or 0):
                 return
             page += 1
 
     def _act(self, action: str, task_id: str) -> str:
-        body = self.envelope("POST", f"Task/{action}", data={"id": task_id})
-        if not body.get("Success"):
+        """A console action (``Task/Start``...): its Message, or LegacyError with it."""
+        body = self.envelope("POST", action, data={"id": task_id})
+        if not isinstance(body, dict) or not body.get("Success"):
+            body = body if isinstance(body, dict) else {}
             raise LegacyError(body.get("Message") or "请求失败", status=body.get("Status"), data=body.get("Data"))
         return body.get("Message") or ""
 
     def start(self, task_id: str) -> str:
-        return self._act("Start", task_id)
+        return self._act("Task/Start", task_id)
 
     def pause(self, task_id: str) -> str:
-        return self._act("Pause", task_id)
+        return self._act("Task/Pause", task_id)
 
     def resume(self, task_id: str) -> str:
-        return self._act("Resume", task_id)
+        return self._act("Task/Resume", task_id)
 
     def stop(self, task_id: str) -> str:
-        return self._act("Stop", task_id)
+        return self._act("Task/Stop", task_id)
 
     def run_once(self, task_id: str) -> str:
-        return self._act("RunOnce", task_id)
+        return self._act("Task/RunOnce", task_id)
 
     def delete(self, task_id: str) -> str:
-        return self._act("Delete", task_id)
+        return self._act("Task/Delete", task_id)
 
     def upload_plugin(self, filename: str, data: bytes) -> dict[str, Any]:
         """The extension ``/api/Task/UploadPlugin``: name, file name, sha256 and size stored."""
@@ -207,24 +217,18 @@ class LegacyClient:
                              params={**query, "pageNumber": page, "pageSize": page_size})
             rows = body.get("rows") or []
             yield from rows
-            if not rows or page * page_size >= int(body.get("total") or 0):
+            if len(rows) < min(page_size, 1000) or page * len(rows) >= int(body.get("total") or 0):
                 return
             page += 1
 
     def void_delayed(self, task_id: str) -> str:
-        return self._act_delayed("Void", task_id)
+        return self._act("DelayTask/Void", task_id)
 
     def execute_delayed(self, task_id: str) -> str:
-        return self._act_delayed("Execute", task_id)
+        return self._act("DelayTask/Execute", task_id)
 
     def reset_delayed(self, task_id: str) -> str:
-        return self._act_delayed("Reset", task_id)
-
-    def _act_delayed(self, action: str, task_id: str) -> str:
-        body = self.envelope("POST", f"DelayTask/{action}", data={"id": task_id})
-        if not body.get("Success"):
-            raise LegacyError(body.get("Message") or "请求失败", status=body.get("Status"), data=body.get("Data"))
-        return body.get("Message") or ""
+        return self._act("DelayTask/Reset", task_id)
 
     # ---- the system --------------------------------------------------------------------
     def info(self) -> dict[str, Any]:

@@ -28,19 +28,22 @@ from typing import Any, Callable
 PICKLE_FILE = "function.pkl"
 META_FILE = "shipped.json"
 CLASS_NAME = "run"  # the task's ClassName: the package's module-level ``run``
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same function gives the same bytes
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member times: the archive varies only with its content
 
 
 class UnshippableError(TypeError):
     """The function cannot be sent to the nodes; the message says what to change."""
 
 
-def module_name(title: str) -> str:
-    """The package (AssemblyName) a task's function is shipped in: readable, importable and
-    one per title (titles are unique), e.g. ``smfn_sync_orders_1a2b3c4d``."""
+def module_name(title: str, code_fingerprint: str) -> str:
+    """The package (AssemblyName) a task's function is shipped in, e.g.
+    ``smfn_sync_orders_1a2b3c4d_5e6f7a8b9c``: readable, importable, and new for every change
+    of code. So storing new code never changes what a running task loads, the Edit that
+    points the task at it switches code and fields together, and two tasks with one title
+    (the legacy API allows that) cannot replace each other's code."""
     slug = re.sub(r"[^A-Za-z0-9_]+", "_", title).strip("_").lower()[:40] or "task"
     digest = hashlib.sha1(title.encode("utf-8")).hexdigest()[:8]
-    return f"smfn_{slug}_{digest}"
+    return f"smfn_{slug}_{digest}_{code_fingerprint[:10]}"
 
 
 def takes_context(fn: Callable[..., Any]) -> bool:
@@ -95,8 +98,22 @@ def _culprits(fn: Callable[..., Any]) -> list[str]:
     return out
 
 
+def _local_modules_named_in(data: bytes, skip: set[str]) -> list[Any]:
+    """Modules the pickle refers to by name that the nodes could not import (files beside
+    the notebook): cloudpickle must carry those by value too."""
+    out = []
+    for name, module in list(sys.modules.items()):
+        if (name in skip or name == "__main__" or module is None or not getattr(module, "__file__", None)
+                or _installed(module)):
+            continue
+        if name.encode() in data:
+            out.append(module)
+    return out
+
+
 def dumps(fn: Callable[..., Any]) -> bytes:
-    """``fn`` pickled by value, or UnshippableError naming what cannot travel."""
+    """``fn`` pickled by value (with the local modules it uses), or UnshippableError naming
+    what cannot travel."""
     import cloudpickle
 
     if not callable(fn):
@@ -104,20 +121,28 @@ def dumps(fn: Callable[..., Any]) -> bytes:
     if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
         raise UnshippableError(f"{_name(fn)} is a generator; a task function returns its result")
     module = sys.modules.get(getattr(fn, "__module__", "") or "")
-    by_value = module is not None and module.__name__ != "__main__" and not _installed(module)
-    if by_value:
-        cloudpickle.register_pickle_by_value(module)
+    by_value = [module] if module is not None and module.__name__ != "__main__" and not _installed(module) else []
     try:
-        data = cloudpickle.dumps(fn)
-    except Exception as exc:
-        culprits = _culprits(fn)
-        what = ("it uses " + ", ".join(culprits)) if culprits else f"{type(exc).__name__}: {exc}"
-        raise UnshippableError(
-            f"{_name(fn)} cannot be shipped to the nodes: {what}. Create such objects inside the "
-            "function (or in a TaskBase's initialize) instead of capturing them from the notebook.") from None
+        for m in by_value:
+            cloudpickle.register_pickle_by_value(m)
+        for _ in range(5):  # each module carried by value may name further local modules
+            try:
+                data = cloudpickle.dumps(fn)
+            except Exception as exc:
+                culprits = _culprits(fn)
+                what = ("it uses " + ", ".join(culprits)) if culprits else f"{type(exc).__name__}: {exc}"
+                raise UnshippableError(
+                    f"{_name(fn)} cannot be shipped to the nodes: {what}. Create such objects inside the "
+                    "function (or in a TaskBase's initialize) instead of capturing them from the notebook.") from None
+            more = _local_modules_named_in(data, {m.__name__ for m in by_value})
+            if not more:
+                break
+            for m in more:
+                cloudpickle.register_pickle_by_value(m)
+            by_value += more
     finally:
-        if by_value:
-            cloudpickle.unregister_pickle_by_value(module)
+        for m in by_value:
+            cloudpickle.unregister_pickle_by_value(m)
     try:
         cloudpickle.loads(data)
     except Exception as exc:
@@ -126,7 +151,88 @@ def dumps(fn: Callable[..., Any]) -> bytes:
     return data
 
 
-_INIT = '''"""{title}: {qualname}, shipped by schedulemaster (cloudpickle {cp}, Python {py})."""
+def _cell(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # a closure variable not assigned yet
+        return "<empty cell>"
+
+
+def fingerprint(fn: Any) -> str:
+    """What the function is, stable where its pickle is not: the same cell run again, or run
+    after a kernel restart, gives the same fingerprint (a pickle carries the cell's temporary
+    file name and a random id per notebook class). It covers the bytecode and constants,
+    defaults, closure values and the globals the code names, recursively through functions
+    and classes defined in the notebook; things from installed modules count by name."""
+    import hashlib as _hashlib
+    import pickle
+    import types
+
+    seen: dict[int, int] = {}
+
+    def code(c: types.CodeType) -> Any:
+        return ("code", c.co_code, tuple(describe(k) for k in c.co_consts), c.co_names, c.co_varnames,
+                c.co_freevars, c.co_argcount, c.co_kwonlyargcount, c.co_flags)
+
+    def names_in(c: types.CodeType) -> set[str]:
+        out = set(c.co_names)
+        for k in c.co_consts:
+            if isinstance(k, types.CodeType):
+                out |= names_in(k)
+        return out
+
+    def describe(obj: Any) -> Any:
+        if isinstance(obj, types.CodeType):
+            return code(obj)
+        if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
+            return obj
+        if isinstance(obj, types.ModuleType):
+            return ("module", obj.__name__)
+        key = id(obj)
+        if key in seen:
+            return ("seen", seen[key])
+        seen[key] = len(seen)
+        module = sys.modules.get(getattr(obj, "__module__", "") or "")
+        local = module is None or not _installed(module)
+        if isinstance(obj, (types.FunctionType, types.MethodType)) and local:
+            f = obj.__func__ if isinstance(obj, types.MethodType) else obj
+            cells = tuple(describe(_cell(c)) for c in (f.__closure__ or ()))
+            glob = tuple(sorted((n, describe(f.__globals__[n])) for n in names_in(f.__code__)
+                                if n in f.__globals__))
+            return ("function", f.__qualname__, code(f.__code__), describe(f.__defaults__),
+                    describe(f.__kwdefaults__), cells, glob)
+        if isinstance(obj, type) and local:
+            return ("class", obj.__qualname__, tuple(describe(b) for b in obj.__bases__),
+                    tuple(sorted((k, describe(v)) for k, v in vars(obj).items()
+                                 if k not in ("__dict__", "__weakref__", "__module__", "__doc__"))))
+        if callable(obj) and hasattr(obj, "__wrapped__") and not isinstance(obj, type):
+            return ("wrapped", describe(obj.__wrapped__))  # another task's handle: its function
+        if isinstance(obj, (staticmethod, classmethod)):
+            return (type(obj).__name__, describe(obj.__func__))
+        if isinstance(obj, property):
+            return ("property", describe(obj.fget), describe(obj.fset), describe(obj.fdel))
+        if isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, type)):
+            return ("ref", getattr(obj, "__module__", None), getattr(obj, "__qualname__", repr(obj)))
+        if isinstance(obj, (tuple, list, set, frozenset)):
+            items = [describe(v) for v in obj]
+            return (type(obj).__name__, tuple(sorted(items, key=repr) if isinstance(obj, (set, frozenset)) else items))
+        if isinstance(obj, dict):
+            return ("dict", tuple((repr(k), describe(v)) for k, v in obj.items()))
+        try:
+            return ("data", _hashlib.sha256(pickle.dumps(obj, protocol=4)).hexdigest())
+        except Exception:  # an instance of a notebook class, say: its pickle (stable or not)
+            import cloudpickle
+
+            try:
+                return ("pickle", _hashlib.sha256(cloudpickle.dumps(obj)).hexdigest())
+            except Exception:
+                return ("unpicklable", type(obj).__qualname__)
+
+    described = (sys.version_info[:2], describe(fn))
+    return _hashlib.sha256(repr(described).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+_INIT = '''# A function shipped by schedulemaster (cloudpickle {cp}, Python {py}); what it is: shipped.json.
 from pathlib import Path
 
 from schedulemaster.shipping import load_function
@@ -145,7 +251,7 @@ def package(fn: Callable[..., Any], title: str) -> tuple[str, bytes]:
         raise UnshippableError(f"{_name(fn)} is a class but not a TaskBase subclass")
     context = True if inspect.isclass(fn) else takes_context(fn)
     data = dumps(fn)
-    name = module_name(title)
+    name = module_name(title, fingerprint(fn))
     try:
         source = inspect.getsource(fn)
     except (OSError, TypeError):
@@ -157,14 +263,19 @@ def package(fn: Callable[..., Any], title: str) -> tuple[str, bytes]:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for member, content in (
-                (f"{name}/__init__.py", _INIT.format(title=title.replace('"', "'").replace("\\", "/"),
-                                                     qualname=_name(fn), cp=cloudpickle.__version__, py=py)),
+                (f"{name}/__init__.py", _INIT.format(cp=cloudpickle.__version__, py=py)),
                 (f"{name}/{META_FILE}", json.dumps(meta, ensure_ascii=False, indent=1)),
                 (f"{name}/{PICKLE_FILE}", data)):
             info = zipfile.ZipInfo(member, date_time=_ZIP_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, content)
+    from schedulemaster.deployments.packages import MAX_PACKAGE_BYTES
+
+    if buf.tell() > MAX_PACKAGE_BYTES:
+        raise UnshippableError(f"{_name(fn)} pickles to {buf.tell():,} bytes, more than the "
+                               f"{MAX_PACKAGE_BYTES:,} a plugin package may have: load big data inside the "
+                               "function (from a file or a database) instead of capturing it")
     return f"{name}.zip", buf.getvalue()
 
 

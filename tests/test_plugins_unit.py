@@ -213,6 +213,18 @@ async def test_packages_are_fetched_at_every_start_unless_if_not_present(tmp_pat
     host.pull_policy = lambda: "IfNotPresent"
     assert (await host.run(tid, dict(s, StartedAt="s3"))).result == "v2"      # kept
     assert len(calls) == 2
+    other = f"sm_pkg_{suffix}_b"
+
+    async def fetch_other(name):                                               # the task now names
+        calls.append(name)                                                     # another package
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr(f"{other}.py", "def job(context):\n    return 'b'\n")
+        return f"{name}.zip", buf.getvalue()
+
+    host.fetch = fetch_other
+    assert (await host.run(tid, dict(spec(other, "job"), StartedAt="s4"))).result == "b"
+    assert calls[-1] == other                                                  # fetched, not kept
 
     async def no_package(name):
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import sys
 import threading
@@ -95,11 +96,110 @@ def test_a_function_from_a_local_module_is_shipped_by_value(tmp_path):
     assert instantiate(target).run(TaskContext("t", {})) == 42
 
 
-def test_the_same_function_gives_the_same_package_bytes():
-    def job(context):
-        return 1
+SOURCE = """
+import json
 
-    assert shipping.package(job, "same")[1] == shipping.package(job, "same")[1]
+LIMIT = {limit}
+
+class Job(TaskBase):
+    def run(self, context):
+        return json.dumps(helper(context))
+
+def helper(context):
+    return LIMIT * 2
+
+def job(context):
+    return helper(context)
+"""
+
+
+def _cell(limit: int = 5, filename: str = "/tmp/ipykernel_1/cell.py") -> dict:
+    """A notebook cell run in a fresh namespace, as a kernel runs it (the file name differs
+    after a kernel restart)."""
+    namespace = {"__name__": "__main__", "TaskBase": TaskBase}
+    exec(compile(SOURCE.format(limit=limit), filename, "exec"), namespace)
+    return namespace
+
+
+def test_the_fingerprint_is_stable_where_the_pickle_is_not():
+    a, b = _cell(), _cell(filename="/tmp/ipykernel_2/other.py")       # run again, after a restart
+    for name in ("job", "Job"):
+        assert shipping.fingerprint(a[name]) == shipping.fingerprint(b[name])
+    # cloudpickle gives every notebook class a random id: the bytes differ, the name does not
+    assert shipping.dumps(a["Job"]) != shipping.dumps(b["Job"])
+    assert shipping.package(a["Job"], "t")[0] == shipping.package(b["Job"], "t")[0]
+    changed = _cell(limit=6)                                            # a global the code uses
+    assert shipping.fingerprint(changed["job"]) != shipping.fingerprint(a["job"])
+    assert shipping.fingerprint(changed["Job"]) != shipping.fingerprint(a["Job"])
+
+    def closure(n):
+        def f(context):
+            return n
+        return f
+
+    assert shipping.fingerprint(closure(1)) == shipping.fingerprint(closure(1))
+    assert shipping.fingerprint(closure(1)) != shipping.fingerprint(closure(2))
+    # package names differ with the title and with the code, and only with them
+    assert shipping.package(a["job"], "t")[0] != shipping.package(changed["job"], "t")[0]
+    assert shipping.package(a["job"], "t")[0] != shipping.package(a["job"], "u")[0]
+
+
+def test_a_helper_module_beside_the_notebook_travels_too(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "nb_util_y2.py").write_text("def clean(x):\n    return x.strip().upper()\n")
+    sys.path.insert(0, str(src))
+    try:
+        namespace = {"__name__": "__main__"}
+        exec("from nb_util_y2 import clean\ndef job(context):\n    return clean(' ok ')\n", namespace)
+        filename, data = shipping.package(namespace["job"], "uses a helper module")
+    finally:
+        sys.path.remove(str(src))
+        sys.modules.pop("nb_util_y2", None)
+    module = filename[:-4]
+    target = resolve(module, shipping.CLASS_NAME, _unpack(filename, data, tmp_path / "out" / module))
+    assert instantiate(target).run(TaskContext("t", {})) == "OK" and "nb_util_y2" not in sys.modules
+
+
+def test_a_function_calling_another_task_ships_that_tasks_function(tmp_path):
+    from schedulemaster.handles import ScheduledFunction
+
+    def helper(context):
+        return "from helper"
+
+    handle = ScheduledFunction("00000000-0000-0000-0000-000000000001", "helper", helper)
+
+    def job(context):
+        return handle(context)
+
+    assert _load(job, "calls a task", tmp_path).run(TaskContext("t", {})) == "from helper"
+
+
+def test_a_function_too_big_for_a_package_is_refused(monkeypatch):
+    import schedulemaster.deployments.packages as packages
+
+    monkeypatch.setattr(packages, "MAX_PACKAGE_BYTES", 10_000)
+    blob = os.urandom(50_000)
+
+    def job(context):
+        return len(blob)
+
+    with pytest.raises(sm.UnshippableError, match="more than the 10,000 a plugin package may have"):
+        shipping.package(job, "big")
+
+
+def test_delete_says_when_the_api_is_away():
+    """Only a task that is gone counts as deleted; an API that does not answer is an error."""
+    from schedulemaster.connection import Connection
+    from schedulemaster.handles import Task
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    probe.close()
+    conn = Connection(sm.LegacyClient(dead), dead + "/api", "UTC", "schedulemaster")
+    with pytest.raises(sm.LegacyUnavailable):
+        Task(str(uuid.uuid4()), "t", conn).delete()
 
 
 def test_a_package_from_another_python_is_refused_on_the_node_with_why(tmp_path):
@@ -161,10 +261,11 @@ def test_unshippable_functions_are_refused_naming_what_to_change():
 def test_package_names_are_importable_and_one_per_title(title):
     from schedulemaster.deployments.packages import NAME
 
-    name = shipping.module_name(title)
-    assert NAME.match(name) and name.startswith("smfn_") and len(name) <= 60
-    assert name == shipping.module_name(title)
-    assert name != shipping.module_name(title + " ")
+    name = shipping.module_name(title, "0123456789abcdef")
+    assert NAME.match(name) and name.startswith("smfn_") and len(name) <= 70
+    assert name == shipping.module_name(title, "0123456789abcdef")
+    assert name != shipping.module_name(title + " ", "0123456789abcdef")
+    assert name != shipping.module_name(title, "fedcba9876543210")
 
 
 def test_spans_and_params_are_parsed_or_refused():
@@ -442,9 +543,14 @@ def test_delay_calls_back_and_is_idempotent_with_an_id(conn, receiver):
 def test_chains_with_cycle_checks(conn):
     suffix = uuid.uuid4().hex[:6]
 
-    @sm.task(cron="0/2 * * * * ?", title=f"py-parent-{suffix}")
-    def parent(context):
-        context.result = {"from": "parent"}
+    def parent_cell(cron: str):
+        @sm.task(cron=cron, title=f"py-parent-{suffix}")
+        def parent(context):
+            context.result = {"from": "parent"}
+
+        return parent
+
+    parent = parent_cell("0/3 * * * * ?")
 
     @sm.task(title=f"py-child-{suffix}")
     def child(context):
@@ -453,6 +559,8 @@ def test_chains_with_cycle_checks(conn):
     assert (parent >> child) is child
     assert parent.spec()["Nexts"] == [child.id]
     assert (parent >> child) is child and parent.spec()["Nexts"] == [child.id]  # idempotent
+    parent = parent_cell("0/2 * * * * ?")           # the cell run again with another cron
+    assert parent.spec()["Nexts"] == [child.id]     # its Edit keeps the child
     parent.start()
     child.start()
     row = until(lambda: (lambda d: d.iloc[0] if len(d) else None)(
@@ -469,8 +577,37 @@ def test_chains_with_cycle_checks(conn):
     assert child.spec()["Nexts"] == []
     with pytest.raises(TypeError, match="must be a Task"):
         parent >> "not a task"  # type: ignore[operator]
+
+    # an Edit the server refuses leaves the task as it was, running or paused
+    for state in ("running", "paused"):
+        if state == "paused":
+            parent.pause()
+        with pytest.raises(sm.LegacyError, match="cron表达式验证失败"):
+            parent.edit(CronExpression="not a cron")
+        assert parent.status == state and parent.spec()["CronExpression"] == "0/2 * * * * ?"
+        assert parent.spec()["Nexts"] == [child.id]
     parent.delete()
     child.delete()
+
+
+@pytest.mark.e2e
+def test_duplicate_titles_and_aware_dates(conn, receiver):
+    title = f"py-dup-{uuid.uuid4().hex[:6]}"
+    ids = [conn.legacy.create_task(Title=title, MetaType=2, HttpRequestUrl=receiver.url("/dup"))
+           for _ in range(2)]
+    with pytest.raises(ValueError, match=f"2 tasks are titled '{title}'"):
+        sm.http_task(title, receiver.url("/dup2"))
+    for task_id in ids:
+        conn.legacy.delete(task_id)
+
+    from zoneinfo import ZoneInfo
+
+    at = datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    t = sm.http_task(f"{title}-aware", receiver.url("/aware"), "0 0 * * * ?", start_date=at)
+    local = at.astimezone(ZoneInfo(conn.timezone)).strftime("%Y-%m-%d %H:%M:%S")
+    assert t.detail()["StartDate"].replace("T", " ") == local
+    assert t.next_fires(1)[0] >= at
+    t.delete()
 
 
 @pytest.mark.e2e
