@@ -14,6 +14,7 @@ does not travel between minor versions.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import io
@@ -76,9 +77,14 @@ def _installed(module: Any) -> bool:
     path = getattr(module, "__file__", None)
     if not path:
         return True  # builtins, namespace packages
-    path = str(Path(path).resolve())
-    roots = {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}
-    return any(path.startswith(str(Path(r).resolve())) for r in roots)
+    return str(Path(path).resolve()).startswith(_install_roots())
+
+
+@functools.lru_cache(maxsize=1)
+def _install_roots() -> tuple[str, ...]:
+    """Where installed code lives (site-packages, the standard library), resolved once."""
+    return tuple(str(Path(sysconfig.get_paths()[k]).resolve())
+                 for k in ("purelib", "platlib", "stdlib", "platstdlib"))
 
 
 def _culprits(fn: Callable[..., Any]) -> list[str]:
@@ -103,10 +109,9 @@ def _local_modules_named_in(data: bytes, skip: set[str]) -> list[Any]:
     the notebook): cloudpickle must carry those by value too."""
     out = []
     for name, module in list(sys.modules.items()):
-        if (name in skip or name == "__main__" or module is None or not getattr(module, "__file__", None)
-                or _installed(module)):
-            continue
-        if name.encode() in data:
+        if name in skip or name == "__main__" or module is None or name.encode() not in data:
+            continue  # the cheap test first: most of sys.modules is never named in the pickle
+        if getattr(module, "__file__", None) and not _installed(module):
             out.append(module)
     return out
 
