@@ -545,6 +545,7 @@ def http_task(title: str, url: str, cron: str | None = None, *, method: str = "G
     if isinstance(body, (dict, list)):
         body = json.dumps(body, ensure_ascii=False)
         content_type = content_type or "application/json"
+    method = method.strip().upper() if isinstance(method, str) else method  # stored upper-case
     form.update(MetaType=2, HttpRequestUrl=url, HttpMethod=method, HttpBody=body,
                 HttpContentType=content_type or ("application/json" if body else None),
                 HttpHeaders=params_json(headers) if headers else None)
