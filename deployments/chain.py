@@ -42,14 +42,18 @@ def child_ids(spec: dict[str, Any], parent_id: uuid.UUID) -> list[uuid.UUID]:
     return out
 
 
-def online(workers) -> list[str]:
-    """The names of the ONLINE workers of a pool, sorted."""
-    return sorted(w.name for w in workers if str(getattr(w.status, "value", w.status)).upper() == "ONLINE")
+def online(workers, disabled: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """The names of the ONLINE workers of a pool that are not disabled, sorted."""
+    return sorted(w.name for w in workers
+                  if str(getattr(w.status, "value", w.status)).upper() == "ONLINE" and w.name not in disabled)
 
 
 async def live_nodes(client, work_pool: str) -> list[str]:
+    """The nodes that may fire tasks now: alive (Prefect's heartbeats) and enabled."""
+    from schedulemaster.deployments.node_registry import read_disabled
+
     try:
-        return online(await client.read_workers_for_work_pool(work_pool))
+        return online(await client.read_workers_for_work_pool(work_pool), await read_disabled(client))
     except Exception:
         return []
 

@@ -84,6 +84,7 @@ class FiringLoop:
         self.heap: list[tuple[datetime, int, uuid.UUID, int]] = []
         self.settings: dict[str, Any] = {}
         self.live_nodes: list[str] = [node_name]
+        self.disabled: set[str] = set()  # nodes the operator disabled (deployments/node_registry.py)
         self._seq = itertools.count()
         self._gen = itertools.count(1)
         self._wake = asyncio.Event()
@@ -128,12 +129,23 @@ class FiringLoop:
     async def refresh_nodes(self) -> None:
         from schedulemaster.flows.task_flow import read_node_settings
 
+        from schedulemaster.deployments.node_registry import read_disabled
+
         try:
-            live = chain.online(await self.client.read_workers_for_work_pool(self.work_pool))
+            disabled = await read_disabled(self.client)
+        except Exception as exc:
+            log.warning("cannot read which nodes are disabled (%s); keeping the last answer", exc)
+            disabled = self.disabled
+        if (self.node in disabled) != (self.node in self.disabled):
+            log.warning("node %s %s", self.node,
+                        "is disabled (休息): it fires nothing" if self.node in disabled else "is enabled again")
+        self.disabled = disabled
+        try:
+            live = chain.online(await self.client.read_workers_for_work_pool(self.work_pool), disabled)
         except Exception as exc:
             log.warning("cannot read the pool's workers (%s); assuming only this node", exc)
             live = []
-        if self.node not in live:
+        if self.node not in live and self.node not in disabled:
             live.append(self.node)  # we are alive even before our first heartbeat lands
         if live != self.live_nodes:
             self.live_nodes = sorted(live)

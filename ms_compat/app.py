@@ -22,6 +22,7 @@ from schedulemaster.ms_compat.admin_api import add_admin_routes
 from schedulemaster.ms_compat.auth import Authenticator
 from schedulemaster.ms_compat.delayed_api import BATCH_LIMIT, BATCH_PATH, add_delayed_routes
 from schedulemaster.ms_compat.history_api import add_history_routes
+from schedulemaster.ms_compat.node_api import add_node_routes
 from schedulemaster.ms_compat.binding import (ID_ONLY, QUERY_LIST, SCHEDULE_INFO, FormValues, bind,
                                               id_from_form_or_query)
 from schedulemaster.ms_compat.store import Store
@@ -199,6 +200,7 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
 
     add_admin_routes(app, store, guarded, _form, R.fmt_nullable_date, settings_saved)
     add_history_routes(app, guarded, lambda: state["service"].tz)
+    add_node_routes(app, guarded, _form, lambda: state["service"])
 
     @app.post(UPLOAD_PATH)
     async def upload_plugin(request: Request):

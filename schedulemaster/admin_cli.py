@@ -18,6 +18,8 @@ Password = typer.Option("111111", "--password", envvar="SM_PASSWORD", help="the 
 plugin_app = typer.Typer(help="Plugin packages (MetaType 1 tasks).", no_args_is_help=True)
 account_app = typer.Typer(help="Accounts: the users API auth and Keepers refer to.", no_args_is_help=True)
 config_app = typer.Typer(help="Settings (the original's systemconfigs).", no_args_is_help=True)
+nodes_app = typer.Typer(help="Executor nodes: list, enable (启用), disable (休息), delete (删除).",
+                        no_args_is_help=True)
 
 
 def call(api: str, user: str, password: str, method: str, path: str, **kw) -> Any:
@@ -159,3 +161,24 @@ def config_set(pairs: list[str] = typer.Argument(..., help="KEY=VALUE ..., e.g. 
             raise typer.Exit(2)
         data[key.strip()] = value
     typer.echo(call(api, user, password, "POST", "System/SaveConfig", data=data)["Message"])
+
+
+@nodes_app.command("list")
+def nodes_list(api: str = Api, user: str = User, password: str = Password) -> None:
+    """Every node with its status: 下线 offline, 空闲 idle (disabled), 运行 running."""
+    data = call(api, user, password, "GET", "Node/QueryList")["Data"]
+    _table(data["rows"], ["NodeName", "Status", "StatusText", "Enabled", "LastUpdateTime"])
+
+
+def _node_command(action: str, help_text: str) -> None:
+    def command(name: str = typer.Argument(..., help="the node's name (schedulemaster node --name)"),
+                api: str = Api, user: str = User, password: str = Password) -> None:
+        typer.echo(call(api, user, password, "POST", f"Node/{action}", data={"name": name})["Message"])
+
+    command.__doc__ = help_text
+    nodes_app.command(action.lower())(command)
+
+
+_node_command("Enable", "Let the node fire tasks again.")
+_node_command("Disable", "Take the node out of the rotation: its tasks move to the other allowed nodes.")
+_node_command("Delete", "Forget an offline node (refused while it is alive).")

@@ -168,7 +168,7 @@ def cron(expression: str = typer.Argument(..., help="a Quartz expression, e.g. '
         typer.echo(t.astimezone(zone).strftime("%Y-%m-%dT%H:%M:%S"))
 
 
-from schedulemaster.admin_cli import account_app, config_app, plugin_app  # noqa: E402
+from schedulemaster.admin_cli import account_app, config_app, nodes_app, plugin_app  # noqa: E402
 from schedulemaster.import_cli import import_command  # noqa: E402
 from schedulemaster.delayed_cli import delayed_app  # noqa: E402
 
@@ -176,6 +176,7 @@ app.command("import")(import_command)
 app.add_typer(plugin_app, name="plugin")
 app.add_typer(account_app, name="account")
 app.add_typer(config_app, name="config")
+app.add_typer(nodes_app, name="nodes")
 app.add_typer(delayed_app, name="delayed")
 
 

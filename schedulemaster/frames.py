@@ -34,7 +34,8 @@ TASK_COLUMNS = ["task_id", "title", "type", "status", "cron", "run_loop", "start
                 "created", "last_run", "next_run", "total_runs", "remark"]
 RUN_COLUMNS = ["run_id", "task_id", "task", "name", "kind", "state", "message", "node", "scheduled",
                "started", "ended", "duration_s", "lateness_s", "status_code", "tags"]
-NODE_COLUMNS = ["name", "status", "last_seen", "seconds_since_seen", "created", "pool"]
+NODE_COLUMNS = ["name", "status", "enabled", "last_seen", "seconds_since_seen", "created", "pool"]
+NODE_STATUSES = {0: "offline", 1: "idle", 2: "running"}  # the original's 下线, 空闲, 运行
 DELAYED_COLUMNS = ["delayed_id", "source_app", "topic", "content_key", "status", "due", "pattern", "created",
                    "executed", "finished", "next_attempt", "attempts", "failed_retries", "notify_url",
                    "data_type", "executors", "created_by", "remark"]
@@ -334,18 +335,20 @@ def node_names(conn: Connection | None = None) -> set[str]:
 
 
 def nodes(conn: Connection | None = None) -> pd.DataFrame:
-    """The executor nodes (Prefect workers of the system's pool), online or not."""
+    """The executor nodes (``/api/Node/QueryList``): status offline (下线), idle (空闲: alive but
+    disabled) or running (运行), whether enabled, and when each was last seen."""
     conn = _conn(conn)
-    now = datetime.now(timezone.utc)
-    rows = [{"name": w.name, "status": (w.status.value if w.status else "OFFLINE").lower(),
-             "last_seen": w.last_heartbeat_time,
-             "seconds_since_seen": (now - w.last_heartbeat_time).total_seconds() if w.last_heartbeat_time else None,
-             "created": w.created, "pool": conn.work_pool} for w in _workers(conn)]
-    df = pd.DataFrame(rows, columns=NODE_COLUMNS)
-    df["status"] = _category(df["status"], ["online", "offline"])
+    body = conn.legacy.call("GET", "Node/QueryList") or {}
+    now = pd.Timestamp.now(tz=conn.timezone)
+    rows = [{"name": r.get("NodeName"), "status": NODE_STATUSES.get(r.get("Status"), "offline"),
+             "enabled": bool(r.get("Enabled")), "last_seen": r.get("LastUpdateTime"),
+             "created": r.get("CreateTime"), "pool": conn.work_pool} for r in body.get("rows") or []]
+    df = pd.DataFrame(rows, columns=[c for c in NODE_COLUMNS if c != "seconds_since_seen"])
+    df["status"] = _category(df["status"], list(NODE_STATUSES.values()))
+    df["enabled"] = df["enabled"].astype(bool)
     for col in ("last_seen", "created"):
-        df[col] = _times(df[col], conn.timezone)
-    df["seconds_since_seen"] = pd.to_numeric(df["seconds_since_seen"], errors="coerce").astype("float64")
+        df[col] = _local_times(df[col], conn.timezone)
+    df.insert(4, "seconds_since_seen", (now - df["last_seen"]).dt.total_seconds().astype("float64"))
     df["name"] = df["name"].astype("string")
     df["pool"] = df["pool"].astype("string")
     return df.sort_values("name", ignore_index=True)

@@ -170,9 +170,9 @@ class LegacyClient:
                 return
             page += 1
 
-    def _act(self, action: str, task_id: str) -> str:
+    def _act(self, action: str, key: str, field: str = "id") -> str:
         """A console action (``Task/Start``...): its Message, or LegacyError with it."""
-        body = self.envelope("POST", action, data={"id": task_id})
+        body = self.envelope("POST", action, data={field: key})
         if not isinstance(body, dict) or not body.get("Success"):
             body = body if isinstance(body, dict) else {}
             raise LegacyError(body.get("Message") or "请求失败", status=body.get("Status"), data=body.get("Data"))
@@ -234,6 +234,20 @@ class LegacyClient:
     def info(self) -> dict[str, Any]:
         """The extension ``/api/System/Info``: the Prefect API URL, the cron time zone, the pool."""
         return self.call("GET", "System/Info")
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The extension ``/api/Node/QueryList``: name, Status (0 下线, 1 空闲, 2 运行), Enabled..."""
+        return list((self.call("GET", "Node/QueryList") or {}).get("rows") or [])
+
+    def enable_node(self, name: str) -> str:
+        return self._act("Node/Enable", name, "name")
+
+    def disable_node(self, name: str) -> str:
+        """休息: the node stays connected and fires nothing; its tasks move to other nodes."""
+        return self._act("Node/Disable", name, "name")
+
+    def delete_node(self, name: str) -> str:
+        return self._act("Node/Delete", name, "name")
 
     def users(self, name: str | None = None) -> list[dict[str, Any]]:
         body = self.call("GET", "Account/QueryList", params={"name": name, "pageNumber": 1, "pageSize": 1000})

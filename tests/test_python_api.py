@@ -493,9 +493,10 @@ def test_frames_have_typed_columns(conn, receiver):
     assert ax.get_xlabel().startswith("lateness")
 
     n = sm.nodes()
-    assert list(n.columns) == ["name", "status", "last_seen", "seconds_since_seen", "created", "pool"]
+    assert list(n.columns) == ["name", "status", "enabled", "last_seen", "seconds_since_seen", "created", "pool"]
     w1 = n[n["name"] == "worker1"].iloc[0]
-    assert w1["status"] == "online" and w1["seconds_since_seen"] < 60 and str(n["last_seen"].dt.tz) == tz
+    assert (w1["status"], w1["enabled"]) == ("running", True) and w1["seconds_since_seen"] < 60
+    assert str(n["last_seen"].dt.tz) == tz and n["seconds_since_seen"].dtype == "float64"
 
     lg = sm.logs(r.iloc[0])
     assert list(lg.columns) == ["time", "level", "logger", "message"] and str(lg["time"].dt.tz) == tz

@@ -1,0 +1,45 @@
+"""Which executor nodes may fire tasks: the console's 启用 (enable) / 休息 (disable).
+
+A node is a Prefect worker of the pool; whether it is alive is Prefect's (its heartbeats).
+Whether it may work is the operator's, kept in the Prefect Variable ``schedulemaster_nodes``
+(``{"disabled": [names]}``, visible in the UI's Variables page). The master writes it; every
+node reads it with its view of the live workers (every few seconds), and the master reads it
+when it routes a Start or a RunOnce. So a disabled node drops out of the rendezvous choice
+everywhere, and its tasks move to the other allowed nodes, as the original's 休息 took a
+worker's Quartz down while it stayed connected (status 1, 空闲).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NODES_VARIABLE = "schedulemaster_nodes"
+
+
+def disabled_of(value: Any) -> set[str]:
+    """The disabled node names in the Variable's value (anything malformed: none)."""
+    if isinstance(value, dict) and isinstance(value.get("disabled"), list):
+        return {n for n in value["disabled"] if isinstance(n, str)}
+    return set()
+
+
+async def read_disabled(client) -> set[str]:
+    variable = await client.read_variable_by_name(NODES_VARIABLE)
+    return disabled_of(variable.value if variable is not None else None)
+
+
+async def set_disabled(client, name: str, disabled: bool) -> bool:
+    """Add or remove ``name``; False when it was already so (nothing written)."""
+    from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+
+    variable = await client.read_variable_by_name(NODES_VARIABLE)
+    current = disabled_of(variable.value if variable is not None else None)
+    wanted = current | {name} if disabled else current - {name}
+    if wanted == current and variable is not None:
+        return False
+    value = {"disabled": sorted(wanted)}
+    if variable is None:
+        await client.create_variable(VariableCreate(name=NODES_VARIABLE, value=value, tags=["schedulemaster"]))
+    else:
+        await client.update_variable(VariableUpdate(name=NODES_VARIABLE, value=value))
+    return True

@@ -1,0 +1,124 @@
+"""Nodes (节点管理): list, disable (休息), enable (启用), delete (删除), on a real system."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+import schedulemaster as sm
+from schedulemaster.deployments.chain import online
+from schedulemaster.deployments.node_registry import disabled_of
+
+from helpers import wait_until
+
+
+def test_the_disabled_list_is_read_defensively_and_filters_the_live_nodes():
+    assert disabled_of({"disabled": ["a", 3, "b"]}) == {"a", "b"}
+    for junk in (None, [], "a", {"disabled": "a"}, {"other": ["a"]}):
+        assert disabled_of(junk) == set()
+    workers = [SimpleNamespace(name=n, status=SimpleNamespace(value=s))
+               for n, s in (("w1", "ONLINE"), ("w2", "ONLINE"), ("w3", "OFFLINE"))]
+    assert online(workers) == ["w1", "w2"]
+    assert online(workers, {"w1"}) == ["w2"]
+
+
+@pytest.fixture(scope="module")
+def api(system):
+    system.wait_node()
+    client = sm.LegacyClient(system.api)
+    yield client
+    client.enable_node("worker1")  # whatever a failed test left
+    client.close()
+
+
+def _row(api, name):
+    return next((r for r in api.nodes() if r["NodeName"] == name), None)
+
+
+@pytest.mark.e2e
+def test_a_disabled_node_fires_nothing_until_enabled(api, system, receiver):
+    row = _row(api, "worker1")
+    assert (row["Status"], row["StatusText"], row["Enabled"]) == (2, "运行", True) and row["LastUpdateTime"]
+    task_id = system.create_http(receiver.url("/nodes-flow"), cron="* * * * * ?", Title="nodes-flow")
+    assert system.post("Start", data={"id": task_id}).json()["Success"]
+    try:
+        receiver.wait_for("/nodes-flow", 2, timeout=30)
+        assert api.disable_node("worker1") == "节点已休息!"
+        assert api.disable_node("worker1") == "节点已休息!"  # idempotent
+        row = _row(api, "worker1")
+        assert (row["Status"], row["StatusText"], row["Enabled"]) == (1, "空闲", False)
+        sm.connect(system.api)
+        nodes = sm.nodes()
+        assert list(nodes.columns) == ["name", "status", "enabled", "last_seen", "seconds_since_seen", "created",
+                                       "pool"]
+        w1 = nodes[nodes["name"] == "worker1"].iloc[0]
+        assert (w1["status"], w1["enabled"]) == ("idle", False) and list(nodes["status"].cat.categories) == [
+            "offline", "idle", "running"]
+        time.sleep(8)  # the node re-reads the list every 5 s; a firing already under way may land
+        settled = len(receiver.at("/nodes-flow"))
+        time.sleep(6)
+        assert len(receiver.at("/nodes-flow")) == settled, "a disabled node kept firing"
+        assert api.enable_node("worker1") == "节点已启用!"
+        receiver.wait_for("/nodes-flow", settled + 2, timeout=30)
+        assert _row(api, "worker1")["Status"] == 2
+    finally:
+        api.enable_node("worker1")
+        system.post("Stop", data={"id": task_id})
+        system.post("Delete", data={"id": task_id})
+
+
+@pytest.mark.e2e
+def test_delete_only_an_offline_node(api, system):
+    with pytest.raises(sm.LegacyError, match="节点在线，不能删除"):
+        api.delete_node("worker1")
+    # a worker that heartbeats once and goes quiet: Prefect marks it offline
+    r = httpx.post(f"{system.prefect}/work_pools/schedulemaster/workers/heartbeat", timeout=30,
+                   json={"name": "ghost-node", "heartbeat_interval_seconds": 1})
+    assert r.status_code == 204, r.text
+    assert _row(api, "ghost-node") is not None
+    api.disable_node("ghost-node")
+    wait_until(lambda: _row(api, "ghost-node")["Status"] == 0, timeout=90, interval=1)
+    assert _row(api, "ghost-node")["StatusText"] == "下线"
+    assert api.delete_node("ghost-node") == "节点已删除!"
+    assert _row(api, "ghost-node") is None
+    with pytest.raises(sm.LegacyError, match="节点不存在!"):
+        api.delete_node("ghost-node")
+    # forgotten with it: a node of that name coming back starts enabled
+    assert "ghost-node" not in disabled_of(httpx.post(f"{system.prefect}/variables/filter", timeout=30, json={
+        "variables": {"name": {"any_": ["schedulemaster_nodes"]}}}).json()[0]["value"])
+
+
+@pytest.mark.e2e
+def test_node_requests_with_bad_input_change_nothing(api, system):
+    before = api.nodes()
+    for call, exc, match in [
+        (lambda: api.disable_node("no-such-node"), sm.LegacyError, "节点不存在!"),
+        (lambda: api.enable_node("x" * 101), sm.LegacyValidationError, "maximum length"),
+        (lambda: api.call("POST", "Node/Disable"), sm.LegacyValidationError, "name"),
+        (lambda: api.call("POST", "Node/Disable", data={"name": "   "}), sm.LegacyValidationError, "name"),
+        (lambda: api.delete_node("../../etc"), sm.LegacyError, "节点不存在!"),
+        (lambda: sm.LegacyClient(system.api, "admin", "wrong").nodes(), sm.LegacyAuthError, "401"),
+    ]:
+        with pytest.raises(exc, match=match):
+            call()
+    after = api.nodes()
+    assert [(r["NodeName"], r["Enabled"]) for r in after] == [(r["NodeName"], r["Enabled"]) for r in before]
+    assert httpx.get(f"{system.api}/api/Node/QueryList").status_code == 401
+
+
+@pytest.mark.e2e
+def test_nodes_cli(api, system):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "schedulemaster.cli", "nodes", *args, "--api", system.api],
+                              capture_output=True, text=True, timeout=120)
+
+    listed = run("list")
+    assert listed.returncode == 0 and "worker1" in listed.stdout and "运行" in listed.stdout
+    missing = run("disable", "no-such-node")
+    assert missing.returncode == 1 and "节点不存在!" in missing.stderr
+    assert _row(api, "worker1")["Enabled"] is True
