@@ -41,6 +41,9 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
     #: decides whether this node takes a run found in the tasks queue (set by the node:
     #: only runs of tasks it owns, so two nodes do not race for every UI-started run)
     accept_task_run: Callable[[FlowRun], bool] = staticmethod(lambda run: True)
+    #: False while the operator has disabled this node (休息): it then takes no run at all,
+    #: not even from its own queue; they wait there for it or for a Start elsewhere
+    accepting: Callable[[], bool] = staticmethod(lambda: True)
 
     async def _get_scheduled_flow_runs(self) -> list[Any]:
         """Find due runs with a plain filtered read instead of Prefect's worker-poll endpoint.
@@ -59,6 +62,8 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
 
         from schedulemaster.deployments.tasks import TASKS_QUEUE
 
+        if not self.accepting():
+            return []
         before = datetime.now(timezone.utc) + timedelta(seconds=self._prefetch_seconds)
         runs = await self.client.read_flow_runs(
             flow_run_filter=FlowRunFilter(

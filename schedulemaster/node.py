@@ -73,6 +73,7 @@ async def serve_node(settings: Settings, name: str, priority: int, max_concurren
         firing = FiringLoop(client, name, settings.work_pool, max_concurrency)
         host.pull_policy = lambda: str(firing.settings.get("Assembly_ImagePullPolicy") or "Always")
         worker.accept_task_run = firing.owns_run
+        worker.accepting = lambda: name not in firing.disabled
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

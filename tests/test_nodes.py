@@ -61,11 +61,17 @@ def test_a_disabled_node_fires_nothing_until_enabled(api, system, receiver):
             "offline", "idle", "running"]
         time.sleep(8)  # the node re-reads the list every 5 s; a firing already under way may land
         settled = len(receiver.at("/nodes-flow"))
+        # a RunOnce is accepted but waits in its queue: the disabled node takes no run either
+        assert system.post("RunOnce", data={"id": task_id}).json()["Success"]
         time.sleep(6)
         assert len(receiver.at("/nodes-flow")) == settled, "a disabled node kept firing"
+        once = [r for r in system.flow_runs(task_id) if "sm:run-once" in r["tags"]]
+        assert len(once) == 1 and once[0]["state_type"] == "SCHEDULED", once
         assert api.enable_node("worker1") == "节点已启用!"
         receiver.wait_for("/nodes-flow", settled + 2, timeout=30)
         assert _row(api, "worker1")["Status"] == 2
+        wait_until(lambda: [r for r in system.flow_runs(task_id) if r["id"] == once[0]["id"]
+                            and r["state_type"] == "COMPLETED"], timeout=30)
     finally:
         api.enable_node("worker1")
         system.post("Stop", data={"id": task_id})
