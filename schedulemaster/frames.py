@@ -9,7 +9,7 @@ stop at ``limit``, so asking for the last hour of a busy system does not load it
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 from uuid import UUID
 
 import pandas as pd
@@ -74,26 +74,36 @@ def _category(series: pd.Series, values: list[str]) -> pd.Series:
     return pd.Categorical(series, categories=values)
 
 
+def _pages(conn: Connection, read: Callable[[int, int], list[Any]], size: int = PAGE) -> Iterator[list[Any]]:
+    """Prefect's offset-paged reads: ``read(limit, offset)`` page after page until a short
+    one, its HTTP errors as ``PrefectUnavailable``."""
+    offset = 0
+    while True:
+        with prefect_errors(conn.prefect_url):
+            page = read(size, offset)
+        yield page
+        if len(page) < size:
+            return
+        offset += size
+
+
 # ---- tasks ------------------------------------------------------------------------------
 
 def task_specs(conn: Connection | None = None) -> dict[str, dict[str, Any]]:
     """Every task's spec by id (the ``task`` parameter of its deployment), with ``_status``."""
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
-    client = _conn(conn).prefect()
+    conn = _conn(conn)
+    client = conn.prefect()
+    flows = FlowFilter(name=FlowFilterName(any_=[FLOW_NAME]))
     out: dict[str, dict[str, Any]] = {}
-    offset = 0
-    while True:
-        with prefect_errors(_conn(conn).prefect_url):
-            page = client.read_deployments(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
-                                           limit=PAGE, offset=offset)
+    for page in _pages(conn, lambda limit, offset: client.read_deployments(flow_filter=flows, limit=limit,
+                                                                           offset=offset)):
         for dep in page:
             spec = dict((dep.parameters or {}).get("task") or {})
             spec["_status"] = STATUS_NAMES[int(status_of(dep))]
             out[str(dep.id)] = spec
-        if len(page) < PAGE:
-            return out
-        offset += PAGE
+    return out
 
 
 def tasks(conn: Connection | None = None) -> pd.DataFrame:
@@ -184,22 +194,17 @@ def iter_runs(task: "Task | str | None" = None, since: Any = None, until: Any = 
         if state else None)
     dep_filter = DeploymentFilter(id=DeploymentFilterId(any_=[UUID(task_id)])) if task_id else None
     client = conn.prefect()
-    offset = 0
-    while True:
-        with prefect_errors(conn.prefect_url):
-            page = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
-                                         deployment_filter=dep_filter, flow_run_filter=run_filter,
-                                         sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=page_size,
-                                         offset=offset)
+    flows = FlowFilter(name=FlowFilterName(any_=[FLOW_NAME]))
+
+    def read(limit: int, offset: int) -> list[Any]:
+        return client.read_flow_runs(flow_filter=flows, deployment_filter=dep_filter, flow_run_filter=run_filter,
+                                     sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit, offset=offset)
+
+    for page in _pages(conn, read, page_size):
         if kind is not None and kind not in KIND_TAGS:
-            page_kept = [r for r in page if _kind(r) == kind]
-        else:
-            page_kept = page
-        if page_kept:
-            yield page_kept
-        if len(page) < page_size:
-            return
-        offset += page_size
+            page = [r for r in page if _kind(r) == kind]
+        if page:
+            yield page
 
 
 def _task_id(task: Any, conn: Connection) -> str | None:
@@ -297,16 +302,14 @@ def logs(run: str | UUID | pd.Series, conn: Connection | None = None, limit: int
     except ValueError:
         raise ValueError(f"not a run id: {run_id!r}") from None
     client = conn.prefect()
-    rows, offset = [], 0
-    while len(rows) < limit:
-        with prefect_errors(conn.prefect_url):
-            page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_uuid])),
-                                    limit=PAGE, offset=offset, sort=LogSort.TIMESTAMP_ASC)
+    of_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_uuid]))
+    rows: list[dict[str, Any]] = []
+    for page in _pages(conn, lambda n, offset: client.read_logs(log_filter=of_run, limit=n, offset=offset,
+                                                                sort=LogSort.TIMESTAMP_ASC)):
         rows += [{"time": entry.timestamp, "level": logging.getLevelName(entry.level), "logger": entry.name,
                   "message": entry.message} for entry in page]
-        if len(page) < PAGE:
+        if len(rows) >= limit:
             break
-        offset += PAGE
     df = pd.DataFrame(rows[:limit], columns=["time", "level", "logger", "message"])
     df["time"] = _times(df["time"], conn.timezone)
     levels = ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -320,14 +323,8 @@ def logs(run: str | UUID | pd.Series, conn: Connection | None = None, limit: int
 
 def _workers(conn: Connection) -> list[Any]:
     client = conn.prefect()
-    out, offset = [], 0
-    while True:
-        with prefect_errors(conn.prefect_url):
-            page = client.read_workers_for_work_pool(conn.work_pool, limit=PAGE, offset=offset)
-        out += page
-        if len(page) < PAGE:
-            return out
-        offset += PAGE
+    return [w for page in _pages(conn, lambda limit, offset: client.read_workers_for_work_pool(
+        conn.work_pool, limit=limit, offset=offset)) for w in page]
 
 
 def node_names(conn: Connection | None = None) -> set[str]:

@@ -159,10 +159,13 @@ class LegacyClient:
 
     def iter_tasks(self, name: str | None = None, page_size: int = 200) -> Iterator[dict[str, Any]]:
         """Every QueryList row (page by page), optionally those whose title contains ``name``."""
+        return self._rows("Task/QueryList", {"name": name}, page_size)
+
+    def _rows(self, path: str, query: dict[str, Any], page_size: int) -> Iterator[dict[str, Any]]:
+        """The rows of a paged ``{total, rows}`` list, page after page."""
         page = 1
         while True:
-            body = self.call("GET", "Task/QueryList", params={"name": name, "pageNumber": page,
-                                                               "pageSize": page_size})
+            body = self.call("GET", path, params={**query, "pageNumber": page, "pageSize": page_size})
             rows = body.get("rows") or []
             yield from rows
             # the server caps a page (1000): a short page is the last, whatever was asked
@@ -211,15 +214,7 @@ class LegacyClient:
     def iter_delayed(self, page_size: int = 500, **query: Any) -> Iterator[dict[str, Any]]:
         """Every ``DelayTask/QueryList`` row for the filters (status, topic, contentKey,
         sourceApp, startDate, endDate), page by page."""
-        page = 1
-        while True:
-            body = self.call("GET", "DelayTask/QueryList",
-                             params={**query, "pageNumber": page, "pageSize": page_size})
-            rows = body.get("rows") or []
-            yield from rows
-            if len(rows) < min(page_size, 1000) or page * len(rows) >= int(body.get("total") or 0):
-                return
-            page += 1
+        return self._rows("DelayTask/QueryList", query, page_size)
 
     def void_delayed(self, task_id: str) -> str:
         return self._act("DelayTask/Void", task_id)
