@@ -244,7 +244,7 @@ def runs(task: "Task | str | None" = None, since: Any = None, until: Any = None,
     page_size = min(PAGE, limit) if kind is None or kind in KIND_TAGS else PAGE
     for page in iter_runs(task, since, until, kind, state, page_size, conn):
         if titles is None:
-            titles = {tid: s.get("Title") for tid, s in task_specs(conn).items()}
+            titles = _titles(conn, _task_id(task, conn))
         for r in page:
             if r.id in seen:  # offset paging repeats a row when runs are recorded meanwhile
                 continue
@@ -268,6 +268,20 @@ def runs(task: "Task | str | None" = None, since: Any = None, until: Any = None,
         if len(rows) >= limit:
             break
     return _runs_frame(rows, conn.timezone)
+
+
+def _titles(conn: Connection, task_id: str | None) -> dict[str, str]:
+    """Task titles by id: of the one task asked about (one read, not every deployment: a
+    notebook polls a task's runs), else of all."""
+    if task_id is None:
+        return {tid: s.get("Title") for tid, s in task_specs(conn).items()}
+    from schedulemaster.handles import _spec
+    from schedulemaster.legacy_client import LegacyNotFound
+
+    try:
+        return {task_id: _spec(conn, task_id).get("Title")}
+    except LegacyNotFound:  # deleted: its runs remain, untitled
+        return {}
 
 
 def _node_of_queue(queue: str | None) -> str | None:

@@ -334,8 +334,7 @@ class Task:
         new = [c.id for c in children if c.id not in nexts]
         if not new:
             return children[-1] if children else self
-        for child in children:
-            _check_no_cycle(self.conn, self, child)
+        _check_no_cycle(self.conn, self, new)
         self.edit(Nexts=nexts + new)
         return children[-1]
 
@@ -344,16 +343,16 @@ class Task:
         return self.then(other)
 
 
-def _check_no_cycle(conn: Connection, parent: Task, child: Task) -> None:
-    """Refuse ``parent >> child`` when ``child`` already leads back to ``parent``, before
-    the parent is stopped for the edit (the server checks again when it writes), with the
-    server's own words and search."""
+def _check_no_cycle(conn: Connection, parent: Task, children: list[str]) -> None:
+    """Refuse new ``children`` of ``parent`` when one already leads back to it, before the
+    parent is stopped for the edit (the server checks again when it writes), with the
+    server's own words and search; one read of the tasks for all of them."""
     from schedulemaster.deployments.chain import find_cycle
     from schedulemaster.frames import task_specs
 
     specs = task_specs(conn)
     graph = {tid: list(s.get("Nexts") or []) for tid, s in specs.items()}
-    graph[parent.id] = graph.get(parent.id, []) + [child.id]
+    graph[parent.id] = graph.get(parent.id, []) + children
     path = find_cycle(graph, parent.id)
     if path:
         titles = {tid: s.get("Title") or tid for tid, s in specs.items()}
@@ -509,25 +508,26 @@ def task(cron: str | Callable[..., Any] | None = None, *, title: str | None = No
             conn.legacy.upload_plugin(filename, data)
 
         # the package name carries the code's fingerprint: stored already = this very code
-        stored = _stored_package(conn, form["AssemblyName"]) is not None
+        stored = _package_stored(conn, form["AssemblyName"])
         t = upsert(conn, form, start=start, upload=None if stored else upload)
         return ScheduledFunction(t.id, name, fn, conn)
 
     return decorate
 
 
-def _stored_package(conn: Connection, name: str) -> bytes | None:
-    """The package the master holds under ``name`` (what the nodes fetch), or None."""
+def _package_stored(conn: Connection, name: str) -> bool:
+    """Whether the master holds the package ``name`` (what the nodes fetch). Its answer is
+    streamed and closed at the status line: only the existence matters, not the bytes."""
     import httpx
 
     with prefect_errors(conn.prefect_url):
         try:
-            resp = conn.prefect()._client.get(f"/schedulemaster/plugins/{name}")
+            with conn.prefect()._client.stream("GET", f"/schedulemaster/plugins/{name}"):
+                return True
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code == 404:
-                return None
+                return False
             raise
-    return resp.content
 
 
 def http_task(title: str, url: str, cron: str | None = None, *, method: str = "GET", body: str | None = None,
