@@ -42,10 +42,14 @@ def child_ids(spec: dict[str, Any], parent_id: uuid.UUID) -> list[uuid.UUID]:
     return out
 
 
+def is_online(worker) -> bool:
+    """Whether Prefect counts the worker alive (its heartbeats arrive)."""
+    return str(getattr(worker.status, "value", worker.status)).upper() == "ONLINE"
+
+
 def online(workers, disabled: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """The names of the ONLINE workers of a pool that are not disabled, sorted."""
-    return sorted(w.name for w in workers
-                  if str(getattr(w.status, "value", w.status)).upper() == "ONLINE" and w.name not in disabled)
+    return sorted(w.name for w in workers if is_online(w) and w.name not in disabled)
 
 
 async def live_nodes(client, work_pool: str) -> list[str]:

@@ -127,9 +127,8 @@ class FiringLoop:
             await self.http.close()
 
     async def refresh_nodes(self) -> None:
-        from schedulemaster.flows.task_flow import read_node_settings
-
         from schedulemaster.deployments.node_registry import read_disabled
+        from schedulemaster.flows.task_flow import read_node_settings
 
         try:
             disabled = await read_disabled(self.client)

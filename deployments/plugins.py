@@ -196,7 +196,7 @@ class PluginHost:
         if self.fetch is None or not assembly:
             return None
         marker = task_dir / ".package"
-        if self.pull_policy() == "IfNotPresent" and marker.is_file() and _stem(marker.read_text()) == assembly:
+        if self.pull_policy() == "IfNotPresent" and marker.is_file() and _unpacked_name(marker) == assembly:
             return task_dir.resolve()  # the same package unpacked before (a new AssemblyName is fetched)
         try:
             package = await self.fetch(assembly)
@@ -287,11 +287,14 @@ class PluginHost:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _stem(filename: str) -> str:
-    for ext in (".zip", ".whl"):
-        if filename.lower().endswith(ext):
-            return filename[: -len(ext)]
-    return filename
+def _unpacked_name(marker: Path) -> str | None:
+    """The AssemblyName of the package a task directory holds (its marker names the file)."""
+    from schedulemaster.deployments.packages import PackageError, check_name
+
+    try:
+        return check_name(marker.read_text())[0]
+    except (PackageError, OSError):
+        return None
 
 
 _HOST: PluginHost | None = None

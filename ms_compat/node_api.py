@@ -21,8 +21,9 @@ STATUS_TEXT = {0: "下线", 1: "空闲", 2: "运行"}
 
 
 def node_row(worker, disabled: set[str], fmt_date: Callable) -> dict[str, Any]:
-    alive = str(getattr(worker.status, "value", worker.status)).upper() == "ONLINE"
-    status = 0 if not alive else 1 if worker.name in disabled else 2
+    from schedulemaster.deployments.chain import is_online
+
+    status = 0 if not is_online(worker) else 1 if worker.name in disabled else 2
     return {"NodeName": worker.name, "NodeType": "worker", "Status": status, "StatusText": STATUS_TEXT[status],
             "Enabled": worker.name not in disabled,
             "LastUpdateTime": fmt_date(worker.last_heartbeat_time) if worker.last_heartbeat_time else None,
@@ -74,6 +75,7 @@ def add_node_routes(app: FastAPI, guarded, form_of, service) -> None:
 
     @app.post("/api/node/delete")
     async def delete(request: Request):
+        from schedulemaster.deployments.chain import is_online
         from schedulemaster.deployments.node_registry import set_disabled
 
         async def act(m, _user):
@@ -82,7 +84,7 @@ def add_node_routes(app: FastAPI, guarded, form_of, service) -> None:
             worker = await find(name)
             if worker is None:
                 return R.failed("节点不存在!")
-            if str(getattr(worker.status, "value", worker.status)).upper() == "ONLINE":
+            if is_online(worker):
                 return R.failed("节点在线，不能删除!（先停止该节点进程）")
             await s.client._client.delete(f"/work_pools/{s.work_pool}/workers/{name}")
             await set_disabled(s.client, name, False)  # a node of that name starting later starts enabled
