@@ -62,12 +62,21 @@ async def live_nodes(client, work_pool: str) -> list[str]:
         return []
 
 
+async def node_weights(client) -> dict[str, int]:
+    """Each registered node's Priority (the master's nodes table); {} when unreadable."""
+    try:
+        return {row["name"]: row["priority"] for row in (await client._client.get("/schedulemaster/nodes")).json()}
+    except Exception:
+        return {}
+
+
 async def owning_node(client, work_pool: str, task_id: uuid.UUID, spec: dict[str, Any]) -> str | None:
-    """The live node that fires this task (the same rendezvous choice the nodes make), if any."""
+    """The live node that fires this task (the same weighted rendezvous choice the nodes make), if any."""
     from schedulemaster.deployments.firing import owner
 
     allowed = spec.get("Executors") or []
-    return owner(task_id, [n for n in await live_nodes(client, work_pool) if not allowed or n in allowed])
+    return owner(task_id, [n for n in await live_nodes(client, work_pool) if not allowed or n in allowed],
+                 await node_weights(client))
 
 
 async def queue_for(client, work_pool: str, task_id: uuid.UUID, spec: dict[str, Any]) -> str:

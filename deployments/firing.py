@@ -11,8 +11,12 @@ run it, far too much for 1,200 firings a minute; prefect-notes §11). So a node:
 4. hands the outcome to the ``Recorder``, which writes it to Prefect in bulk.
 
 Which node fires a task: among the live nodes of the pool allowed by the task's Executors,
-the one with the highest rendezvous hash of (task, node). Every node computes the same
-answer from the same worker list, so one node fires each task without any lock per firing.
+the one with the highest rendezvous hash of (task, node), weighted by the nodes' Priority.
+Every node computes the same answer from the same worker list. While nodes learn that one
+joined or left, two may both believe they own a task: each firing is claimed at the master
+first (deployments/node_claims.py), and only the claim's winner runs it. A node that takes
+a task over from one that died catches up the instants nobody claimed since (within the
+misfire window), so a node's death loses no firing.
 """
 
 from __future__ import annotations
@@ -22,12 +26,14 @@ import hashlib
 import heapq
 import itertools
 import logging
+import math
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from schedulemaster.deployments import chain, plan, plugins, quartz
+from schedulemaster.deployments.node_claims import AHEAD, Claimer, Superseded
 from schedulemaster.deployments import tasks as dep
 from schedulemaster.deployments.recorder import Firing, Recorder
 from schedulemaster.deployments.tasks import Status
@@ -51,10 +57,36 @@ def firing_id(task_id: uuid.UUID, at: datetime) -> str:
     return str(uuid.uuid5(task_id, at.astimezone(timezone.utc).isoformat()))
 
 
-def owner(task_id: uuid.UUID, nodes: list[str]) -> str | None:
+def owner(task_id: uuid.UUID, nodes: list[str], weights: dict[str, int] | None = None) -> str | None:
+    """Weighted rendezvous hashing: each node scores w / -ln(u), u the (task, node) hash in
+    (0, 1); a node gets a share of the tasks proportional to its weight (Priority), and
+    only tasks move when a node comes or goes. Priority 0 nodes get tasks only when every
+    candidate is 0 (the original looped forever then; §1.6)."""
     if not nodes:
         return None
-    return max(nodes, key=lambda n: hashlib.sha1(f"{task_id}:{n}".encode()).digest())
+    w = {n: max(0, int((weights or {}).get(n, 1))) for n in nodes}
+    if not any(w.values()):
+        w = dict.fromkeys(nodes, 1)
+
+    def score(n: str) -> float:
+        if w[n] == 0:
+            return -math.inf
+        h = int.from_bytes(hashlib.sha1(f"{task_id}:{n}".encode()).digest()[:8], "big")
+        return w[n] / -math.log((h + 0.5) / 2 ** 64)
+
+    return max(sorted(nodes), key=score)
+
+
+def started_at(spec: dict[str, Any]) -> datetime | None:
+    """When the task was last started (its StartedAt, in its own zone), in UTC."""
+    raw = spec.get("StartedAt")
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(str(raw))
+    except ValueError:
+        return None
+    return value.astimezone(timezone.utc) if value.tzinfo else plan.local_to_utc(str(raw), spec.get("TimeZone") or "UTC")
 
 
 @dataclass
@@ -64,14 +96,19 @@ class Entry:
     version: Any
     gen: int
     next_at: datetime | None = None
-    running: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one firing of a task at a time
+    waiting: int = 0  # scheduled firings waiting for the lock (at most one, as a blocked Quartz trigger)
 
 
 class FiringLoop:
     def __init__(self, client, node_name: str, work_pool: str, max_concurrency: int,
-                 recorder: Recorder | None = None):
+                 recorder: Recorder | None = None, incarnation: str | None = None):
         self.client = client
         self.node = node_name
+        self.claimer = Claimer(client, node_name, incarnation or str(uuid.uuid4()))
+        self.weights: dict[str, int] = {}  # Priority per node (the master's nodes table)
+        self.on_superseded = lambda: None  # called when another process took this node's name
+        self._arrived: list[Entry] = []  # entries new to the book since the last catch-up
         self.work_pool = work_pool
         self.recorder = recorder or Recorder(client)
         self.slots = asyncio.Semaphore(max(1, max_concurrency))
@@ -102,6 +139,7 @@ class FiringLoop:
         await asyncio.gather(self._every(SYNC_SECONDS, self.sync),
                              self._every(NODES_SECONDS, self.refresh_nodes),
                              self._every(READY_SECONDS, self.keep_tasks_ready),
+                             self._every(AHEAD / 4, self.claim_ahead),
                              self.timer(), self.recorder.run())
 
     async def _every(self, seconds: float, fn) -> None:
@@ -146,10 +184,26 @@ class FiringLoop:
             live = []
         if self.node not in live and self.node not in disabled:
             live.append(self.node)  # we are alive even before our first heartbeat lands
-        if live != self.live_nodes:
-            self.live_nodes = sorted(live)
+        weights = await self._read_node_table()
+        if live != self.live_nodes or weights != self.weights:
+            self.live_nodes, self.weights = sorted(live), weights
             self._reassign()
         self.settings = await read_node_settings()
+
+    async def _read_node_table(self) -> dict[str, int]:
+        """Every node's Priority, and this node's MaxConcurrency as the operator set it."""
+        try:
+            rows = (await self.client._client.get("/schedulemaster/nodes")).json()
+        except Exception as exc:
+            log.warning("cannot read the nodes table (%s); keeping the last priorities", exc)
+            return self.weights
+        for row in rows:
+            if row["name"] == self.node and row["max_concurrency"] != self.max_concurrency:
+                log.warning("node %s: max concurrency %d -> %d", self.node, self.max_concurrency,
+                            row["max_concurrency"])
+                self.max_concurrency = row["max_concurrency"]
+                self.slots = asyncio.Semaphore(self.max_concurrency)  # firings in flight keep the old one
+        return {row["name"]: row["priority"] for row in rows}
 
     async def keep_tasks_ready(self) -> None:
         """Poll the tasks queue once, as a worker would, so the UI shows task deployments
@@ -170,7 +224,7 @@ class FiringLoop:
     def mine(self, spec: dict[str, Any], task_id: uuid.UUID) -> bool:
         allowed = spec.get("Executors") or []
         candidates = [n for n in self.live_nodes if not allowed or n in allowed]
-        return owner(task_id, candidates) == self.node
+        return owner(task_id, candidates, self.weights) == self.node
 
     def _reassign(self) -> None:
         for tid, entry in list(self.book.items()):
@@ -236,6 +290,72 @@ class FiringLoop:
             self.plugin_wanted &= {r.id for r in records}
             for tid in self.plugins.stale(self.plugin_wanted):
                 await self.plugins.stop(tid)
+        if self._arrived:
+            arrived, self._arrived = self._arrived, []
+            await self.catch_up(arrived, now)
+
+    async def catch_up(self, entries: list[Entry], now: datetime) -> None:
+        """Tasks that just became this node's: fire the instants since the task's last
+        claimed firing that nobody claimed (their node died, or was disabled), within the
+        misfire window and not before the task's Start. A task never fired before, or fired
+        by a live node until now, has nothing to catch up."""
+        resp = await self.client._client.post("/schedulemaster/claims/latest",
+                                              json={"task_ids": [str(e.task_id) for e in entries]})
+        latest = resp.json()
+        plans: list[tuple[Entry, list[datetime]]] = []
+        for e in entries:
+            last = latest.get(str(e.task_id))
+            if last is None:
+                continue
+            since = max(datetime.fromisoformat(last), now - MISFIRE_THRESHOLD,
+                        started_at(e.spec) or now - MISFIRE_THRESHOLD)
+            instants, at = [], since
+            while len(instants) < 120:
+                at = plan.next_fire(e.spec, at)
+                if at is None or at > now:
+                    break
+                instants.append(at)
+            if instants:
+                plans.append((e, instants))
+        if not plans:
+            return
+        await self.claimer.claim([(firing_id(e.task_id, at), e.task_id, at) for e, ats in plans for at in ats])
+        for e, ats in plans:
+            won = [at for at in ats if firing_id(e.task_id, at) in self.claimer.won]
+            if won:
+                log.warning("task %s [%s]: taking it over, %d firing(s) since %s that no node ran are fired now",
+                            e.task_id, e.spec.get("Title", ""), len(won), won[0].isoformat())
+                self._spawn(self._fire_in_turn(e, won))
+
+    async def _fire_in_turn(self, entry: Entry, instants: list[datetime]) -> None:
+        for at in instants:
+            await self.fire(entry, at, why_late="caught up: no node ran it at its time (a node went offline)")
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def claim_ahead(self) -> None:
+        """Claim, in one call, every firing due within AHEAD seconds; release the claims of
+        firings that will not happen after all (their task was stopped, edited or moved)."""
+        now = utcnow()
+        horizon = now + timedelta(seconds=AHEAD)
+        items = []
+        for at, _, tid, gen in self.heap:
+            entry = self.book.get(tid)
+            if at <= horizon and entry is not None and entry.gen == gen:
+                fid = firing_id(tid, at)
+                if not self.claimer.known(fid):
+                    items.append((fid, tid, at))
+        try:
+            if items:
+                await self.claimer.claim(items)
+        except Superseded as exc:
+            log.error("%s: this process stops firing", exc)
+            self.on_superseded()
+            return
+        await self.claimer.release(self.claimer.stale(now))
 
     async def _apply(self, rec: dep.TaskRecord, now: datetime) -> bool:
         """Take one task record into the book; False when this node should not fire it."""
@@ -259,9 +379,12 @@ class FiringLoop:
             log.error("task %s: %s", rec.id, exc)
             self.book.pop(rec.id, None)
             return False
+        arrived = entry is None
         entry = Entry(rec.id, rec.spec, version, next(self._gen), nxt,
-                      running=entry.running if entry else False)
+                      **({"lock": entry.lock} if entry is not None else {}))
         self.book[rec.id] = entry
+        if arrived and rec.spec.get("RunLoop"):
+            self._arrived.append(entry)
         if nxt is not None:
             self._push(entry)
         return True
@@ -320,10 +443,9 @@ class FiringLoop:
                 if now - at > MISFIRE_THRESHOLD:
                     self.skipped += 1
                     log.warning("task %s: misfire at %s skipped (%.1f s late)", tid, at, (now - at).total_seconds())
+                    self._spawn(self.claimer.release([firing_id(tid, at)]))
                 else:
-                    task = asyncio.create_task(self.fire(entry, at))
-                    self._inflight.add(task)
-                    task.add_done_callback(self._inflight.discard)
+                    self._spawn(self.fire(entry, at))
                 if entry.spec.get("RunLoop"):
                     try:
                         entry.next_at = plan.next_fire(entry.spec, max(at, now - MISFIRE_THRESHOLD))
@@ -341,18 +463,63 @@ class FiringLoop:
                 except asyncio.TimeoutError:
                     pass
 
+    async def _claimed(self, entry: Entry, fid: str, at: datetime) -> bool:
+        """Whether this node won the firing's claim; retried while the master cannot answer,
+        until the firing would be a misfire (without a claim it never runs: a node cut off
+        from the master fires nothing that another node might fire too)."""
+        delay = 0.5
+        while True:
+            try:
+                return await self.claimer.take(fid, entry.task_id, at)
+            except Superseded as exc:
+                log.error("%s: this process stops firing", exc)
+                self.on_superseded()
+                return False
+            except Exception as exc:
+                if utcnow() - at > MISFIRE_THRESHOLD:
+                    self.skipped += 1
+                    log.error("task %s [%s]: firing at %s not run, it could not be claimed: %s",
+                              entry.task_id, entry.spec.get("Title", ""), at, exc)
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def fire(self, entry: Entry, at: datetime, *, previous_result: Any = None,
-                   parent: str | None = None, fid: str | None = None) -> None:
+                   parent: str | None = None, fid: str | None = None, why_late: str | None = None) -> None:
         title = entry.spec.get("Title", "")
         fid = fid or firing_id(entry.task_id, at)
-        if entry.running:
-            # One instance per task, as Quartz's DisallowConcurrentExecution: skip and say so.
-            self.skipped += 1
-            log.warning("task %s [%s]: firing at %s skipped, the previous one is still running",
-                        entry.task_id, title, at)
-            return
-        entry.running = True
+        t0 = utcnow()
+        if not await self._claimed(entry, fid, at):
+            return  # another node runs it (or nobody may: logged)
+        t_claimed = utcnow()
+        # One firing of a task at a time, as Quartz's DisallowConcurrentExecution: the next
+        # waits for the previous (one at most: a blocked Quartz trigger does not pile up
+        # either) and is a misfire when that made it more than 60 s late. Catch-up firings
+        # always wait their turn: they are the firings a dead node did not run.
+        if entry.lock.locked() and why_late is None:
+            if entry.waiting:
+                self.skipped += 1
+                log.warning("task %s [%s]: firing at %s skipped, the previous one is still running "
+                            "and the next already waits", entry.task_id, title, at)
+                await self.claimer.release([fid])
+                return
+            entry.waiting += 1
+            waited = True
+        else:
+            waited = False
         try:
+            await entry.lock.acquire()
+        finally:
+            if waited:
+                entry.waiting -= 1
+        try:
+            if utcnow() - at > MISFIRE_THRESHOLD:
+                self.skipped += 1
+                log.warning("task %s [%s]: firing at %s skipped: the previous one ran until %.0f s after it",
+                            entry.task_id, title, at, (utcnow() - at).total_seconds())
+                await self.claimer.release([fid])
+                return
+            t_locked = utcnow()
             async with self.slots:
                 started = utcnow()
                 if entry.spec.get("MetaType") == 1:
@@ -363,10 +530,17 @@ class FiringLoop:
                                              settings=self.settings, idempotency_key=fid)
             finished = utcnow()
         finally:
-            entry.running = False
+            entry.lock.release()
         self.fired += 1
+        if (finished - t0).total_seconds() > 5:  # say where a slow firing spent its time
+            log.warning("task %s [%s]: firing at %s took %.1f s: claim %.1f s, previous firing %.1f s, "
+                        "free slot %.1f s, run %.1f s", entry.task_id, title, at, (finished - t0).total_seconds(),
+                        (t_claimed - t0).total_seconds(), (t_locked - t_claimed).total_seconds(),
+                        (started - t_locked).total_seconds(), (finished - started).total_seconds())
         level, line = outcome_lines(title, out)
         logs = list(out.logs) + [(level, line, finished)]
+        if why_late:
+            logs.insert(0, (30, f"{(started - at).total_seconds():.1f} s late: {why_late}", started))
         self.recorder.add(Firing(entry.task_id, fid, title, at, started, finished, out.ok, out.message,
                                  self.node, getattr(out, "status_code", None), logs,
                                  zone=entry.spec.get("TimeZone") or "UTC", parent=parent))
@@ -380,10 +554,7 @@ class FiringLoop:
             child = self.book.get(cid)
             try:
                 if child is not None:
-                    task = asyncio.create_task(self.fire(child, utcnow(), previous_result=result,
-                                                         parent=fid, fid=cfid))
-                    self._inflight.add(task)
-                    task.add_done_callback(self._inflight.discard)
+                    self._spawn(self.fire(child, utcnow(), previous_result=result, parent=fid, fid=cfid))
                     continue
                 rec = await chain.running_child(self.client, cid)
                 if rec is None:

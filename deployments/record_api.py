@@ -184,16 +184,25 @@ async def report_failure(failure: RunFailure, on_failure: OnFailure | None) -> b
     return True
 
 
-def create_record_app(on_failure: OnFailure | None = None, packages=None) -> FastAPI:
+def create_record_app(on_failure: OnFailure | None = None, packages=None, store_engine=None,
+                      coordination: APIRouter | None = None) -> FastAPI:
     """Mounted at ``/schedulemaster`` inside Prefect's own API app on the master, so Prefect's
     auth middleware (PREFECT_SERVER_API_AUTH_STRING) guards it like every Prefect endpoint:
-    nodes record firings and report failures here, and fetch plugin packages."""
+    nodes record firings and report failures here, fetch plugin packages, and (through
+    ``coordination``, deployments/coordination_api.py) register and claim firings."""
     app = FastAPI(title="ScheduleMaster recording", openapi_url=None, docs_url=None, redoc_url=None)
     router = APIRouter()
 
     @router.post("/firings")
     async def post_firings(records: list[FiringRecord] = Body(..., max_length=MAX_BATCH)) -> RecordResult:
-        return await record_firings(records, on_failure)
+        result = await record_firings(records, on_failure)
+        if store_engine is not None:  # a recorded firing's claim is done (deployments/claims.py)
+            import asyncio
+
+            from schedulemaster.deployments import claims
+
+            await asyncio.to_thread(claims.finish, store_engine, [r.firing_id for r in records], "recorded")
+        return result
 
     @router.post("/failures")
     async def post_failure(failure: RunFailure) -> dict:
@@ -209,6 +218,8 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None) -> Fas
         return FileResponse(path, filename=path.name, media_type="application/zip")
 
     app.include_router(router)
+    if coordination is not None:
+        app.include_router(coordination)
     return app
 
 

@@ -44,6 +44,9 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
     #: False while the operator has disabled this node (休息): it then takes no run at all,
     #: not even from its own queue; they wait there for it or for a Start elsewhere
     accepting: Callable[[], bool] = staticmethod(lambda: True)
+    #: this process's registration (deployments/claims.py); stamped on each run it takes, so
+    #: the master's failover can tell a run held by a dead process from one of its successor
+    incarnation: str = ""
 
     async def _get_scheduled_flow_runs(self) -> list[Any]:
         """Find due runs with a plain filtered read instead of Prefect's worker-poll endpoint.
@@ -84,8 +87,12 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
 
         from schedulemaster.flows.task_flow import run_task
 
+        from schedulemaster.deployments.failover import INCARNATION_LABEL
+
         if task_status is not None:
             task_status.started(str(flow_run.id))
+        if self.incarnation:
+            await self.client.update_flow_run_labels(flow_run.id, {INCARNATION_LABEL: self.incarnation})
         state = await run_flow(run_task, flow_run=flow_run, parameters=dict(flow_run.parameters or {}),
                                return_type="state")
         return NodeWorkerResult(identifier=str(flow_run.id), status_code=0 if state.is_completed() else 1)

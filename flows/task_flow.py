@@ -50,23 +50,30 @@ async def _report_failure(flow_obj, run, state) -> None:
 
 @flow(name=FLOW_NAME, log_prints=True, persist_result=False, on_failure=[_report_failure])
 async def run_task(task: dict[str, Any], fire: dict[str, Any] | None = None, action: str | None = None,
-                   previous_result: Any = None) -> Any:
-    """Run one firing of a ScheduleMaster task (or, with ``action="start"``, start its plugin)."""
+                   previous_result: Any = None, rerun: dict[str, Any] | None = None) -> Any:
+    """Run one firing of a ScheduleMaster task (or, with ``action="start"``, start its plugin).
+
+    ``rerun``: this run re-runs a firing (or a run) whose node died while running it
+    (deployments/failover.py): it says why, and the receiver gets the same Idempotency-Key
+    as the first attempt, so it can tell the two apart."""
     logger = get_run_logger()
     if fire is not None:
         # A firing the node already ran and recorded; nothing to do again.
         return fire
+    key = str(flow_run.get_id())
+    if rerun:
+        key = str(rerun.get("idempotency_key") or key)
+        logger.warning("重新执行 (re-run): %s; Idempotency-Key %s as the first attempt", rerun.get("reason", ""), key)
     title = task.get("Title", "")
     if task.get("MetaType") == 1:
-        return await _run_plugin(task, action, previous_result)
+        return await _run_plugin(task, action, previous_result, key)
     if task.get("MetaType") != 2:
         raise RuntimeError(f"MetaType {task.get('MetaType')} is not a task type (1 plugin, 2 HTTP)")
     if action == "start":
         return {"started": True}
     settings = await read_node_settings()
     async with new_session(10) as client:
-        out = await perform_http(client, task.get("Http") or {}, settings=settings,
-                                 idempotency_key=str(flow_run.get_id()))
+        out = await perform_http(client, task.get("Http") or {}, settings=settings, idempotency_key=key)
     for level, msg, _ts in out.logs:
         logger.log(level, msg)
     level, line = outcome_lines(title, out)
@@ -84,7 +91,7 @@ def _deployment_id():
     return get_run_context().flow_run.deployment_id
 
 
-async def _run_plugin(task: dict[str, Any], action: str | None, previous_result: Any) -> Any:
+async def _run_plugin(task: dict[str, Any], action: str | None, previous_result: Any, trace_id: str) -> Any:
     """Plugin tasks run on the node's own instance (deployments/plugins.py), which the
     node's firing loop shares: a Start loads and initializes it here, on the node that will
     fire the task, so a plugin that cannot start fails the Start with its reason logged."""
@@ -102,7 +109,7 @@ async def _run_plugin(task: dict[str, Any], action: str | None, previous_result:
             raise RuntimeError(f"the plugin did not start: {str(exc).splitlines()[0]}") from None
         logger.info("插件 %s / %s 已加载并完成初始化", task.get("AssemblyName"), task.get("ClassName"))
         return {"started": True}
-    out = await host.run(task_id, task, previous_result=previous_result, trace_id=str(flow_run.get_id()))
+    out = await host.run(task_id, task, previous_result=previous_result, trace_id=trace_id)
     for level, msg, _ts in out.logs:
         logger.log(level, msg)
     level, line = outcome_lines(task.get("Title", ""), out)

@@ -92,10 +92,18 @@ def ensure_database(url: str) -> None:
         if "does not exist" not in str(exc):
             raise
     admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        name = target.database.replace('"', '""')
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    try:
+        with admin.connect() as conn:
+            name = target.database.replace('"', '""')
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except (IntegrityError, ProgrammingError) as exc:
+        # another process of the system (the master, a dispatcher) created it just now
+        if "already exists" not in str(exc):
+            raise
+    finally:
+        admin.dispose()
 
 
 class Store:
@@ -125,10 +133,18 @@ class Store:
 
     def init(self) -> None:
         """Create the tables and seed the default account and settings (idempotent)."""
-        from schedulemaster.ms_compat import delayed_store, import_target  # noqa: F401  (register their tables)
+        from schedulemaster.deployments import claims  # noqa: F401  (register their tables)
+        from schedulemaster.ms_compat import delayed_store, import_target  # noqa: F401
+
+        from sqlalchemy.exc import IntegrityError, ProgrammingError
 
         ensure_database(self.url)
-        SQLModel.metadata.create_all(self.engine)
+        try:
+            SQLModel.metadata.create_all(self.engine)
+        except (IntegrityError, ProgrammingError):
+            # another process created the same tables at the same moment (PostgreSQL's
+            # CREATE TABLE races on its type catalog); they exist now, so check again
+            SQLModel.metadata.create_all(self.engine)
         with Session(self.engine) as s:
             if s.exec(select(SystemUser)).first() is None:
                 user, pw = DEFAULT_ADMIN

@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from schedulemaster.deployments import chain, plan, quartz
+from schedulemaster.deployments.failover import POLICIES
 from schedulemaster.deployments import tasks as dep
 from schedulemaster.deployments.tasks import Status, TaskRecord
 from schedulemaster.flows.http_task import HttpTaskError, parse_params
@@ -159,6 +160,10 @@ class TaskService:
         for e in executors:
             if len(e) > 100 or any(c in e for c in "/%"):
                 raise TaskError(f"节点名称无效：{e[:100]}")
+        await self.check_executors(executors)
+        policy = (m.get("FailoverPolicy") or (existing or {}).get("FailoverPolicy") or "retry-elsewhere").strip().lower()
+        if policy not in POLICIES:
+            raise TaskError(f"FailoverPolicy '{policy[:20]}' 无效（可选：{' / '.join(POLICIES)}）")
         blocks = [b.strip() for b in dict.fromkeys(m.get("NotifyBlocks") or []) if b and b.strip()]
         await self.check_blocks(blocks)
         base = existing or {}
@@ -174,9 +179,23 @@ class TaskService:
             "CreateUserId": base.get("CreateUserId", user.id),
             "CreateUserName": base.get("CreateUserName", user.username),
             "Keepers": keepers, "Nexts": nexts, "Executors": executors, "Http": http,
-            "NotifyBlocks": blocks,
+            "NotifyBlocks": blocks, "FailoverPolicy": policy,
             "TimeZone": self.tz, "StartedAt": None,
         }
+
+    async def check_executors(self, executors: list[str]) -> None:
+        """Every executor must name a node this master knows (a worker of the pool, or a
+        registered node): a typo would leave the task waiting for a node that never comes."""
+        if not executors:
+            return
+        from schedulemaster.deployments import claims
+
+        known = {w.name for w in await self.client.read_workers_for_work_pool(self.work_pool)}
+        known |= set(await asyncio.to_thread(claims.nodes, self.store.engine))
+        unknown = [e for e in executors if e not in known]
+        if unknown:
+            raise TaskError(f"节点不存在：{', '.join(u[:100] for u in unknown[:5])}"
+                            f"（已知节点：{', '.join(sorted(known)[:20]) or '无'}）")
 
     async def check_blocks(self, blocks: list[str]) -> None:
         """Each NotifyBlocks entry must name an existing block document that can notify."""

@@ -93,6 +93,11 @@ def node(name: str = typer.Option("worker1", "--name", help="node name (the orig
          priority: int = typer.Option(1, "--priority", min=0, max=1000, help="weight when picking a node"),
          maxc: int = typer.Option(20, "--maxc", min=1, max=1000, help="firings run at once; more queue"),
          master_url: Optional[str] = typer.Option(None, "--master", help="Prefect API URL of the master"),
+         wait_for_name: float = typer.Option(0.0, "--wait-for-name", min=0, max=3600,
+                                             help="seconds to wait while a live node holds this name "
+                                                  "(a killed node counts as live until it is offline, ~20 s)"),
+         connect_timeout: float = typer.Option(300.0, "--connect-timeout", min=1, max=86400,
+                                               help="seconds to wait for the master to answer"),
          data_dir: Optional[Path] = DataDir, prefect_port: Optional[int] = PrefectPort) -> None:
     """Run an executor node (a Prefect worker of type schedulemaster-node)."""
     import os
@@ -106,7 +111,8 @@ def node(name: str = typer.Option("worker1", "--name", help="node name (the orig
             raise typer.BadParameter("--master must be an http(s) URL such as http://host:4200/api")
         os.environ["SM_PREFECT_API_URL"] = master_url.rstrip("/")
     _logging()
-    raise typer.Exit(asyncio.run(serve_node(_settings(data_dir, None, prefect_port, None), name, priority, maxc)))
+    raise typer.Exit(asyncio.run(serve_node(_settings(data_dir, None, prefect_port, None), name, priority, maxc,
+                                            wait_for_name, connect_timeout)))
 
 
 @app.command()

@@ -74,7 +74,8 @@ async def mirror_settings(client, store) -> None:
         await client.update_variable(VariableUpdate(name=SETTINGS_VARIABLE, value=value))
 
 
-def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None) -> None:
+def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None, store_engine=None,
+                     coordination=None) -> None:
     """Nodes record firings at ``/api/schedulemaster/firings`` (see deployments/record_api.py);
     ``schedulemaster import`` writes at ``/api/schedulemaster/import/*`` (ms_compat/import_api.py).
 
@@ -89,7 +90,8 @@ def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None)
         from schedulemaster.ms_compat.import_api import create_import_app
 
         api_app.router.routes.append(Mount("/schedulemaster/import", app=create_import_app(importer)))
-    api_app.router.routes.append(Mount("/schedulemaster", app=create_record_app(on_failure, packages)))
+    api_app.router.routes.append(Mount("/schedulemaster", app=create_record_app(
+        on_failure, packages, store_engine, coordination)))
 
 
 def _version() -> str:
@@ -113,13 +115,30 @@ async def wait_for_prefect(client, timeout: float = 120.0) -> None:
         await asyncio.sleep(0.2)
 
 
+async def run_failover(settings: Settings, engine, on_failure) -> None:
+    """Re-run or fail what dead nodes held (deployments/failover.py), with its own client."""
+    from prefect.client.orchestration import get_client
+
+    from schedulemaster.deployments.failover import Failover
+
+    async with get_client() as client:
+        await wait_for_prefect(client, timeout=600)
+        await Failover(engine, client, settings.work_pool, on_failure).run()
+
+
 async def serve_master(settings: Settings) -> None:
     settings.apply_prefect_env()
+    if settings.prefect_db_url and settings.prefect_db_url.startswith("postgresql"):
+        from schedulemaster.ms_compat.store import ensure_database, normalize_url
+
+        # Prefect migrates its tables but does not create its database
+        ensure_database(normalize_url(settings.prefect_db_url.replace("+asyncpg", "", 1)))
     prefect_patches.apply()
     from prefect.client.orchestration import get_client
     from prefect.server.api.server import create_app as create_prefect_app
     from prefect.utilities.callables import parameter_schema
 
+    from schedulemaster.deployments.coordination_api import create_coordination_router, live_workers_of
     from schedulemaster.deployments.packages import PackageStore
     from schedulemaster.flows.task_flow import run_task
     from schedulemaster.ms_compat.app import create_app as create_legacy_app
@@ -151,7 +170,8 @@ async def serve_master(settings: Settings) -> None:
     prefect_app = create_prefect_app(final=True)
     importer = ImportTarget(store, lambda: services.get("task"), settings.timezone,
                             lambda: mirror_settings(client, store))
-    mount_record_api(prefect_app, mailer.task_failed, packages, importer)
+    coordination = create_coordination_router(store.engine, live_workers_of(settings.work_pool))
+    mount_record_api(prefect_app, mailer.task_failed, packages, importer, store.engine, coordination)
     legacy_app = create_legacy_app(store, make_service, close, packages, info={
         "PrefectApiUrl": settings.prefect_api_url, "Version": _version()})
     servers = [_Server(prefect_app, settings.prefect_host, settings.prefect_port),
@@ -163,6 +183,7 @@ async def serve_master(settings: Settings) -> None:
     # The legacy API's lifespan waits for Prefect's; start Prefect first.
     tasks = [asyncio.create_task(servers[0].serve())]
     mailing = asyncio.create_task(mailer.run(), name="keeper-mail")
+    failover = asyncio.create_task(run_failover(settings, store.engine, mailer.task_failed), name="failover")
     await asyncio.sleep(0)
     tasks.append(asyncio.create_task(servers[1].serve()))
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -170,6 +191,7 @@ async def serve_master(settings: Settings) -> None:
         s.stop()
     await asyncio.gather(*tasks, return_exceptions=True)
     mailing.cancel()
+    failover.cancel()
     for t in done:
         if t.exception():
             raise t.exception()

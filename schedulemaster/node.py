@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import uuid
 
 from schedulemaster import prefect_patches
 from schedulemaster.settings import Settings
@@ -49,8 +50,38 @@ def package_fetcher(client):
     return fetch
 
 
-async def serve_node(settings: Settings, name: str, priority: int, max_concurrency: int) -> int:
-    """Run until SIGTERM/SIGINT; the exit code is 1 when a part of the node failed."""
+class NameTaken(RuntimeError):
+    """A live node holds this name."""
+
+
+async def register(client, name: str, priority: int, max_concurrency: int, incarnation: str,
+                   wait: float = 0.0) -> None:
+    """Register this process as node ``name`` at the master (deployments/coordination_api.py);
+    while a live process holds the name, retry for ``wait`` seconds, then raise NameTaken."""
+    import socket
+
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        try:
+            await client._client.post("/schedulemaster/nodes/register", json={
+                "name": name, "priority": priority, "max_concurrency": max_concurrency,
+                "incarnation": incarnation, "host": socket.gethostname()[:200]})
+            return
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code != 409:
+                raise
+            if loop.time() >= deadline:
+                raise NameTaken(exc.response.json().get("detail", exc.response.text)) from None
+        await asyncio.sleep(2.0)
+
+
+async def serve_node(settings: Settings, name: str, priority: int, max_concurrency: int,
+                     wait_for_name: float = 0.0, connect_timeout: float = 300.0) -> int:
+    """Run until SIGTERM/SIGINT; the exit code is 1 when a part of the node failed, 2 when
+    the master cannot be reached or the name is taken, 3 when another process took the name."""
     settings.apply_prefect_env()
     prefect_patches.apply()
     from prefect.client.orchestration import get_client
@@ -61,8 +92,14 @@ async def serve_node(settings: Settings, name: str, priority: int, max_concurren
     from schedulemaster.deployments.worker import NodeWorker
     from schedulemaster.master import wait_for_prefect
 
+    incarnation = str(uuid.uuid4())
     async with get_client() as client:
-        await wait_for_prefect(client, timeout=300)
+        try:
+            await wait_for_prefect(client, timeout=connect_timeout)
+            await register(client, name, priority, max_concurrency, incarnation, wait_for_name)
+        except (RuntimeError, NameTaken) as exc:
+            log.error("node %s not started: %s", name, exc)
+            return 2
         own_queue = NODE_QUEUE_PREFIX + name
         await ensure_queues(client, settings, [DEFAULT_QUEUE, own_queue])
         worker = NodeWorker(work_pool_name=settings.work_pool, work_queues=[DEFAULT_QUEUE, own_queue],
@@ -70,11 +107,14 @@ async def serve_node(settings: Settings, name: str, priority: int, max_concurren
                             base_job_template=NodeWorker.get_default_base_job_template())
         host = plugins.host(max_concurrency, name, settings.data_dir / "nodes" / name / "plugins")
         host.fetch = package_fetcher(client)
-        firing = FiringLoop(client, name, settings.work_pool, max_concurrency)
+        firing = FiringLoop(client, name, settings.work_pool, max_concurrency, incarnation=incarnation)
+        worker.incarnation = incarnation
         host.pull_policy = lambda: str(firing.settings.get("Assembly_ImagePullPolicy") or "Always")
         worker.accept_task_run = firing.owns_run
         worker.accepting = lambda: name not in firing.disabled
         stop = asyncio.Event()
+        superseded = []
+        firing.on_superseded = lambda: (superseded.append(True), stop.set())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
@@ -96,4 +136,4 @@ async def serve_node(settings: Settings, name: str, priority: int, max_concurren
         await asyncio.gather(tasks[0], return_exceptions=True)
         stopper.cancel()
         log.info("node %s stopped: %d fired, %d recorded", name, firing.fired, firing.recorder.recorded)
-        return failed
+        return 3 if superseded else failed

@@ -69,7 +69,28 @@ class Settings:
 
     @property
     def store_url(self) -> str:
-        return os.environ.get("SM_STORE_URL") or f"sqlite:///{(self.data_dir / 'schedulemaster.db').resolve()}"
+        """The project's tables: SM_STORE_URL, else SM_DATABASE_URL, else a SQLite file."""
+        return (os.environ.get("SM_STORE_URL") or os.environ.get("SM_DATABASE_URL")
+                or f"sqlite:///{(self.data_dir / 'schedulemaster.db').resolve()}")
+
+    @property
+    def prefect_db_url(self) -> str | None:
+        """Prefect's database when not the default SQLite file: SM_PREFECT_DB_URL, else, in
+        distributed mode (one setting: ``SM_DATABASE_URL=postgresql://user@host:5432/sm``),
+        the database ``<name>_prefect`` next to the store's (Prefect migrates its own tables
+        there; the two schemas never meet)."""
+        if os.environ.get("SM_PREFECT_DB_URL"):
+            return os.environ["SM_PREFECT_DB_URL"]
+        url = os.environ.get("SM_DATABASE_URL")
+        if not url:
+            return None
+        from sqlalchemy.engine import make_url
+
+        target = make_url(url)
+        if not target.drivername.startswith("postgres"):
+            raise ValueError(f"SM_DATABASE_URL must be a postgresql:// URL, not {target.drivername}://")
+        return target.set(drivername="postgresql+asyncpg",
+                          database=f"{target.database}_prefect").render_as_string(hide_password=False)
 
     def prefect_env(self) -> dict[str, str]:
         """Prefect settings for every process; set before `prefect` is imported."""
@@ -88,13 +109,16 @@ class Settings:
             # Nodes: poll once a second, look 5 s ahead (prefect-notes §2: lateness p95 ~0.5 s).
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-            "PREFECT_WORKER_HEARTBEAT_SECONDS": "10",
+            # A dead node is OFFLINE 3 heartbeats after its last one, seen by the foreman's
+            # next loop: within ~20 s (deployments/failover.py; Prefect's defaults: ~90 s).
+            "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
+            "PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS": "5",
             "PREFECT_CLIENT_MAX_RETRIES": "8",
         }
-        if "PREFECT_API_DATABASE_CONNECTION_URL" not in os.environ and "SM_PREFECT_DB_URL" not in os.environ:
+        if self.prefect_db_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.prefect_db_url
+        elif "PREFECT_API_DATABASE_CONNECTION_URL" not in os.environ:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{home / 'prefect.db'}"
-        elif "SM_PREFECT_DB_URL" in os.environ:
-            env["PREFECT_API_DATABASE_CONNECTION_URL"] = os.environ["SM_PREFECT_DB_URL"]
         return env
 
     def apply_prefect_env(self) -> None:

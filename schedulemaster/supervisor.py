@@ -73,7 +73,9 @@ def run_up(settings: Settings, node_name: str = "worker1", maxc: int = 20, echo=
     logs = settings.data_dir.resolve() / "logs"
     children = [
         Child("master", ["master"], logs / "master.log", env=env),
-        Child(node_name, ["node", "--name", node_name, "--priority", "1", "--maxc", str(maxc)],
+        # a node restarted after a crash waits until its dead predecessor counts as offline
+        Child(node_name, ["node", "--name", node_name, "--priority", "1", "--maxc", str(maxc),
+                          "--wait-for-name", "60"],
               logs / f"node-{node_name}.log", env=env),
         Child("dispatcher", ["dispatcher"], logs / "dispatcher.log", env=env),
     ]

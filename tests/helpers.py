@@ -114,6 +114,17 @@ class System:
         r = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
         return [int(x) for x in r.stdout.split()]
 
+    def start_node(self, name: str, *args: str) -> subprocess.Popen:
+        """Another executor node (`schedulemaster node`) against this system's master, in its
+        own process; its output goes to logs/extra-<name>.log."""
+        env = {**os.environ, **self.env, "SM_PREFECT_PORT": str(self.prefect_port), "SM_TIMEZONE": self.timezone,
+               "SM_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(p for p in (str(PLUGINS_DIR), os.environ.get("PYTHONPATH")) if p)}
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        with open(self.data_dir / "logs" / f"extra-{name}.log", "ab") as out:
+            return subprocess.Popen([sys.executable, "-m", "schedulemaster.cli", "node", "--name", name, *args],
+                                    stdout=out, stderr=subprocess.STDOUT, env=env)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         assert self.proc
         if self.proc.poll() is None:

@@ -1,0 +1,178 @@
+"""Firing claims and node metadata, in the master's store: one execution per firing.
+
+A node claims each firing (task, instant) in the master's store before it runs it. The firing
+id is the primary key, so the first claim wins: two nodes that both believe they own a task
+(for the seconds in which they learn that a node joined or left) never both run a firing,
+whatever their clocks say. A node that cannot reach the master cannot claim, so it fires
+nothing: a node cut off from the master is fenced by construction. Recording the firing
+finishes its claim. A claim left unfinished by a node that went offline, or that was
+restarted (a new incarnation), is the failover service's to re-run or fail
+(deployments/failover.py).
+
+The nodes table holds what Prefect's worker rows have no field for: priority, max
+concurrency (both editable by the operator) and the incarnation of the process that runs
+under the name now.
+
+Plain SQL through sqlmodel, synchronous: the master calls these from a thread.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Iterable, Optional
+
+from sqlalchemy import func, update
+from sqlmodel import Field, Session, SQLModel, delete, select
+
+FINISHED_KEPT = timedelta(minutes=10)  # finished claims answer "already claimed" this long
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class FiringClaim(SQLModel, table=True):
+    __tablename__ = "sm_firing_claims"
+    firing_id: str = Field(primary_key=True, max_length=64)
+    task_id: str = Field(max_length=36, index=True)
+    scheduled: datetime
+    node: str = Field(max_length=100, index=True)
+    incarnation: str = Field(max_length=36)
+    claimed_at: datetime
+    finished_at: Optional[datetime] = Field(default=None, index=True)
+    outcome: Optional[str] = Field(default=None, max_length=40)  # recorded, rerun, failed, dropped
+
+
+class NodeInfo(SQLModel, table=True):
+    __tablename__ = "sm_nodes"
+    name: str = Field(primary_key=True, max_length=100)
+    priority: int = 1
+    max_concurrency: int = 20
+    incarnation: str = Field(max_length=36)
+    host: str = Field(default="", max_length=200)
+    started_at: datetime
+
+
+def _insert(engine):
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def claim(engine, node: str, incarnation: str, firings: Iterable[tuple[str, str, datetime]]) -> list[str]:
+    """Claim (firing id, task id, scheduled) for this node; the ids it won."""
+    rows = [{"firing_id": fid, "task_id": tid, "scheduled": at, "node": node, "incarnation": incarnation,
+             "claimed_at": utcnow()} for fid, tid, at in firings]
+    if not rows:
+        return []
+    insert = _insert(engine)
+    with Session(engine) as s:
+        s.execute(insert(FiringClaim).values(rows).on_conflict_do_nothing(index_elements=["firing_id"]))
+        won = s.exec(select(FiringClaim.firing_id).where(
+            FiringClaim.firing_id.in_([r["firing_id"] for r in rows]),
+            FiringClaim.node == node, FiringClaim.incarnation == incarnation,
+            FiringClaim.finished_at.is_(None))).all()
+        s.commit()
+    return list(won)
+
+
+def finish(engine, firing_ids: list[str], outcome: str) -> int:
+    if not firing_ids:
+        return 0
+    with Session(engine) as s:
+        n = s.execute(update(FiringClaim).where(FiringClaim.firing_id.in_(firing_ids),
+                                                FiringClaim.finished_at.is_(None))
+                      .values(finished_at=utcnow(), outcome=outcome)).rowcount
+        s.commit()
+    return n
+
+
+def release(engine, node: str, incarnation: str, firing_ids: list[str]) -> int:
+    """Finish claims this node holds and will not fire (outcome ``released``)."""
+    if not firing_ids:
+        return 0
+    with Session(engine) as s:
+        n = s.execute(update(FiringClaim).where(
+            FiringClaim.firing_id.in_(firing_ids), FiringClaim.node == node,
+            FiringClaim.incarnation == incarnation, FiringClaim.finished_at.is_(None))
+            .values(finished_at=utcnow(), outcome="released")).rowcount
+        s.commit()
+    return n
+
+
+def unfinished(engine, limit: int = 1000) -> list[FiringClaim]:
+    with Session(engine) as s:
+        return list(s.exec(select(FiringClaim).where(FiringClaim.finished_at.is_(None))
+                           .order_by(FiringClaim.scheduled).limit(limit)).all())
+
+
+def latest(engine, task_ids: list[str]) -> dict[str, datetime]:
+    """The latest claimed instant of each task (claims are kept FINISHED_KEPT after they end)."""
+    if not task_ids:
+        return {}
+    with Session(engine) as s:
+        rows = s.exec(select(FiringClaim.task_id, func.max(FiringClaim.scheduled))
+                      .where(FiringClaim.task_id.in_(task_ids)).group_by(FiringClaim.task_id)).all()
+    return {tid: (at if at.tzinfo else at.replace(tzinfo=timezone.utc)) for tid, at in rows}
+
+
+def running_counts(engine) -> dict[str, int]:
+    """Unfinished claims per node: the firings each node runs now (or has not recorded yet)."""
+    with Session(engine) as s:
+        rows = s.exec(select(FiringClaim.node, func.count()).where(FiringClaim.finished_at.is_(None))
+                      .group_by(FiringClaim.node)).all()
+    return {node: n for node, n in rows}
+
+
+def purge(engine, now: datetime | None = None) -> int:
+    cutoff = (now or utcnow()) - FINISHED_KEPT
+    with Session(engine) as s:
+        n = s.execute(delete(FiringClaim).where(FiringClaim.finished_at.is_not(None),
+                                                FiringClaim.finished_at < cutoff)).rowcount
+        s.commit()
+    return n
+
+
+# ---- nodes ------------------------------------------------------------------------------
+def register(engine, info: NodeInfo) -> None:
+    """The process named ``info.name`` is ``info.incarnation`` from now on. Its flags set
+    priority and concurrency, as the original's MarkNode upserted them at every start; an
+    operator's edit holds until the node restarts."""
+    with Session(engine) as s:
+        row = s.get(NodeInfo, info.name)
+        if row is None:
+            s.add(info)
+        else:
+            for key in ("priority", "max_concurrency", "incarnation", "host", "started_at"):
+                setattr(row, key, getattr(info, key))
+            s.add(row)
+        s.commit()
+
+
+def nodes(engine) -> dict[str, NodeInfo]:
+    with Session(engine) as s:
+        return {n.name: n for n in s.exec(select(NodeInfo)).all()}
+
+
+def edit(engine, name: str, priority: int | None = None, max_concurrency: int | None = None) -> bool:
+    with Session(engine) as s:
+        row = s.get(NodeInfo, name)
+        if row is None:
+            return False
+        if priority is not None:
+            row.priority = priority
+        if max_concurrency is not None:
+            row.max_concurrency = max_concurrency
+        s.add(row)
+        s.commit()
+    return True
+
+
+def forget(engine, name: str) -> None:
+    with Session(engine) as s:
+        row = s.get(NodeInfo, name)
+        if row is not None:
+            s.delete(row)
+            s.commit()

@@ -1,0 +1,139 @@
+"""The master's endpoints through which nodes coordinate: register, claim firings, read nodes.
+
+Mounted with the recording endpoints inside Prefect's API app (deployments/record_api.py), so
+Prefect's auth string guards them too. The store calls are synchronous (sqlmodel) and run
+in a thread, off the server's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from typing import Awaitable, Callable
+from uuid import UUID
+
+from fastapi import APIRouter, Body, HTTPException
+from pydantic import BaseModel, Field
+
+from schedulemaster.deployments import claims
+
+MAX_CLAIMS = 1000
+NAME = r"^[^/%\s][^/%]{0,98}[^/%\s]$|^[^/%\s]$"
+
+
+class NodeRegistration(BaseModel):
+    name: str = Field(pattern=NAME, max_length=100)
+    priority: int = Field(ge=0, le=1000)
+    max_concurrency: int = Field(ge=1, le=1000)
+    incarnation: UUID
+    host: str = Field(default="", max_length=200)
+
+
+class ClaimItem(BaseModel):
+    firing_id: str = Field(min_length=1, max_length=64)
+    task_id: UUID
+    scheduled: datetime
+
+
+class ClaimRequest(BaseModel):
+    node: str = Field(pattern=NAME, max_length=100)
+    incarnation: UUID
+    firings: list[ClaimItem] = Field(max_length=MAX_CLAIMS)
+
+
+class LatestRequest(BaseModel):
+    task_ids: list[UUID] = Field(max_length=10_000)
+
+
+class ClaimResult(BaseModel):
+    won: list[str]
+    #: another process registered under this node's name since: this one must stop firing
+    superseded: bool = False
+
+
+#: the live worker names of the pool and, for each worker, seconds since its last heartbeat
+LiveWorkers = Callable[[], Awaitable[dict[str, float]]]
+
+
+def create_coordination_router(engine, live_workers: LiveWorkers) -> APIRouter:
+    router = APIRouter()
+    incarnations: dict[str, str] = {}  # name -> current incarnation (a cache of the nodes table)
+
+    async def current(name: str) -> str | None:
+        if name not in incarnations:
+            row = (await asyncio.to_thread(claims.nodes, engine)).get(name)
+            if row is None:
+                return None
+            incarnations[name] = row.incarnation
+        return incarnations[name]
+
+    @router.post("/nodes/register")
+    async def register(reg: NodeRegistration) -> dict:
+        """A node starting under a name that a live process holds is refused (409): two
+        processes under one name would both believe they own its firings."""
+        known = (await asyncio.to_thread(claims.nodes, engine)).get(reg.name)
+        live = await live_workers()
+        if known is not None and known.incarnation != str(reg.incarnation) and reg.name in live:
+            raise HTTPException(409, f"node {reg.name} is live (last heartbeat {live[reg.name]:.0f} s ago, "
+                                     f"started {known.started_at:%Y-%m-%d %H:%M:%S} UTC on {known.host or '?'}); "
+                                     "stop it first, or wait until it counts as offline")
+        await asyncio.to_thread(claims.register, engine, claims.NodeInfo(
+            name=reg.name, priority=reg.priority, max_concurrency=reg.max_concurrency,
+            incarnation=str(reg.incarnation), host=reg.host, started_at=datetime.now(timezone.utc)))
+        incarnations[reg.name] = str(reg.incarnation)
+        return {"registered": reg.name}
+
+    @router.post("/claims")
+    async def claim(req: ClaimRequest = Body(...)) -> ClaimResult:
+        if await current(req.node) != str(req.incarnation):
+            return ClaimResult(won=[], superseded=True)
+        won = await asyncio.to_thread(claims.claim, engine, req.node, str(req.incarnation),
+                                      [(c.firing_id, str(c.task_id), c.scheduled) for c in req.firings])
+        return ClaimResult(won=won)
+
+    @router.post("/claims/release")
+    async def release(req: ClaimRequest = Body(...)) -> dict:
+        """Claims a node won ahead and then did not fire (the task was stopped, edited or
+        moved, or the firing was skipped): finished, so nobody re-runs them."""
+        mine = await asyncio.to_thread(claims.release, engine, req.node, str(req.incarnation),
+                                       [c.firing_id for c in req.firings])
+        return {"released": mine}
+
+    @router.post("/claims/latest")
+    async def latest(body: LatestRequest) -> dict[str, datetime]:
+        """Each task's latest claimed instant: where a node taking the task over catches up from."""
+        return await asyncio.to_thread(claims.latest, engine, [str(t) for t in body.task_ids])
+
+    @router.get("/nodes")
+    async def list_nodes() -> list[dict]:
+        rows = await asyncio.to_thread(claims.nodes, engine)
+        running = await asyncio.to_thread(claims.running_counts, engine)
+        return [{"name": n.name, "priority": n.priority, "max_concurrency": n.max_concurrency,
+                 "incarnation": n.incarnation, "host": n.host, "started_at": n.started_at.isoformat(),
+                 "running": running.get(n.name, 0)} for n in rows.values()]
+
+    router.incarnations = incarnations  # the Node API's edits and deletes drop stale entries
+    return router
+
+
+async def pool_workers(pool_name: str) -> list:
+    """The pool's worker rows, read in-process (the master is the Prefect server)."""
+    from prefect.server import models
+    from prefect.server.database import provide_database_interface
+
+    async with provide_database_interface().session_context() as session:
+        pool = await models.workers.read_work_pool_by_name(session=session, work_pool_name=pool_name)
+        if pool is None:
+            return []
+        return list(await models.workers.read_workers(session=session, work_pool_id=pool.id))
+
+
+def live_workers_of(pool_name: str) -> LiveWorkers:
+    async def live() -> dict[str, float]:
+        from schedulemaster.deployments.chain import is_online
+
+        now = datetime.now(timezone.utc)
+        return {w.name: (now - w.last_heartbeat_time).total_seconds() if w.last_heartbeat_time else 0.0
+                for w in await pool_workers(pool_name) if is_online(w)}
+
+    return live

@@ -1,0 +1,202 @@
+"""The master's failover service: what a dead node was running is re-run elsewhere or failed.
+
+Every ``INTERVAL`` seconds it looks for work held by a node that is gone, that is offline in
+Prefect's eyes (the foreman marks a worker OFFLINE 3 heartbeats after its last one; with
+the 5 s heartbeat and foreman loop that ``Settings.prefect_env`` sets, within ~20 s) or that
+was restarted under its name (a new incarnation):
+
+- **firing claims** left unfinished (deployments/claims.py): the node claimed the firing
+  and never recorded it, so it was running, or ran and its record died with the process;
+- **worker-path runs** (RunOnce, children, runs started from the UI) left Pending or
+  Running under that worker (Prefect's ``prefect.worker.name`` label): Prefect itself
+  would leave them so forever (its issues #16746, #18933). They are set Crashed first.
+
+Each one then follows its task's ``FailoverPolicy``: ``retry-elsewhere`` (the default) runs
+it again as a flow run in the queue of the node that owns the task now, carrying the first
+attempt's Idempotency-Key and a log line saying why; ``fail`` records it Failed, which mails
+the keepers. Either way the reason is logged on the master too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from uuid import UUID
+
+from schedulemaster.deployments import chain, claims
+
+log = logging.getLogger("schedulemaster.failover")
+
+INTERVAL = 5.0
+PURGE_EVERY = 60.0
+START_GRACE = timedelta(seconds=30)  # a node just registered may not have heartbeated yet
+POLICIES = ("retry-elsewhere", "fail")
+DEFAULT_POLICY = "retry-elsewhere"
+INCARNATION_LABEL = "schedulemaster.incarnation"
+
+
+def policy_of(spec: dict[str, Any]) -> str:
+    value = str(spec.get("FailoverPolicy") or DEFAULT_POLICY).strip().lower()
+    return value if value in POLICIES else DEFAULT_POLICY
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Failover:
+    def __init__(self, engine, client, work_pool: str, on_failure=None):
+        self.engine = engine
+        self.client = client
+        self.work_pool = work_pool
+        self.on_failure = on_failure
+        self.handed_over = 0
+        self.failed = 0
+        self._offline_before: set[str] = set()  # nodes seen offline at the previous tick
+        self._last_tick = 0.0
+
+    async def run(self) -> None:
+        last_purge = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(INTERVAL)
+            try:
+                await self.tick()
+                if loop.time() - last_purge > PURGE_EVERY:
+                    await asyncio.to_thread(claims.purge, self.engine)
+                    last_purge = loop.time()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next tick tries again
+                log.warning("failover check failed: %s", exc)
+
+    async def tick(self) -> None:
+        from schedulemaster.deployments.coordination_api import pool_workers
+
+        workers = await pool_workers(self.work_pool)
+        online = {w.name for w in workers if chain.is_online(w)}
+        beats = {w.name: w.last_heartbeat_time for w in workers}
+        nodes = await asyncio.to_thread(claims.nodes, self.engine)
+        now = utcnow()
+        # A node counts as dead only when it was offline at the previous tick too, and that
+        # tick was on time: on SQLite, heartbeats can fail to land for a while when the
+        # database is busy (Prefect's worker channel then drops them), and right after such
+        # a stall the foreman may mark live nodes OFFLINE before their next heartbeat lands.
+        # When no node at all is online, the master (not every node) is the likely culprit:
+        # nothing is handed over then, except what a restarted node left behind.
+        loop_now = asyncio.get_running_loop().time()
+        on_time = loop_now - self._last_tick <= 3 * INTERVAL
+        pending = await asyncio.to_thread(claims.unfinished, self.engine)
+        offline = ({w.name for w in workers} | set(nodes) | {c.node for c in pending}) - online
+        confirmed = offline & self._offline_before if on_time and online else set()
+        self._offline_before, self._last_tick = offline, loop_now
+
+        def gone(name: str, incarnation: str | None) -> str | None:
+            """Why a node's work is orphaned, or None while the node holds it."""
+            info = nodes.get(name)
+            if info is not None and incarnation is not None and info.incarnation != incarnation:
+                return f"node {name} was restarted (a new process took its name at {info.started_at:%H:%M:%S} UTC)"
+            if name not in confirmed or (info is not None and now - _aware(info.started_at) < START_GRACE):
+                return None
+            beat = beats.get(name)
+            seen = f"its last heartbeat {(now - _aware(beat)).total_seconds():.0f} s ago" if beat else "no heartbeat"
+            return f"node {name} went offline ({seen})"
+
+        for c in pending:
+            why = gone(c.node, c.incarnation)
+            if why is not None:
+                await self._claim_orphaned(c, why)
+        for run in await self._held_runs():
+            labels = run.labels or {}
+            if not labels.get("prefect.worker.name"):
+                continue  # just claimed: the worker labels it before it runs it
+            why = gone(labels["prefect.worker.name"], labels.get(INCARNATION_LABEL))
+            if why is not None:
+                await self._run_orphaned(run, why)
+
+    # ---- firing claims ----------------------------------------------------------------
+    async def _claim_orphaned(self, c: claims.FiringClaim, why: str) -> None:
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            deployment = await self.client.read_deployment(UUID(c.task_id))
+        except ObjectNotFound:
+            await asyncio.to_thread(claims.finish, self.engine, [c.firing_id], "dropped")
+            return
+        from schedulemaster.deployments.tasks import Status, record_of
+
+        spec = (deployment.parameters or {}).get("task") or {}
+        rec = record_of(deployment)
+        reason = (f"{why} while it ran firing {c.firing_id} of task [{spec.get('Title', c.task_id)}] "
+                  f"scheduled {_aware(c.scheduled):%Y-%m-%d %H:%M:%S} UTC")
+        if rec is None or rec.status != Status.Running:
+            await self._record_failed(c, spec, reason + "; not re-run: the task is no longer Running")
+            outcome = "failed"
+        elif policy_of(spec) == "fail":
+            await self._record_failed(c, spec, f"{reason}; failover policy: fail")
+            outcome = "failed"
+        else:
+            await self._rerun(deployment.id, spec, c.firing_id, reason,
+                              {"firing_id": c.firing_id, "idempotency_key": c.firing_id,
+                               "scheduled": _aware(c.scheduled).isoformat(), "node": c.node})
+            outcome = "rerun"
+        await asyncio.to_thread(claims.finish, self.engine, [c.firing_id], outcome)
+
+    async def _record_failed(self, c: claims.FiringClaim, spec: dict[str, Any], reason: str) -> None:
+        from schedulemaster.deployments.record_api import FiringRecord, record_firings
+        from schedulemaster.deployments.recorder import Firing, Recorder
+
+        now = utcnow()
+        message = reason
+        firing = Firing(UUID(c.task_id), c.firing_id, spec.get("Title", ""), _aware(c.scheduled),
+                        _aware(c.claimed_at), now, False, message, c.node, logs=[(40, message, now)],
+                        zone=spec.get("TimeZone") or "UTC")
+        await record_firings([FiringRecord(**Recorder._body(firing))], self.on_failure)
+        self.failed += 1
+        log.warning("%s", message)
+
+    async def _rerun(self, task_id: UUID, spec: dict[str, Any], key: str, reason: str,
+                     rerun: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+        queue = await chain.queue_for(self.client, self.work_pool, task_id, spec)
+        run = await self.client.create_flow_run_from_deployment(
+            task_id, parameters={**(extra or {}), "task": spec, "rerun": {**rerun, "reason": reason}},
+            work_queue_name=queue, tags=["sm:rerun"], name=f"rerun-{key[:8]}", idempotency_key=f"rerun:{key}")
+        self.handed_over += 1
+        log.warning("%s; re-run as %s in queue %s (failover policy: retry-elsewhere)", reason, run.name, queue)
+
+    # ---- worker-path runs -------------------------------------------------------------
+    async def _held_runs(self) -> list:
+        from prefect.client.schemas.filters import (FlowRunFilter, FlowRunFilterState,
+                                                    FlowRunFilterStateType, WorkPoolFilter, WorkPoolFilterName)
+        from prefect.client.schemas.objects import StateType
+
+        return list(await self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                any_=[StateType.PENDING, StateType.RUNNING]))),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.work_pool])), limit=200))
+
+    async def _run_orphaned(self, run, why: str) -> None:
+        from prefect.states import Crashed
+
+        params = dict(run.parameters or {})
+        spec = params.get("task") or {}
+        reason = f"{why} while it ran {run.name} of task [{spec.get('Title', run.deployment_id)}]"
+        await self.client.set_flow_run_state(run.id, Crashed(message=reason[:2000]), force=True)
+        if run.deployment_id is None or params.get("action") == "start" or policy_of(spec) == "fail":
+            self.failed += 1
+            log.warning("%s; marked Crashed (failover policy: %s)", reason, policy_of(spec))
+            if self.on_failure is not None and run.deployment_id is not None:
+                self.on_failure(spec, utcnow(), reason, "", str(run.id))
+            return
+        first = params.get("rerun") or {}
+        await self._rerun(run.deployment_id, spec, str(run.id), reason,
+                          {"run_id": str(run.id), "idempotency_key": first.get("idempotency_key") or str(run.id),
+                           "node": (run.labels or {}).get("prefect.worker.name")},
+                          extra={k: v for k, v in params.items() if k in ("previous_result",)})
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite hands datetimes back naive; they were stored in UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
