@@ -109,6 +109,8 @@ class FiringLoop:
         self.weights: dict[str, int] = {}  # Priority per node (the master's nodes table)
         self.on_superseded = lambda: None  # called when another process took this node's name
         self._arrived: list[Entry] = []  # entries new to the book since the last catch-up
+        # tasks another node took, with a claimed firing left here, and since when
+        self.handed_off: dict[uuid.UUID, tuple[Entry, datetime]] = {}
         self.work_pool = work_pool
         self.recorder = recorder or Recorder(client)
         self.slots = asyncio.Semaphore(max(1, max_concurrency))
@@ -230,6 +232,9 @@ class FiringLoop:
         for tid, entry in list(self.book.items()):
             if not self.mine(entry.spec, tid):
                 del self.book[tid]  # tasks that became ours are picked up by the next sync
+                # firings it already claimed are still this node's to run: the new owner
+                # starts after the last claimed instant (catch_up), so dropping them loses them
+                self.handed_off[tid] = (entry, utcnow())
                 self.plugin_wanted.discard(tid)  # its instance goes at the next full sync
         self._last_change = None
 
@@ -321,7 +326,8 @@ class FiringLoop:
             return
         await self.claimer.claim([(firing_id(e.task_id, at), e.task_id, at) for e, ats in plans for at in ats])
         for e, ats in plans:
-            won = [at for at in ats if firing_id(e.task_id, at) in self.claimer.won]
+            # taken now, so the stale-claim release does not give them back while they wait their turn
+            won = [at for at in ats if self.claimer.won.pop(firing_id(e.task_id, at), None) is not None]
             if won:
                 log.warning("task %s [%s]: taking it over, %d firing(s) since %s that no node ran are fired now",
                             e.task_id, e.spec.get("Title", ""), len(won), won[0].isoformat())
@@ -329,7 +335,8 @@ class FiringLoop:
 
     async def _fire_in_turn(self, entry: Entry, instants: list[datetime]) -> None:
         for at in instants:
-            await self.fire(entry, at, why_late="caught up: no node ran it at its time (a node went offline)")
+            await self.fire(entry, at, why_late="caught up: no node ran it at its time (a node went offline)",
+                            claimed=True)
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -356,6 +363,9 @@ class FiringLoop:
             self.on_superseded()
             return
         await self.claimer.release(self.claimer.stale(now))
+        for tid, (_entry, since) in list(self.handed_off.items()):
+            if now - since > timedelta(seconds=AHEAD + 10):
+                del self.handed_off[tid]  # its claimed firing is behind us
 
     async def _apply(self, rec: dep.TaskRecord, now: datetime) -> bool:
         """Take one task record into the book; False when this node should not fire it."""
@@ -439,6 +449,9 @@ class FiringLoop:
                 at, _, tid, gen = heapq.heappop(self.heap)
                 entry = self.book.get(tid)
                 if entry is None or entry.gen != gen:
+                    gone = self.handed_off.get(tid, (None, None))[0]
+                    if gone is not None and gone.gen == gen and firing_id(tid, at) in self.claimer.won:
+                        self._spawn(self.fire(gone, at))  # claimed before the task moved on
                     continue  # stopped, paused, edited or handed to another node
                 if now - at > MISFIRE_THRESHOLD:
                     self.skipped += 1
@@ -485,11 +498,12 @@ class FiringLoop:
                 delay = min(delay * 2, 5.0)
 
     async def fire(self, entry: Entry, at: datetime, *, previous_result: Any = None,
-                   parent: str | None = None, fid: str | None = None, why_late: str | None = None) -> None:
+                   parent: str | None = None, fid: str | None = None, why_late: str | None = None,
+                   claimed: bool = False) -> None:
         title = entry.spec.get("Title", "")
         fid = fid or firing_id(entry.task_id, at)
         t0 = utcnow()
-        if not await self._claimed(entry, fid, at):
+        if not claimed and not await self._claimed(entry, fid, at):
             return  # another node runs it (or nobody may: logged)
         t_claimed = utcnow()
         # One firing of a task at a time, as Quartz's DisallowConcurrentExecution: the next
