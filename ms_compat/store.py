@@ -136,14 +136,17 @@ class Store:
         from schedulemaster.deployments import claims  # noqa: F401  (register their tables)
         from schedulemaster.ms_compat import delayed_store, import_target  # noqa: F401
 
-        from sqlalchemy.exc import IntegrityError, ProgrammingError
+        from sqlalchemy import text
 
         ensure_database(self.url)
-        try:
-            SQLModel.metadata.create_all(self.engine)
-        except (IntegrityError, ProgrammingError):
-            # another process created the same tables at the same moment (PostgreSQL's
-            # CREATE TABLE races on its type catalog); they exist now, so check again
+        if self.engine.dialect.name == "postgresql":
+            # The master and the dispatchers start together and each creates what is missing:
+            # concurrent CREATE TABLEs collide in PostgreSQL's catalog (unique violations,
+            # deadlocks). A transaction-scoped advisory lock makes them take turns.
+            with self.engine.begin() as conn:
+                conn.execute(text("SELECT pg_advisory_xact_lock(5357415453)"))  # "SMSTORE"
+                SQLModel.metadata.create_all(conn)
+        else:
             SQLModel.metadata.create_all(self.engine)
         with Session(self.engine) as s:
             if s.exec(select(SystemUser)).first() is None:

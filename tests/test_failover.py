@@ -259,7 +259,7 @@ def test_bad_node_input_is_refused_and_changes_nothing(cluster, tmp_path):
                            text=True, timeout=60)
         assert r.returncode == 2, (bad, r.stdout, r.stderr)
     # tasks naming unknown nodes, or an unknown policy
-    before = s.get("QueryList", {"pageNumber": 1, "pageSize": 50}).json()["Data"]["total"]
+    before = s.get("QueryList", {"pageNumber": 1, "pageSize": 50}).json()["total"]
     for fields, match in [({"Executors": "no-such-node"}, "节点不存在：no-such-node"),
                           ({"Executors": ["worker2", "ghost"]}, "节点不存在：ghost"),
                           ({"FailoverPolicy": "maybe"}, "FailoverPolicy"),
@@ -267,8 +267,8 @@ def test_bad_node_input_is_refused_and_changes_nothing(cluster, tmp_path):
         data = {"Title": "fo-bad", "MetaType": "2", "RunLoop": "true", "CronExpression": "* * * * * ?",
                 "HttpRequestUrl": "http://127.0.0.1:9/x", "HttpMethod": "GET", **fields}
         body = s.post("Create", data=data)
-        assert match in body.text, (fields, body.text)
-    assert s.get("QueryList", {"pageNumber": 1, "pageSize": 50}).json()["Data"]["total"] == before
+        assert match in str(body.json()), (fields, body.json())
+    assert s.get("QueryList", {"pageNumber": 1, "pageSize": 50}).json()["total"] == before
     # Node/Edit: bad values change nothing; a good edit shows and the node applies it
     row = lambda: next(r for r in api.nodes() if r["NodeName"] == "worker2")  # noqa: E731
     was = (row()["Priority"], row()["MaxConcurrency"])
@@ -280,7 +280,7 @@ def test_bad_node_input_is_refused_and_changes_nothing(cluster, tmp_path):
                         ({"name": "no-such-node", "priority": "2"}, "节点不存在"),
                         ({"priority": "2"}, "name")]:
         r = httpx.post(f"{s.api}/api/Node/Edit", data=data, headers=AUTH, timeout=30)
-        assert r.status_code in (200, 400) and match in r.text, (data, r.text)
+        assert r.status_code in (200, 400) and match in str(r.json()), (data, r.json())
     assert (row()["Priority"], row()["MaxConcurrency"]) == was
     assert httpx.post(f"{s.api}/api/Node/Edit", data={"name": "worker2", "priority": "3"}, timeout=30).status_code == 401
     r = httpx.post(f"{s.api}/api/Node/Edit", data={"name": "worker2", "priority": "3", "maxConcurrency": "7"},
