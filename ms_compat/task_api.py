@@ -160,7 +160,6 @@ class TaskService:
         for e in executors:
             if len(e) > 100 or any(c in e for c in "/%"):
                 raise TaskError(f"节点名称无效：{e[:100]}")
-        await self.check_executors(executors)
         policy = (m.get("FailoverPolicy") or (existing or {}).get("FailoverPolicy") or "retry-elsewhere").strip().lower()
         if policy not in POLICIES:
             raise TaskError(f"FailoverPolicy '{policy[:20]}' 无效（可选：{' / '.join(POLICIES)}）")
@@ -184,8 +183,9 @@ class TaskService:
         }
 
     async def check_executors(self, executors: list[str]) -> None:
-        """Every executor must name a node this master knows (a worker of the pool, or a
-        registered node): a typo would leave the task waiting for a node that never comes."""
+        """Every executor a Create or Edit names must be a node this master knows (a worker
+        of the pool, or a registered node): a typo would leave the task waiting for a node
+        that never comes. Not checked on import: an original database names its own nodes."""
         if not executors:
             return
         from schedulemaster.deployments import claims
@@ -233,6 +233,7 @@ class TaskService:
     async def create(self, m: dict[str, Any], user: SystemUser):
         task_id = uuid.uuid4()
         spec = await self.build_spec(m, task_id, user, None)
+        await self.check_executors(spec["Executors"])
         try:
             await self.repo.create(task_id, spec, self.work_pool, self.parameter_schema)
         except Exception:
@@ -252,6 +253,8 @@ class TaskService:
         if rec.status != Status.Stop:
             return R.failed("在停止状态下才能编辑任务信息!")
         spec = await self.build_spec(m, task_id, user, rec.spec)
+        # only the names this edit adds: an imported task keeps its old nodes' names
+        await self.check_executors([e for e in spec["Executors"] if e not in (rec.spec.get("Executors") or [])])
         try:
             await self.repo.write(task_id, spec, Status.Stop, rename=spec["Title"] != rec.spec.get("Title"))
         except Exception:

@@ -80,7 +80,9 @@ class System:
             if self.proc.poll() is not None:
                 raise RuntimeError("up exited early:\n" + "".join(self.output))
             time.sleep(0.2)
-        raise RuntimeError("up did not become ready:\n" + "".join(self.output) + self.logs())
+        logs = self.logs()
+        self.stop(signal.SIGKILL)  # its children get SIGTERM (PR_SET_PDEATHSIG): none outlives the test
+        raise RuntimeError("up did not become ready:\n" + "".join(self.output) + logs)
 
     def _drain(self) -> None:
         assert self.proc and self.proc.stdout
