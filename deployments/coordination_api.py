@@ -57,7 +57,9 @@ LiveWorkers = Callable[[], Awaitable[dict[str, float]]]
 
 def create_coordination_router(engine, live_workers: LiveWorkers) -> APIRouter:
     router = APIRouter()
-    incarnations: dict[str, str] = {}  # name -> current incarnation (a cache of the nodes table)
+    # name -> current incarnation: a cache of the nodes table, which only `register` below
+    # changes (a node deleted through the Node API is offline, so a stale entry claims nothing)
+    incarnations: dict[str, str] = {}
 
     async def current(name: str) -> str | None:
         if name not in incarnations:
@@ -112,7 +114,6 @@ def create_coordination_router(engine, live_workers: LiveWorkers) -> APIRouter:
                  "incarnation": n.incarnation, "host": n.host, "started_at": n.started_at.isoformat(),
                  "running": running.get(n.name, 0)} for n in rows.values()]
 
-    router.incarnations = incarnations  # the Node API's edits and deletes drop stale entries
     return router
 
 
