@@ -62,10 +62,16 @@ async def live_nodes(client, work_pool: str) -> list[str]:
         return []
 
 
+async def node_rows(client) -> list[dict[str, Any]]:
+    """The master's nodes table (deployments/coordination_api.py): name, priority,
+    max_concurrency, running...; raises when the master cannot answer."""
+    return (await client._client.get("/schedulemaster/nodes")).json()
+
+
 async def node_weights(client) -> dict[str, int]:
-    """Each registered node's Priority (the master's nodes table); {} when unreadable."""
+    """Each registered node's Priority; {} when unreadable."""
     try:
-        return {row["name"]: row["priority"] for row in (await client._client.get("/schedulemaster/nodes")).json()}
+        return {row["name"]: row["priority"] for row in await node_rows(client)}
     except Exception:
         return {}
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, Optional
 
-from sqlalchemy import func, update
+from sqlalchemy import DateTime, func, update
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, delete, select
 
 FINISHED_KEPT = timedelta(minutes=10)  # finished claims answer "already claimed" this long
@@ -31,15 +32,25 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class UtcDateTime(TypeDecorator):
+    """Times in and out as aware UTC datetimes: SQLite hands stored values back naive."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value, dialect):
+        return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
 class FiringClaim(SQLModel, table=True):
     __tablename__ = "sm_firing_claims"
     firing_id: str = Field(primary_key=True, max_length=64)
     task_id: str = Field(max_length=36, index=True)
-    scheduled: datetime
+    scheduled: datetime = Field(sa_type=UtcDateTime)
     node: str = Field(max_length=100, index=True)
     incarnation: str = Field(max_length=36)
-    claimed_at: datetime
-    finished_at: Optional[datetime] = Field(default=None, index=True)
+    claimed_at: datetime = Field(sa_type=UtcDateTime)
+    finished_at: Optional[datetime] = Field(default=None, index=True, sa_type=UtcDateTime)
     outcome: Optional[str] = Field(default=None, max_length=40)  # recorded, rerun, failed, dropped
 
 
@@ -50,7 +61,7 @@ class NodeInfo(SQLModel, table=True):
     max_concurrency: int = 20
     incarnation: str = Field(max_length=36)
     host: str = Field(default="", max_length=200)
-    started_at: datetime
+    started_at: datetime = Field(sa_type=UtcDateTime)
 
 
 def _insert(engine):
@@ -115,7 +126,7 @@ def latest(engine, task_ids: list[str]) -> dict[str, datetime]:
     with Session(engine) as s:
         rows = s.exec(select(FiringClaim.task_id, func.max(FiringClaim.scheduled))
                       .where(FiringClaim.task_id.in_(task_ids)).group_by(FiringClaim.task_id)).all()
-    return {tid: (at if at.tzinfo else at.replace(tzinfo=timezone.utc)) for tid, at in rows}
+    return dict(rows)
 
 
 def running_counts(engine) -> dict[str, int]:

@@ -98,10 +98,10 @@ class Failover:
             info = nodes.get(name)
             if info is not None and incarnation is not None and info.incarnation != incarnation:
                 return f"node {name} was restarted (a new process took its name at {info.started_at:%H:%M:%S} UTC)"
-            if name not in confirmed or (info is not None and now - _aware(info.started_at) < START_GRACE):
+            if name not in confirmed or (info is not None and now - info.started_at < START_GRACE):
                 return None
             beat = beats.get(name)
-            seen = f"its last heartbeat {(now - _aware(beat)).total_seconds():.0f} s ago" if beat else "no heartbeat"
+            seen = f"its last heartbeat {(now - beat).total_seconds():.0f} s ago" if beat else "no heartbeat"
             return f"node {name} went offline ({seen})"
 
         for c in pending:
@@ -130,7 +130,7 @@ class Failover:
         spec = (deployment.parameters or {}).get("task") or {}
         rec = record_of(deployment)
         reason = (f"{why} while it ran firing {c.firing_id} of task [{spec.get('Title', c.task_id)}] "
-                  f"scheduled {_aware(c.scheduled):%Y-%m-%d %H:%M:%S} UTC")
+                  f"scheduled {c.scheduled:%Y-%m-%d %H:%M:%S} UTC")
         if rec is None or rec.status != Status.Running:
             await self._record_failed(c, spec, reason + "; not re-run: the task is no longer Running")
             outcome = "failed"
@@ -140,7 +140,7 @@ class Failover:
         else:
             await self._rerun(deployment.id, spec, c.firing_id, reason,
                               {"firing_id": c.firing_id, "idempotency_key": c.firing_id,
-                               "scheduled": _aware(c.scheduled).isoformat(), "node": c.node})
+                               "scheduled": c.scheduled.isoformat(), "node": c.node})
             outcome = "rerun"
         await asyncio.to_thread(claims.finish, self.engine, [c.firing_id], outcome)
 
@@ -150,8 +150,8 @@ class Failover:
 
         now = utcnow()
         message = reason
-        firing = Firing(UUID(c.task_id), c.firing_id, spec.get("Title", ""), _aware(c.scheduled),
-                        _aware(c.claimed_at), now, False, message, c.node, logs=[(40, message, now)],
+        firing = Firing(UUID(c.task_id), c.firing_id, spec.get("Title", ""), c.scheduled,
+                        c.claimed_at, now, False, message, c.node, logs=[(40, message, now)],
                         zone=spec.get("TimeZone") or "UTC")
         await record_firings([FiringRecord(**Recorder._body(firing))], self.on_failure)
         self.failed += 1
@@ -195,8 +195,3 @@ class Failover:
                           {"run_id": str(run.id), "idempotency_key": first.get("idempotency_key") or str(run.id),
                            "node": (run.labels or {}).get("prefect.worker.name")},
                           extra={k: v for k, v in params.items() if k in ("previous_result",)})
-
-
-def _aware(value: datetime) -> datetime:
-    """SQLite hands datetimes back naive; they were stored in UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)

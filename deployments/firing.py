@@ -107,7 +107,6 @@ class FiringLoop:
         self.node = node_name
         self.claimer = Claimer(client, node_name, incarnation or str(uuid.uuid4()))
         self.weights: dict[str, int] = {}  # Priority per node (the master's nodes table)
-        self.on_superseded = lambda: None  # called when another process took this node's name
         self._arrived: list[Entry] = []  # entries new to the book since the last catch-up
         # tasks another node took, with a claimed firing left here, and since when
         self.handed_off: dict[uuid.UUID, tuple[Entry, datetime]] = {}
@@ -195,7 +194,7 @@ class FiringLoop:
     async def _read_node_table(self) -> dict[str, int]:
         """Every node's Priority, and this node's MaxConcurrency as the operator set it."""
         try:
-            rows = (await self.client._client.get("/schedulemaster/nodes")).json()
+            rows = await chain.node_rows(self.client)
         except Exception as exc:
             log.warning("cannot read the nodes table (%s); keeping the last priorities", exc)
             return self.weights
@@ -358,10 +357,8 @@ class FiringLoop:
         try:
             if items:
                 await self.claimer.claim(items)
-        except Superseded as exc:
-            log.error("%s: this process stops firing", exc)
-            self.on_superseded()
-            return
+        except Superseded:
+            return  # the Claimer said so and stops the node
         await self.claimer.release(self.claimer.stale(now))
         for tid, (_entry, since) in list(self.handed_off.items()):
             if now - since > timedelta(seconds=AHEAD + 10):
@@ -484,9 +481,7 @@ class FiringLoop:
         while True:
             try:
                 return await self.claimer.take(fid, entry.task_id, at)
-            except Superseded as exc:
-                log.error("%s: this process stops firing", exc)
-                self.on_superseded()
+            except Superseded:
                 return False
             except Exception as exc:
                 if utcnow() - at > MISFIRE_THRESHOLD:

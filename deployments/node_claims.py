@@ -31,7 +31,8 @@ class Claimer:
         self.incarnation = incarnation
         self.won: dict[str, datetime] = {}   # claimed by us, not fired yet
         self.lost: dict[str, datetime] = {}  # claimed by another node
-        self.superseded = False
+        self.superseded = False  # another process took this node's name: it must stop
+        self.on_superseded = lambda: None  # the node's stop, called once when that happens
 
     def known(self, fid: str) -> bool:
         return fid in self.won or fid in self.lost
@@ -44,7 +45,10 @@ class Claimer:
         resp = await self.client._client.post(CLAIMS_PATH, json=self._body(items))
         answer = resp.json()
         if answer.get("superseded"):
-            self.superseded = True
+            if not self.superseded:
+                self.superseded = True
+                log.error("another process registered as node %s: this process stops firing", self.node)
+                self.on_superseded()
             raise Superseded(f"another process registered as node {self.node}")
         won = set(answer.get("won") or [])
         for fid, _tid, at in items:

@@ -139,24 +139,33 @@ class Store:
         from sqlalchemy import text
 
         ensure_database(self.url)
-        if self.engine.dialect.name == "postgresql":
-            # The master and the dispatchers start together and each creates what is missing:
-            # concurrent CREATE TABLEs collide in PostgreSQL's catalog (unique violations,
-            # deadlocks). A transaction-scoped advisory lock makes them take turns.
-            with self.engine.begin() as conn:
-                conn.execute(text("SELECT pg_advisory_xact_lock(5357415453)"))  # "SMSTORE"
-                SQLModel.metadata.create_all(conn)
-        else:
+        if self.engine.dialect.name != "postgresql":
             SQLModel.metadata.create_all(self.engine)
-        with Session(self.engine) as s:
-            if s.exec(select(SystemUser)).first() is None:
-                user, pw = DEFAULT_ADMIN
-                s.add(SystemUser(username=user, password=md5_hex(pw), realname="超级管理员"))
-            have = set(s.exec(select(SystemConfig.key)).all())
-            for i, (key, group, name, value) in enumerate(DEFAULT_CONFIGS):
-                if key not in have:
-                    s.add(SystemConfig(key=key, group=group, name=name, value=value, sort=i))
-            s.commit()
+            with Session(self.engine) as s:
+                self._seed(s)
+                s.commit()
+            return
+        # The master and the dispatchers start together and each creates and seeds what is
+        # missing: on PostgreSQL concurrent CREATE TABLEs collide in the catalog (unique
+        # violations, deadlocks) and two seeders insert the same keys. One transaction under
+        # an advisory lock makes them take turns.
+        with self.engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(5357415453)"))  # "SMSTORE"
+            SQLModel.metadata.create_all(conn)
+            with Session(bind=conn) as s:
+                self._seed(s)
+                s.flush()
+
+    @staticmethod
+    def _seed(s: Session) -> None:
+        """The default account and settings, where missing (the original's EnsureCreated)."""
+        if s.exec(select(SystemUser)).first() is None:
+            user, pw = DEFAULT_ADMIN
+            s.add(SystemUser(username=user, password=md5_hex(pw), realname="超级管理员"))
+        have = set(s.exec(select(SystemConfig.key)).all())
+        for i, (key, group, name, value) in enumerate(DEFAULT_CONFIGS):
+            if key not in have:
+                s.add(SystemConfig(key=key, group=group, name=name, value=value, sort=i))
 
     def user_by_name(self, username: str) -> SystemUser | None:
         with Session(self.engine) as s:

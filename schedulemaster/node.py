@@ -113,8 +113,7 @@ async def serve_node(settings: Settings, name: str, priority: int, max_concurren
         worker.accept_task_run = firing.owns_run
         worker.accepting = lambda: name not in firing.disabled
         stop = asyncio.Event()
-        superseded = []
-        firing.on_superseded = lambda: (superseded.append(True), stop.set())
+        firing.claimer.on_superseded = stop.set
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
@@ -136,4 +135,4 @@ async def serve_node(settings: Settings, name: str, priority: int, max_concurren
         await asyncio.gather(tasks[0], return_exceptions=True)
         stopper.cancel()
         log.info("node %s stopped: %d fired, %d recorded", name, firing.fired, firing.recorder.recorded)
-        return 3 if superseded else failed
+        return 3 if firing.claimer.superseded else failed
