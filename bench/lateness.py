@@ -188,9 +188,10 @@ class Baseline:
         self.deployments: list[str] = []
         self.worker: subprocess.Popen | None = None
 
-    def deploy(self, name: str, url: str, schedule: dict | None = None) -> str:
+    def deploy(self, name: str, url: str, schedule: dict | None = None,
+               entrypoint: str = "bench/baseline_flow.py:post_hit") -> str:
         body = {"name": name, "flow_id": self.flow_id, "work_pool_name": self.pool,
-                "entrypoint": "bench/baseline_flow.py:post_hit", "parameters": {"url": url},
+                "entrypoint": entrypoint, "parameters": {"url": url},
                 "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}],
                 "schedules": [schedule] if schedule else []}
         r = call("POST", f"{self.api}/deployments/", json=body)

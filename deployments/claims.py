@@ -4,10 +4,12 @@ A node claims each firing (task, instant) in the master's store before it runs i
 id is the primary key, so the first claim wins: two nodes that both believe they own a task
 (for the seconds in which they learn that a node joined or left) never both run a firing,
 whatever their clocks say. A node that cannot reach the master cannot claim, so it fires
-nothing: a node cut off from the master is fenced by construction. Recording the firing
-finishes its claim. A claim left unfinished by a node that went offline, or that was
-restarted (a new incarnation), is the failover service's to re-run or fail
-(deployments/failover.py).
+nothing: a node cut off from the master is fenced by construction. The node reports each
+firing it ran with its next claim call (within half a second), which finishes the claim
+(``fired-ok`` / ``fired-failed``); recording the firing in Prefect, which can lag far behind
+under load, marks it ``recorded``. A claim left unfinished by a node that went offline, or
+that was restarted (a new incarnation), is the failover service's to re-run or fail; a
+fired claim such a node never recorded, it records (deployments/failover.py).
 
 The nodes table holds what Prefect's worker rows have no field for: priority, max
 concurrency (both editable by the operator) and the incarnation of the process that runs
@@ -21,11 +23,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Iterable, Optional
 
-from sqlalchemy import DateTime, func, update
+from sqlalchemy import DateTime, and_, func, or_, update
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, delete, select
 
 FINISHED_KEPT = timedelta(minutes=10)  # finished claims answer "already claimed" this long
+FIRED_KEPT = timedelta(days=1)  # a fired claim waits this long at most for its record
+FIRED = ("fired-ok", "fired-failed")  # ran, not recorded in Prefect yet
 
 
 def utcnow() -> datetime:
@@ -51,7 +55,7 @@ class FiringClaim(SQLModel, table=True):
     incarnation: str = Field(max_length=36)
     claimed_at: datetime = Field(sa_type=UtcDateTime)
     finished_at: Optional[datetime] = Field(default=None, index=True, sa_type=UtcDateTime)
-    outcome: Optional[str] = Field(default=None, max_length=40)  # recorded, rerun, failed, dropped
+    outcome: Optional[str] = Field(default=None, max_length=40)  # FIRED, recorded, rerun, failed, dropped
 
 
 class NodeInfo(SQLModel, table=True):
@@ -80,7 +84,8 @@ def claim(engine, node: str, incarnation: str, firings: Iterable[tuple[str, str,
         return []
     insert = _insert(engine)
     with Session(engine) as s:
-        s.execute(insert(FiringClaim).values(rows).on_conflict_do_nothing(index_elements=["firing_id"]))
+        # executemany of one cached statement: a multi-row VALUES is compiled anew per call
+        s.execute(insert(FiringClaim).on_conflict_do_nothing(index_elements=["firing_id"]), rows)
         won = s.exec(select(FiringClaim.firing_id).where(
             FiringClaim.firing_id.in_([r["firing_id"] for r in rows]),
             FiringClaim.node == node, FiringClaim.incarnation == incarnation,
@@ -90,14 +95,45 @@ def claim(engine, node: str, incarnation: str, firings: Iterable[tuple[str, str,
 
 
 def finish(engine, firing_ids: list[str], outcome: str) -> int:
+    """End claims (or, for a fired one, say what became of its record)."""
     if not firing_ids:
         return 0
     with Session(engine) as s:
-        n = s.execute(update(FiringClaim).where(FiringClaim.firing_id.in_(firing_ids),
-                                                FiringClaim.finished_at.is_(None))
-                      .values(finished_at=utcnow(), outcome=outcome)).rowcount
+        n = s.execute(update(FiringClaim).where(
+            FiringClaim.firing_id.in_(firing_ids),
+            or_(FiringClaim.finished_at.is_(None), FiringClaim.outcome.in_(FIRED)))
+            .values(finished_at=func.coalesce(FiringClaim.finished_at, utcnow()), outcome=outcome)).rowcount
         s.commit()
     return n
+
+
+def fired(engine, node: str, incarnation: str, done: list[tuple[str, bool]]) -> int:
+    """The node ran these firings (firing id, ok): their claims end, their records may lag."""
+    n = 0
+    with Session(engine) as s:
+        for outcome, want in (("fired-ok", True), ("fired-failed", False)):
+            ids = [f for f, ok in done if ok is want]
+            if ids:
+                n += s.execute(update(FiringClaim).where(
+                    FiringClaim.firing_id.in_(ids), FiringClaim.node == node,
+                    FiringClaim.incarnation == incarnation, FiringClaim.finished_at.is_(None))
+                    .values(finished_at=utcnow(), outcome=outcome)).rowcount
+        s.commit()
+    return n
+
+
+def unrecorded_holders(engine) -> list[tuple[str, str]]:
+    """(node, incarnation) of every process with fired claims not recorded yet."""
+    with Session(engine) as s:
+        return [tuple(r) for r in s.exec(select(FiringClaim.node, FiringClaim.incarnation)
+                                         .where(FiringClaim.outcome.in_(FIRED)).distinct()).all()]
+
+
+def unrecorded(engine, node: str, incarnation: str, limit: int = 500) -> list[FiringClaim]:
+    with Session(engine) as s:
+        return list(s.exec(select(FiringClaim).where(
+            FiringClaim.node == node, FiringClaim.incarnation == incarnation, FiringClaim.outcome.in_(FIRED))
+            .order_by(FiringClaim.scheduled).limit(limit)).all())
 
 
 def release(engine, node: str, incarnation: str, firing_ids: list[str]) -> int:
@@ -140,8 +176,9 @@ def running_counts(engine) -> dict[str, int]:
 def purge(engine, now: datetime | None = None) -> int:
     cutoff = (now or utcnow()) - FINISHED_KEPT
     with Session(engine) as s:
-        n = s.execute(delete(FiringClaim).where(FiringClaim.finished_at.is_not(None),
-                                                FiringClaim.finished_at < cutoff)).rowcount
+        n = s.execute(delete(FiringClaim).where(FiringClaim.finished_at.is_not(None), or_(
+            and_(FiringClaim.finished_at < cutoff, FiringClaim.outcome.not_in(FIRED)),
+            FiringClaim.finished_at < (now or utcnow()) - FIRED_KEPT))).rowcount
         s.commit()
     return n
 

@@ -8,6 +8,9 @@ in a thread, off the server's event loop.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Awaitable, Callable
 from uuid import UUID
@@ -16,6 +19,8 @@ from fastapi import APIRouter, Body, HTTPException
 from pydantic import BaseModel, Field
 
 from schedulemaster.deployments import claims
+
+log = logging.getLogger("schedulemaster.claims")
 
 MAX_CLAIMS = 1000
 NAME = r"^[^/%\s][^/%]{0,98}[^/%\s]$|^[^/%\s]$"
@@ -35,10 +40,17 @@ class ClaimItem(BaseModel):
     scheduled: datetime
 
 
+class DoneItem(BaseModel):
+    firing_id: str = Field(min_length=1, max_length=64)
+    ok: bool
+
+
 class ClaimRequest(BaseModel):
     node: str = Field(pattern=NAME, max_length=100)
     incarnation: UUID
     firings: list[ClaimItem] = Field(max_length=MAX_CLAIMS)
+    #: firings this node ran since its last call: their claims end (deployments/claims.fired)
+    done: list[DoneItem] = Field(default_factory=list, max_length=MAX_CLAIMS)
 
 
 class LatestRequest(BaseModel):
@@ -54,16 +66,48 @@ class ClaimResult(BaseModel):
 #: the live worker names of the pool and, for each worker, seconds since its last heartbeat
 LiveWorkers = Callable[[], Awaitable[dict[str, float]]]
 
+ALIVE_WINDOW = 20.0  # seconds: a node that called /claims this recently is alive
 
-def create_coordination_router(engine, live_workers: LiveWorkers) -> APIRouter:
+
+class NodeActivity:
+    """When each node process (name, incarnation) last called ``/claims``; nodes call at least
+    every 5 s (deployments/node_claims.KEEPALIVE). This is the second proof of life beside
+    Prefect's worker heartbeats, which can stop landing while the node works: measured on
+    an overloaded master, every node's worker channel (websocket) timed out and Prefect
+    marked all three OFFLINE while they went on claiming and firing. Failover must not hand
+    such a node's firings to another node, which would run them twice. Kept in the master's
+    memory: the failover service runs in the same process as these endpoints."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[str, float]] = {}
+
+    def saw(self, name: str, incarnation: str) -> None:
+        self._seen[name] = (incarnation, time.monotonic())
+
+    def alive(self, name: str, incarnation: str | None = None, within: float = ALIVE_WINDOW) -> bool:
+        seen = self._seen.get(name)
+        return (seen is not None and (incarnation is None or seen[0] == incarnation)
+                and time.monotonic() - seen[1] <= within)
+
+
+def create_coordination_router(engine, live_workers: LiveWorkers,
+                               activity: NodeActivity | None = None) -> APIRouter:
     router = APIRouter()
+    activity = activity if activity is not None else NodeActivity()
+    # Its own threads: a firing waits for its claim, so claims must not queue behind the
+    # server's other blocking calls in the default executor (6 threads on 2 cores). With the
+    # master recording a backlog, claims took 23-32 s and firings went late (bench/soak.py).
+    pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sm-claims")
+
+    async def to_thread(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
     # name -> current incarnation: a cache of the nodes table, which only `register` below
     # changes (a node deleted through the Node API is offline, so a stale entry claims nothing)
     incarnations: dict[str, str] = {}
 
     async def current(name: str) -> str | None:
         if name not in incarnations:
-            row = (await asyncio.to_thread(claims.nodes, engine)).get(name)
+            row = (await to_thread(claims.nodes, engine)).get(name)
             if row is None:
                 return None
             incarnations[name] = row.incarnation
@@ -73,13 +117,15 @@ def create_coordination_router(engine, live_workers: LiveWorkers) -> APIRouter:
     async def register(reg: NodeRegistration) -> dict:
         """A node starting under a name that a live process holds is refused (409): two
         processes under one name would both believe they own its firings."""
-        known = (await asyncio.to_thread(claims.nodes, engine)).get(reg.name)
+        known = (await to_thread(claims.nodes, engine)).get(reg.name)
         live = await live_workers()
-        if known is not None and known.incarnation != str(reg.incarnation) and reg.name in live:
-            raise HTTPException(409, f"node {reg.name} is live (last heartbeat {live[reg.name]:.0f} s ago, "
+        if known is not None and known.incarnation != str(reg.incarnation) and (
+                reg.name in live or activity.alive(reg.name, known.incarnation)):
+            beat = f"last heartbeat {live[reg.name]:.0f} s ago" if reg.name in live else "claiming firings"
+            raise HTTPException(409, f"node {reg.name} is live ({beat}, "
                                      f"started {known.started_at:%Y-%m-%d %H:%M:%S} UTC on {known.host or '?'}); "
                                      "stop it first, or wait until it counts as offline")
-        await asyncio.to_thread(claims.register, engine, claims.NodeInfo(
+        await to_thread(claims.register, engine, claims.NodeInfo(
             name=reg.name, priority=reg.priority, max_concurrency=reg.max_concurrency,
             incarnation=str(reg.incarnation), host=reg.host, started_at=datetime.now(timezone.utc)))
         incarnations[reg.name] = str(reg.incarnation)
@@ -89,27 +135,39 @@ def create_coordination_router(engine, live_workers: LiveWorkers) -> APIRouter:
     async def claim(req: ClaimRequest = Body(...)) -> ClaimResult:
         if await current(req.node) != str(req.incarnation):
             return ClaimResult(won=[], superseded=True)
-        won = await asyncio.to_thread(claims.claim, engine, req.node, str(req.incarnation),
-                                      [(c.firing_id, str(c.task_id), c.scheduled) for c in req.firings])
+        activity.saw(req.node, str(req.incarnation))
+        t0 = time.monotonic()
+        if req.done:
+            await to_thread(claims.fired, engine, req.node, str(req.incarnation),
+                            [(d.firing_id, d.ok) for d in req.done])
+        t1 = time.monotonic()
+        won = []
+        if req.firings:
+            won = await to_thread(claims.claim, engine, req.node, str(req.incarnation),
+                                  [(c.firing_id, str(c.task_id), c.scheduled) for c in req.firings])
+        if time.monotonic() - t0 > 1.0:  # firings wait for this: say where the time went
+            log.warning("claims of node %s took %.1f s: %d reported in %.1f s, %d claimed in %.1f s",
+                        req.node, time.monotonic() - t0, len(req.done), t1 - t0, len(req.firings),
+                        time.monotonic() - t1)
         return ClaimResult(won=won)
 
     @router.post("/claims/release")
     async def release(req: ClaimRequest = Body(...)) -> dict:
         """Claims a node won ahead and then did not fire (the task was stopped, edited or
         moved, or the firing was skipped): finished, so nobody re-runs them."""
-        mine = await asyncio.to_thread(claims.release, engine, req.node, str(req.incarnation),
+        mine = await to_thread(claims.release, engine, req.node, str(req.incarnation),
                                        [c.firing_id for c in req.firings])
         return {"released": mine}
 
     @router.post("/claims/latest")
     async def latest(body: LatestRequest) -> dict[str, datetime]:
         """Each task's latest claimed instant: where a node taking the task over catches up from."""
-        return await asyncio.to_thread(claims.latest, engine, [str(t) for t in body.task_ids])
+        return await to_thread(claims.latest, engine, [str(t) for t in body.task_ids])
 
     @router.get("/nodes")
     async def list_nodes() -> list[dict]:
-        rows = await asyncio.to_thread(claims.nodes, engine)
-        running = await asyncio.to_thread(claims.running_counts, engine)
+        rows = await to_thread(claims.nodes, engine)
+        running = await to_thread(claims.running_counts, engine)
         return [{"name": n.name, "priority": n.priority, "max_concurrency": n.max_concurrency,
                  "incarnation": n.incarnation, "host": n.host, "started_at": n.started_at.isoformat(),
                  "running": running.get(n.name, 0)} for n in rows.values()]

@@ -2,11 +2,14 @@
 
 Every ``INTERVAL`` seconds it looks for work held by a node that is gone, that is offline in
 Prefect's eyes (the foreman marks a worker OFFLINE 3 heartbeats after its last one; with
-the 5 s heartbeat and foreman loop that ``Settings.prefect_env`` sets, within ~20 s) or that
-was restarted under its name (a new incarnation):
+the 5 s heartbeat and foreman loop that ``Settings.prefect_env`` sets, within ~20 s) and no
+longer calls the master (coordination_api.NodeActivity), or that was restarted under its
+name (a new incarnation):
 
 - **firing claims** left unfinished (deployments/claims.py): the node claimed the firing
-  and never recorded it, so it was running, or ran and its record died with the process;
+  and never reported it ran (nodes report within half a second), so it was running;
+- **fired claims never recorded**: the node ran them, but its backlog of records for
+  Prefect died with it; they are recorded here from what the claim knows, never re-run;
 - **worker-path runs** (RunOnce, children, runs started from the UI) left Pending or
   Running under that worker (Prefect's ``prefect.worker.name`` label): Prefect itself
   would leave them so forever (its issues #16746, #18933). They are set Crashed first.
@@ -47,8 +50,10 @@ def utcnow() -> datetime:
 
 
 class Failover:
-    def __init__(self, engine, client, work_pool: str, on_failure=None):
+    def __init__(self, engine, client, work_pool: str, on_failure=None, activity=None):
         self.engine = engine
+        self.activity = activity  # coordination_api.NodeActivity: who still claims firings
+        self._busy_noted: set[str] = set()
         self.client = client
         self.work_pool = work_pool
         self.on_failure = on_failure
@@ -100,6 +105,13 @@ class Failover:
                 return f"node {name} was restarted (a new process took its name at {info.started_at:%H:%M:%S} UTC)"
             if name not in confirmed or (info is not None and now - info.started_at < START_GRACE):
                 return None
+            if self.activity is not None and self.activity.alive(name, info.incarnation if info else None):
+                if name not in self._busy_noted:
+                    self._busy_noted.add(name)
+                    log.warning("node %s is offline in Prefect (no heartbeat lands) but still claims firings: "
+                                "its work stays with it", name)
+                return None
+            self._busy_noted.discard(name)
             beat = beats.get(name)
             seen = f"its last heartbeat {(now - beat).total_seconds():.0f} s ago" if beat else "no heartbeat"
             return f"node {name} went offline ({seen})"
@@ -108,6 +120,11 @@ class Failover:
             why = gone(c.node, c.incarnation)
             if why is not None:
                 await self._claim_orphaned(c, why)
+        for node, incarnation in await asyncio.to_thread(claims.unrecorded_holders, self.engine):
+            why = gone(node, incarnation)
+            if why is not None:
+                await self._record_lost(await asyncio.to_thread(claims.unrecorded, self.engine, node, incarnation),
+                                        why)
         for run in await self._held_runs():
             labels = run.labels or {}
             if not labels.get("prefect.worker.name"):
@@ -145,17 +162,46 @@ class Failover:
         await asyncio.to_thread(claims.finish, self.engine, [c.firing_id], outcome)
 
     async def _record_failed(self, c: claims.FiringClaim, spec: dict[str, Any], reason: str) -> None:
+        await self._record([(c, spec, False, reason)])
+        self.failed += 1
+        log.warning("%s", reason)
+
+    async def _record(self, items: list[tuple[claims.FiringClaim, dict[str, Any], bool, str]]) -> None:
+        """Record firings in Prefect on the nodes' behalf: (claim, task spec, ok, message)."""
         from schedulemaster.deployments.record_api import FiringRecord, record_firings
         from schedulemaster.deployments.recorder import Firing, Recorder
 
         now = utcnow()
-        message = reason
-        firing = Firing(UUID(c.task_id), c.firing_id, spec.get("Title", ""), c.scheduled,
-                        c.claimed_at, now, False, message, c.node, logs=[(40, message, now)],
-                        zone=spec.get("TimeZone") or "UTC")
-        await record_firings([FiringRecord(**Recorder._body(firing))], self.on_failure)
-        self.failed += 1
-        log.warning("%s", message)
+        records = []
+        for c, spec, ok, message in items:
+            firing = Firing(UUID(c.task_id), c.firing_id, spec.get("Title", ""), c.scheduled,
+                            max(c.claimed_at, c.scheduled), c.finished_at or now, ok, message, c.node,
+                            logs=[(20 if ok else 40, message, now)], zone=spec.get("TimeZone") or "UTC")
+            records.append(FiringRecord(**Recorder._body(firing)))
+        await record_firings(records, self.on_failure)
+
+    async def _record_lost(self, fired: list[claims.FiringClaim], why: str) -> None:
+        """Firings a dead node ran but never recorded (its record backlog died with it): each
+        becomes a run with what the claim knows (the outcome, the times), so the run history
+        misses none; the failed ones still reach the keepers."""
+        from prefect.exceptions import ObjectNotFound
+
+        specs: dict[str, dict[str, Any]] = {}
+        items = []
+        for c in fired:
+            if c.task_id not in specs:
+                try:
+                    specs[c.task_id] = ((await self.client.read_deployment(UUID(c.task_id))).parameters or {}).get(
+                        "task") or {}
+                except ObjectNotFound:
+                    specs[c.task_id] = {}
+            ok = c.outcome == "fired-ok"
+            items.append((c, specs[c.task_id], ok,
+                          f"ran on node {c.node} ({'succeeded' if ok else 'failed'}); {why} before sending "
+                          "this firing's record, so its log lines are lost (recorded by the master)"))
+        await self._record([i for i in items if i[1]])
+        await asyncio.to_thread(claims.finish, self.engine, [c.firing_id for c in fired], "recorded")
+        log.warning("%s: recorded %d firing(s) it ran but had not recorded", why, len(items))
 
     async def _rerun(self, task_id: UUID, spec: dict[str, Any], key: str, reason: str,
                      rerun: dict[str, Any], extra: dict[str, Any] | None = None) -> None:

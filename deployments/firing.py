@@ -111,7 +111,7 @@ class FiringLoop:
         # tasks another node took, with a claimed firing left here, and since when
         self.handed_off: dict[uuid.UUID, tuple[Entry, datetime]] = {}
         self.work_pool = work_pool
-        self.recorder = recorder or Recorder(client)
+        self.recorder = recorder or Recorder(client, master_busy=lambda: self.claimer.master_busy)
         self.slots = asyncio.Semaphore(max(1, max_concurrency))
         self.max_concurrency = max(1, max_concurrency)
         self.http = None  # an aiohttp session, opened in run() inside the event loop
@@ -135,8 +135,11 @@ class FiringLoop:
     # ---- loops --------------------------------------------------------------------
     async def run(self) -> None:
         self.http = new_session(self.max_concurrency + 10)
-        await self.refresh_nodes()
-        await self.sync()
+        for first in (self.refresh_nodes, self.sync):
+            try:
+                await first()
+            except Exception as exc:  # e.g. the master is busy: the loops below try again
+                log.warning("%s failed at start: %s; retrying", first.__name__, exc)
         await asyncio.gather(self._every(SYNC_SECONDS, self.sync),
                              self._every(NODES_SECONDS, self.refresh_nodes),
                              self._every(READY_SECONDS, self.keep_tasks_ready),
@@ -157,8 +160,16 @@ class FiringLoop:
         """Let firings in flight finish and be recorded, then stop."""
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=30)
+        for task in list(self._inflight):  # still waiting for a claim or a slot after 30 s
+            task.cancel()
+        # Bounded: with the master away, Prefect's client retries each call for a minute and
+        # the node did not stop on SIGTERM. What is not reported, the failover service sorts out.
+        try:  # what ran is reported first: the records may take long to send
+            await asyncio.wait_for(self.claimer.claim([]), 15)
+        except Exception as exc:
+            log.error("could not report %d fired firings at shutdown: %s", len(self.claimer.done), exc)
         try:
-            await self.recorder.flush()
+            await asyncio.wait_for(self.recorder.flush(), 30)
         except Exception as exc:
             log.error("could not record %d firings at shutdown: %s", len(self.recorder.pending), exc)
         await self.plugins.close()
@@ -296,7 +307,11 @@ class FiringLoop:
                 await self.plugins.stop(tid)
         if self._arrived:
             arrived, self._arrived = self._arrived, []
-            await self.catch_up(arrived, now)
+            try:
+                await self.catch_up(arrived, now)
+            except BaseException:
+                self._arrived = arrived + self._arrived  # caught up at the next sync instead
+                raise
 
     async def catch_up(self, entries: list[Entry], now: datetime) -> None:
         """Tasks that just became this node's: fire the instants since the task's last
@@ -355,8 +370,7 @@ class FiringLoop:
                 if not self.claimer.known(fid):
                     items.append((fid, tid, at))
         try:
-            if items:
-                await self.claimer.claim(items)
+            await self.claimer.claim(items, keepalive=True)
         except Superseded:
             return  # the Claimer said so and stops the node
         await self.claimer.release(self.claimer.stale(now))
@@ -486,6 +500,7 @@ class FiringLoop:
             except Exception as exc:
                 if utcnow() - at > MISFIRE_THRESHOLD:
                     self.skipped += 1
+                    self.claimer.forget(fid)
                     log.error("task %s [%s]: firing at %s not run, it could not be claimed: %s",
                               entry.task_id, entry.spec.get("Title", ""), at, exc)
                     return False
@@ -550,6 +565,7 @@ class FiringLoop:
         logs = list(out.logs) + [(level, line, finished)]
         if why_late:
             logs.insert(0, (30, f"{(started - at).total_seconds():.1f} s late: {why_late}", started))
+        self.claimer.fired(fid, out.ok)
         self.recorder.add(Firing(entry.task_id, fid, title, at, started, finished, out.ok, out.message,
                                  self.node, getattr(out, "status_code", None), logs,
                                  zone=entry.spec.get("TimeZone") or "UTC", parent=parent))

@@ -16,6 +16,8 @@ run's idempotency key is the firing id, so recording a firing twice leaves one r
 
 from __future__ import annotations
 
+import asyncio
+
 from datetime import datetime, timedelta
 from typing import Callable
 from uuid import UUID
@@ -87,17 +89,23 @@ async def record_firings(records: list[FiringRecord], on_failure: OnFailure | No
 
 
 async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure | None) -> RecordResult:
+    import sqlalchemy as sa
     from prefect.server import models, schemas
     from prefect.server.database import provide_database_interface
 
     db = provide_database_interface()
     recorded, unknown, failed = 0, set(), []
     async with db.session_context(begin_transaction=True, with_for_update=True) as session:
-        deployments = {}
-        for task_id in {r.task_id for r in records}:
-            deployments[task_id] = await models.deployments.read_deployment(
-                session=session, deployment_id=task_id)
-        done = await _recorded_firing_ids(session, [d for d in deployments.values() if d is not None], records)
+        # Only the columns a run needs, one query per batch: reading each task's whole
+        # deployment (models.deployments.read_deployment) parsed its parameters and schema
+        # JSON through pydantic and cost more than creating the run (the master recorded
+        # ~12 firings/s on PostgreSQL, most of it there; bench/soak.py).
+        rows = await session.execute(sa.select(
+            db.Deployment.id, db.Deployment.flow_id, db.Deployment.version, db.Deployment.tags,
+            db.Deployment.work_queue_name, db.Deployment.work_queue_id,
+        ).where(db.Deployment.id.in_({r.task_id for r in records})))
+        deployments = {row.id: row for row in rows}
+        done = await _recorded_firing_ids(session, list(deployments.values()), records)
         logs = []
         for r in records:
             dep = deployments.get(r.task_id)
@@ -123,14 +131,19 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
                 state=final))
             recorded += 1
             if not r.ok:
-                failed.append(((dep.parameters or {}).get("task") or {}, r, str(run.id)))
+                failed.append((dep.id, r, str(run.id)))
             logs += [schemas.actions.LogCreate(
                 name="schedulemaster.node", level=entry.level, message=entry.message,
                 timestamp=entry.timestamp, flow_run_id=run.id) for entry in r.logs]
         if logs:
             await models.logs.create_logs(session, logs)
+        specs = {}
+        if failed and on_failure is not None:  # the keepers' mail needs the task's spec
+            specs = dict((await session.execute(sa.select(db.Deployment.id, db.Deployment.parameters).where(
+                db.Deployment.id.in_({d for d, _, _ in failed})))).all())
     if on_failure is not None:
-        for spec, r, run_id in failed:
+        for dep_id, r, run_id in failed:
+            spec = (specs.get(dep_id) or {}).get("task") or {}
             detail = "\n".join(entry.message for entry in r.logs if entry.level >= 40)
             on_failure(spec, r.finished, r.message, detail, run_id)
     return RecordResult(recorded=recorded, unknown_tasks=sorted(unknown))
@@ -192,13 +205,15 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
     ``coordination``, deployments/coordination_api.py) register and claim firings."""
     app = FastAPI(title="ScheduleMaster recording", openapi_url=None, docs_url=None, redoc_url=None)
     router = APIRouter()
+    # One batch of records at a time, whichever node sent it: recording is the master's
+    # heaviest work, and nodes' claims (which firings wait for) must get the CPU in between.
+    recording = asyncio.Semaphore(1)
 
     @router.post("/firings")
     async def post_firings(records: list[FiringRecord] = Body(..., max_length=MAX_BATCH)) -> RecordResult:
-        result = await record_firings(records, on_failure)
+        async with recording:
+            result = await record_firings(records, on_failure)
         if store_engine is not None:  # a recorded firing's claim is done (deployments/claims.py)
-            import asyncio
-
             from schedulemaster.deployments import claims
 
             await asyncio.to_thread(claims.finish, store_engine, [r.firing_id for r in records], "recorded")

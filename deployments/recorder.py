@@ -16,7 +16,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
@@ -48,9 +48,15 @@ class Firing:
         return (self.started - self.scheduled).total_seconds() * 1000
 
 
+HOLD_MAX = 10.0  # seconds a batch waits at most while the master is busy
+
+
 class Recorder:
-    def __init__(self, client, flush_interval: float = 0.5):
+    def __init__(self, client, flush_interval: float = 0.5, master_busy: Callable[[], bool] = lambda: False):
         self.client = client
+        # Firing on time comes before recording: while the master answers claims slowly,
+        # the next batch waits (up to HOLD_MAX), so the master's CPU goes to claims first.
+        self.master_busy = master_busy
         self.flush_interval = flush_interval
         self.pending: deque[Firing] = deque()
         self.recorded = 0
@@ -74,6 +80,10 @@ class Recorder:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+            held = 0.0
+            while self.pending and held < HOLD_MAX and self.master_busy():
+                await asyncio.sleep(0.5)
+                held += 0.5
             try:
                 await self.flush()
                 backoff = self.flush_interval

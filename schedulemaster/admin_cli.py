@@ -165,9 +165,26 @@ def config_set(pairs: list[str] = typer.Argument(..., help="KEY=VALUE ..., e.g. 
 
 @nodes_app.command("list")
 def nodes_list(api: str = Api, user: str = User, password: str = Password) -> None:
-    """Every node with its status: 下线 offline, 空闲 idle (disabled), 运行 running."""
+    """Every node with its status (下线 offline, 空闲 idle = disabled, 运行 running), priority,
+    max concurrency and the firings it holds now."""
     data = call(api, user, password, "GET", "Node/QueryList")["Data"]
-    _table(data["rows"], ["NodeName", "Status", "StatusText", "Enabled", "LastUpdateTime"])
+    _table(data["rows"], ["NodeName", "Status", "StatusText", "Enabled", "Priority", "MaxConcurrency",
+                          "RunningFirings", "MachineName", "LastUpdateTime"])
+
+
+@nodes_app.command("edit")
+def nodes_edit(name: str = typer.Argument(..., help="the node's name (schedulemaster node --name)"),
+               priority: Optional[int] = typer.Option(None, "--priority", min=0, max=1000,
+                                                      help="weight in routing; 0 = only when no other node may"),
+               maxc: Optional[int] = typer.Option(None, "--maxc", min=1, max=1000, help="firings run at once"),
+               api: str = Api, user: str = User, password: str = Password) -> None:
+    """Change a node's priority and max concurrency; the node applies them within seconds."""
+    if priority is None and maxc is None:
+        typer.echo("error: give --priority and/or --maxc", err=True)
+        raise typer.Exit(2)
+    data = {"name": name, **({"priority": priority} if priority is not None else {}),
+            **({"maxConcurrency": maxc} if maxc is not None else {})}
+    typer.echo(call(api, user, password, "POST", "Node/Edit", data=data)["Message"])
 
 
 def _node_command(action: str, help_text: str) -> None:

@@ -98,9 +98,9 @@ async def serve_dispatcher(settings: Settings, name: str, max_held: int = 5000, 
         finally:
             reporting.cancel()
             await asyncio.gather(reporting, return_exceptions=True)
-            try:
-                await reporter.report()
-                await reporter.close_run("dispatcher stopped")
+            try:  # bounded: with Prefect gone, its client retries for minutes and the stop hung
+                await asyncio.wait_for(reporter.report(), 10)
+                await asyncio.wait_for(reporter.close_run("dispatcher stopped"), 10)
             except Exception as exc:
                 log.warning("could not close the dispatcher's Prefect run: %s", exc)
     t = dispatcher.total

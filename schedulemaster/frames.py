@@ -15,6 +15,7 @@ from uuid import UUID
 import pandas as pd
 
 from schedulemaster.connection import Connection, current, prefect_errors
+from schedulemaster.deployments.failover import DEFAULT_POLICY
 from schedulemaster.deployments.tasks import FLOW_NAME, NODE_QUEUE_PREFIX, status_of
 from schedulemaster.handles import STATUS_NAMES, parse_span
 
@@ -30,11 +31,12 @@ DELAYED_STATUSES = {0: "voided", 1: "created", 2: "ready", 3: "succeeded", 4: "f
 PAGE = 200
 
 TASK_COLUMNS = ["task_id", "title", "type", "status", "cron", "run_loop", "start_date", "end_date",
-                "executors", "keepers", "nexts", "params", "url", "method", "module", "class_name",
+                "executors", "failover", "keepers", "nexts", "params", "url", "method", "module", "class_name",
                 "created", "last_run", "next_run", "total_runs", "remark"]
 RUN_COLUMNS = ["run_id", "task_id", "task", "name", "kind", "state", "message", "node", "scheduled",
                "started", "ended", "duration_s", "lateness_s", "status_code", "tags"]
-NODE_COLUMNS = ["name", "status", "enabled", "last_seen", "seconds_since_seen", "created", "pool"]
+NODE_COLUMNS = ["name", "status", "enabled", "last_seen", "seconds_since_seen", "priority", "max_concurrency",
+                "running_firings", "host", "started", "created", "pool"]
 NODE_STATUSES = {0: "offline", 1: "idle", 2: "running"}  # the original's 下线, 空闲, 运行
 DELAYED_COLUMNS = ["delayed_id", "source_app", "topic", "content_key", "status", "due", "pattern", "created",
                    "executed", "finished", "next_attempt", "attempts", "failed_retries", "notify_url",
@@ -125,8 +127,8 @@ def tasks(conn: Connection | None = None) -> pd.DataFrame:
             "task_id": tid, "title": s.get("Title"), "type": "plugin" if s.get("MetaType") == 1 else "http",
             "status": STATUS_NAMES.get(st.get("Status"), s["_status"]), "cron": s.get("CronExpression"),
             "run_loop": bool(s.get("RunLoop")), "start_date": s.get("StartDate"), "end_date": s.get("EndDate"),
-            "executors": list(s.get("Executors") or []), "keepers": list(s.get("Keepers") or []),
-            "nexts": list(s.get("Nexts") or []), "params": params, "url": http.get("RequestUrl"),
+            "executors": list(s.get("Executors") or []), "failover": s.get("FailoverPolicy") or DEFAULT_POLICY,
+            "keepers": list(s.get("Keepers") or []), "nexts": list(s.get("Nexts") or []), "params": params, "url": http.get("RequestUrl"),
             "method": http.get("Method"), "module": s.get("AssemblyName"), "class_name": s.get("ClassName"),
             "created": s.get("CreateTime"), "last_run": st.get("LastRunTime"), "next_run": st.get("NextRunTime"),
             "total_runs": int(st.get("TotalRunCount") or 0), "remark": s.get("Remark")})
@@ -347,18 +349,26 @@ def node_names(conn: Connection | None = None) -> set[str]:
 
 def nodes(conn: Connection | None = None) -> pd.DataFrame:
     """The executor nodes (``/api/Node/QueryList``): status offline (下线), idle (空闲: alive but
-    disabled) or running (运行), whether enabled, and when each was last seen."""
+    disabled) or running (运行), whether enabled, when each was last seen, its priority (its
+    weight in routing) and max concurrency, the firings it holds now (claimed, not yet
+    recorded), its host and when its current process started."""
     conn = _conn(conn)
     body = conn.legacy.call("GET", "Node/QueryList") or {}
     now = pd.Timestamp.now(tz=conn.timezone)
     rows = [{"name": r.get("NodeName"), "status": NODE_STATUSES.get(r.get("Status"), "offline"),
              "enabled": bool(r.get("Enabled")), "last_seen": r.get("LastUpdateTime"),
-             "created": r.get("CreateTime"), "pool": conn.work_pool} for r in body.get("rows") or []]
+             "priority": r.get("Priority"), "max_concurrency": r.get("MaxConcurrency"),
+             "running_firings": r.get("RunningFirings") or 0, "host": r.get("MachineName"),
+             "started": r.get("StartTime"), "created": r.get("CreateTime"), "pool": conn.work_pool}
+            for r in body.get("rows") or []]
     df = pd.DataFrame(rows, columns=[c for c in NODE_COLUMNS if c != "seconds_since_seen"])
     df["status"] = _category(df["status"], list(NODE_STATUSES.values()))
     df["enabled"] = df["enabled"].astype(bool)
-    for col in ("last_seen", "created"):
+    for col in ("last_seen", "started", "created"):
         df[col] = _local_times(df[col], conn.timezone)
+    for col in ("priority", "max_concurrency", "running_firings"):
+        df[col] = df[col].astype("Int64")  # a node known to Prefect only has no priority yet
+    df["host"] = df["host"].astype("string")
     df.insert(4, "seconds_since_seen", (now - df["last_seen"]).dt.total_seconds().astype("float64"))
     df["name"] = df["name"].astype("string")
     df["pool"] = df["pool"].astype("string")

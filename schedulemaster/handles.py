@@ -21,6 +21,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo
 
+from schedulemaster.deployments.failover import DEFAULT_POLICY, POLICIES
 from schedulemaster.connection import Connection, current, prefect_errors
 from schedulemaster.legacy_client import LegacyError, LegacyNotFound
 
@@ -135,7 +136,8 @@ def form_from_spec(spec: dict[str, Any]) -> dict[str, Any]:
             "StartDate": (spec.get("StartDate") or "").replace("T", " ") or None,
             "EndDate": (spec.get("EndDate") or "").replace("T", " ") or None,
             "Keepers": list(spec.get("Keepers") or []), "Nexts": list(spec.get("Nexts") or []),
-            "Executors": list(spec.get("Executors") or []), "NotifyBlocks": list(spec.get("NotifyBlocks") or [])}
+            "Executors": list(spec.get("Executors") or []), "NotifyBlocks": list(spec.get("NotifyBlocks") or []),
+            "FailoverPolicy": spec.get("FailoverPolicy") or DEFAULT_POLICY}
     for key, field in HTTP_FIELDS.items():
         form[field] = (spec.get("Http") or {}).get(key)
     return form
@@ -424,8 +426,19 @@ def upsert(conn: Connection, form: dict[str, Any], *, start: bool = False,
     return task
 
 
+def check_failover(failover: str | None) -> dict[str, str]:
+    """The form field of a failover policy: what another node does with a firing whose node
+    died under it (``"retry-elsewhere"``: run it again there; ``"fail"``: record it Failed and
+    mail the keepers). None keeps the task's current policy."""
+    if failover is None:
+        return {}
+    if not isinstance(failover, str) or failover.strip().lower() not in POLICIES:
+        raise ValueError(f"failover must be one of {', '.join(map(repr, POLICIES))}, got {failover!r}")
+    return {"FailoverPolicy": failover.strip().lower()}
+
+
 def _common_form(title: str, cron: str | None, run_loop: bool | None, executors, keepers, params, start_date,
-                 end_date, remark) -> dict[str, Any]:
+                 end_date, remark, failover: str | None = None) -> dict[str, Any]:
     if not isinstance(title, str) or not title.strip():
         raise ValueError("a task needs a non-empty title")
     check_cron(cron)
@@ -437,7 +450,7 @@ def _common_form(title: str, cron: str | None, run_loop: bool | None, executors,
             "CronExpression": cron, "Executors": check_executors(conn, executors),
             "Keepers": list(keepers or []), "CustomParamsJson": params_json(params),
             "StartDate": wall_time(start_date, conn, "start_date"),
-            "EndDate": wall_time(end_date, conn, "end_date"), "Remark": remark}
+            "EndDate": wall_time(end_date, conn, "end_date"), "Remark": remark, **check_failover(failover)}
 
 
 def wall_time(value: datetime | None, conn: Connection, what: str) -> datetime | None:
@@ -478,7 +491,7 @@ def task(cron: str | Callable[..., Any] | None = None, *, title: str | None = No
          executors: list[str] | None = None, keepers: list[int] | None = None,
          params: dict[str, Any] | None = None, run_loop: bool | None = None,
          start_date: datetime | None = None, end_date: datetime | None = None, remark: str | None = None,
-         start: bool = False):
+         failover: str | None = None, start: bool = False):
     """Schedule a function on the executor nodes::
 
         @sm.task(cron="0/10 * * * * ?", executors=["worker1"], params={"batch": 500})
@@ -489,6 +502,8 @@ def task(cron: str | Callable[..., Any] | None = None, *, title: str | None = No
     pickled with what it uses and stored on the master, and the nodes load it at Start. The
     task is titled after the function unless ``title`` is given; decorating again (a cell run
     again) updates that task. Without ``cron`` the task fires once when started (RunLoop off).
+    ``failover`` says what happens to a firing whose node dies under it: ``"retry-elsewhere"``
+    (the default: another node runs it again, with the same Idempotency-Key) or ``"fail"``.
     """
     if callable(cron) and not isinstance(cron, str):  # bare @sm.task
         return task()(cron)
@@ -499,7 +514,8 @@ def task(cron: str | Callable[..., Any] | None = None, *, title: str | None = No
         name = title or getattr(fn, "__name__", None) or ""
         if name == "<lambda>":
             raise ValueError("a lambda has no name to title its task by: pass title=...")
-        form = _common_form(name, cron, run_loop, executors, keepers, params, start_date, end_date, remark)
+        form = _common_form(name, cron, run_loop, executors, keepers, params, start_date, end_date, remark,
+                            failover)
         filename, data = shipping.package(fn, name)  # refuses what cannot travel, before any write
         conn = current()
         form.update(MetaType=1, AssemblyName=filename.rsplit(".", 1)[0], ClassName=shipping.CLASS_NAME)
@@ -535,11 +551,12 @@ def http_task(title: str, url: str, cron: str | None = None, *, method: str = "G
               executors: list[str] | None = None, keepers: list[int] | None = None,
               params: dict[str, Any] | None = None, run_loop: bool | None = None,
               start_date: datetime | None = None, end_date: datetime | None = None,
-              remark: str | None = None, start: bool = False) -> Task:
-    """Create (or update, by title) an HTTP task (MetaType 2) and return it."""
+              remark: str | None = None, failover: str | None = None, start: bool = False) -> Task:
+    """Create (or update, by title) an HTTP task (MetaType 2) and return it; ``failover`` as
+    in :func:`task`."""
     if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
         raise ValueError(f"url must be an absolute http:// or https:// address, got {url!r}")
-    form = _common_form(title, cron, run_loop, executors, keepers, params, start_date, end_date, remark)
+    form = _common_form(title, cron, run_loop, executors, keepers, params, start_date, end_date, remark, failover)
     if headers is not None and not isinstance(headers, dict):
         raise TypeError("headers must be a dict of name -> value")
     if isinstance(body, (dict, list)):

@@ -244,6 +244,20 @@ class LegacyClient:
     def delete_node(self, name: str) -> str:
         return self._act("Node/Delete", name, "name")
 
+    def edit_node(self, name: str, priority: int | None = None, max_concurrency: int | None = None) -> str:
+        """``/api/Node/Edit``: a node's Priority (its weight in routing, 0 = only when no other
+        node is allowed) and MaxConcurrency; the node applies them within seconds."""
+        data: dict[str, Any] = {"name": name}
+        if priority is not None:
+            data["priority"] = priority
+        if max_concurrency is not None:
+            data["maxConcurrency"] = max_concurrency
+        body = self.envelope("POST", "Node/Edit", data=data)
+        if not isinstance(body, dict) or not body.get("Success"):
+            body = body if isinstance(body, dict) else {}
+            raise LegacyError(body.get("Message") or "请求失败", status=body.get("Status"), data=body.get("Data"))
+        return body.get("Message") or ""
+
     def users(self, name: str | None = None) -> list[dict[str, Any]]:
         body = self.call("GET", "Account/QueryList", params={"name": name, "pageNumber": 1, "pageSize": 1000})
         return list((body or {}).get("rows") or [])

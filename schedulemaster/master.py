@@ -115,7 +115,7 @@ async def wait_for_prefect(client, timeout: float = 120.0) -> None:
         await asyncio.sleep(0.2)
 
 
-async def run_failover(settings: Settings, engine, on_failure) -> None:
+async def run_failover(settings: Settings, engine, on_failure, activity=None) -> None:
     """Re-run or fail what dead nodes held (deployments/failover.py), with its own client."""
     from prefect.client.orchestration import get_client
 
@@ -123,7 +123,7 @@ async def run_failover(settings: Settings, engine, on_failure) -> None:
 
     async with get_client() as client:
         await wait_for_prefect(client, timeout=600)
-        await Failover(engine, client, settings.work_pool, on_failure).run()
+        await Failover(engine, client, settings.work_pool, on_failure, activity).run()
 
 
 async def serve_master(settings: Settings) -> None:
@@ -138,7 +138,8 @@ async def serve_master(settings: Settings) -> None:
     from prefect.server.api.server import create_app as create_prefect_app
     from prefect.utilities.callables import parameter_schema
 
-    from schedulemaster.deployments.coordination_api import create_coordination_router, live_workers_of
+    from schedulemaster.deployments.coordination_api import (NodeActivity, create_coordination_router,
+                                                             live_workers_of)
     from schedulemaster.deployments.packages import PackageStore
     from schedulemaster.flows.task_flow import run_task
     from schedulemaster.ms_compat.app import create_app as create_legacy_app
@@ -170,7 +171,8 @@ async def serve_master(settings: Settings) -> None:
     prefect_app = create_prefect_app(final=True)
     importer = ImportTarget(store, lambda: services.get("task"), settings.timezone,
                             lambda: mirror_settings(client, store))
-    coordination = create_coordination_router(store.engine, live_workers_of(settings.work_pool))
+    activity = NodeActivity()  # who claims firings: failover's second proof of life
+    coordination = create_coordination_router(store.engine, live_workers_of(settings.work_pool), activity)
     mount_record_api(prefect_app, mailer.task_failed, packages, importer, store.engine, coordination)
     legacy_app = create_legacy_app(store, make_service, close, packages, info={
         "PrefectApiUrl": settings.prefect_api_url, "Version": _version()})
@@ -183,7 +185,7 @@ async def serve_master(settings: Settings) -> None:
     # The legacy API's lifespan waits for Prefect's; start Prefect first.
     tasks = [asyncio.create_task(servers[0].serve())]
     mailing = asyncio.create_task(mailer.run(), name="keeper-mail")
-    failover = asyncio.create_task(run_failover(settings, store.engine, mailer.task_failed), name="failover")
+    failover = asyncio.create_task(run_failover(settings, store.engine, mailer.task_failed, activity), name="failover")
     await asyncio.sleep(0)
     tasks.append(asyncio.create_task(servers[1].serve()))
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

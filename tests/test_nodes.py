@@ -128,3 +128,20 @@ def test_nodes_cli(api, system):
     missing = run("disable", "no-such-node")
     assert missing.returncode == 1 and "节点不存在!" in missing.stderr
     assert _row(api, "worker1")["Enabled"] is True
+    assert "Priority" in listed.stdout and "RunningFirings" in listed.stdout
+    # edit: nothing to change, or values out of range, are refused before any request
+    for args, match in [(("edit", "worker1"), "give --priority and/or --maxc"),
+                        (("edit", "worker1", "--priority", "-1"), "--priority"),
+                        (("edit", "worker1", "--maxc", "0"), "--maxc"),
+                        (("edit", "worker1", "--maxc", "x"), "--maxc")]:
+        r = run(*args)
+        assert r.returncode == 2 and match in r.stdout + r.stderr, (args, r.stdout, r.stderr)
+    assert (_row(api, "worker1")["Priority"], _row(api, "worker1")["MaxConcurrency"]) == (1, 20)
+    assert run("edit", "no-such-node", "--priority", "2").returncode == 1
+    try:
+        done = run("edit", "worker1", "--maxc", "30")
+        assert done.returncode == 0, done.stderr
+        assert _row(api, "worker1")["MaxConcurrency"] == 30
+    finally:
+        run("edit", "worker1", "--maxc", "20")
+    assert _row(api, "worker1")["MaxConcurrency"] == 20

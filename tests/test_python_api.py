@@ -453,7 +453,7 @@ def test_frames_have_typed_columns(conn, receiver):
     tz = conn.timezone
     t = sm.tasks()
     assert list(t.columns) == ["task_id", "title", "type", "status", "cron", "run_loop", "start_date",
-                               "end_date", "executors", "keepers", "nexts", "params", "url", "method",
+                               "end_date", "executors", "failover", "keepers", "nexts", "params", "url", "method",
                                "module", "class_name", "created", "last_run", "next_run", "total_runs",
                                "remark"]
     assert str(t["created"].dtype) == f"datetime64[ns, {tz}]" or str(t["created"].dtype).endswith(f", {tz}]")
@@ -493,9 +493,13 @@ def test_frames_have_typed_columns(conn, receiver):
     assert ax.get_xlabel().startswith("lateness")
 
     n = sm.nodes()
-    assert list(n.columns) == ["name", "status", "enabled", "last_seen", "seconds_since_seen", "created", "pool"]
+    assert list(n.columns) == ["name", "status", "enabled", "last_seen", "seconds_since_seen", "priority",
+                               "max_concurrency", "running_firings", "host", "started", "created", "pool"]
     w1 = n[n["name"] == "worker1"].iloc[0]
     assert (w1["status"], w1["enabled"]) == ("running", True) and w1["seconds_since_seen"] < 60
+    assert (w1["priority"], w1["max_concurrency"]) == (1, 20) and w1["running_firings"] >= 0
+    assert w1["host"] == socket.gethostname() and w1["started"] <= pd.Timestamp.now(tz=tz)
+    assert str(n["priority"].dtype) == "Int64" and str(n["started"].dt.tz) == tz
     assert str(n["last_seen"].dt.tz) == tz and n["seconds_since_seen"].dtype == "float64"
 
     lg = sm.logs(r.iloc[0])
@@ -632,6 +636,9 @@ def test_bad_input_raises_and_changes_nothing(conn, system):
             (lambda: sm.task(executors=["no-such-node"])(job), ValueError,
              r"unknown executor 'no-such-node': the nodes of this system are .*worker1"),
             (lambda: sm.task(executors="worker1")(job), TypeError, "list of node names"),
+            (lambda: sm.task(failover="maybe")(job), ValueError, "failover must be one of"),
+            (lambda: sm.http_task("py-bad-fo", "http://127.0.0.1:1/x", failover=1), ValueError,
+             "failover must be one of"),
             (lambda: sm.task(keepers="1")(job), TypeError, "list of user ids"),
             (lambda: sm.task(params=["x"])(job), TypeError, "dict"),
             (lambda: sm.task()(uses), sm.UnshippableError, "`sock`"),
@@ -677,6 +684,16 @@ def test_bad_input_raises_and_changes_nothing(conn, system):
     with pytest.raises(ValueError, match="count must be"):
         stopped.next_fires(0)
     assert stopped.next_fires(3) == []  # RunLoop off and no StartDate in the future: nothing scheduled
+
+    def policy() -> str:
+        t = sm.tasks()
+        return t[t["title"] == stopped.title].iloc[0]["failover"]
+
+    assert policy() == "retry-elsewhere"
+    sm.task(title=stopped.title, failover="fail")(stopped.fn)  # the same title: an update
+    assert policy() == "fail"
+    sm.task(title=stopped.title)(stopped.fn)  # failover not given: kept
+    assert policy() == "fail"
     stopped.delete()
 
 

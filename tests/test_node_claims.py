@@ -1,0 +1,174 @@
+"""The node's Claimer against a recording stand-in for the master's HTTP client (the real
+endpoints are exercised end to end in test_failover.py): calls stay under the master's
+limit, an idle node still tells the master it lives, the master's NodeActivity, and the life of a claim in the store (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from schedulemaster.deployments import claims, node_claims
+from schedulemaster.deployments.coordination_api import MAX_CLAIMS, NodeActivity
+from schedulemaster.deployments.node_claims import Claimer
+
+
+class FakeMaster:
+    """Answers /claims like the master: wins every firing no other node has."""
+
+    def __init__(self, taken: set[str] = frozenset()):
+        self.calls: list[tuple[str, dict]] = []
+        self.taken = set(taken)
+
+    async def post(self, path, json):
+        self.calls.append((path, json))
+        won = [f["firing_id"] for f in json["firings"] if f["firing_id"] not in self.taken]
+
+        class Resp:
+            def json(self):
+                return {"won": won, "superseded": False}
+        return Resp()
+
+
+def claimer(master: FakeMaster) -> Claimer:
+    client = type("Client", (), {"_client": master})()
+    return Claimer(client, "worker1", str(uuid.uuid4()))
+
+
+def items(n: int):
+    tid, t0 = uuid.uuid4(), datetime(2026, 1, 1, tzinfo=timezone.utc)
+    return [(f"f{i}", tid, t0 + timedelta(seconds=i)) for i in range(n)]
+
+
+def test_a_large_catch_up_is_claimed_in_calls_the_master_accepts():
+    master = FakeMaster(taken={"f7", "f1200"})
+    c = claimer(master)
+    asyncio.run(c.claim(items(9000)))
+    sizes = [len(body["firings"]) for _, body in master.calls]
+    assert sum(sizes) == 9000 and max(sizes) <= MAX_CLAIMS
+    assert len(c.won) == 8998 and set(c.lost) == {"f7", "f1200"}
+    # what is known is not claimed again
+    asyncio.run(c.claim(items(9000)))
+    assert len(master.calls) == len(sizes)
+    # releases are chunked too
+    asyncio.run(c.release([f"f{i}" for i in range(3000)]))
+    released = [len(b["firings"]) for p, b in master.calls if p.endswith("/release")]
+    assert sum(released) == 3000 and max(released) <= MAX_CLAIMS
+
+
+def test_an_idle_node_sends_a_keepalive_at_most_every_few_seconds():
+    master = FakeMaster()
+    c = claimer(master)
+    asyncio.run(c.claim([]))  # nothing to claim, no keepalive asked: no call
+    assert master.calls == []
+    asyncio.run(c.claim([], keepalive=True))
+    asyncio.run(c.claim([], keepalive=True))  # just called: not again
+    assert [len(b["firings"]) for _, b in master.calls] == [0]
+    c.last_call -= node_claims.KEEPALIVE
+    asyncio.run(c.claim([], keepalive=True))
+    assert len(master.calls) == 2
+
+
+def test_node_activity_is_per_process_and_expires():
+    a = NodeActivity()
+    assert not a.alive("worker1")
+    a.saw("worker1", "inc-1")
+    assert a.alive("worker1") and a.alive("worker1", "inc-1")
+    assert not a.alive("worker1", "inc-2")  # another process under the name proves nothing
+    assert not a.alive("worker2")
+    a._seen["worker1"] = ("inc-1", time.monotonic() - 60)
+    assert not a.alive("worker1", "inc-1")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def claims_engine(request, tmp_path):
+    from sqlalchemy import create_engine
+    from sqlmodel import SQLModel
+
+    if request.param == "sqlite":
+        eng = create_engine(f"sqlite:///{tmp_path / 'claims.db'}")
+    else:
+        import psycopg
+
+        db = f"sm_claims_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{db}"')
+        eng = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:5432/{db}")
+    SQLModel.metadata.create_all(eng, tables=[claims.FiringClaim.__table__])
+    yield eng
+    eng.dispose()
+    if request.param == "postgresql":
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+
+
+def test_a_fired_claim_ends_at_once_and_waits_for_its_record(claims_engine):
+    eng = claims_engine
+    t0, tid = datetime.now(timezone.utc), str(uuid.uuid4())
+    assert sorted(claims.claim(eng, "w1", "i1", [("a", tid, t0), ("b", tid, t0), ("c", tid, t0)])) == ["a", "b", "c"]
+    assert claims.claim(eng, "w2", "i2", [("a", tid, t0)]) == []
+    assert claims.fired(eng, "w1", "i1", [("a", True), ("b", False)]) == 2
+    assert claims.fired(eng, "w2", "i2", [("c", True)]) == 0  # not its claim
+    assert [c.firing_id for c in claims.unfinished(eng)] == ["c"]  # only c may still be running
+    assert claims.unrecorded_holders(eng) == [("w1", "i1")]
+    assert sorted(c.outcome for c in claims.unrecorded(eng, "w1", "i1")) == ["fired-failed", "fired-ok"]
+    assert claims.finish(eng, ["a"], "recorded") == 1
+    assert claims.finish(eng, ["b", "c"], "recorded") == 2
+    assert claims.unrecorded_holders(eng) == [] and claims.unfinished(eng) == []
+    # finished claims go after 10 minutes; a fired one waits a day for its record
+    claims.claim(eng, "w1", "i1", [("d", tid, t0)])
+    claims.fired(eng, "w1", "i1", [("d", True)])
+    assert claims.purge(eng, t0 + timedelta(minutes=30)) == 3
+    assert [c.firing_id for c in claims.unrecorded(eng, "w1", "i1")] == ["d"]
+    assert claims.purge(eng, t0 + timedelta(days=2)) == 1
+
+
+def test_firings_waiting_for_their_claims_share_one_call_at_a_time():
+    """Under a slow master, each firing sending its own claim made hundreds of requests at
+    once; now they wait for one call that carries all of them."""
+
+    class SlowMaster(FakeMaster):
+        in_flight = peak = 0
+
+        async def post(self, path, json):
+            SlowMaster.in_flight += 1
+            SlowMaster.peak = max(SlowMaster.peak, SlowMaster.in_flight)
+            await asyncio.sleep(0.2)
+            try:
+                return await super().post(path, json)
+            finally:
+                SlowMaster.in_flight -= 1
+
+    master = SlowMaster(taken={"f3"})
+    c = claimer(master)
+
+    async def main():
+        return await asyncio.gather(*(c.take(fid, tid, at) for fid, tid, at in items(200)))
+
+    results = asyncio.run(main())
+    assert results.count(True) == 199 and results[3] is False
+    assert SlowMaster.peak == 1 and len(master.calls) <= 2, len(master.calls)
+    assert c.wanted == {}
+
+
+def test_waiting_firings_make_no_extra_calls_while_others_report():
+    """Firings keep finishing under load, so there is always something to report; a firing
+    answered by the call it waited for must not make another call just for that."""
+
+    class SlowMaster(FakeMaster):
+        async def post(self, path, json):
+            await asyncio.sleep(0.1)
+            c.fired(f"done{len(self.calls)}", True)  # other firings finish meanwhile
+            return await super().post(path, json)
+
+    master = SlowMaster()
+    c = claimer(master)
+
+    async def main():
+        return await asyncio.gather(*(c.take(fid, tid, at) for fid, tid, at in items(100)))
+
+    assert all(asyncio.run(main()))
+    assert len(master.calls) <= 2, len(master.calls)
