@@ -84,7 +84,10 @@ def claim(engine, node: str, incarnation: str, firings: Iterable[tuple[str, str,
         return []
     insert = _insert(engine)
     with Session(engine) as s:
-        # executemany of one cached statement: a multi-row VALUES is compiled anew per call
+        # executemany of one cached statement: a multi-row VALUES is compiled anew per call.
+        # In key order: two nodes inserting the same firings in different orders deadlocked
+        # on PostgreSQL (each waiting for the other's uncommitted row; bench/soak.py).
+        rows.sort(key=lambda r: r["firing_id"])
         s.execute(insert(FiringClaim).on_conflict_do_nothing(index_elements=["firing_id"]), rows)
         won = s.exec(select(FiringClaim.firing_id).where(
             FiringClaim.firing_id.in_([r["firing_id"] for r in rows]),

@@ -100,7 +100,13 @@ def create_coordination_router(engine, live_workers: LiveWorkers,
     pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sm-claims")
 
     async def to_thread(fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        from sqlalchemy.exc import DBAPIError
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+        except DBAPIError as exc:  # a deadlock, a lost connection: the node retries, nothing was kept
+            log.warning("%s failed in the store: %s", fn.__name__, str(exc.orig).splitlines()[0][:200])
+            raise HTTPException(503, "the store could not answer now; try again") from None
     # name -> current incarnation: a cache of the nodes table, which only `register` below
     # changes (a node deleted through the Node API is offline, so a stale entry claims nothing)
     incarnations: dict[str, str] = {}
@@ -156,7 +162,7 @@ def create_coordination_router(engine, live_workers: LiveWorkers,
         """Claims a node won ahead and then did not fire (the task was stopped, edited or
         moved, or the firing was skipped): finished, so nobody re-runs them."""
         mine = await to_thread(claims.release, engine, req.node, str(req.incarnation),
-                                       [c.firing_id for c in req.firings])
+                               [c.firing_id for c in req.firings])
         return {"released": mine}
 
     @router.post("/claims/latest")

@@ -33,6 +33,8 @@ from schedulemaster.deployments import chain, claims
 log = logging.getLogger("schedulemaster.failover")
 
 INTERVAL = 5.0
+RERUN_AT_ONCE = 8  # orphaned firings handled concurrently
+LOST_PER_TICK = 100  # records of a dead node's fired firings written per tick
 PURGE_EVERY = 60.0
 START_GRACE = timedelta(seconds=30)  # a node just registered may not have heartbeated yet
 POLICIES = ("retry-elsewhere", "fail")
@@ -116,15 +118,20 @@ class Failover:
             seen = f"its last heartbeat {(now - beat).total_seconds():.0f} s ago" if beat else "no heartbeat"
             return f"node {name} went offline ({seen})"
 
-        for c in pending:
-            why = gone(c.node, c.incarnation)
-            if why is not None:
-                await self._claim_orphaned(c, why)
+        # Firings that may not have run come first, several at a time (each is a deployment
+        # read and a flow run, ~1.5 s under load); then a bounded share of the records a dead
+        # node never sent. In the soak the records came first, 500 per tick at ~100 s each,
+        # and re-runs waited behind them for up to 17 minutes (bench/soak.py).
+        orphaned = [(c, why) for c in pending if (why := gone(c.node, c.incarnation)) is not None]
+        for i in range(0, len(orphaned), RERUN_AT_ONCE):
+            await asyncio.gather(*(self._claim_orphaned(c, why) for c, why in orphaned[i:i + RERUN_AT_ONCE]))
+        budget = LOST_PER_TICK
         for node, incarnation in await asyncio.to_thread(claims.unrecorded_holders, self.engine):
             why = gone(node, incarnation)
-            if why is not None:
-                await self._record_lost(await asyncio.to_thread(claims.unrecorded, self.engine, node, incarnation),
-                                        why)
+            if why is not None and budget > 0:
+                lost = await asyncio.to_thread(claims.unrecorded, self.engine, node, incarnation, budget)
+                budget -= len(lost)
+                await self._record_lost(lost, why)
         for run in await self._held_runs():
             labels = run.labels or {}
             if not labels.get("prefect.worker.name"):

@@ -54,8 +54,8 @@ def test_a_disabled_node_fires_nothing_until_enabled(api, system, receiver):
         assert (row["Status"], row["StatusText"], row["Enabled"]) == (1, "空闲", False)
         sm.connect(system.api)
         nodes = sm.nodes()
-        assert list(nodes.columns) == ["name", "status", "enabled", "last_seen", "seconds_since_seen", "created",
-                                       "pool"]
+        assert list(nodes.columns) == ["name", "status", "enabled", "last_seen", "seconds_since_seen", "priority",
+                                       "max_concurrency", "running_firings", "host", "started", "created", "pool"]
         w1 = nodes[nodes["name"] == "worker1"].iloc[0]
         assert (w1["status"], w1["enabled"]) == ("idle", False) and list(nodes["status"].cat.categories) == [
             "offline", "idle", "running"]
