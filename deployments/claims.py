@@ -98,13 +98,14 @@ def claim(engine, node: str, incarnation: str, firings: Iterable[tuple[str, str,
 
 
 def finish(engine, firing_ids: list[str], outcome: str) -> int:
-    """End claims (or, for a fired one, say what became of its record)."""
+    """End claims; ``recorded`` also ends the wait of fired ones for their record."""
     if not firing_ids:
         return 0
+    open_ = FiringClaim.finished_at.is_(None)
     with Session(engine) as s:
         n = s.execute(update(FiringClaim).where(
             FiringClaim.firing_id.in_(firing_ids),
-            or_(FiringClaim.finished_at.is_(None), FiringClaim.outcome.in_(FIRED)))
+            or_(open_, FiringClaim.outcome.in_(FIRED)) if outcome == "recorded" else open_)
             .values(finished_at=func.coalesce(FiringClaim.finished_at, utcnow()), outcome=outcome)).rowcount
         s.commit()
     return n

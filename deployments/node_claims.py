@@ -3,7 +3,9 @@
 Claiming each firing at its instant would put a round trip to the master in front of every
 firing; instead the firing loop claims, in one call, every firing due within ``AHEAD``
 seconds, and the timer finds the answer waiting. A firing that was not claimed ahead (a
-catch-up, a child, a claim call that failed) is claimed on its own before it runs.
+child, a claim call that failed) is claimed before it runs, in the node's next call: calls
+go one at a time and carry every firing waiting. The same calls report the firings that
+ran, which ends their claims, and tell the master the process is alive.
 """
 
 from __future__ import annotations
