@@ -140,10 +140,20 @@ class Store:
 
         ensure_database(self.url)
         if self.engine.dialect.name != "postgresql":
-            SQLModel.metadata.create_all(self.engine)
-            with Session(self.engine) as s:
-                self._seed(s)
-                s.commit()
+            # The master and the dispatcher start together: their CREATE TABLEs raced ("table
+            # scheduledelayeds already exists", and the master exited). SQLite is one machine's
+            # file, so an advisory file lock beside it makes them take turns.
+            import fcntl
+            from contextlib import nullcontext
+
+            db = self.engine.url.database
+            with (open(f"{db}.init-lock", "w") if db and db != ":memory:" else nullcontext()) as lock:
+                if lock is not None:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                SQLModel.metadata.create_all(self.engine)
+                with Session(self.engine) as s:
+                    self._seed(s)
+                    s.commit()
             return
         # The master and the dispatchers start together and each creates and seeds what is
         # missing: on PostgreSQL concurrent CREATE TABLEs collide in the catalog (unique

@@ -175,7 +175,10 @@ class LegacyClient:
 
     def _act(self, action: str, key: str, field: str = "id") -> str:
         """A console action (``Task/Start``...): its Message, or LegacyError with it."""
-        body = self.envelope("POST", action, data={field: key})
+        return self._post_action(action, {field: key})
+
+    def _post_action(self, action: str, data: dict[str, Any]) -> str:
+        body = self.envelope("POST", action, data=data)
         if not isinstance(body, dict) or not body.get("Success"):
             body = body if isinstance(body, dict) else {}
             raise LegacyError(body.get("Message") or "请求失败", status=body.get("Status"), data=body.get("Data"))
@@ -252,11 +255,7 @@ class LegacyClient:
             data["priority"] = priority
         if max_concurrency is not None:
             data["maxConcurrency"] = max_concurrency
-        body = self.envelope("POST", "Node/Edit", data=data)
-        if not isinstance(body, dict) or not body.get("Success"):
-            body = body if isinstance(body, dict) else {}
-            raise LegacyError(body.get("Message") or "请求失败", status=body.get("Status"), data=body.get("Data"))
-        return body.get("Message") or ""
+        return self._post_action("Node/Edit", data)
 
     def users(self, name: str | None = None) -> list[dict[str, Any]]:
         body = self.call("GET", "Account/QueryList", params={"name": name, "pageNumber": 1, "pageSize": 1000})

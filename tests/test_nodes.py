@@ -138,6 +138,9 @@ def test_nodes_cli(api, system):
         assert r.returncode == 2 and match in r.stdout + r.stderr, (args, r.stdout, r.stderr)
     assert (_row(api, "worker1")["Priority"], _row(api, "worker1")["MaxConcurrency"]) == (1, 20)
     assert run("edit", "no-such-node", "--priority", "2").returncode == 1
+    with pytest.raises(sm.LegacyError, match="节点不存在"):
+        api.edit_node("no-such-node", priority=2)
+    assert api.edit_node("worker1", priority=1, max_concurrency=20) == "节点已保存!"  # the values it has
     try:
         done = run("edit", "worker1", "--maxc", "30")
         assert done.returncode == 0, done.stderr
