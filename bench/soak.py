@@ -173,12 +173,7 @@ class Cluster:
 
     def close(self) -> None:
         for p in self.nodes.values():
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            self.system.stop_node(p)
         if self.system.proc is not None:
             self.system.stop()
         with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:

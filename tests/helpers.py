@@ -127,6 +127,16 @@ class System:
             return subprocess.Popen([sys.executable, "-m", "schedulemaster.cli", "node", "--name", name, *args],
                                     stdout=out, stderr=subprocess.STDOUT, env=env)
 
+    @staticmethod
+    def stop_node(p: subprocess.Popen, timeout: float = 30) -> None:
+        """End a node from ``start_node``: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         assert self.proc
         if self.proc.poll() is None:

@@ -55,12 +55,7 @@ def cluster(tmp_path_factory):
         yield s
     finally:
         for p in s.nodes.values():
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            s.stop_node(p)
         s.stop()
         with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
             for name in (db, f"{db}_prefect"):
