@@ -152,8 +152,15 @@ def test_a_killed_node_goes_offline_and_its_firings_rerun_elsewhere_or_fail(clus
             assert s.post("Start", data={"id": t}).json()["Success"]
         # both in flight on the victim: a request arrived and its 4 s answer is not sent yet
         receiver.wait_for("/fo/slow", 2, timeout=60)
-        wait_until(lambda: all(receiver.at(p) and time.time() - receiver.at(p)[-1].at < 2
-                               for p in ("/fo/slow", "/fo/slowfail")), timeout=30, interval=0.1)
+        # (an arrival less than 3 s old is still waiting for its answer; the ages go in the failure message)
+        ages = lambda: {p: round(time.time() - receiver.at(p)[-1].at, 1) if receiver.at(p) else None
+                        for p in ("/fo/slow", "/fo/slowfail")}
+        try:
+            wait_until(lambda: all(a is not None and a < 3 for a in ages().values()), timeout=60, interval=0.1)
+        except AssertionError:
+            raise AssertionError(f"never both in flight: seconds since last arrival {ages()}, counts "
+                                 f"{ {p: len(receiver.at(p)) for p in ages()} }, runs on "
+                                 f"{ {t: dict(fired_on(s, t)) for t in ids} }, victim {victim}") from None
         in_flight = {p: receiver.at(p)[-1].headers["idempotency-key"] for p in ("/fo/slow", "/fo/slowfail")}
         s.nodes[victim].send_signal(signal.SIGKILL)
         s.nodes[victim].wait()
