@@ -1,0 +1,101 @@
+"""Run by tests/test_bulk_runs.py in its own process (Prefect's settings are read once per
+process): the same finished firing written by Prefect's ``create_flow_run`` and by the
+master's record path (deployments/bulk_runs.py), on the database in PREFECT_API_DATABASE_CONNECTION_URL.
+Prints one JSON object: both versions of the run's row, its state rows, its event, its logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta, timezone
+
+
+async def main() -> dict:
+    import sqlalchemy as sa
+    from prefect.server import models, schemas
+    from prefect.server.database import provide_database_interface
+    from prefect.server.events.clients import PrefectServerEventsClient
+
+    from schedulemaster.deployments import record_api
+
+    emitted = []
+
+    async def capture(self, event):
+        emitted.append(event)
+
+    PrefectServerEventsClient.emit = capture  # what orchestration and bulk_runs publish
+
+    db = provide_database_interface()
+    await db.create_db()
+    async with db.session_context(begin_transaction=True) as s:
+        flow = await models.flows.create_flow(s, schemas.core.Flow(name="parity-flow", tags=["ft"]))
+        pool = await models.workers.create_work_pool(s, schemas.actions.WorkPoolCreate(
+            name="parity-pool", type="schedulemaster"))
+        dep = await models.deployments.create_deployment(s, schemas.core.Deployment(
+            name="parity-task", flow_id=flow.id, tags=["sm:http", "t1"], labels={"team": "ops"}, version="7",
+            work_queue_name="default", work_queue_id=pool.default_queue_id, parameters={"task": {"Title": "x"}}))
+    failures = []
+    at = datetime(2026, 12, 1, 8, 0, 0, tzinfo=timezone.utc)
+
+    def record(fid: str, ok: bool, parent: str | None = None) -> record_api.FiringRecord:
+        return record_api.FiringRecord(
+            task_id=dep.id, firing_id=fid, name=f"run-{fid}", scheduled=at, started=at + timedelta(seconds=1),
+            finished=at + timedelta(seconds=3), ok=ok, message="" if ok else "HTTP 500",
+            fire={"node": "w1", "firing_id": fid}, parent_firing_id=parent,
+            logs=[{"level": 20, "message": "POST /x", "timestamp": at + timedelta(seconds=1)},
+                  {"level": 40, "message": "HTTP 500", "timestamp": at + timedelta(seconds=3)}])
+
+    out = {}
+    await record_api.record_firings([record("parent", True)])
+    for case, ok, parent in (("completed", True, None), ("failed", False, None), ("child", True, "parent")):
+        ours = record(f"ours-{case}", ok, parent)
+        emitted.clear()
+        result = await record_api.record_firings(
+            [ours, ours], lambda spec, when, msg, detail, run_id: failures.append((spec, msg, detail)))
+        ours_events = [e.model_dump(mode="json") for e in emitted]
+        # Prefect's own path for the same firing, as the master wrote it before bulk_runs
+        ref = record(f"ref-{case}", ok, parent)
+        emitted.clear()
+        async with db.session_context(begin_transaction=True) as s:
+            row = (await s.execute(sa.select(db.Deployment).where(db.Deployment.id == dep.id))).scalar_one()
+            link = await record_api._link_to_parent(s, row, ref) if parent else None
+            run = await models.flow_runs.create_flow_run(s, schemas.core.FlowRun(
+                parent_task_run_id=link, name=ref.name, flow_id=dep.flow_id, deployment_id=dep.id,
+                deployment_version=dep.version, parameters={"fire": ref.fire}, tags=list(dep.tags),
+                idempotency_key=ref.firing_id, work_queue_name=dep.work_queue_name,
+                work_queue_id=dep.work_queue_id, expected_start_time=ref.scheduled,
+                next_scheduled_start_time=ref.scheduled, start_time=ref.started,
+                total_run_time=ref.finished - ref.started,
+                state=(schemas.states.Completed if ok else schemas.states.Failed)(
+                    message=ref.message, timestamp=ref.finished)))
+            await models.logs.create_logs(s, [schemas.actions.LogCreate(
+                name="schedulemaster.node", level=e.level, message=e.message, timestamp=e.timestamp,
+                flow_run_id=run.id) for e in ref.logs])
+        ref_events = [e.model_dump(mode="json") for e in emitted]
+        out[case] = {"recorded": result.recorded, "ours": await snapshot(db, ours.firing_id, ours_events),
+                     "prefect": await snapshot(db, ref.firing_id, ref_events)}
+    # a batch as nodes send it: many firings per transaction (executemany statements)
+    many = [record(f"many-{k}", k % 3 != 0) for k in range(120)]
+    out["many"] = {"recorded": (await record_api.record_firings(many)).recorded,
+                   "snapshots": [await snapshot(db, r.firing_id, []) for r in many[:3]]}
+    out["failure_mails"] = [[spec.get("Title"), msg, detail] for spec, msg, detail in failures]
+    return out
+
+
+async def snapshot(db, firing_id: str, events: list) -> dict:
+    import sqlalchemy as sa
+
+    async with db.session_context() as s:
+        runs = (await s.execute(sa.select(db.FlowRun.__table__).where(
+            db.FlowRun.idempotency_key == firing_id))).mappings().all()
+        run = dict(runs[0])
+        states = (await s.execute(sa.select(db.FlowRunState.__table__).where(
+            db.FlowRunState.flow_run_id == run["id"]))).mappings().all()
+        logs = (await s.execute(sa.select(db.Log.message, db.Log.level).where(
+            db.Log.flow_run_id == run["id"]).order_by(db.Log.timestamp))).all()
+    return json.loads(json.dumps({"runs": len(runs), "run": run, "states": [dict(x) for x in states],
+                                  "events": events, "logs": [list(x) for x in logs]}, default=str))
+
+
+if __name__ == "__main__":
+    print(json.dumps(asyncio.run(main())))

@@ -1,0 +1,77 @@
+"""The master's bulk writer of finished runs (deployments/bulk_runs.py) against Prefect's own
+``create_flow_run``: the same firing written both ways leaves the same run row, state row,
+log lines and ``prefect.flow-run.<State>`` event, on SQLite and on PostgreSQL. Each database
+runs tests/bulk_runs_parity.py in its own process, since Prefect reads its settings once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+HERE = Path(__file__).parent
+PG = "postgresql://postgres@127.0.0.1:5432"
+
+
+def parity(tmp_path: Path, url: str) -> dict:
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path), "PREFECT_API_DATABASE_CONNECTION_URL": url,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    r = subprocess.run([sys.executable, str(HERE / "bulk_runs_parity.py")], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def normalized(snap: dict, firing_id: str) -> str:
+    """The snapshot with what differs by nature (ids, names, write times) replaced by tokens."""
+    run, states = dict(snap["run"]), [dict(s) for s in snap["states"]]
+    for row in (run, *states):
+        row.pop("created"), row.pop("updated")
+    text = json.dumps({**snap, "run": run, "states": states}, sort_keys=True)
+    for value, token in ((run["id"], "<run>"), (run["state_id"], "<state>"),
+                         (run["parent_task_run_id"], "<parent-task-run>"), (firing_id, "<firing>")):
+        if value:
+            text = text.replace(str(value), token)
+    return text
+
+
+def check(out: dict) -> None:
+    for case in ("completed", "failed", "child"):
+        c = out[case]
+        assert c["recorded"] == 2, c  # the same firing twice in one call: counted, written once
+        assert c["ours"]["runs"] == 1 and len(c["ours"]["events"]) == 1 and c["ours"]["logs"]
+        ours = normalized(c["ours"], f"ours-{case}")
+        prefect = normalized(c["prefect"], f"ref-{case}")
+        assert ours == prefect, (case, ours, prefect)
+    many = out["many"]
+    assert many["recorded"] == 120
+    for k, snap in enumerate(many["snapshots"]):
+        assert snap["runs"] == 1 and len(snap["states"]) == 1 and snap["run"]["state_id"] == snap["states"][0]["id"]
+        assert snap["run"]["state_type"] == ("FAILED" if k % 3 == 0 else "COMPLETED") and len(snap["logs"]) == 2
+    # one keeper mail for the one failed firing, with its message and its error log lines
+    assert out["failure_mails"] == [["x", "HTTP 500", "HTTP 500"]]
+
+
+def test_bulk_written_runs_match_prefects_own_on_sqlite(tmp_path):
+    check(parity(tmp_path, f"sqlite+aiosqlite:///{tmp_path}/prefect.db"))
+
+
+def test_bulk_written_runs_match_prefects_own_on_postgresql(tmp_path):
+    try:
+        psycopg.connect(f"{PG}/postgres", connect_timeout=3).close()
+    except Exception:
+        pytest.fail("PostgreSQL is not reachable at 127.0.0.1:5432 (user postgres); CI starts it")
+    db = f"sm_parity_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{db}"')
+    try:
+        check(parity(tmp_path, f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"))
+    finally:
+        with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
