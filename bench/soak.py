@@ -44,12 +44,11 @@ import psycopg
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from helpers import AUTH, System  # noqa: E402
+from helpers import AUTH, PG, System, drop_databases  # noqa: E402
 from lateness import Baseline, ReceiverProc, call, create_tasks, pct, stop_tasks  # noqa: E402
 
 from schedulemaster.deployments.firing import firing_id  # noqa: E402
 
-PG = "postgresql://postgres@127.0.0.1:5432"
 VICTIMS = ("worker2", "worker3")
 
 
@@ -176,9 +175,14 @@ class Cluster:
             self.system.stop_node(p)
         if self.system.proc is not None:
             self.system.stop()
-        with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-            for name in (self.db, f"{self.db}_prefect"):
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_databases(self.db, f"{self.db}_prefect")
+
+    def claims_of(self, keys: list[str]) -> dict[str, tuple]:
+        """firing id -> (node, claimed at, finished at, outcome) for those of `keys` ever claimed."""
+        with psycopg.connect(f"{PG}/{self.db}") as conn:
+            return {r[0]: (r[1], r[2].timestamp(), r[3] and r[3].timestamp(), r[4]) for r in conn.execute(
+                "SELECT firing_id, node, claimed_at, finished_at, outcome FROM sm_firing_claims"
+                " WHERE firing_id = ANY(%s)", (keys,))}
 
     def unfinished_claims(self) -> int:
         with psycopg.connect(f"{PG}/{self.db}") as conn:
@@ -252,6 +256,15 @@ def soak(c: Cluster, rx: ReceiverProc, tasks: int, firings: int, seed: int, ever
     while c.unfinished_claims() and time.time() < settle:
         time.sleep(2)
     row, first = measure(rx, "soak", ids, w0, w1)
+    want = expected_keys(ids, w0, w1)
+    lost = sorted((k for k in want if k not in first), key=lambda k: want[k][1])
+    claims = c.claims_of(lost)
+    # what became of each lost firing: never claimed (no node took its instant), or claimed by
+    # whom and finished how; with the kill log, this says which path lost it
+    row["lost_by_claim"] = dict(Counter(claims[k][3] or "unfinished" if k in claims else "never claimed"
+                                        for k in lost))
+    row["lost_detail"] = [{"task": want[k][0], "scheduled": want[k][1],
+                           "claim": claims.get(k)} for k in lost[:300]]
     reruns = rerun_keys(s)
     keys = Counter(h[2] for h in rx.hits("/soak/"))
     unmarked = [k for k, n in keys.items() if n > 1 and k not in reruns]
@@ -408,7 +421,7 @@ def soak_and_plain(args, rx: ReceiverProc, results: dict, skip: set[str], every,
             c.system.wait_node(n, timeout=120)
         if "soak" not in skip:
             r = soak(c, rx, args.tasks, args.firings, args.seed, every, down)
-            print("ours soak", json.dumps({k: v for k, v in r.items() if k != "kill_log"}), flush=True)
+            print("ours soak", json.dumps({k: v for k, v in r.items() if k not in ("kill_log", "lost_detail")}), flush=True)
             results["soak"] = r
         if "plain" not in skip:
             r = plain(c, rx, args.baseline_tasks, args.baseline_every, args.baseline_seconds, args.seed, every, down)

@@ -22,6 +22,29 @@ ADMIN_SECRET = "811a5cb95196217ed3fda54cf73b9244"
 AUTH = {"ms_auth_user": "admin", "ms_auth_secret": ADMIN_SECRET}
 
 
+PG = "postgresql://postgres@127.0.0.1:5432"  # this machine's PostgreSQL (distributed mode)
+
+
+def require_postgres() -> None:
+    """Fail, not skip, when PostgreSQL is down: CI starts it, so its absence is a broken run."""
+    import psycopg
+    import pytest
+
+    try:
+        psycopg.connect(f"{PG}/postgres", connect_timeout=3).close()
+    except Exception:
+        pytest.fail("PostgreSQL is not reachable at 127.0.0.1:5432 (user postgres); CI starts it")
+
+
+def drop_databases(*names: str) -> None:
+    """Drop test or benchmark databases, whoever is still connected."""
+    import psycopg
+
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        for name in names:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

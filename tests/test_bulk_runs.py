@@ -13,10 +13,10 @@ import uuid
 from pathlib import Path
 
 import psycopg
-import pytest
+
+from helpers import PG, drop_databases, require_postgres
 
 HERE = Path(__file__).parent
-PG = "postgresql://postgres@127.0.0.1:5432"
 
 
 def parity(tmp_path: Path, url: str) -> dict:
@@ -63,15 +63,11 @@ def test_bulk_written_runs_match_prefects_own_on_sqlite(tmp_path):
 
 
 def test_bulk_written_runs_match_prefects_own_on_postgresql(tmp_path):
-    try:
-        psycopg.connect(f"{PG}/postgres", connect_timeout=3).close()
-    except Exception:
-        pytest.fail("PostgreSQL is not reachable at 127.0.0.1:5432 (user postgres); CI starts it")
+    require_postgres()
     db = f"sm_parity_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db}"')
     try:
         check(parity(tmp_path, f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"))
     finally:
-        with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        drop_databases(db)

@@ -15,33 +15,22 @@ import httpx
 import psycopg
 import pytest
 
-from helpers import AUTH, System, wait_until
+from helpers import AUTH, PG, System, drop_databases, require_postgres, wait_until
 
 pytestmark = pytest.mark.e2e
 
-PG = "postgresql://postgres@127.0.0.1:5432"
-
-
-def pg_available() -> bool:
-    try:
-        with psycopg.connect(f"{PG}/postgres", connect_timeout=3):
-            return True
-    except Exception:
-        return False
 
 
 @pytest.fixture(scope="module")
 def pg_system(tmp_path_factory):
-    if not pg_available():
-        pytest.fail("PostgreSQL is not reachable at 127.0.0.1:5432 (user postgres); CI starts it")
+    require_postgres()
     db = f"sm_test_{uuid.uuid4().hex[:10]}"
     url = f"{PG}/{db}"
     s = System(tmp_path_factory.mktemp("sm-pg"), env={"SM_STORE_URL": url, "SM_DELAYED_REPORT_SECONDS": "5"}).start()
     s.store_url = url
     yield s
     s.stop()
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    drop_databases(db)
 
 
 def api(system, method, path, **kw):

@@ -20,9 +20,8 @@ import pytest
 import schedulemaster as sm
 from schedulemaster.deployments.firing import firing_id, owner
 
-from helpers import AUTH, System, free_port, wait_until
+from helpers import AUTH, PG, System, drop_databases, free_port, require_postgres, wait_until
 
-PG = "postgresql://postgres@127.0.0.1:5432"
 
 
 def test_owner_weights_by_priority_and_never_loops_on_all_zero():
@@ -41,10 +40,7 @@ def test_owner_weights_by_priority_and_never_loops_on_all_zero():
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    try:
-        psycopg.connect(f"{PG}/postgres", connect_timeout=3).close()
-    except Exception:
-        pytest.fail("PostgreSQL is not reachable at 127.0.0.1:5432 (user postgres); CI starts it")
+    require_postgres()
     db = f"sm_fo_{uuid.uuid4().hex[:8]}"
     s = System(tmp_path_factory.mktemp("sm-fo"), env={"SM_DATABASE_URL": f"{PG}/{db}"}).start()
     s.store_url = f"{PG}/{db}"
@@ -57,9 +53,7 @@ def cluster(tmp_path_factory):
         for p in s.nodes.values():
             s.stop_node(p)
         s.stop()
-        with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-            for name in (db, f"{db}_prefect"):
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_databases(db, f"{db}_prefect")
 
 
 def legacy(system) -> sm.LegacyClient:

@@ -172,3 +172,55 @@ def test_waiting_firings_make_no_extra_calls_while_others_report():
 
     assert all(asyncio.run(main()))
     assert len(master.calls) <= 2, len(master.calls)
+
+
+def fire_at_offsets(receiver, path: str, offsets: list[float], claim_delay: float, run_delay: float):
+    """Firings of one task due at `offsets` (s) through a real FiringLoop: claims answered by a
+    stand-in master after `claim_delay`, each request answered by a real receiver after
+    `run_delay`. Returns (fired, skipped, arrivals)."""
+    from schedulemaster.deployments.firing import Entry, FiringLoop, utcnow
+    from schedulemaster.flows.http_task import new_session
+
+    class SlowClaims(FakeMaster):
+        async def post(self, path, json):
+            if path.endswith("/claims"):
+                await asyncio.sleep(claim_delay)
+            return await super().post(path, json)
+
+    receiver.on(path, 200, "success", delay=run_delay)
+    before = len(receiver.at(path))
+
+    async def main():
+        loop = FiringLoop(type("Client", (), {"_client": SlowClaims()})(), "worker1", "pool", 10)
+        loop.http = new_session(20)
+        entry = Entry(uuid.uuid4(), {"Title": "turns", "MetaType": 2,
+                                     "Http": {"RequestUrl": receiver.url(path), "Method": "GET"}}, 1, 1)
+        t0, started = utcnow(), []
+        for off in offsets:
+            at = t0 + timedelta(seconds=off)
+            await asyncio.sleep(max(0.0, (at - utcnow()).total_seconds()))
+            started.append(asyncio.create_task(loop.fire(entry, at)))
+        await asyncio.gather(*started)
+        await loop.http.close()
+        return loop.fired, loop.skipped
+
+    fired, skipped = asyncio.run(main())
+    return fired, skipped, len(receiver.at(path)) - before
+
+
+def test_firings_released_together_by_a_slow_claim_all_run_in_turn(receiver):
+    """The soak lost 3 firings: a 5 s claim answer released three firings of a task at once,
+    the first ran, the second waited, the third was skipped as if the task were too slow.
+    Nothing ran when they came due, so all of them run, one after the other."""
+    # the first claim call carries f0 only; f1-f3 come due meanwhile and share the next call
+    fired, skipped, arrivals = fire_at_offsets(receiver, "/turns/burst", [0, 0.1, 0.2, 0.3],
+                                               claim_delay=0.8, run_delay=0.2)
+    assert (fired, skipped, arrivals) == (4, 0, 4)
+
+
+def test_a_run_longer_than_the_period_still_lets_one_firing_wait_and_skips_the_rest(receiver):
+    """A blocked Quartz trigger does not pile up: while a run that began before an instant is
+    still going and a firing already waits, that instant is skipped."""
+    fired, skipped, arrivals = fire_at_offsets(receiver, "/turns/slow", [0, 0.3, 0.6],
+                                               claim_delay=0, run_delay=1.0)
+    assert (fired, skipped, arrivals) == (2, 1, 2)
