@@ -86,16 +86,22 @@ def node_status(system: System, name: str) -> int | None:
     return None if row is None else row["Status"]
 
 
-def rerun_keys(system: System) -> set[str]:
-    """Idempotency keys of the firings the failover service re-ran (flow runs tagged sm:rerun)."""
-    keys, offset = set(), 0
+def reruns(system: System) -> list[dict]:
+    """The failover service's re-runs (flow runs tagged sm:rerun): the firing's Idempotency-Key,
+    when the re-run was created and when it ended (epoch seconds)."""
+    out, offset = [], 0
     while True:
         page = call("POST", f"{system.prefect}/flow_runs/filter", json={
             "flow_runs": {"tags": {"all_": ["sm:rerun"]}}, "limit": 200, "offset": offset}).json()
-        keys |= {(r["parameters"].get("rerun") or {}).get("idempotency_key") for r in page}
+        out += [{"key": (r["parameters"].get("rerun") or {}).get("idempotency_key"),
+                 "created": epoch(r["created"]), "ended": r["end_time"] and epoch(r["end_time"])} for r in page]
         if len(page) < 200:
-            return keys
+            return out
         offset += 200
+
+
+def epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def held_runs(system: System, pool: str) -> int:
@@ -134,16 +140,19 @@ class Killer(threading.Thread):
             self.kills.append(event)
 
 
-def failover_times(kills: list[dict], first: dict[str, tuple[float, float]]) -> list[float]:
-    """Per kill: seconds from the kill until the last firing it delayed (scheduled from 3 s before
-    the kill to 90 s after, arriving more than 2 s late) arrived; kills that delayed nothing are
-    left out (the victim owned no task then, or its firings were all done)."""
+def failover_times(kills: list[dict], runs: list[dict]) -> list[float]:
+    """Per kill: seconds from the kill -9 until the last firing the dead process held (claimed,
+    not reported done) had been re-run elsewhere and ended: the issue's "within 60 s". A re-run
+    belongs to the last kill before it was created. Kills whose process held nothing are left
+    out. Firings nobody claimed while it was dead are caught up by the node that takes the task
+    over; their delay is in the lateness columns."""
     out = []
-    for k in kills:
-        delayed = [arr for sched, arr in first.values()
-                   if k["at"] - 3 <= sched < k["at"] + 90 and arr - sched > 2]
-        if delayed:
-            out.append(round(max(delayed) - k["at"], 1))
+    at = sorted(k["at"] for k in kills)
+    for i, t in enumerate(at):
+        until = at[i + 1] if i + 1 < len(at) else float("inf")
+        ended = [r["ended"] for r in runs if t < r["created"] < until and r["ended"]]
+        if ended:
+            out.append(round(max(ended) - t, 1))
     return out
 
 
@@ -265,10 +274,11 @@ def soak(c: Cluster, rx: ReceiverProc, tasks: int, firings: int, seed: int, ever
                                         for k in lost))
     row["lost_detail"] = [{"task": want[k][0], "scheduled": want[k][1],
                            "claim": claims.get(k)} for k in lost[:300]]
-    reruns = rerun_keys(s)
+    rerun_list = reruns(s)
+    rerun_keys = {r["key"] for r in rerun_list}
     keys = Counter(h[2] for h in rx.hits("/soak/"))
-    unmarked = [k for k, n in keys.items() if n > 1 and k not in reruns]
-    fo = failover_times(killer.kills, first)
+    unmarked = [k for k, n in keys.items() if n > 1 and k not in rerun_keys]
+    fo = failover_times(killer.kills, rerun_list)
     recorded = 0
     for i in range(0, len(ids), 100):
         recorded += call("POST", f"{s.prefect}/flow_runs/count", json={
@@ -276,8 +286,8 @@ def soak(c: Cluster, rx: ReceiverProc, tasks: int, firings: int, seed: int, ever
             "flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED"]}}}}).json()
     offline = [k["offline_s"] for k in killer.kills if k["offline_s"] is not None]
     row.update(tasks=tasks, seconds=w1 - w0, kills=len(killer.kills), cpu_busy=busy_share(cpu0, cpu1),
-               marked_reruns=sum(n - 1 for k, n in keys.items() if n > 1 and k in reruns),
-               unmarked_dups=len(unmarked), failover_n=len(fo), failover_p50=pct(fo, 50), failover_p99=pct(fo, 99),
+               marked_reruns=sum(n - 1 for k, n in keys.items() if n > 1 and k in rerun_keys),
+               unmarked_dups=len(unmarked), failover_n=len(fo), failover_p50=pct(fo, 50), failover_max=max(fo, default=None),
                offline_n=len(offline), offline_p50=pct(offline, 50), offline_max=max(offline, default=None),
                down_longer_than_30s=sum(1 for k in killer.kills if k["down_s"] > 30),
                unfinished_claims=c.unfinished_claims(), held_runs=held_runs(s, "schedulemaster"),
@@ -442,7 +452,7 @@ def print_tables(results: dict) -> None:
         print()
     rows = [("ours", results.get("soak")), ("plain Prefect", results.get("plain"))]
     print("| who | load | kills | firings due | delivered | lost | dup (marked re-runs / unmarked) | "
-          "failover p50 / p99 | lateness p50 / p99 | left Pending/Running | recorded in Prefect |")
+          "re-run done after kill p50 / max | lateness p50 / p99 | left Pending/Running | recorded in Prefect |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for who, r in rows:
         if not r:
@@ -450,7 +460,7 @@ def print_tables(results: dict) -> None:
         load = (f"{r['tasks']} tasks × 1/s, {r['seconds']} s" if who == "ours"
                 else f"{r['tasks']} tasks × 1/{r['every_s']} s, {r['seconds']} s")
         dup = (f"{r['marked_reruns']} / {r['unmarked_dups']}" if who == "ours" else f"{r['dup_arrivals']} / –")
-        fo = f"{fmt(r['failover_p50'])} / {fmt(r['failover_p99'])}" if who == "ours" else "none (no failover)"
+        fo = f"{fmt(r['failover_p50'])} / {fmt(r['failover_max'])}" if who == "ours" else "none (no failover)"
         print(f"| {who} | {load} | {r['kills']} | {r['expected']:,} | {r['delivered']:,} | {r['lost']} | {dup} | {fo} | "
               f"{fmt(r['p50'])} / {fmt(r['p99'])} | {r['held_runs']} | "
               + (f"{r['recorded']:,} of {r['sent']:,} sent |" if who == "ours" else "each firing is a run |"))
