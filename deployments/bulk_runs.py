@@ -18,8 +18,11 @@ shows up there (the project pins prefect==3.8.8).
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 from uuid import UUID
+
+log = logging.getLogger("schedulemaster.record")
 
 #: what create_flow_run leaves out of the run's row (computed fields; the state is its own row)
 _NOT_COLUMNS = {"created", "state", "estimated_run_time", "estimated_start_time_delta"}
@@ -115,14 +118,19 @@ async def state_change_events(session, runs: list) -> list:
 
 
 async def emit(events: list) -> None:
-    """Publish events as Prefect's orchestration does (its in-process messaging)."""
+    """Publish events as Prefect's orchestration does (its in-process messaging). The runs are
+    committed by now: a publishing failure is logged, it does not fail the recording (the
+    node would only send the same firings again)."""
     from prefect.server.events.clients import PrefectServerEventsClient
 
     if not events:
         return
-    async with PrefectServerEventsClient() as client:
-        for event in events:
-            await client.emit(event)
+    try:
+        async with PrefectServerEventsClient() as client:
+            for event in events:
+                await client.emit(event)
+    except Exception as exc:
+        log.warning("%d flow-run state events not published: %s", len(events), exc)
 
 
 __all__ = ["emit", "insert_finished_runs", "state_change_events"]

@@ -97,7 +97,7 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
     from schedulemaster.deployments import bulk_runs
 
     db = provide_database_interface()
-    recorded, unknown, runs, firings = 0, set(), [], {}
+    recorded, unknown, firings = 0, set(), {}
     async with db.session_context(begin_transaction=True, with_for_update=True) as session:
         # Only the columns a run needs, one query per batch: reading each task's whole
         # deployment (models.deployments.read_deployment) parsed its parameters and schema
@@ -108,6 +108,7 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
         ).where(db.Deployment.id.in_({r.task_id for r in records})))
         deployments = {row.id: row for row in rows}
         done = await _recorded_firing_ids(session, list(deployments.values()), records)
+        todo = []
         for r in records:
             dep = deployments.get(r.task_id)
             if dep is None:
@@ -117,23 +118,34 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
             if r.firing_id in done:
                 continue  # a retried call whose first attempt committed (or the same firing
             done.add(r.firing_id)  # twice): no second copy of its log lines, no second mail
-            final = (schemas.states.Completed if r.ok else schemas.states.Failed)(
-                message=r.message, timestamp=r.finished)
-            link = await _link_to_parent(session, dep, r) if r.parent_firing_id else None
-            run = schemas.core.FlowRun(
-                parent_task_run_id=link,
-                name=r.name, flow_id=dep.flow_id, deployment_id=dep.id,
-                deployment_version=dep.version, parameters={"fire": r.fire},
-                tags=list(dep.tags or []), idempotency_key=r.firing_id,
-                work_queue_name=dep.work_queue_name, work_queue_id=dep.work_queue_id,
-                expected_start_time=r.scheduled, next_scheduled_start_time=r.scheduled,
-                start_time=r.started,
-                total_run_time=max(r.finished - r.started, timedelta(0)),
-                state=final)
-            runs.append(run)
-            firings[run.id] = r
-        inserted = await bulk_runs.insert_finished_runs(
-            session, runs, {d.id: d.labels for d in deployments.values()})
+            todo.append((r, dep))
+        labels = {d.id: d.labels for d in deployments.values()}
+        inserted = []
+        # A Next's run hangs under its parent's run (_link_to_parent), so a parent in this
+        # batch is written before its children: one bulk insert per generation.
+        while todo:
+            waiting = {r.firing_id for r, _ in todo}
+            ready = [(r, dep) for r, dep in todo if r.parent_firing_id not in waiting] or todo
+            taken = {r.firing_id for r, _ in ready}
+            todo = [(r, dep) for r, dep in todo if r.firing_id not in taken]
+            runs = []
+            for r, dep in ready:
+                final = (schemas.states.Completed if r.ok else schemas.states.Failed)(
+                    message=r.message, timestamp=r.finished)
+                link = await _link_to_parent(session, dep, r) if r.parent_firing_id else None
+                run = schemas.core.FlowRun(
+                    parent_task_run_id=link,
+                    name=r.name, flow_id=dep.flow_id, deployment_id=dep.id,
+                    deployment_version=dep.version, parameters={"fire": r.fire},
+                    tags=list(dep.tags or []), idempotency_key=r.firing_id,
+                    work_queue_name=dep.work_queue_name, work_queue_id=dep.work_queue_id,
+                    expected_start_time=r.scheduled, next_scheduled_start_time=r.scheduled,
+                    start_time=r.started,
+                    total_run_time=max(r.finished - r.started, timedelta(0)),
+                    state=final)
+                runs.append(run)
+                firings[run.id] = r
+            inserted += await bulk_runs.insert_finished_runs(session, runs, labels)
         logs = [schemas.actions.LogCreate(
             name="schedulemaster.node", level=entry.level, message=entry.message,
             timestamp=entry.timestamp, flow_run_id=run.id) for run in inserted for entry in firings[run.id].logs]

@@ -74,6 +74,17 @@ async def main() -> dict:
         ref_events = [e.model_dump(mode="json") for e in emitted]
         out[case] = {"recorded": result.recorded, "ours": await snapshot(db, ours.firing_id, ours_events),
                      "prefect": await snapshot(db, ref.firing_id, ref_events)}
+    # a parent and its Next in the same call (a node sends them one after the other):
+    # the child's run still hangs under a task run of the parent's run
+    await record_api.record_firings([record("batch-parent", True), record("batch-child", True, "batch-parent")])
+    async with db.session_context() as s:
+        child_link = (await s.execute(sa.select(db.FlowRun.parent_task_run_id).where(
+            db.FlowRun.idempotency_key == "batch-child"))).scalar_one()
+        link_run = child_link and (await s.execute(sa.select(db.TaskRun.flow_run_id).where(
+            db.TaskRun.id == child_link))).scalar_one()
+        parent_run = (await s.execute(sa.select(db.FlowRun.id).where(
+            db.FlowRun.idempotency_key == "batch-parent"))).scalar_one()
+    out["same_call_child_linked"] = link_run is not None and link_run == parent_run
     # a batch as nodes send it: many firings per transaction (executemany statements)
     many = [record(f"many-{k}", k % 3 != 0) for k in range(120)]
     out["many"] = {"recorded": (await record_api.record_firings(many)).recorded,

@@ -49,6 +49,7 @@ def check(out: dict) -> None:
         ours = normalized(c["ours"], f"ours-{case}")
         prefect = normalized(c["prefect"], f"ref-{case}")
         assert ours == prefect, (case, ours, prefect)
+    assert out["same_call_child_linked"]
     many = out["many"]
     assert many["recorded"] == 120
     for k, snap in enumerate(many["snapshots"]):
