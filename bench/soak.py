@@ -11,7 +11,8 @@ own processes (part 1 on one cluster, parts 2 and 3 on another):
    are killed -9 at random and restarted (worker1 stays up). Every (task, instant) has one
    Idempotency-Key (its firing id), so the receiver's log gives lost firings, duplicates (and
    whether each was a marked re-run: a flow run tagged sm:rerun with that key), lateness, and
-   per kill the failover time: from the kill until the last firing it delayed arrived;
+   per kill the failover time: from the kill until the last firing the dead process held had
+   been re-run elsewhere and ended;
 3. plain Prefect on the same server under the same kills: a process work pool with three
    `prefect worker start` processes, B deployments of a flow that POSTs, a Prefect cron every
    --baseline-every seconds; two of the workers (with their flow-run subprocesses: the machine
@@ -268,9 +269,10 @@ def soak(c: Cluster, rx: ReceiverProc, tasks: int, firings: int, seed: int, ever
     want = expected_keys(ids, w0, w1)
     lost = sorted((k for k in want if k not in first), key=lambda k: want[k][1])
     claims = c.claims_of(lost)
-    # what became of each lost firing: never claimed (no node took its instant), or claimed by
-    # whom and finished how; with the kill log, this says which path lost it
-    row["lost_by_claim"] = dict(Counter(claims[k][3] or "unfinished" if k in claims else "never claimed"
+    # what became of each lost firing: claimed by whom and finished how, or no claim row (never
+    # claimed, or finished more than 10 minutes ago: the master purges those); with the kill
+    # log and the nodes' logs, this says which path lost it
+    row["lost_by_claim"] = dict(Counter(claims[k][3] or "unfinished" if k in claims else "no claim row"
                                         for k in lost))
     row["lost_detail"] = [{"task": want[k][0], "scheduled": want[k][1],
                            "claim": claims.get(k)} for k in lost[:300]]
