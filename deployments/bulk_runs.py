@@ -6,9 +6,9 @@ work queue and pool, locks it, passes the state through orchestration, reads the
 deployment and the work queue again for the state-change event, and writes the state: about
 ten round trips per run, ~45 ms on PostgreSQL here: the master recorded ~25 runs/s
 (bench/record.py) while the soak's nodes fired 40/s (bench/soak.py). Written here, 150-220
-runs/s. A run created directly in a terminal state goes
-through none of Prefect's orchestration *rules* (``force``), only its bookkeeping transforms
-(the run's state type, name and timestamp; its end time), so this module writes the same
+runs/s. A run created directly in a terminal state goes through none of Prefect's
+orchestration *rules* (``force``), only its bookkeeping transforms (the run's state type,
+name and timestamp; its end time), so this module writes the same
 columns in a few statements per batch: the runs, their states, the runs' state ids, and the
 same ``prefect.flow-run.<State>`` events Prefect's InstrumentFlowRunStateTransitions emits
 (built by Prefect's own ``flow_run_state_change_event``; only the lookups it does per run are

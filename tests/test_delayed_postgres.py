@@ -20,7 +20,6 @@ from helpers import AUTH, PG, System, drop_databases, require_postgres, wait_unt
 pytestmark = pytest.mark.e2e
 
 
-
 @pytest.fixture(scope="module")
 def pg_system(tmp_path_factory):
     require_postgres()

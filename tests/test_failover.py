@@ -23,7 +23,6 @@ from schedulemaster.deployments.firing import firing_id, owner
 from helpers import AUTH, PG, System, drop_databases, free_port, require_postgres, wait_until
 
 
-
 def test_owner_weights_by_priority_and_never_loops_on_all_zero():
     tasks = [uuid.uuid4() for _ in range(3000)]
     shares = Counter(owner(t, ["a", "b", "c"], {"a": 1, "b": 3, "c": 0}) for t in tasks)
