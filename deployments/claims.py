@@ -66,6 +66,9 @@ class NodeInfo(SQLModel, table=True):
     incarnation: str = Field(max_length=36)
     host: str = Field(default="", max_length=200)
     started_at: datetime = Field(sa_type=UtcDateTime)
+    #: sha256 of the secret the master gave this incarnation at registration: node endpoints
+    #: take a call for this node only with it (the incarnation itself is readable in Prefect)
+    token_hash: str = Field(default="", max_length=64)
 
 
 def _insert(engine):
@@ -197,7 +200,7 @@ def register(engine, info: NodeInfo) -> None:
         if row is None:
             s.add(info)
         else:
-            for key in ("priority", "max_concurrency", "incarnation", "host", "started_at"):
+            for key in ("priority", "max_concurrency", "incarnation", "host", "started_at", "token_hash"):
                 setattr(row, key, getattr(info, key))
             s.add(row)
         s.commit()

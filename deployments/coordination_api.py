@@ -8,14 +8,17 @@ in a thread, off the server's event loop.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Awaitable, Callable
 from uuid import UUID
 
-from fastapi import APIRouter, Body, HTTPException
+from fastapi import APIRouter, Body, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from schedulemaster.deployments import claims
@@ -23,6 +26,7 @@ from schedulemaster.deployments import claims
 log = logging.getLogger("schedulemaster.claims")
 
 MAX_CLAIMS = 1000
+NODE_TOKEN_HEADER = "x-sm-node-token"  # the secret a node was given at registration
 NAME = r"^[^/%\s][^/%]{0,98}[^/%\s]$|^[^/%\s]$"
 
 
@@ -107,17 +111,28 @@ def create_coordination_router(engine, live_workers: LiveWorkers,
         except DBAPIError as exc:  # a deadlock, a lost connection: the node retries, nothing was kept
             log.warning("%s failed in the store: %s", fn.__name__, str(exc.orig).splitlines()[0][:200])
             raise HTTPException(503, "the store could not answer now; try again") from None
-    # name -> current incarnation: a cache of the nodes table, which only `register` below
-    # changes (a node deleted through the Node API is offline, so a stale entry claims nothing)
-    incarnations: dict[str, str] = {}
+    # name -> (current incarnation, its token's hash): a cache of the nodes table, which only
+    # `register` below changes (a node deleted through the Node API is offline, so a stale
+    # entry claims nothing)
+    incarnations: dict[str, tuple[str, str]] = {}
 
-    async def current(name: str) -> str | None:
+    async def current(name: str) -> tuple[str, str] | None:
         if name not in incarnations:
             row = (await to_thread(claims.nodes, engine)).get(name)
             if row is None:
                 return None
-            incarnations[name] = row.incarnation
+            incarnations[name] = (row.incarnation, row.token_hash)
         return incarnations[name]
+
+    async def check_caller(request: Request, name: str, incarnation: UUID) -> bool:
+        """False when ``name`` has another incarnation now (the caller was superseded);
+        raises 403 unless the caller holds that incarnation's token."""
+        known = await current(name)
+        if known is None or known[0] != str(incarnation):
+            return False
+        if not known[1] or not hmac.compare_digest(token_hash(request), known[1]):
+            raise HTTPException(403, f"this call is not from node {name}: its token is missing or wrong")
+        return True
 
     @router.post("/nodes/register")
     async def register(reg: NodeRegistration) -> dict:
@@ -131,15 +146,18 @@ def create_coordination_router(engine, live_workers: LiveWorkers,
             raise HTTPException(409, f"node {reg.name} is live ({beat}, "
                                      f"started {known.started_at:%Y-%m-%d %H:%M:%S} UTC on {known.host or '?'}); "
                                      "stop it first, or wait until it counts as offline")
+        token = secrets.token_urlsafe(32)
+        hashed = hashlib.sha256(token.encode()).hexdigest()
         await to_thread(claims.register, engine, claims.NodeInfo(
             name=reg.name, priority=reg.priority, max_concurrency=reg.max_concurrency,
-            incarnation=str(reg.incarnation), host=reg.host, started_at=datetime.now(timezone.utc)))
-        incarnations[reg.name] = str(reg.incarnation)
-        return {"registered": reg.name}
+            incarnation=str(reg.incarnation), host=reg.host, started_at=datetime.now(timezone.utc),
+            token_hash=hashed))
+        incarnations[reg.name] = (str(reg.incarnation), hashed)
+        return {"registered": reg.name, "token": token}
 
     @router.post("/claims")
-    async def claim(req: ClaimRequest = Body(...)) -> ClaimResult:
-        if await current(req.node) != str(req.incarnation):
+    async def claim(request: Request, req: ClaimRequest = Body(...)) -> ClaimResult:
+        if not await check_caller(request, req.node, req.incarnation):
             return ClaimResult(won=[], superseded=True)
         activity.saw(req.node, str(req.incarnation))
         t0 = time.monotonic()
@@ -158,9 +176,11 @@ def create_coordination_router(engine, live_workers: LiveWorkers,
         return ClaimResult(won=won)
 
     @router.post("/claims/release")
-    async def release(req: ClaimRequest = Body(...)) -> dict:
+    async def release(request: Request, req: ClaimRequest = Body(...)) -> dict:
         """Claims a node won ahead and then did not fire (the task was stopped, edited or
         moved, or the firing was skipped): finished, so nobody re-runs them."""
+        if not await check_caller(request, req.node, req.incarnation):
+            return {"released": 0}
         mine = await to_thread(claims.release, engine, req.node, str(req.incarnation),
                                [c.firing_id for c in req.firings])
         return {"released": mine}
@@ -174,11 +194,40 @@ def create_coordination_router(engine, live_workers: LiveWorkers,
     async def list_nodes() -> list[dict]:
         rows = await to_thread(claims.nodes, engine)
         running = await to_thread(claims.running_counts, engine)
-        return [{"name": n.name, "priority": n.priority, "max_concurrency": n.max_concurrency,
-                 "incarnation": n.incarnation, "host": n.host, "started_at": n.started_at.isoformat(),
+        return [{"name": n.name, "priority": n.priority, "max_concurrency": n.max_concurrency, "host": n.host, "started_at": n.started_at.isoformat(),
                  "running": running.get(n.name, 0)} for n in rows.values()]
 
     return router
+
+
+def token_hash(request: Request) -> str:
+    """sha256 of the node token the caller sent ("" when none)."""
+    token = request.headers.get(NODE_TOKEN_HEADER, "")
+    return hashlib.sha256(token.encode()).hexdigest() if token else ""
+
+
+def node_caller(engine) -> Callable[[Request], Awaitable[str | None]]:
+    """The name of the registered node whose token the caller sent, or None; for endpoints that
+    only nodes call but whose body names no node (recording firings)."""
+    names: dict[str, tuple[str, float]] = {}  # token hash -> (node, when looked up)
+
+    async def caller(request: Request) -> str | None:
+        hashed = token_hash(request)
+        if not hashed:
+            return None
+        hit = names.get(hashed)
+        if hit is not None and time.monotonic() - hit[1] < 5.0:
+            return hit[0]
+        rows = await asyncio.to_thread(claims.nodes, engine)
+        name = next((n.name for n in rows.values() if n.token_hash and hmac.compare_digest(n.token_hash, hashed)),
+                    None)
+        if name is not None:
+            if len(names) > 10_000:
+                names.clear()
+            names[hashed] = (name, time.monotonic())
+        return name
+
+    return caller
 
 
 async def pool_workers(pool_name: str) -> list:

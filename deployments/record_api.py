@@ -23,8 +23,10 @@ from datetime import datetime, timedelta
 from typing import Callable
 from uuid import UUID
 
-from fastapi import APIRouter, Body, FastAPI, HTTPException
+from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
+
+from schedulemaster.deployments.coordination_api import node_caller
 
 MAX_BATCH = 1000
 TRANSACTION_SIZE = 50  # firings per IMMEDIATE transaction (see record_firings)
@@ -226,9 +228,14 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
     # One batch of records at a time, whichever node sent it: recording is the master's
     # heaviest work, and nodes' claims (which firings wait for) must get the CPU in between.
     recording = asyncio.Semaphore(1)
+    caller = node_caller(store_engine) if store_engine is not None else None
 
     @router.post("/firings")
-    async def post_firings(records: list[FiringRecord] = Body(..., max_length=MAX_BATCH)) -> RecordResult:
+    async def post_firings(request: Request,
+                           records: list[FiringRecord] = Body(..., max_length=MAX_BATCH)) -> RecordResult:
+        # Only a registered node records firings: a run in Prefect counts as a task's history.
+        if caller is not None and await caller(request) is None:
+            raise HTTPException(403, "only a registered node records firings (its token is missing or wrong)")
         async with recording:
             result = await record_firings(records, on_failure)
         if store_engine is not None:  # a recorded firing's claim is done (deployments/claims.py)

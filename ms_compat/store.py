@@ -106,6 +106,42 @@ def ensure_database(url: str) -> None:
         admin.dispose()
 
 
+def add_missing_columns(conn) -> list[str]:
+    """Columns a newer version added to an existing table, added with their default.
+
+    ``create_all`` makes missing tables only. The store's schema changes are additive (a new
+    column with a constant default), so this covers them without a migration tool; a change
+    of another kind needs one."""
+    from sqlalchemy import inspect, text
+
+    inspector = inspect(conn)
+    added = []
+    for table in SQLModel.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            default = column.default.arg if column.default is not None and column.default.is_scalar else None
+            ddl = f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {column.type.compile(conn.dialect)}'
+            if default is not None:
+                ddl += " DEFAULT " + _literal(default)
+            conn.execute(text(ddl))
+            added.append(f"{table.name}.{column.name}")
+    if added:
+        log.info("added columns to the store: %s", ", ".join(added))
+    return added
+
+
+def _literal(value) -> str:
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
 class Store:
     def __init__(self, url: str):
         url = normalize_url(url)
@@ -151,6 +187,8 @@ class Store:
                 if lock is not None:
                     fcntl.flock(lock, fcntl.LOCK_EX)
                 SQLModel.metadata.create_all(self.engine)
+                with self.engine.begin() as conn:
+                    add_missing_columns(conn)
                 with Session(self.engine) as s:
                     self._seed(s)
                     s.commit()
@@ -162,6 +200,7 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(5357415453)"))  # "SMSTORE"
             SQLModel.metadata.create_all(conn)
+            add_missing_columns(conn)
             with Session(bind=conn) as s:
                 self._seed(s)
                 s.flush()

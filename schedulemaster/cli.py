@@ -73,19 +73,30 @@ def up(data_dir: Optional[Path] = DataDir, api_port: Optional[int] = ApiPort,
        prefect_port: Optional[int] = PrefectPort, timezone_: Optional[str] = TimeZone,
        maxc: int = typer.Option(20, "--maxc", min=1, max=1000, help="node worker1's parallel firings")) -> None:
     """Start everything: Prefect server + UI, the legacy API and executor node worker1."""
+    from schedulemaster.credentials import CredentialError
     from schedulemaster.supervisor import run_up
 
-    raise typer.Exit(run_up(_settings(data_dir, api_port, prefect_port, timezone_), maxc=maxc))
+    try:
+        code = run_up(_settings(data_dir, api_port, prefect_port, timezone_), maxc=maxc)
+    except CredentialError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 @app.command()
 def master(data_dir: Optional[Path] = DataDir, api_port: Optional[int] = ApiPort,
            prefect_port: Optional[int] = PrefectPort, timezone_: Optional[str] = TimeZone) -> None:
     """Run the master: Prefect server, UI and the legacy API (no executor)."""
+    from schedulemaster.credentials import CredentialError
     from schedulemaster.master import serve_master
 
     _logging()
-    asyncio.run(serve_master(_settings(data_dir, api_port, prefect_port, timezone_)))
+    try:
+        asyncio.run(serve_master(_settings(data_dir, api_port, prefect_port, timezone_)))
+    except CredentialError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
 
 
 @app.command()

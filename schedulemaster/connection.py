@@ -46,6 +46,7 @@ class Connection:
     timezone: str
     work_pool: str
     version: str = "unknown"
+    prefect_auth: str | None = field(default=None, repr=False)  # Prefect's auth string
     _prefect: Any = field(default=None, repr=False)
 
     @property
@@ -57,7 +58,7 @@ class Connection:
         if self._prefect is None:
             from prefect.client.orchestration import SyncPrefectClient
 
-            client = SyncPrefectClient(self.prefect_url, auth_string=os.environ.get("PREFECT_API_AUTH_STRING"),
+            client = SyncPrefectClient(self.prefect_url, auth_string=self.prefect_auth,
                                        api_key=os.environ.get("PREFECT_API_KEY"))
             with prefect_errors(self.prefect_url):
                 client.__enter__()
@@ -90,14 +91,19 @@ def _reachable_prefect(advertised: str, legacy_url: str) -> str:
 
 
 def connect(url: str | None = None, user: str | None = None, password: str | None = None, *,
-            prefect_url: str | None = None, timeout: float = 120.0) -> Connection:
+            prefect_url: str | None = None, prefect_auth: str | None = None,
+            timeout: float = 120.0) -> Connection:
     """Connect to a running system and make it the one every other call uses.
 
     ``url`` is the legacy API (default ``$SM_API`` or http://127.0.0.1:30000, where ``./sm up``
     puts it); ``user`` / ``password`` default to ``$SM_USER`` / ``$SM_PASSWORD`` or the
     original's admin / 111111. Raises ``LegacyUnavailable`` when nothing answers there and
-    ``LegacyAuthError`` for a wrong password.
+    ``LegacyAuthError`` for a wrong password. ``prefect_auth`` is the credential of Prefect's
+    API (default ``$PREFECT_API_AUTH_STRING``, else the one a system on this machine keeps in its
+    data directory: ``$SM_DATA_DIR``, or ``.schedulemaster`` in this directory or above).
     """
+    from schedulemaster.credentials import client_auth_string
+
     global _current
     url = url or os.environ.get("SM_API") or DEFAULT_URL
     legacy = LegacyClient(url, user or os.environ.get("SM_USER") or "admin",
@@ -114,7 +120,8 @@ def connect(url: str | None = None, user: str | None = None, password: str | Non
                or _reachable_prefect(info.get("PrefectApiUrl") or "", url))
     # the connection this replaces stays open: code may still hold it (``conn=`` arguments)
     _current = Connection(legacy, prefect.rstrip("/"), info.get("TimeZone") or "UTC",
-                          info.get("WorkPool") or "schedulemaster", info.get("Version") or "unknown")
+                          info.get("WorkPool") or "schedulemaster", info.get("Version") or "unknown",
+                          prefect_auth or client_auth_string())
     return _current
 
 

@@ -48,7 +48,9 @@ class Target:
         import httpx
 
         headers = {"content-type": "application/json"}
-        auth = os.environ.get("PREFECT_API_AUTH_STRING")
+        from schedulemaster.credentials import client_auth_string
+
+        auth = client_auth_string()
         if auth:
             headers["authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
         self.api_url = api_url.rstrip("/")

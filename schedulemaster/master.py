@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 
 from schedulemaster import prefect_patches
@@ -126,7 +127,24 @@ async def run_failover(settings: Settings, engine, on_failure, activity=None) ->
         await Failover(engine, client, settings.work_pool, on_failure, activity).run()
 
 
+def prepare_credentials(settings: Settings) -> None:
+    """Owner-only files, and Prefect's API never served without an auth string (this
+    process's server check and its own clients both use it)."""
+    from schedulemaster.credentials import (CLIENT_KEY, SERVER_KEY, owner_only_umask, secure_tree,
+                                            server_auth_string)
+
+    owner_only_umask()
+    secure_tree(settings.data_dir)
+    value, created = server_auth_string(settings.data_dir, settings.prefect_host)
+    if created:
+        log.info("generated the Prefect API credential: %s (owner-only)",
+                 (settings.data_dir / "prefect-auth").resolve())
+    os.environ[SERVER_KEY] = value
+    os.environ[CLIENT_KEY] = value
+
+
 async def serve_master(settings: Settings) -> None:
+    prepare_credentials(settings)
     settings.apply_prefect_env()
     if settings.prefect_db_url and settings.prefect_db_url.startswith("postgresql"):
         from schedulemaster.ms_compat.store import ensure_database, normalize_url

@@ -57,7 +57,11 @@ class NameTaken(RuntimeError):
 async def register(client, name: str, priority: int, max_concurrency: int, incarnation: str,
                    wait: float = 0.0) -> None:
     """Register this process as node ``name`` at the master (deployments/coordination_api.py);
-    while a live process holds the name, retry for ``wait`` seconds, then raise NameTaken."""
+    while a live process holds the name, retry for ``wait`` seconds, then raise NameTaken.
+    The master answers with this incarnation's token, which every later call of this client
+    carries: the master's node endpoints take a call for this node only with it."""
+    from schedulemaster.deployments.coordination_api import NODE_TOKEN_HEADER
+
     import socket
 
     from prefect.exceptions import PrefectHTTPStatusError
@@ -66,9 +70,10 @@ async def register(client, name: str, priority: int, max_concurrency: int, incar
     deadline = loop.time() + wait
     while True:
         try:
-            await client._client.post("/schedulemaster/nodes/register", json={
+            resp = await client._client.post("/schedulemaster/nodes/register", json={
                 "name": name, "priority": priority, "max_concurrency": max_concurrency,
                 "incarnation": incarnation, "host": socket.gethostname()[:200]})
+            client._client.headers[NODE_TOKEN_HEADER] = resp.json()["token"]
             return
         except PrefectHTTPStatusError as exc:
             if exc.response.status_code != 409:

@@ -114,6 +114,8 @@ class Settings:
             "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
             "PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS": "5",
             "PREFECT_CLIENT_MAX_RETRIES": "8",
+            # Browsers may call Prefect's API only from the UI's own origins (Prefect's default: any).
+            "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": ",".join(self.ui_origins()),
         }
         if self.prefect_db_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.prefect_db_url
@@ -121,12 +123,26 @@ class Settings:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{home / 'prefect.db'}"
         return env
 
+    def ui_origins(self) -> list[str]:
+        """Where the Prefect UI is served from: the names this machine answers to, and the bound host."""
+        hosts = ["127.0.0.1", "localhost"]
+        if self.prefect_host not in ("0.0.0.0", "::", "", *hosts):
+            hosts.append(f"[{self.prefect_host}]" if ":" in self.prefect_host else self.prefect_host)
+        return [f"http://{h}:{self.prefect_port}" for h in hosts]
+
     def apply_prefect_env(self) -> None:
-        """Export the Prefect settings into this process (call before importing prefect)."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.data_dir / "prefect").mkdir(parents=True, exist_ok=True)
+        """Export the Prefect settings into this process (call before importing prefect), with
+        the credential for Prefect's API where one is known (schedulemaster/credentials.py)."""
+        from schedulemaster.credentials import CLIENT_KEY, client_auth_string, secure_dir
+
+        secure_dir(self.data_dir)
+        secure_dir(self.data_dir / "prefect")
         for key, value in self.prefect_env().items():
-            if key.startswith(("PREFECT_WORKER_", "PREFECT_SERVER_SERVICES_")):
-                os.environ.setdefault(key, value)  # tuning knobs an operator may override
+            if key.startswith(("PREFECT_WORKER_", "PREFECT_SERVER_SERVICES_", "PREFECT_SERVER_CORS_")):
+                os.environ.setdefault(key, value)  # knobs an operator may override
             else:
                 os.environ[key] = value
+        if not os.environ.get(CLIENT_KEY):
+            found = client_auth_string(self.data_dir)
+            if found:
+                os.environ[CLIENT_KEY] = found

@@ -67,9 +67,29 @@ def wait_ready(settings: Settings, timeout: float = 180.0) -> bool:
     return False
 
 
+def default_password_in_use(settings: Settings) -> bool:
+    """The seeded admin still signs in with the original's default password."""
+    try:
+        r = httpx.get(f"http://127.0.0.1:{settings.api_port}/api/System/Info", timeout=10,
+                      headers={"ms_auth_user": "admin", "ms_auth_secret": DEFAULT_ADMIN_SECRET})
+        return r.status_code == 200 and r.json().get("Success") is True
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+DEFAULT_ADMIN_SECRET = "811a5cb95196217ed3fda54cf73b9244"  # admin / 111111, as the original seeded it
+RED, RESET = "\033[31;1m", "\033[0m"
+
+
 def run_up(settings: Settings, node_name: str = "worker1", maxc: int = 20, echo=print) -> int:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    from schedulemaster.credentials import (CLIENT_KEY, SERVER_KEY, is_loopback, owner_only_umask, secure_tree,
+                                            server_auth_string)
+
+    owner_only_umask()
+    secure_tree(settings.data_dir)
+    auth, _created = server_auth_string(settings.data_dir, settings.prefect_host)
+    # the children's environment is readable by this user only (/proc/<pid>/environ is 0400)
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", SERVER_KEY: auth, CLIENT_KEY: auth}
     logs = settings.data_dir.resolve() / "logs"
     children = [
         Child("master", ["master"], logs / "master.log", env=env),
@@ -97,11 +117,21 @@ def run_up(settings: Settings, node_name: str = "worker1", maxc: int = 20, echo=
         echo(f"  legacy API     http://{host}:{settings.api_port}/api/Task/QueryList?pageNumber=1&pageSize=10")
         echo("  default login  admin / 111111   (ms_auth_user: admin, ms_auth_secret: 811a5cb95196217ed3fda54cf73b9244)")
         echo(f"  executor node  {node_name}   time zone {settings.timezone}")
+        if os.environ.get(SERVER_KEY):
+            echo(f"  Prefect login  the auth string in {SERVER_KEY} (the UI asks for it at sign-in)")
+        else:
+            where = (settings.data_dir / "prefect-auth").resolve()
+            echo(f"  Prefect login  the auth string in {where} (owner-only; the UI asks for it at sign-in;")
+            echo(f"                 a node, the CLI or a notebook on another machine: export {CLIENT_KEY}=<it>)")
         echo("  delayed tasks  dispatcher   (POST /api/DelayTask/Create)")
         api = f"http://127.0.0.1:{settings.api_port}"
         echo(f"  Python         import schedulemaster as sm; sm.connect({api!r})   (notebooks/: examples)")
         echo(f"  logs           {logs}/")
         echo("Ctrl-C stops everything.")
+        if not is_loopback(settings.api_host) and default_password_in_use(settings):
+            echo(f"{RED}WARNING: the legacy API listens on {settings.api_host}:{settings.api_port} and account admin "
+                 f"still has the default password 111111: anyone who reaches this machine can sign in. Change it: "
+                 f".venv/bin/schedulemaster account change-password.{RESET}")
     elif not stopping:
         echo(f"the system did not become ready; see {logs}/master.log")
     try:

@@ -115,18 +115,36 @@ class System:
     def wait_node(self, name: str = "worker1", timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            r = httpx.post(f"{self.prefect}/work_pools/schedulemaster/workers/filter", json={}, timeout=10,
-                           auth=self.prefect_auth)
+            r = self.pf("POST", "/work_pools/schedulemaster/workers/filter", json={}, timeout=10)
             if r.status_code == 200 and any(w["name"] == name and w["status"] == "ONLINE" for w in r.json()):
                 return
             time.sleep(0.5)
         raise RuntimeError(f"node {name} never came online\n{self.logs()}")
 
     @property
-    def prefect_auth(self) -> tuple[str, str] | None:
-        """Basic auth for Prefect's API when the system runs with PREFECT_SERVER_API_AUTH_STRING."""
+    def auth_string(self) -> str:
+        """The credential Prefect's API needs: the one the test gave, else the one `up`
+        generated and keeps in the data directory."""
         value = self.env.get("PREFECT_SERVER_API_AUTH_STRING")
-        return tuple(value.split(":", 1)) if value else None  # type: ignore[return-value]
+        if value:
+            return value
+        return (self.data_dir / "prefect-auth").read_text().strip()
+
+    @property
+    def prefect_auth(self) -> tuple[str, str]:
+        """Basic auth for Prefect's API (httpx's ``auth=``)."""
+        user, _, password = self.auth_string.partition(":")
+        return user, password
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """Environment for a client process of this system (CLI, import, notebook, extra node)."""
+        return {"PREFECT_API_AUTH_STRING": self.auth_string}
+
+    def pf(self, method: str, path: str, **kw) -> httpx.Response:
+        """A call to this system's Prefect API with its credential; ``path`` after ``/api``."""
+        kw.setdefault("timeout", 30)
+        return httpx.request(method, f"{self.prefect}{path}", auth=self.prefect_auth, **kw)
 
     def logs(self) -> str:
         out = []
@@ -142,7 +160,8 @@ class System:
     def start_node(self, name: str, *args: str) -> subprocess.Popen:
         """Another executor node (`schedulemaster node`) against this system's master, in its
         own process; its output goes to logs/extra-<name>.log."""
-        env = {**os.environ, **self.env, "SM_PREFECT_PORT": str(self.prefect_port), "SM_TIMEZONE": self.timezone,
+        env = {**os.environ, **self.env, **self.client_env, "SM_PREFECT_PORT": str(self.prefect_port),
+               "SM_TIMEZONE": self.timezone,
                "SM_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(p for p in (str(PLUGINS_DIR), os.environ.get("PYTHONPATH")) if p)}
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -203,13 +222,13 @@ class System:
         return self.get("QueryTaskDetail", {"id": task_id}).json()["Data"]
 
     def flow_runs(self, task_id: str, limit: int = 200) -> list[dict]:
-        r = httpx.post(f"{self.prefect}/flow_runs/filter", timeout=30, json={
+        r = self.pf("POST", "/flow_runs/filter", timeout=30, json={
             "deployments": {"id": {"any_": [task_id]}}, "limit": limit, "sort": "EXPECTED_START_TIME_DESC"})
         r.raise_for_status()
         return r.json()
 
     def run_logs(self, run_id: str) -> list[str]:
-        r = httpx.post(f"{self.prefect}/logs/filter", timeout=30,
+        r = self.pf("POST", "/logs/filter", timeout=30,
                        json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
         r.raise_for_status()
         return [x["message"] for x in r.json()]

@@ -69,7 +69,7 @@ def test_csharp_assembly_create_replayed_byte_for_byte(system):
     assert d["TotalRunCount"] == 0 and d["LastRunTime"] is None and d["NextRunTime"] is None
     datetime.strptime(d["CreateTime"], "%Y-%m-%d %H:%M:%S")
     # the deployment carries the rest (keepers are not in the entity view)
-    dep = httpx.get(f"{system.prefect}/deployments/{task_id}").json()
+    dep = system.pf("GET", f"/deployments/{task_id}").json()
     assert dep["name"] == "程序集接口测试任务"
     assert dep["parameters"]["task"]["Keepers"] == [1, 2]
 
@@ -80,7 +80,7 @@ def test_csharp_http_create_replayed_byte_for_byte(system):
     assert body == {"Success": True, "Status": 1, "Message": "任务创建成功!", "Data": body["Data"]}
     d = system.detail(body["Data"])
     assert d["MetaType"] == 2 and d["Title"] == "Http接口测试任务" and d["AssemblyName"] is None
-    dep = httpx.get(f"{system.prefect}/deployments/{body['Data']}").json()
+    dep = system.pf("GET", f"/deployments/{body['Data']}").json()
     http = dep["parameters"]["task"]["Http"]
     assert http == {"RequestUrl": "http://localhost:56655/api/1.0/value/jsonpost", "Method": "POST",
                     "ContentType": "application/json", "Headers": "[]", "Body": dict(HTTP_FORM)["HttpBody"]}
@@ -249,7 +249,7 @@ def test_status_machine_and_messages(system, receiver):
     assert act("Pause") == {"Success": True, "Status": 1, "Message": "任务暂停成功!", "Data": None}
     d = system.detail(tid)
     assert d["Status"] == 2 and d["NextRunTime"] is None
-    assert httpx.get(f"{system.prefect}/deployments/{tid}").json()["paused"] is True
+    assert system.pf("GET", f"/deployments/{tid}").json()["paused"] is True
     assert act("Pause")["Message"] == "当前任务状态下不能暂停!"
     assert act("RunOnce")["Message"] == "任务不在运行状态下!"
     assert act("Resume")["Message"] == "任务恢复成功!"
@@ -262,7 +262,7 @@ def test_status_machine_and_messages(system, receiver):
     edit = system.post("Edit", data={**BASE, "Id": tid, "Title": "machine renamed"}).json()
     assert edit == {"Success": True, "Status": 1, "Message": "任务编辑成功!", "Data": None}
     assert system.detail(tid)["Title"] == "machine renamed"
-    assert httpx.get(f"{system.prefect}/deployments/{tid}").json()["name"] == "machine renamed"
+    assert system.pf("GET", f"/deployments/{tid}").json()["name"] == "machine renamed"
     assert system.post("Edit", data={**BASE, "Id": unknown}).json()["Message"] == "任务不存在!"
     assert act("Delete") == {"Success": True, "Status": 1, "Message": "任务已删除!", "Data": None}
     assert system.detail(tid) is None
@@ -342,4 +342,4 @@ def test_nexts_cycles_are_refused(system):
     assert system.post("Edit", data={**BASE, "Id": a, "Title": "chain A", "Nexts": a}).json()["Success"] is False
     # deleting a child drops the reference from its parent, as the original did
     assert system.post("Delete", data={"id": a}).json()["Success"]
-    assert httpx.get(f"{system.prefect}/deployments/{b}").json()["parameters"]["task"]["Nexts"] == []
+    assert system.pf("GET", f"/deployments/{b}").json()["parameters"]["task"]["Nexts"] == []

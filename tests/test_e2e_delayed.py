@@ -206,30 +206,29 @@ def test_failing_receivers_are_retried_at_the_spacing_then_failed_and_the_creato
     html = msg.get_body(("html",)).get_content()
     assert task_id in html and receiver.url(path) in html
     # the Prefect view: a line in the dispatcher's run log and a schedulemaster.delayed.failed event
-    prefect = system.prefect
-    lines = wait_until(lambda: [x for x in dispatcher_log(prefect) if task_id in x and "failed after 2 retries" in x],
+    lines = wait_until(lambda: [x for x in dispatcher_log(system) if task_id in x and "failed after 2 retries" in x],
                        timeout=20)
     assert lines
-    events = wait_until(lambda: failed_events(prefect, task_id), timeout=20)
+    events = wait_until(lambda: failed_events(system, task_id), timeout=20)
     assert events[0]["payload"]["content_key"] == key
 
 
-def dispatcher_runs(prefect: str, state: str | None = None) -> list[dict]:
+def dispatcher_runs(system, state: str | None = None) -> list[dict]:
     flt = {"flow_runs": {"tags": {"all_": ["dispatcher:dispatcher"]}}, "limit": 50, "sort": "START_TIME_DESC"}
     if state:
         flt["flow_runs"]["state"] = {"type": {"any_": [state]}}
-    return httpx.post(f"{prefect}/flow_runs/filter", json=flt, timeout=30).json()
+    return system.pf("POST", "/flow_runs/filter", json=flt, timeout=30).json()
 
 
-def dispatcher_log(prefect: str) -> list[str]:
-    runs = dispatcher_runs(prefect)
-    r = httpx.post(f"{prefect}/logs/filter", timeout=30, json={
+def dispatcher_log(system) -> list[str]:
+    runs = dispatcher_runs(system)
+    r = system.pf("POST", "/logs/filter", timeout=30, json={
         "logs": {"flow_run_id": {"any_": [x["id"] for x in runs]}}, "limit": 200, "sort": "TIMESTAMP_DESC"})
     return [x["message"] for x in r.json()]
 
 
-def failed_events(prefect: str, task_id: str) -> list[dict]:
-    r = httpx.post(f"{prefect}/events/filter", timeout=30, json={"filter": {
+def failed_events(system, task_id: str) -> list[dict]:
+    r = system.pf("POST", "/events/filter", timeout=30, json={"filter": {
         "event": {"name": ["schedulemaster.delayed.failed"]},
         "resource": {"id": [f"schedulemaster.delayed.{task_id}"]},
         "occurred": {"since": (datetime.utcnow() - timedelta(hours=1)).isoformat() + "Z"}}, "limit": 10})
@@ -237,17 +236,16 @@ def failed_events(prefect: str, task_id: str) -> list[dict]:
 
 
 def test_the_dispatcher_is_one_deployment_with_a_running_run_and_an_artifact(system):
-    prefect = system.prefect
-    dep = httpx.get(f"{prefect}/deployments/name/schedulemaster-delayed/dispatcher", timeout=30)
+    dep = system.pf("GET", "/deployments/name/schedulemaster-delayed/dispatcher", timeout=30)
     assert dep.status_code == 200, dep.text
-    running = wait_until(lambda: dispatcher_runs(prefect, "RUNNING"), timeout=30)
+    running = wait_until(lambda: dispatcher_runs(system, "RUNNING"), timeout=30)
     assert len(running) == 1 and running[0]["deployment_id"] == dep.json()["id"]
-    art = wait_until(lambda: httpx.post(f"{prefect}/artifacts/latest/filter", timeout=30, json={
+    art = wait_until(lambda: system.pf("POST", "/artifacts/latest/filter", timeout=30, json={
         "artifacts": {"key": {"any_": ["delayed-dispatcher"]}}}).json(), timeout=30)
     rows = json.loads(art[0]["data"]) if isinstance(art[0]["data"], str) else art[0]["data"]
     assert any("Ready" in r["what"] for r in rows)
     wait_until(lambda: any(x.startswith("last ") and ("fired" in x or "nothing fell due" in x)
-                           for x in dispatcher_log(prefect)), timeout=30)
+                           for x in dispatcher_log(system)), timeout=30)
 
 
 # ---- console operations ----------------------------------------------------------------------
@@ -487,7 +485,7 @@ def test_sigkill_of_the_dispatcher_with_callbacks_in_flight_loses_nothing(system
     twice = {i for i, log in logs.items() if arrivals[i] > 1 and all(a["Success"] for a in log)}
     assert twice <= recovered                                     # duplicates only where the outcome was unknown
     assert recovered, "the kill should have hit callbacks in flight"
-    wait_until(lambda: any("sent again after a dispatcher crash" in x for x in dispatcher_log(system.prefect)),
+    wait_until(lambda: any("sent again after a dispatcher crash" in x for x in dispatcher_log(system)),
                timeout=20)
-    crashed = dispatcher_runs(system.prefect, "CRASHED")
+    crashed = dispatcher_runs(system, "CRASHED")
     assert crashed and "without closing" in crashed[0]["state"]["message"]

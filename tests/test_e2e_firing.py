@@ -51,11 +51,11 @@ def test_http_task_fires_on_its_cron_and_pause_resume_stop_work(system, receiver
         assert any(m.startswith("请求结束，响应码：200") for m in logs)
         assert any(m.startswith("任务[every two seconds]运行成功！") for m in logs)
 
-    schedules = httpx.get(f"{system.prefect}/deployments/{tid}").json()["schedules"]
+    schedules = system.pf("GET", f"/deployments/{tid}").json()["schedules"]
     assert [(x["slug"], x["active"], x["schedule"]["cron"]) for x in schedules] == [
         ("quartz 0/2 * * * * ?", False, "* * * * * 0/2")]  # shown in the UI, never run by Prefect's scheduler
     # a node polls the tasks queue now and then, so the UI does not call the task "Not Ready"
-    wait_until(lambda: httpx.get(f"{system.prefect}/deployments/{tid}").json()["status"] == "READY", timeout=45)
+    wait_until(lambda: system.pf("GET", f"/deployments/{tid}").json()["status"] == "READY", timeout=45)
 
     d = system.detail(tid)
     assert d["TotalRunCount"] >= 3 and d["LastRunTime"] is not None and d["Status"] == 1
@@ -140,9 +140,8 @@ def _local(system, at: datetime) -> str:
 
 def test_prefect_scheduler_creates_runs_for_a_cron_deployment(system):
     """Guards the pins: with sqlalchemy 2.1 the scheduler silently creates no runs."""
-    api = system.prefect
-    flow_id = httpx.post(f"{api}/flows/", json={"name": "pins-check"}).json()["id"]
-    dep = httpx.post(f"{api}/deployments/", json={
+    flow_id = system.pf("POST", "/flows/", json={"name": "pins-check"}).json()["id"]
+    dep = system.pf("POST", "/deployments/", json={
         "name": "pins-check", "flow_id": flow_id,  # no work pool: nobody runs these
         "schedules": [{"schedule": {"cron": "* * * * *", "timezone": "UTC"}, "active": True}],
     })
@@ -150,25 +149,25 @@ def test_prefect_scheduler_creates_runs_for_a_cron_deployment(system):
     dep_id = dep.json()["id"]
 
     def scheduled():
-        r = httpx.post(f"{api}/flow_runs/filter", json={
+        r = system.pf("POST", "/flow_runs/filter", json={
             "deployments": {"id": {"any_": [dep_id]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
         return len(r.json()) >= 3
 
     try:
         wait_until(scheduled, timeout=90, interval=1)
     finally:
-        httpx.delete(f"{api}/deployments/{dep_id}")
+        system.pf("DELETE", f"/deployments/{dep_id}")
 
 
 def test_a_run_started_from_the_prefect_ui_is_executed_by_the_node(system, receiver):
     """The UI's Quick run creates a Scheduled run in the deployment's own queue."""
     tid = system.create_http(receiver.url("/ui"), cron="0 0 3 * * ?", Title="ui run", RunNow="true")
-    r = httpx.post(f"{system.prefect}/deployments/{tid}/create_flow_run", json={"state": {"type": "SCHEDULED"}})
+    r = system.pf("POST", f"/deployments/{tid}/create_flow_run", json={"state": {"type": "SCHEDULED"}})
     assert r.status_code == 201, r.text
     run_id = r.json()["id"]
     hit = receiver.wait_for("/ui", 1, timeout=30)[0]
     assert hit.headers["idempotency-key"] == run_id
-    wait_until(lambda: httpx.get(f"{system.prefect}/flow_runs/{run_id}").json()["state_type"] == "COMPLETED")
+    wait_until(lambda: system.pf("GET", f"/flow_runs/{run_id}").json()["state_type"] == "COMPLETED")
     system.post("Stop", data={"id": tid})
 
 
@@ -220,14 +219,19 @@ def test_recording_the_same_firing_twice_leaves_one_run_and_one_copy_of_its_logs
     body = [{"task_id": tid, "firing_id": fid, "name": "twice", "scheduled": now, "started": now,
              "finished": now, "ok": True, "message": "HTTP 200", "fire": {"firing_id": fid},
              "logs": [{"level": 20, "message": "only once, please", "timestamp": now}]}]
+    # only a registered node records (the Prefect credential lets a process register as one)
+    assert system.pf("POST", "/schedulemaster/firings", json=body).status_code == 403
+    node = {"x-sm-node-token": system.pf("POST", "/schedulemaster/nodes/register", json={
+        "name": "recording-test", "priority": 0, "max_concurrency": 1, "incarnation": str(_uuid.uuid4())}
+    ).json()["token"]}
     for _ in range(2):  # a retry after a timeout whose first attempt had committed
-        r = httpx.post(f"{system.prefect}/schedulemaster/firings", json=body, timeout=60)
+        r = system.pf("POST", "/schedulemaster/firings", json=body, timeout=60, headers=node)
         assert r.status_code == 200 and r.json()["recorded"] == 1
     runs = [x for x in system.flow_runs(tid) if x["idempotency_key"] == fid]
     assert len(runs) == 1
     assert system.run_logs(runs[0]["id"]).count("only once, please") == 1
-    bad = httpx.post(f"{system.prefect}/schedulemaster/firings", json=[{"task_id": "nope"}], timeout=60)
+    bad = system.pf("POST", "/schedulemaster/firings", json=[{"task_id": "nope"}], timeout=60, headers=node)
     assert bad.status_code == 422
     unknown = dict(body[0], task_id=str(_uuid.uuid4()), firing_id=str(_uuid.uuid4()))
-    r = httpx.post(f"{system.prefect}/schedulemaster/firings", json=[unknown], timeout=60)
+    r = system.pf("POST", "/schedulemaster/firings", json=[unknown], timeout=60, headers=node)
     assert r.json() == {"recorded": 0, "unknown_tasks": [unknown["task_id"]]}

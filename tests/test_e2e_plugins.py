@@ -117,7 +117,7 @@ def test_a_three_level_chain_passes_results_down(system, receiver):
     # in the UI the child's run hangs under the parent's run
     child_run = wait_until(lambda: [r for r in system.flow_runs(child) if r["parent_task_run_id"]] or None,
                            timeout=30)[0]
-    task_run = httpx.get(f"{system.prefect}/task_runs/{child_run['parent_task_run_id']}").json()
+    task_run = system.pf("GET", f"/task_runs/{child_run['parent_task_run_id']}").json()
     parent_ids = {r["id"] for r in system.flow_runs(parent)}
     assert task_run["flow_run_id"] in parent_ids
     for tid in (parent, child, grand):

@@ -76,7 +76,7 @@ def unfinished_claims(system, node: str | None = None) -> int:
 
 
 def held_runs(system, node: str) -> list[dict]:
-    r = httpx.post(f"{system.prefect}/flow_runs/filter", timeout=30, json={
+    r = system.pf("POST", "/flow_runs/filter", timeout=30, json={
         "flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING"]}}}, "limit": 200})
     return [x for x in r.json() if (x.get("labels") or {}).get("prefect.worker.name") == node]
 
@@ -293,9 +293,9 @@ def test_bad_node_input_is_refused_and_changes_nothing(cluster, tmp_path):
                                                            "incarnation": str(uuid.uuid4())}),
                        ("/schedulemaster/nodes/register", {"name": "w", "priority": 1, "max_concurrency": 0,
                                                            "incarnation": str(uuid.uuid4())})]:
-        assert httpx.post(f"{s.prefect}{path}", json=body, timeout=30).status_code == 422, (path, body)
+        assert s.pf("POST", f"{path}", json=body, timeout=30).status_code == 422, (path, body)
     # a process that is not the registered one wins nothing
-    r = httpx.post(f"{s.prefect}/schedulemaster/claims", timeout=30, json={
+    r = s.pf("POST", "/schedulemaster/claims", timeout=30, json={
         "node": "worker2", "incarnation": str(uuid.uuid4()),
         "firings": [{"firing_id": "f1", "task_id": str(uuid.uuid4()), "scheduled": "2026-01-01T00:00:00Z"}]})
     assert r.json() == {"won": [], "superseded": True}

@@ -169,7 +169,8 @@ def test_a_prefect_notification_block_is_an_extra_failure_channel(system, receiv
     code = ("from prefect.blocks.notifications import CustomWebhookNotificationBlock as B\n"
             f"B(name='sm', url={receiver.url('/hook')!r}, json_data={{'text': '{{{{body}}}}'}}).save('sm-hook')\n")
     made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**__import__("os").environ, "PREFECT_API_URL": system.prefect})
+                          env={**__import__("os").environ, **system.client_env,
+                                                    "PREFECT_API_URL": system.prefect})
     assert made.returncode == 0, made.stderr
     tid = system.create_plugin("Failing", cron="0/2 * * * * ?", Title="webhook watched",
                                NotifyBlocks="custom-webhook/sm-hook")
@@ -242,7 +243,7 @@ def test_the_keeper_mail_block_mails_a_team_list(system, smtp):
             f"KeeperMail(to=['oncall@example.com', 'team@example.com'], smtp_server='127.0.0.1', "
             f"smtp_port={ctl.port}, from_account='sm@example.com').save('oncall')\n")
     made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PREFECT_API_URL": system.prefect})
+                          env={**os.environ, **system.client_env, "PREFECT_API_URL": system.prefect})
     assert made.returncode == 0, made.stderr
     tid = system.create_plugin("Failing", cron="0/2 * * * * ?", Title="团队告警", NotifyBlocks="keeper-mail/oncall")
     assert system.post("Start", data={"id": tid}).json()["Success"]

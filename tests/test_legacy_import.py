@@ -61,20 +61,20 @@ def target(tmp_path_factory):
 def run_import(target_system: System | None, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     import os
 
-    extra = {"SM_PREFECT_PORT": str(target_system.prefect_port)} if target_system else {}
+    extra = {"SM_PREFECT_PORT": str(target_system.prefect_port), **target_system.client_env} if target_system else {}
     return subprocess.run([sys.executable, "-m", "schedulemaster.cli", "import", *args], capture_output=True,
                           text=True, timeout=600, env={**os.environ, "COLUMNS": "250", **extra, **(env or {})})
 
 
 def deployment(system: System, task_id: str) -> dict:
-    r = httpx.get(f"{system.prefect}/deployments/{task_id}", timeout=30)
+    r = system.pf("GET", f"/deployments/{task_id}", timeout=30)
     assert r.status_code == 200, r.text
     return r.json()
 
 
 def task_count(system: System) -> int:
     """Deployments of the task flow (the dispatcher's deployment is tagged schedulemaster too)."""
-    r = httpx.post(f"{system.prefect}/deployments/count", json={
+    r = system.pf("POST", "/deployments/count", json={
         "deployments": {"tags": {"all_": ["schedulemaster"]}}, "flows": {"name": {"any_": ["schedulemaster-task"]}}})
     return r.json()
 
@@ -331,7 +331,7 @@ def test_a_target_that_is_down_changes_nothing_and_says_so(source, tmp_path):
 
 def import_post(system: System, kind: str, body, **kw) -> httpx.Response:
     content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-    return httpx.post(f"{system.prefect}/schedulemaster/import/{kind}", content=content, timeout=60,
+    return system.pf("POST", f"/schedulemaster/import/{kind}", content=content, timeout=60,
                       headers={"content-type": "application/json"}, **kw)
 
 
@@ -467,7 +467,8 @@ def test_the_import_door_is_guarded_by_prefects_auth_string(source, tmp_path):
     s = System(tmp_path / "data", timezone=TZ,
                env={"PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_API_AUTH_STRING": auth}).start()
     try:
-        assert import_post(s, "settings", {"items": []}).status_code == 401
+        unauthenticated = httpx.post(f"{s.prefect}/schedulemaster/import/settings", json={"items": []}, timeout=60)
+        assert unauthenticated.status_code == 401
         r = run_import(s, "--from", source.url, "--dry-run", env={"PREFECT_API_AUTH_STRING": "importer:wrong"})
         assert r.returncode == 3 and "refused the credentials" in r.stdout
         r = run_import(s, "--from", source.url, env={"PREFECT_API_AUTH_STRING": "importer:wrong"})

@@ -52,7 +52,7 @@ def test_a_disabled_node_fires_nothing_until_enabled(api, system, receiver):
         assert api.disable_node("worker1") == "节点已休息!"  # idempotent
         row = _row(api, "worker1")
         assert (row["Status"], row["StatusText"], row["Enabled"]) == (1, "空闲", False)
-        sm.connect(system.api)
+        sm.connect(system.api, prefect_auth=system.auth_string)
         nodes = sm.nodes()
         assert list(nodes.columns) == ["name", "status", "enabled", "last_seen", "seconds_since_seen", "priority",
                                        "max_concurrency", "running_firings", "host", "started", "created", "pool"]
@@ -83,7 +83,7 @@ def test_delete_only_an_offline_node(api, system):
     with pytest.raises(sm.LegacyError, match="节点在线，不能删除"):
         api.delete_node("worker1")
     # a worker that heartbeats once and goes quiet: Prefect marks it offline
-    r = httpx.post(f"{system.prefect}/work_pools/schedulemaster/workers/heartbeat", timeout=30,
+    r = system.pf("POST", "/work_pools/schedulemaster/workers/heartbeat", timeout=30,
                    json={"name": "ghost-node", "heartbeat_interval_seconds": 1})
     assert r.status_code == 204, r.text
     assert _row(api, "ghost-node") is not None
@@ -95,7 +95,7 @@ def test_delete_only_an_offline_node(api, system):
     with pytest.raises(sm.LegacyError, match="节点不存在!"):
         api.delete_node("ghost-node")
     # forgotten with it: a node of that name coming back starts enabled
-    assert "ghost-node" not in disabled_of(httpx.post(f"{system.prefect}/variables/filter", timeout=30, json={
+    assert "ghost-node" not in disabled_of(system.pf("POST", "/variables/filter", timeout=30, json={
         "variables": {"name": {"any_": ["schedulemaster_nodes"]}}}).json()[0]["value"])
 
 

@@ -70,6 +70,9 @@ def test_notebook_runs(path: Path, system, monkeypatch, tmp_path):
 
     # the kernel inherits this process's environment: sm.connect() reads SM_API
     monkeypatch.setenv("SM_API", system.api)
+    # ... and finds Prefect's credential in the system's data directory, as on the master's machine
+    monkeypatch.setenv("SM_DATA_DIR", str(system.data_dir))
+    monkeypatch.delenv("PREFECT_API_AUTH_STRING", raising=False)
     for name in ("SM_USER", "SM_PASSWORD", "SM_PREFECT_API_URL"):
         monkeypatch.delenv(name, raising=False)
 

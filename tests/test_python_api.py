@@ -317,7 +317,7 @@ def until(fn, timeout: float = 30, interval: float = 0.5):
 @pytest.fixture(scope="module")
 def conn(system):
     system.wait_node()
-    c = sm.connect(system.api)
+    c = sm.connect(system.api, prefect_auth=system.auth_string)
     yield c
     c.close()
 
@@ -725,12 +725,12 @@ def test_prefect_that_cannot_be_reached_is_one_clear_exception(conn, system):
     dead = f"http://127.0.0.1:{probe.getsockname()[1]}/api"
     probe.close()
     try:
-        broken = sm.connect(system.api, prefect_url=dead)
+        broken = sm.connect(system.api, prefect_url=dead, prefect_auth=system.auth_string)
         assert broken.prefect_url == dead
         started = time.monotonic()
         with pytest.raises(sm.PrefectUnavailable, match=f"cannot reach Prefect's API at {dead}"):
             sm.runs()
         print(f"PrefectUnavailable after {time.monotonic() - started:.1f} s")
     finally:
-        sm.connect(system.api)
+        sm.connect(system.api, prefect_auth=system.auth_string)
 
