@@ -32,6 +32,16 @@ MIN_PASSWORD = 6
 
 # settings whose values must parse, and how (the original accepted anything and failed later)
 _INT = re.compile(r"^\d{1,9}$")
+def _networks_ok(value: str) -> bool:
+    from schedulemaster.flows.targets import networks
+
+    try:
+        networks(value)
+        return len(value) <= 1000
+    except ValueError:
+        return False
+
+
 CONFIG_RULES: dict[str, tuple[Callable[[str], bool], str]] = {
     "Email_SmtpPort": (lambda v: v == "" or (_INT.match(v) is not None and 0 < int(v) < 65536), "1-65535 或留空"),
     "Http_RequestTimeout": (lambda v: _INT.match(v) is not None, "非负整数（秒）"),
@@ -42,6 +52,8 @@ CONFIG_RULES: dict[str, tuple[Callable[[str], bool], str]] = {
     "DelayTask_RetrySpans": (lambda v: _INT.match(v) is not None and int(v) <= 86400, "0-86400（秒）"),
     "DelayTask_RequestTimeout": (lambda v: _INT.match(v) is not None and 1 <= int(v) <= 600, "1-600（秒）"),
     "Assembly_ImagePullPolicy": (lambda v: v in ("Always", "IfNotPresent"), "Always 或 IfNotPresent"),
+    "Http_DeniedNetworks": (_networks_ok, "逗号分隔的网段，如 10.9.0.0/16,192.0.2.7"),
+    "Http_AllowedNetworks": (_networks_ok, "逗号分隔的网段，如 169.254.0.0/16"),
 }
 SECRET_SUFFIX = "Pwd"
 MASK = "******"

@@ -7,6 +7,7 @@ then the action (200 with the envelope, whatever the business outcome).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from contextlib import asynccontextmanager
@@ -34,6 +35,9 @@ MAX_BODY_BYTES = 1024 * 1024
 UPLOAD_PATH = "/api/task/uploadplugin"
 UPLOAD_LIMIT = MAX_PACKAGE_BYTES + MAX_BODY_BYTES  # the package plus the multipart around it
 BODY_LIMITS = {UPLOAD_PATH: UPLOAD_LIMIT, BATCH_PATH: BATCH_LIMIT}
+BODY_IDLE_SECONDS = 15.0  # a body that sends nothing for this long is cut off (408)
+BODY_TOTAL_SECONDS = 60.0  # ... or that is not complete after this long (1 MiB bodies)
+LARGE_BODY_TOTAL_SECONDS = 600.0  # ... an upload or a batch
 
 
 async def _form(request: Request) -> FormValues:
@@ -41,7 +45,7 @@ async def _form(request: Request) -> FormValues:
     if ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
         try:
             form = await request.form(max_files=10, max_fields=5000)
-        except _TooLarge:
+        except _BodyAborted:
             raise
         except Exception:  # malformed multipart, too many parts, bad encoding
             values = FormValues([])
@@ -58,8 +62,9 @@ class LegacyPipeline:
     an extra task and stream; measured here, replacing it took DelayTask/Create from 784/s
     to 1,669/s on SQLite."""
 
-    def __init__(self, app):
+    def __init__(self, app, auth: Authenticator | None = None):
         self.app = app
+        self.auth = auth
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -70,13 +75,28 @@ class LegacyPipeline:
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > limit):
                 return await R.client_error(413)(scope, receive, send)
+        if scope["path"] in BODY_LIMITS and self.auth is not None:
+            # The endpoints that take large bodies check the caller before reading one: a
+            # stranger must not make the server read (and parse) 16-60 MiB to get a 401.
+            headers = {k: v for k, v in scope["headers"] if k in (b"ms_auth_user", b"ms_auth_secret")}
+            client = scope.get("client")
+            user = await self.auth.check(_header(headers.get(b"ms_auth_user")), _header(headers.get(b"ms_auth_secret")),
+                                         client[0] if client else "")
+            if user is None:
+                return await R.client_error(401)(scope, receive, send)
         started = False
         received = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (BODY_TOTAL_SECONDS if limit <= MAX_BODY_BYTES else LARGE_BODY_TOTAL_SECONDS)
 
         async def counted_receive():
-            # a chunked body has no Content-Length: count what arrives against the same limit
+            # a chunked body has no Content-Length: count what arrives against the same limit;
+            # a body that stops arriving (or trickles) is cut off instead of holding the connection
             nonlocal received
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), min(BODY_IDLE_SECONDS, max(0.0, deadline - loop.time())))
+            except asyncio.TimeoutError:
+                raise _Stalled() from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
@@ -93,14 +113,30 @@ class LegacyPipeline:
         except _TooLarge:
             if not started:
                 await R.client_error(413)(scope, receive, send)
+        except _Stalled:
+            log.info("%s: the request body stopped arriving; cut off", scope["path"])
+            if not started:
+                await R.client_error(408)(scope, receive, send)
         except Exception:
             log.exception("unhandled error in %s", scope["path"])
             if not started:
                 await R.failed(SERVICE_ERROR)(scope, receive, send)
 
 
-class _TooLarge(Exception):
+class _BodyAborted(Exception):
+    """Reading the body was given up: the pipeline answers (413, 408), not the endpoint."""
+
+
+class _TooLarge(_BodyAborted):
     """A body grew past its limit while being read."""
+
+
+class _Stalled(_BodyAborted):
+    """A body stopped arriving (or arrived too slowly) while being read."""
+
+
+def _header(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
 
 
 def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService]],
@@ -119,7 +155,7 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
     app = FastAPI(title="ScheduleMaster legacy API", docs_url=None, redoc_url=None,
                   openapi_url=None, lifespan=lifespan)
 
-    app.add_middleware(LegacyPipeline)
+    app.add_middleware(LegacyPipeline, auth=auth)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_errors(request: Request, exc: StarletteHTTPException):
@@ -194,6 +230,7 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
         from schedulemaster.master import mirror_settings
 
         delayed_configs.invalidate()
+        state["service"].configs.invalidate()
         await mirror_settings(state["service"].client, store)
 
     delayed_configs = add_delayed_routes(app, store, guarded, _form, lambda: state["service"].tz)
@@ -211,7 +248,7 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
             try:
                 form = await request.form(max_files=1, max_fields=10, max_part_size=UPLOAD_LIMIT)
                 files = [v for k, v in form.multi_items() if k.lower() == "file" and not isinstance(v, str)]
-            except _TooLarge:
+            except _BodyAborted:
                 raise
             except Exception:
                 values.broken = True

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from fastapi import FastAPI, Request
 
 from schedulemaster.flows import delayed_callback as cb
+from schedulemaster.flows import targets
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.binding import F, FormValues, bind, id_from_form_or_query, page_bounds
 from schedulemaster.ms_compat.delayed_store import LATE_AFTER, STATUS_TEXT, DuplicateIds, host_of, utcnow
@@ -74,14 +75,17 @@ TEXT_FIELDS = ("SourceApp", "Topic", "ContentKey", "NotifyUrl", "NotifyDataType"
 
 
 def unsendable(url: str, data_type: str, body: str, executors: list[str],
-               texts: dict[str, str | None]) -> str | None:
-    """Why a delayed task could never be sent or stored, or None. Shared by Create and by the
-    import of an original database (ms_compat/import_target.py)."""
+               texts: dict[str, str | None], policy: targets.NetworkPolicy | None = None) -> str | None:
+    """Why a delayed task could never be sent, must not be, or could not be stored, or None.
+    Shared by Create and by the import of an original database (ms_compat/import_target.py).
+    A host name is not resolved here: Create does it off the event loop (``targets.acheck_url``)."""
     try:
+        targets.check_url(url, "NotifyUrl", policy or targets.NetworkPolicy(), resolve=False)
         cb.check_url(url.strip())
         if data_type.strip().lower() == cb.FORM:
+            targets.check_json_depth(body, "NotifyBody")
             cb.form_pairs(body.replace("\r\n", ""))
-    except cb.CallbackError as exc:
+    except (cb.CallbackError, targets.TargetError) as exc:
         return str(exc)
     if any(len(e) > 100 or "," in e for e in executors):
         return "Executors 中的节点名最长 100 个字符，且不能含逗号"
@@ -94,7 +98,7 @@ def unsendable(url: str, data_type: str, body: str, executors: list[str],
 
 
 def row_for_create(m: dict[str, Any], user: SystemUser, tz: str, default_pattern: str,
-                   now: datetime) -> dict[str, Any]:
+                   now: datetime, policy: targets.NetworkPolicy | None = None) -> dict[str, Any]:
     """The row a bound ScheduleDelayedInfo becomes; raises Refused for what cannot run."""
     pattern = (m.get("DelayPattern") or default_pattern or "Relative").strip().capitalize()
     if pattern not in ("Relative", "Absolute"):
@@ -115,7 +119,7 @@ def row_for_create(m: dict[str, Any], user: SystemUser, tz: str, default_pattern
             raise Refused("DelayAbsoluteTime 不能晚于十年之后")
     executors = [e.strip() for e in m.get("Executors") or [] if e and e.strip()]
     problem = unsendable(m["NotifyUrl"], m["NotifyDataType"], m["NotifyBody"], executors,
-                         {k: m.get(k) for k in TEXT_FIELDS})
+                         {k: m.get(k) for k in TEXT_FIELDS}, policy)
     if problem:
         raise Refused(problem)
     given = m.get("Id")
@@ -189,10 +193,13 @@ def add_delayed_routes(app: FastAPI, store: Store, guarded, form_of, tz_of: Call
     @app.post("/api/delaytask/create")
     async def create(request: Request):
         async def act(m, user: SystemUser):
+            settings = configs.get()
+            policy = targets.NetworkPolicy.from_settings(settings)
             try:
-                row = row_for_create(m, user, tz_of(), configs.get().get("DelayTask_DelayPattern", "Relative"),
-                                     utcnow())
-            except Refused as exc:
+                row = row_for_create(m, user, tz_of(), settings.get("DelayTask_DelayPattern", "Relative"),
+                                     utcnow(), policy)
+                await targets.acheck_url(row["notifyurl"], "NotifyUrl", policy)
+            except (Refused, targets.TargetError) as exc:
                 return R.failed(str(exc))
             try:
                 await insert([row])
@@ -231,12 +238,15 @@ def add_delayed_routes(app: FastAPI, store: Store, guarded, form_of, tz_of: Call
             return R.validation_problem(errors)
 
         async def act(_m, user: SystemUser):
-            now, pattern = utcnow(), configs.get().get("DelayTask_DelayPattern", "Relative")
+            settings = configs.get()
+            now, pattern = utcnow(), settings.get("DelayTask_DelayPattern", "Relative")
+            policy = targets.NetworkPolicy.from_settings(settings)
             rows = []
             for i, m in enumerate(models):
                 try:
-                    rows.append(row_for_create(m, user, tz, pattern, now))
-                except Refused as exc:
+                    rows.append(row_for_create(m, user, tz, pattern, now, policy))
+                    await targets.acheck_url(rows[-1]["notifyurl"], "NotifyUrl", policy)
+                except (Refused, targets.TargetError) as exc:
                     return R.failed(f"第 {i} 项：{exc}", {"Index": i})
             try:
                 ids = await insert(rows)

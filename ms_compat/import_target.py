@@ -114,6 +114,12 @@ def decide(exists: bool, ledger: ImportLedger | None, source_fp: str, would_fp: 
     return "conflict", "changed in the original and here since the last import: nothing written (--overwrite)"
 
 
+#: A dry run compares secrets (password hashes, ``*Pwd`` settings) as if they had changed:
+#: answering "kept" for the stored value and "updated" for any other made the dry run an
+#: oracle for guessing them, 500 guesses a request.
+DRY_RUN_SECRET = "\x00not compared in a dry run"
+DRY_RUN_NOTE = "a dry run never compares secrets: shown as if the password changed"
+
 _PAST = {"create": "created", "update": "updated", "keep": "kept", "conflict": "conflict"}
 
 
@@ -171,8 +177,11 @@ class ImportTarget:
                 if rule is not None and not rule[0](value):
                     out.append(Outcome("setting", key, "failed", f"invalid value {value[:50]!r} (expected {rule[1]})"))
                     continue
-                fp = fingerprint(value)
+                secret = key.endswith("Pwd")
+                fp = fingerprint(DRY_RUN_SECRET if secret and opts.dry_run else value)
                 action, why = decide(True, ledger.get(key), fp, fp, fingerprint(current[key]), opts.overwrite)
+                if secret and opts.dry_run:
+                    why = "; ".join(filter(None, [why, DRY_RUN_NOTE]))
                 if action == "update" and not opts.dry_run:
                     def write(key=key, value=value, fp=fp):
                         with Session(self.store.engine) as s:
@@ -226,6 +235,8 @@ class ImportTarget:
                 out.append(Outcome("user", item["username"], "failed", "a field contains a NUL character"))
                 continue
             content = {k: item.get(k) for k in USER_CONTENT}
+            if opts.dry_run:  # never answer whether a guessed password hash matches (see DRY_RUN_SECRET)
+                content["password"] = DRY_RUN_SECRET
             fp = fingerprint(content)
             try:
                 with Session(self.store.engine) as s:
@@ -270,6 +281,8 @@ class ImportTarget:
                                        str(target.id))
                         s.commit()
                         ids_by_name[key] = target.id
+                    if opts.dry_run and target is not None:
+                        notes.append(DRY_RUN_NOTE)
                     out.append(Outcome("user", item["username"], _PAST[action], "; ".join(notes),
                                        str(target.id) if target is not None and target.id is not None else None))
             except Exception as exc:  # one bad row must not abort the others

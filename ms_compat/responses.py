@@ -68,6 +68,7 @@ _CLIENT_ERRORS = {
     401: ("https://tools.ietf.org/html/rfc7235#section-3.1", "Unauthorized"),
     404: ("https://tools.ietf.org/html/rfc7231#section-6.5.4", "Not Found"),
     405: ("https://tools.ietf.org/html/rfc7231#section-6.5.5", "Method Not Allowed"),
+    408: ("https://tools.ietf.org/html/rfc7231#section-6.5.7", "Request Timeout"),
     413: ("https://tools.ietf.org/html/rfc7231#section-6.5.11", "Payload Too Large"),
     415: ("https://tools.ietf.org/html/rfc7231#section-6.5.13", "Unsupported Media Type"),
 }

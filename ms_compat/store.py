@@ -56,6 +56,8 @@ DEFAULT_CONFIGS = [
     ("Assembly_ImagePullPolicy", "程序集配置", "文件包拉取策略", "Always"),
     ("Http_RequestTimeout", "HTTP配置", "请求超时时间", "10"),
     ("Http_FailOnNon2xx", "HTTP配置", "非2xx响应视为失败 (extension)", "false"),
+    ("Http_DeniedNetworks", "HTTP配置", "禁止访问的网段 (extension; 链路本地与云元数据地址总是禁止)", ""),
+    ("Http_AllowedNetworks", "HTTP配置", "放行的网段 (extension; 例外于禁止的网段)", ""),
     ("System_WorkerUnHealthTimes", "系统配置", "Worker允许无响应次数", "3"),
     ("DelayTask_DelayPattern", "延时任务配置", "延迟模式", "Relative"),
     ("DelayTask_RetryTimes", "延时任务配置", "重试次数", "3"),

@@ -19,14 +19,17 @@ from schedulemaster.deployments import chain, plan, quartz
 from schedulemaster.deployments.failover import POLICIES
 from schedulemaster.deployments import tasks as dep
 from schedulemaster.deployments.tasks import Status, TaskRecord
+from schedulemaster.flows import targets
 from schedulemaster.flows.http_task import HttpTaskError, parse_params
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.binding import page_bounds
-from schedulemaster.ms_compat.store import Store, SystemUser
+from schedulemaster.ms_compat.store import Configs, Store, SystemUser
 
 log = logging.getLogger("schedulemaster.api")
 
-HTTP_METHOD_RE = r"^[A-Za-z]{1,10}$"
+FORM = "application/x-www-form-urlencoded"
+MIN_YEAR = 1970  # StartDate / EndDate before it are typos (year 1 was seen)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SERVICE_ERROR = "服务出现异常请稍后再试！"
 PLUGIN_START_TIMEOUT = 60  # seconds a Start waits for the node to load and initialize a plugin
 
@@ -43,6 +46,7 @@ class TaskService:
         self.tz = timezone_name
         self.work_pool = work_pool
         self.parameter_schema = parameter_schema
+        self.configs = Configs(store)  # the network policy for HTTP targets, read through a cache
 
     # ---- helpers ------------------------------------------------------------------
     def now_local(self) -> datetime:
@@ -115,6 +119,15 @@ class TaskService:
         """The task spec a bound ScheduleInfo describes, or TaskError saying what is wrong.
         ``records``: every task by id, when the caller has them (an import batch reads them
         once instead of once per task)."""
+        for key, value in m.items():
+            if isinstance(value, str) and "\x00" in value:
+                raise TaskError(f"{key} 不能包含 NUL (\\0) 字符")
+        for key in ("CustomParamsJson", "HttpHeaders") + (
+                ("HttpBody",) if (m.get("HttpContentType") or "").strip().lower() == FORM else ()):
+            try:
+                targets.check_json_depth(m.get(key), key)
+            except targets.TargetError as exc:
+                raise TaskError(str(exc)) from None
         meta = m.get("MetaType") or 0
         if meta not in (1, 2):
             raise TaskError(f"MetaType 必须是 1 (程序集任务) 或 2 (HTTP任务)，收到 {meta}")
@@ -136,23 +149,28 @@ class TaskService:
             url = (m.get("HttpRequestUrl") or "").strip()
             if not url.lower().startswith(("http://", "https://")):
                 raise TaskError("HTTP任务的请求地址 (HttpRequestUrl) 必须是 http:// 或 https:// 开头的绝对地址")
-            method = (m.get("HttpMethod") or "GET").strip().upper()
-            if not re.match(HTTP_METHOD_RE, method):
-                raise TaskError(f"HttpMethod '{method}' 不是有效的HTTP方法")
             ctype = (m.get("HttpContentType") or "").strip()
+            if _CONTROL.search(ctype):
+                raise TaskError("HttpContentType 不能包含控制字符 (CR/LF)")
             try:
-                parse_params(m.get("HttpHeaders"))
-                if ctype.lower() == "application/x-www-form-urlencoded":
+                policy = targets.NetworkPolicy.from_settings(await asyncio.to_thread(self.configs.get))
+                url = await targets.acheck_url(url, "HttpRequestUrl", policy)
+                method = targets.check_method(m.get("HttpMethod") or "GET")
+            except targets.TargetError as exc:
+                raise TaskError(str(exc)) from None
+            try:
+                targets.check_headers(parse_params(m.get("HttpHeaders")))
+                if ctype.lower() == FORM:
                     parse_params(m.get("HttpBody"))
             except HttpTaskError as exc:
                 raise TaskError(f"HttpHeaders / HttpBody 格式错误：{exc}") from None
+            except targets.TargetError as exc:
+                raise TaskError(str(exc)) from None
             http = {"RequestUrl": url, "Method": method, "ContentType": ctype,
                     "Headers": m.get("HttpHeaders"), "Body": m.get("HttpBody")}
         else:
             if not m.get("AssemblyName") or not m.get("ClassName"):
                 raise TaskError("程序集任务必须填写 AssemblyName 和 ClassName")
-        # Unknown keeper ids are kept, as the original did (its own API example sends 1 and 2
-        # on a fresh install): a keeper that is not a user with an email gets no mail.
         keepers = list(dict.fromkeys(m.get("Keepers") or []))
         nexts = [str(n) for n in dict.fromkeys(m.get("Nexts") or [])]
         await self.check_nexts(task_id, nexts, records)
@@ -166,7 +184,7 @@ class TaskService:
         blocks = [b.strip() for b in dict.fromkeys(m.get("NotifyBlocks") or []) if b and b.strip()]
         await self.check_blocks(blocks)
         base = existing or {}
-        return {
+        spec = {
             "Id": str(task_id), "Title": m["Title"], "MetaType": meta, "Remark": m.get("Remark"),
             "RunLoop": run_loop, "CronExpression": cron,
             "AssemblyName": m.get("AssemblyName") if meta == 1 else None,
@@ -181,6 +199,29 @@ class TaskService:
             "NotifyBlocks": blocks, "FailoverPolicy": policy,
             "TimeZone": self.tz, "StartedAt": None,
         }
+        return spec
+
+    @staticmethod
+    def check_fires(m: dict[str, Any], spec: dict[str, Any]) -> None:
+        """A task created or edited to never fire is a mistake (a cron like ``0 0 0 31 2 ?``,
+        a past year, EndDate in year 1). Not on import: an original's expired task comes over
+        Stopped, as history."""
+        for key in ("StartDate", "EndDate"):
+            if m.get(key) is not None and m[key].year < MIN_YEAR:
+                raise TaskError(f"{key} 不能早于 {MIN_YEAR} 年")
+        if spec.get("RunLoop") and plan.next_fire(spec, datetime.now(timezone.utc)) is None:
+            raise TaskError(f"cron表达式 '{spec.get('CronExpression')}' 在"
+                            f"{'结束时间 (EndDate) 之前' if spec.get('EndDate') else '今后'}没有任何触发时间，任务永远不会执行")
+
+    async def check_keepers(self, keepers: list[int]) -> None:
+        """Keepers must be accounts here: an unknown id would silently mail nobody. Checked on
+        Create and Edit; the import drops and reports the ones it cannot map."""
+        bad = [k for k in keepers if k < 1]
+        if not bad and keepers:
+            found = {u.id for u in await asyncio.to_thread(self.store.users_by_ids, keepers) if u.status != -1}
+            bad = [k for k in keepers if k not in found]
+        if bad:
+            raise TaskError(f"Keepers 中的用户不存在：{', '.join(map(str, bad[:10]))}")
 
     async def check_executors(self, executors: list[str]) -> None:
         """Every executor a Create or Edit names must be a node this master knows (a worker
@@ -233,7 +274,9 @@ class TaskService:
     async def create(self, m: dict[str, Any], user: SystemUser):
         task_id = uuid.uuid4()
         spec = await self.build_spec(m, task_id, user, None)
+        self.check_fires(m, spec)
         await self.check_executors(spec["Executors"])
+        await self.check_keepers(spec["Keepers"])
         try:
             await self.repo.create(task_id, spec, self.work_pool, self.parameter_schema)
         except Exception:
@@ -253,8 +296,10 @@ class TaskService:
         if rec.status != Status.Stop:
             return R.failed("在停止状态下才能编辑任务信息!")
         spec = await self.build_spec(m, task_id, user, rec.spec)
+        self.check_fires(m, spec)
         # only the names this edit adds: an imported task keeps its old nodes' names
         await self.check_executors([e for e in spec["Executors"] if e not in (rec.spec.get("Executors") or [])])
+        await self.check_keepers([k for k in spec["Keepers"] if k not in (rec.spec.get("Keepers") or [])])
         try:
             await self.repo.write(task_id, spec, Status.Stop, rename=spec["Title"] != rec.spec.get("Title"))
         except Exception:

@@ -23,7 +23,7 @@ log = logging.getLogger("schedulemaster.master")
 class _Server:
     """A uvicorn server whose signals the master handles (two servers share one loop)."""
 
-    def __init__(self, app, host: str, port: int):
+    def __init__(self, app, host: str, port: int, trusted_proxies: str = ""):
         import uvicorn
 
         class Quiet(uvicorn.Server):
@@ -31,8 +31,12 @@ class _Server:
             def capture_signals(self):
                 yield
 
+        # X-Forwarded-For names the client only when a listed proxy sent it (uvicorn trusts
+        # 127.0.0.1 by default: any local process could then pose as any address)
         self.server = Quiet(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                           lifespan="on", timeout_graceful_shutdown=5))
+                                           lifespan="on", timeout_graceful_shutdown=5,
+                                           proxy_headers=bool(trusted_proxies),
+                                           forwarded_allow_ips=trusted_proxies or None))
 
     async def serve(self) -> None:
         await self.server.serve()
@@ -195,7 +199,7 @@ async def serve_master(settings: Settings) -> None:
     legacy_app = create_legacy_app(store, make_service, close, packages, info={
         "PrefectApiUrl": settings.prefect_api_url, "Version": _version()})
     servers = [_Server(prefect_app, settings.prefect_host, settings.prefect_port),
-               _Server(legacy_app, settings.api_host, settings.api_port)]
+               _Server(legacy_app, settings.api_host, settings.api_port, settings.trusted_proxies)]
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -37,6 +37,9 @@ class Settings:
     prefect_port: int = 4200
     timezone: str = field(default_factory=local_timezone)
     work_pool: str = "schedulemaster"
+    #: proxies whose X-Forwarded-For the legacy API believes (comma-separated addresses or
+    #: networks; none by default)
+    trusted_proxies: str = ""
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -49,6 +52,7 @@ class Settings:
         s.prefect_port = int(e.get("SM_PREFECT_PORT", s.prefect_port))
         s.timezone = e.get("SM_TIMEZONE", s.timezone)
         s.work_pool = e.get("SM_WORK_POOL", s.work_pool)
+        s.trusted_proxies = e.get("SM_TRUSTED_PROXIES", s.trusted_proxies).strip()
         return s
 
     def to_env(self) -> dict[str, str]:
@@ -61,6 +65,7 @@ class Settings:
             "SM_PREFECT_PORT": str(self.prefect_port),
             "SM_TIMEZONE": self.timezone,
             "SM_WORK_POOL": self.work_pool,
+            "SM_TRUSTED_PROXIES": self.trusted_proxies,
         }
 
     @property

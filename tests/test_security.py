@@ -151,3 +151,184 @@ def test_a_node_is_its_token_not_its_incarnation(system):
             assert r.status_code == 403, (path, headers, r.text)
         assert system.pf("POST", "/schedulemaster/firings", json=[], headers=headers).status_code == 403
     system.wait_node()  # the real worker1 went on claiming
+
+
+def test_the_import_dry_run_is_no_password_oracle(system):
+    from helpers import AUTH, md5
+
+    assert system.get("QueryList", {"pageNumber": 1, "pageSize": 1}, headers=AUTH).status_code == 200  # admin / 111111
+
+    def dry(kind: str, items: list[dict]) -> list[dict]:
+        r = system.pf("POST", f"/schedulemaster/import/{kind}", json={"options": {"dry_run": True}, "items": items})
+        assert r.status_code == 200, r.text
+        return [{k: o[k] for k in ("action", "message")} for o in r.json()["outcomes"]]
+
+    admin = {"id": 1, "username": "admin", "realname": "超级管理员", "phone": None, "email": None, "status": 1,
+             "createtime": "2024-01-01T00:00:00"}
+    right, wrong = dry("users", [dict(admin, password=md5("111111")), dict(admin, password=md5("guess"))])
+    assert right == wrong, (right, wrong)
+    right, wrong = dry("settings", [{"key": "Email_FromAccountPwd", "value": ""},
+                                    {"key": "Email_FromAccountPwd", "value": "guess"}])
+    assert right == wrong, (right, wrong)
+    assert system.get("QueryList", {"pageNumber": 1, "pageSize": 1}, headers=AUTH).status_code == 200  # unchanged
+
+
+# ---- hostile input at Create / Edit / DelayTask Create --------------------------------------
+
+def _http_task(receiver, **fields) -> dict[str, str]:
+    return {"Title": "hostile", "MetaType": "2", "RunLoop": "true", "CronExpression": "0/5 * * * * ?",
+            "HttpRequestUrl": receiver.url("/hostile"), "HttpMethod": "POST",
+            "HttpContentType": "application/json", "HttpBody": "{}", **fields}
+
+
+DEEP = "[" * 3000 + "]" * 3000
+HOSTILE_TASKS = [
+    ("HttpHeaders", {"HttpHeaders": '[{"ParamKey":"X-A","ParamValue":"v\\r\\nHost: evil"}]'}),
+    ("HttpHeaders", {"HttpHeaders": '[{"ParamKey":"X-A\\r\\nHost","ParamValue":"v"}]'}),
+    ("HttpHeaders", {"HttpHeaders": '[{"ParamKey":"Content-Length","ParamValue":"5"}]'}),
+    ("HttpHeaders", {"HttpHeaders": '[{"ParamKey":"Host","ParamValue":"evil"}]'}),
+    ("HttpHeaders", {"HttpHeaders": '[{"ParamKey":"Transfer-Encoding","ParamValue":"chunked"}]'}),
+    ("HttpRequestUrl", {"HttpRequestUrl": "http://127.0.0.1:8000/x\r\nHost: evil"}),
+    ("HttpRequestUrl", {"HttpRequestUrl": "http://127.0.0.1:0/x"}),
+    ("HttpRequestUrl", {"HttpRequestUrl": "http://127.0.0.1:99999/x"}),
+    ("HttpRequestUrl", {"HttpRequestUrl": "http://169.254.169.254/latest/meta-data/"}),
+    ("HttpRequestUrl", {"HttpRequestUrl": "http://[fe80::1]/x"}),
+    ("HttpRequestUrl", {"HttpRequestUrl": "http://metadata.google.internal/computeMetadata/v1/"}),
+    ("HttpMethod", {"HttpMethod": "FOO"}),
+    ("cron", {"CronExpression": "0 0 0 31 2 ?"}),
+    ("cron", {"CronExpression": "0 0 0 1 1 ? 2001"}),
+    ("cron", {"CronExpression": "0 0 0 31W 2 ?"}),
+    ("EndDate", {"EndDate": "0001-01-01 00:00:00"}),
+    ("Keepers", {"Keepers": "-1"}),
+    ("Keepers", {"Keepers": "987654"}),
+    ("Title", {"Title": "a\x00b"}),
+    ("CustomParamsJson", {"CustomParamsJson": DEEP}),
+    ("HttpHeaders", {"HttpHeaders": DEEP}),
+    ("HttpBody", {"HttpContentType": "application/x-www-form-urlencoded", "HttpBody": DEEP[:1000]}),
+]
+
+
+@pytest.mark.parametrize("field,fields", HOSTILE_TASKS, ids=[f"{f}-{i}" for i, (f, _) in enumerate(HOSTILE_TASKS)])
+def test_hostile_task_fields_are_refused_with_the_field_named(system, receiver, field, fields):
+    before = system.get("QueryList", {"pageNumber": 1, "pageSize": 1}).json()["total"]
+    r = system.post("Create", data=_http_task(receiver, **fields))
+    assert r.status_code in (200, 400), r.text
+    body = r.json()
+    if r.status_code == 200:
+        assert body["Success"] is False and field.lower() in body["Message"].lower(), body
+    else:
+        assert any(field.lower() in k.lower() for k in body["errors"]), body
+    assert system.get("QueryList", {"pageNumber": 1, "pageSize": 1}).json()["total"] == before
+
+
+def test_hostile_fields_are_refused_at_edit_and_the_task_is_unchanged(system, receiver):
+    tid = system.create_http(receiver.url("/hostile-edit"), cron="0 0 3 * * ?", Title="edit me")
+    try:
+        for _field, fields in HOSTILE_TASKS[:6]:
+            r = system.post("Edit", data=_http_task(receiver, Id=tid, **fields)).json()
+            assert r["Success"] is False, r
+        d = system.detail(tid)
+        assert d["Title"] == "edit me"
+        spec = system.pf("GET", f"/deployments/{tid}").json()["parameters"]["task"]
+        assert spec["Http"]["Headers"] in (None, "") and spec["Http"]["RequestUrl"] == receiver.url("/hostile-edit")
+    finally:
+        system.post("Delete", data={"id": tid})
+
+
+def test_metadata_addresses_can_be_allowed_by_a_setting(system, receiver):
+    from helpers import AUTH
+
+    cfg = lambda **v: httpx.post(f"{system.api}/api/System/SaveConfig", data=v, headers=AUTH, timeout=30).json()  # noqa: E731
+    assert cfg(Http_AllowedNetworks="not a network")["Success"] is False
+    assert cfg(Http_AllowedNetworks="169.254.0.0/16")["Success"] is True
+    try:
+        r = system.post("Create", data=_http_task(receiver, HttpRequestUrl="http://169.254.1.1/x",
+                                                    CronExpression="0 0 3 * * ?", Title="allowed now")).json()
+        assert r["Success"], r
+        system.post("Delete", data={"id": r["Data"]})
+        assert cfg(Http_DeniedNetworks="10.99.0.0/16")["Success"] is True
+        r = system.post("Create", data=_http_task(receiver, HttpRequestUrl="http://10.99.1.1/x")).json()
+        assert r["Success"] is False and "HttpRequestUrl" in r["Message"]
+    finally:
+        cfg(Http_AllowedNetworks="", Http_DeniedNetworks="")
+
+
+HOSTILE_CALLBACKS = [
+    {"NotifyUrl": "http://169.254.169.254/latest/meta-data/"},
+    {"NotifyUrl": "http://127.0.0.1:8000/x\r\nHost: evil"},
+    {"NotifyUrl": "http://127.0.0.1:0/x"},
+    {"NotifyUrl": "http://metadata.google.internal/"},
+    {"NotifyDataType": "application/x-www-form-urlencoded", "NotifyBody": DEEP[:1000]},
+]
+
+
+@pytest.mark.parametrize("fields", HOSTILE_CALLBACKS, ids=[str(i) for i in range(len(HOSTILE_CALLBACKS))])
+def test_hostile_delayed_callbacks_are_refused(system, receiver, fields):
+    from helpers import AUTH
+
+    key = f"hostile-{uuid.uuid4()}"
+    data = {"SourceApp": "sec", "Topic": "hostile", "ContentKey": key, "DelayTimeSpan": "60",
+            "NotifyUrl": receiver.url("/cb"), "NotifyDataType": "application/json", "NotifyBody": "{}", **fields}
+    r = httpx.post(f"{system.api}/api/DelayTask/Create", data=data, headers=AUTH, timeout=30).json()
+    assert r["Success"] is False and "Notify" in r["Message"], r
+    rows = httpx.get(f"{system.api}/api/DelayTask/QueryList", headers=AUTH, timeout=30,
+                     params={"contentKey": key, "pageNumber": 1, "pageSize": 10}).json()["Data"]
+    assert rows["total"] == 0
+
+
+# ---- bodies, throttling ----------------------------------------------------------------------
+
+def test_a_large_body_is_refused_before_it_is_read(system):
+    """Without credentials, a 10 MiB batch is answered 401 before its body is read: the
+    client is still sending when the answer comes."""
+    import socket
+    import time
+
+    for path in ("/api/DelayTask/CreateBatch", "/api/Task/UploadPlugin"):
+        with socket.create_connection(("127.0.0.1", system.api_port), timeout=10) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {10 * 1024 * 1024}\r\n\r\n".encode() + b"[" * 1024)
+            t0 = time.monotonic()
+            answer = sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+            assert time.monotonic() - t0 < 10
+
+
+def test_a_body_that_stops_arriving_is_cut_off(system):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", system.api_port), timeout=60) as sock:
+        sock.sendall(b"POST /api/Task/Create HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                     b"Content-Length: 1000\r\n\r\nTitle=half")
+        answer = sock.recv(4096)  # the server answers, then closes; it does not wait for good
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+
+
+def _parallel_failures(system, count: int, wait: float, headers_of) -> int:
+    """Send ``count`` wrong logins at once; how many were answered within ``wait`` seconds."""
+    import asyncio
+
+    async def run() -> int:
+        async with httpx.AsyncClient(timeout=60) as client:
+            calls = [asyncio.create_task(client.get(f"{system.api}/api/Task/QueryList", headers=headers_of(i),
+                                                    params={"pageNumber": 1, "pageSize": 1})) for i in range(count)]
+            done, pending = await asyncio.wait(calls, timeout=wait)
+            for p in pending:
+                p.cancel()
+            assert all(d.result().status_code == 401 for d in done)
+            return len(done)
+
+    return asyncio.run(run())
+
+
+def test_login_throttling_holds_under_parallel_attempts_and_rotating_forwarded_for(system):
+    """30 wrong guesses at once: without turns all were answered at once; with them, after 5
+    free failures each waits 0.1 s more than the last, so within 3 s at most about 12 answer
+    (a slower machine answers fewer, never more)."""
+    name = f"victim-{uuid.uuid4().hex[:6]}"
+    answered = _parallel_failures(system, 30, 3.0, lambda i: {"ms_auth_user": name, "ms_auth_secret": f"guess{i}"})
+    assert answered <= 15, answered
+    name = f"victim-{uuid.uuid4().hex[:6]}"
+    answered = _parallel_failures(system, 30, 3.0, lambda i: {"ms_auth_user": name, "ms_auth_secret": f"guess{i}",
+                                                              "X-Forwarded-For": f"10.0.{i}.1"})
+    assert answered <= 15, answered  # the header is not believed: one address, one budget
