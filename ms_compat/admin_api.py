@@ -1,27 +1,36 @@
 """API extensions for what the original only offered in its console: accounts and settings.
 
 Same door as the Task API (``ms_auth_user`` / ``ms_auth_secret``), same envelope, same form
-binding; the console had no roles, so any available user may call them (behaviour notes §5).
+binding. The console had no roles; here accounts, settings and the audit trail need the admin
+role (ms_compat/roles.py), and the last enabled admin cannot be disabled, deleted or demoted.
 Passwords are stored as the original stored them (lowercase hex MD5), so existing
 ``ms_auth_secret`` values keep working after an import.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from typing import Any, Awaitable, Callable
+from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Request
 
 from schedulemaster.ms_compat import responses as R
+from schedulemaster.ms_compat import roles
 from schedulemaster.ms_compat.binding import F, FormValues, id_from_form_or_query, page_bounds
 from schedulemaster.ms_compat.store import DEFAULT_ADMIN, Store, SystemUser
 
 USER_LIST = [F("pageNumber", "int"), F("pageSize", "int"), F("name", max_length=50)]
 USER_CREATE = [F("UserName", required=True, max_length=50), F("RealName", required=True, max_length=50),
-               F("Password", max_length=50), F("Phone", max_length=15), F("Email", max_length=500)]
+               F("Password", max_length=50), F("Phone", max_length=15), F("Email", max_length=500),
+               F("Role", max_length=10)]
 USER_EDIT = [F("Id", "int", required=True), F("RealName", required=True, max_length=50),
-             F("Phone", max_length=15), F("Email", max_length=500)]
+             F("Phone", max_length=15), F("Email", max_length=500), F("Role", max_length=10)]
+AUDIT_QUERY = [F("pageNumber", "int"), F("pageSize", "int"), F("actor", max_length=50),
+               F("resource", max_length=100), F("action", max_length=20), F("kind", max_length=20),
+               F("startDate", "date"), F("endDate", "date")]
 USER_ID = [F("id", "int", required=True)]
 CHANGE_PWD = [F("OldPassword", required=True, max_length=50), F("NewPassword", required=True, max_length=50)]
 
@@ -61,7 +70,8 @@ MASK = "******"
 
 def user_row(u: SystemUser, fmt) -> dict[str, Any]:
     return {"Id": u.id, "UserName": u.username, "RealName": u.realname, "Phone": u.phone, "Email": u.email,
-            "Status": u.status, "CreateTime": fmt(u.createtime), "LastLoginTime": fmt(u.lastlogintime)}
+            "Status": u.status, "CreateTime": fmt(u.createtime), "LastLoginTime": fmt(u.lastlogintime),
+            "Role": u.role}
 
 
 def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Request], Awaitable[FormValues]],
@@ -95,8 +105,11 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
                 return R.failed(f"密码至少 {MIN_PASSWORD} 位!")
             if (why := check_contact(m)) is not None:
                 return R.failed(why)
+            role = roles.parse(m["Role"]) if m["Role"] else roles.DEFAULT_NEW
+            if role is None:
+                return R.failed(f"Role 只能是 {' / '.join(roles.ROLES)}!")
             try:
-                user = store.create_user(m["UserName"], password, m["RealName"], m["Phone"], m["Email"])
+                user = store.create_user(m["UserName"], password, m["RealName"], m["Phone"], m["Email"], role)
             except ValueError:
                 return R.failed("用户名已存在!")
             return R.ok("账号创建成功!", user.id)
@@ -108,7 +121,15 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
         async def act(m, _user):
             if (why := check_contact(m)) is not None:
                 return R.failed(why)
-            if not store.update_user(m["Id"], realname=m["RealName"], phone=m["Phone"], email=m["Email"]):
+            values = {"realname": m["RealName"], "phone": m["Phone"], "email": m["Email"]}
+            if m["Role"]:
+                role = roles.parse(m["Role"])
+                if role is None:
+                    return R.failed(f"Role 只能是 {' / '.join(roles.ROLES)}!")
+                if role != roles.ADMIN and store.enabled_admins() == [m["Id"]]:
+                    return R.failed("至少要保留一个启用的管理员账号!")
+                values["role"] = role
+            if not store.update_user(m["Id"], **values):
                 return R.failed("账号不存在!")
             return R.ok("账号编辑成功!")
 
@@ -121,6 +142,8 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
                     return R.failed("不能禁用或删除当前登录的账号!")
                 if m["id"] == 1 and status == -1:
                     return R.failed("不能删除超级管理员!")
+                if status != 1 and store.enabled_admins() == [m["id"]]:
+                    return R.failed("至少要保留一个启用的管理员账号!")
                 if not store.update_user(m["id"], status=status):
                     return R.failed("账号不存在!")
                 return R.ok(done)
@@ -203,3 +226,24 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
             return R.ok("保存成功!")
 
         return await guarded(request, [], FormValues([]) if not form.broken else form, act)
+
+
+def add_audit_route(app: FastAPI, guarded, trail, tz_of: Callable[[], str]) -> None:
+    """``GET /api/System/QueryAudit``: the audit trail, newest first (ms_compat/audit.py)."""
+
+    @app.get("/api/system/queryaudit")
+    async def query_audit(request: Request):
+        async def act(m, _user):
+            page, size = page_bounds(m["pageNumber"], m["pageSize"], 20)
+            zone = ZoneInfo(tz_of())
+            aware = lambda d: d.replace(tzinfo=zone) if d is not None else None  # noqa: E731
+            start, end = aware(m["startDate"]), aware(m["endDate"])
+            total, rows = await asyncio.to_thread(trail.query, m["actor"], m["resource"], m["action"], m["kind"],
+                                                  start, end, page, size)
+            return R.ok("请求数据成功", {"total": total, "rows": [{
+                "Id": e.id, "Time": R.fmt_date(e.at.astimezone(zone).replace(tzinfo=None)), "Actor": e.actor,
+                "Role": e.role, "Address": e.address, "Kind": e.kind, "Action": e.action, "Resource": e.resource,
+                "Outcome": e.outcome, "Message": e.message, "Changes": json.loads(e.changes or "{}")}
+                for e in rows]})
+
+        return await guarded(request, AUDIT_QUERY, FormValues(request.query_params.multi_items()), act)

@@ -8,6 +8,7 @@ then the action (200 with the envelope, whatever the business outcome).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from contextlib import asynccontextmanager
@@ -19,7 +20,9 @@ from starlette.responses import Response
 
 from schedulemaster.deployments.packages import MAX_PACKAGE_BYTES, PackageError
 from schedulemaster.ms_compat import responses as R
-from schedulemaster.ms_compat.admin_api import add_admin_routes
+from schedulemaster.ms_compat.admin_api import add_admin_routes, add_audit_route
+from schedulemaster.ms_compat import roles
+from schedulemaster.ms_compat.audit import AUDITED, AuditTrail
 from schedulemaster.ms_compat.auth import Authenticator
 from schedulemaster.ms_compat.delayed_api import BATCH_LIMIT, BATCH_PATH, add_delayed_routes
 from schedulemaster.ms_compat.history_api import add_history_routes
@@ -139,10 +142,19 @@ def _header(value: bytes | None) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
+def flat_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A task spec as the form's fields (the Http options flattened), for the audit's diff."""
+    http = spec.get("Http") or {}
+    out = {k: v for k, v in spec.items() if k not in ("Http", "StartedAt", "CreateTime")}
+    out.update({f"Http{k}": v for k, v in http.items()})
+    return out
+
+
 def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService]],
                on_shutdown: Callable[[], Awaitable[None]] | None = None, packages=None,
                info: dict[str, Any] | None = None) -> FastAPI:
     auth = Authenticator(store)
+    trail = AuditTrail(store.engine)
     state: dict[str, Any] = {}
 
     @asynccontextmanager
@@ -167,19 +179,65 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
 
     async def guarded(request: Request, fields, values: FormValues,
                       action: Callable[[dict[str, Any], Any], Awaitable[Response]]) -> Response:
+        """Binding and validation (400), the account (401), its role (403), the action; and
+        the audit trail of every change and every refused role."""
         if values.broken:
             return R.validation_problem({"": ["The request body is not a valid form."]})
         model, errors = bind(fields, values, state["service"].tz)
         if errors:
             return R.validation_problem(errors)
-        user = await auth.check(request.headers.get("ms_auth_user"), request.headers.get("ms_auth_secret"),
-                                request.client.host if request.client else "")
+        address = request.client.host if request.client else ""
+        user = await auth.check(request.headers.get("ms_auth_user"), request.headers.get("ms_auth_secret"), address)
         if user is None:
             return R.client_error(401)
+        path = request.scope["path"]
+        audited = path in AUDITED
+        submitted = (model or {k: v[0] for k, v in values.plain.items()}) if audited else {}
+        if not roles.may(user.role, path):
+            if audited:
+                await trail.record(actor=user.username, role=user.role, address=address, path=path,
+                                   fields=submitted, outcome="forbidden", message=f"needs role {roles.required(path)}")
+            return R.client_error(403)
+        before = await snapshot(path, model) if audited else None
         try:
-            return await action(model, user)
+            response = await action(model, user)
         except TaskError as exc:
-            return R.failed(str(exc))
+            response = R.failed(str(exc))
+        if audited:
+            await audit_response(request, user, address, path, submitted, model, before, response)
+        return response
+
+    async def snapshot(path: str, model: dict[str, Any]) -> dict[str, Any] | None:
+        """What an edit changes, read before it (the trail keeps old -> new)."""
+        if path == "/api/task/edit" and model.get("Id"):
+            rec = await state["service"].repo.read(model["Id"])
+            return flat_spec(rec.spec) if rec else None
+        if path == "/api/account/edit" and model.get("Id"):
+            u = await asyncio.to_thread(store.get_user, model["Id"])
+            return {"RealName": u.realname, "Phone": u.phone, "Email": u.email, "Role": u.role} if u else None
+        return None
+
+    async def audit_response(request, user, address, path, submitted, model, before, response) -> None:
+        try:
+            body = json.loads(response.body)
+        except (ValueError, AttributeError):
+            body = {}
+        ok = isinstance(body, dict) and body.get("Success") is True
+        data = body.get("Data") if isinstance(body, dict) else None
+        resource = None
+        if path in ("/api/task/create", "/api/account/create") and ok:
+            resource = str(data)
+        elif path == "/api/task/uploadplugin" and ok and isinstance(data, dict):
+            resource = str(data.get("Name"))
+        fields = submitted
+        if before is not None and ok:
+            after = await snapshot(path, model)
+            fields = {k: [before.get(k), (after or {}).get(k)] for k in sorted({*before, *(after or {})})
+                      if before.get(k) != (after or {}).get(k)}
+        await trail.record(actor=user.username, role=user.role, address=address, path=path, fields=fields,
+                           outcome="ok" if ok else "refused",
+                           message=str(body.get("Message", ""))[:500] if isinstance(body, dict) else "",
+                           resource=resource)
 
     @app.get("/api/task/querylist")
     async def query_list(request: Request):
@@ -236,6 +294,7 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
     delayed_configs = add_delayed_routes(app, store, guarded, _form, lambda: state["service"].tz)
 
     add_admin_routes(app, store, guarded, _form, R.fmt_nullable_date, settings_saved)
+    add_audit_route(app, guarded, trail, lambda: state["service"].tz)
     add_history_routes(app, guarded, lambda: state["service"].tz)
     add_node_routes(app, guarded, _form, lambda: state["service"])
 

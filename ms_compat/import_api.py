@@ -11,7 +11,7 @@ written on its own by ``ImportTarget``, so a bad row is reported and the others 
 # pydantic/FastAPI must see their real annotations, not strings naming local variables
 import logging
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, FastAPI, HTTPException
@@ -117,6 +117,8 @@ class ImportOptions(_Item):
     overwrite: bool = False
     start: bool = False
     timezone: str | None = Field(default=None, max_length=64)
+    #: the role imported accounts get (they could do everything in the original)
+    user_role: Literal["admin", "operator", "viewer"] = "admin"
 
 
 def _batch(model):

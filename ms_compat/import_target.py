@@ -89,6 +89,7 @@ class Options:
     overwrite: bool = False
     start: bool = False
     timezone: str | None = None  # the original's wall-clock zone; None: the master's
+    user_role: str = "admin"  # what imported accounts may do here (ms_compat/roles.py)
 
 
 def decide(exists: bool, ledger: ImportLedger | None, source_fp: str, would_fp: str, target_fp: str | None,
@@ -257,7 +258,7 @@ class ImportTarget:
                             notes.append(f"id {wanted} is '{taken.username}' here: imported under a new id "
                                          f"(clients sending Keepers={wanted} must change)")
                         last = item.get("lastlogintime")
-                        target = SystemUser(id=None if taken is not None else wanted,
+                        target = SystemUser(id=None if taken is not None else wanted, role=opts.user_role,
                                             createtime=_aware(item["createtime"], zone),
                                             lastlogintime=_aware(last, zone) if last else None, **content)
                     elif action == "update":

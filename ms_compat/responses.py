@@ -66,6 +66,7 @@ def validation_problem(errors: dict[str, list[str]]) -> Response:
 
 _CLIENT_ERRORS = {
     401: ("https://tools.ietf.org/html/rfc7235#section-3.1", "Unauthorized"),
+    403: ("https://tools.ietf.org/html/rfc7231#section-6.5.3", "Forbidden"),
     404: ("https://tools.ietf.org/html/rfc7231#section-6.5.4", "Not Found"),
     405: ("https://tools.ietf.org/html/rfc7231#section-6.5.5", "Method Not Allowed"),
     408: ("https://tools.ietf.org/html/rfc7231#section-6.5.7", "Request Timeout"),

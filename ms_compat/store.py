@@ -15,6 +15,7 @@ from typing import Optional
 from sqlalchemy import event
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from schedulemaster.ms_compat import roles
 from schedulemaster.ms_compat.secret import md5_hex  # noqa: F401  (re-exported: the store hashes passwords)
 
 log = logging.getLogger("schedulemaster.store")
@@ -31,6 +32,10 @@ class SystemUser(SQLModel, table=True):
     status: int = 1  # -1 deleted, 0 disabled, 1 available
     createtime: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
     lastlogintime: Optional[datetime] = None
+    #: extension (ms_compat/roles.py): admin | operator | viewer. Accounts that existed before
+    #: roles get the server default, admin: they could do everything and their clients must go on.
+    role: str = Field(default=roles.DEFAULT_NEW, max_length=10,
+                      sa_column_kwargs={"server_default": roles.DEFAULT_EXISTING})
 
 
 class SystemConfig(SQLModel, table=True):
@@ -125,7 +130,10 @@ def add_missing_columns(conn) -> list[str]:
         for column in table.columns:
             if column.name in have:
                 continue
-            default = column.default.arg if column.default is not None and column.default.is_scalar else None
+            if column.server_default is not None:
+                default = column.server_default.arg
+            else:
+                default = column.default.arg if column.default is not None and column.default.is_scalar else None
             ddl = f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {column.type.compile(conn.dialect)}'
             if default is not None:
                 ddl += " DEFAULT " + _literal(default)
@@ -172,7 +180,7 @@ class Store:
     def init(self) -> None:
         """Create the tables and seed the default account and settings (idempotent)."""
         from schedulemaster.deployments import claims  # noqa: F401  (register their tables)
-        from schedulemaster.ms_compat import delayed_store, import_target  # noqa: F401
+        from schedulemaster.ms_compat import audit, delayed_store, import_target  # noqa: F401
 
         from sqlalchemy import text
 
@@ -212,7 +220,7 @@ class Store:
         """The default account and settings, where missing (the original's EnsureCreated)."""
         if s.exec(select(SystemUser)).first() is None:
             user, pw = DEFAULT_ADMIN
-            s.add(SystemUser(username=user, password=md5_hex(pw), realname="超级管理员"))
+            s.add(SystemUser(username=user, password=md5_hex(pw), realname="超级管理员", role=roles.ADMIN))
         have = set(s.exec(select(SystemConfig.key)).all())
         for i, (key, group, name, value) in enumerate(DEFAULT_CONFIGS):
             if key not in have:
@@ -247,7 +255,7 @@ class Store:
             return u if u is not None and u.status != -1 else None
 
     def create_user(self, username: str, password: str, realname: str, phone: str | None,
-                    email: str | None) -> SystemUser:
+                    email: str | None, role: str = roles.DEFAULT_NEW) -> SystemUser:
         """Raises ValueError when the name is taken (case-insensitively, deleted accounts too)."""
         from sqlalchemy import func
 
@@ -256,12 +264,17 @@ class Store:
             if taken is not None:
                 raise ValueError(username)
             user = SystemUser(username=username, password=md5_hex(password), realname=realname,
-                              phone=phone, email=email)
+                              phone=phone, email=email, role=role)
             s.add(user)
             s.commit()
             self.user_version += 1
             s.refresh(user)
             return user
+
+    def enabled_admins(self) -> list[int]:
+        with Session(self.engine) as s:
+            return list(s.exec(select(SystemUser.id).where(SystemUser.role == roles.ADMIN,
+                                                           SystemUser.status == 1)).all())
 
     def update_user(self, user_id: int, **values) -> bool:
         """Set columns of a non-deleted account; False when there is none."""

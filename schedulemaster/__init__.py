@@ -21,6 +21,7 @@ _LAZY = {
     "connect": "connection", "current": "connection", "Connection": "connection",
     "PrefectUnavailable": "connection",
     "LegacyClient": "legacy_client", "LegacyError": "legacy_client", "LegacyAuthError": "legacy_client",
+    "LegacyForbidden": "legacy_client",
     "LegacyValidationError": "legacy_client", "LegacyUnavailable": "legacy_client",
     "task": "handles", "http_task": "handles", "delay": "handles", "get_task": "handles", "Task": "handles",
     "ScheduledFunction": "handles",

@@ -44,6 +44,9 @@ def call(api: str, user: str, password: str, method: str, path: str, **kw) -> An
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
     except LegacyError as exc:
+        if exc.http_status == 403:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1)
         if exc.http_status == 413:
             typer.echo("error: 413 Payload Too Large (the API takes 1 MiB per request, 16 MiB per batch)", err=True)
             raise typer.Exit(2)
@@ -88,7 +91,7 @@ def account_list(name: Optional[str] = typer.Option(None, "--name", help="part o
     """List the accounts (deleted ones excluded)."""
     params = {"pageNumber": 1, "pageSize": 1000, **({"name": name} if name else {})}
     data = call(api, user, password, "GET", "Account/QueryList", params=params)["Data"]
-    _table(data["rows"], ["Id", "UserName", "RealName", "Email", "Phone", "Status", "LastLoginTime"])
+    _table(data["rows"], ["Id", "UserName", "RealName", "Role", "Email", "Phone", "Status", "LastLoginTime"])
 
 
 @account_app.command("create")
@@ -98,9 +101,10 @@ def account_create(username: str = typer.Argument(...),
                                                     confirmation_prompt=True, help="the new account's password"),
                    email: Optional[str] = typer.Option(None, "--email"),
                    phone: Optional[str] = typer.Option(None, "--phone"),
+                   role: str = typer.Option("operator", "--role", help="admin | operator | viewer"),
                    api: str = Api, user: str = User, password: str = Password) -> None:
     """Create an account (user names are unique, case-insensitively)."""
-    data = {"UserName": username, "RealName": real_name, "Password": new_password,
+    data = {"UserName": username, "RealName": real_name, "Password": new_password, "Role": role,
             **({"Email": email} if email else {}), **({"Phone": phone} if phone else {})}
     body = call(api, user, password, "POST", "Account/Create", data=data)
     typer.echo(f"{body['Message']} id={body['Data']}")
@@ -111,10 +115,12 @@ def account_edit(user_id: int = typer.Argument(..., min=1),
                  real_name: str = typer.Option(..., "--real-name"),
                  email: Optional[str] = typer.Option(None, "--email"),
                  phone: Optional[str] = typer.Option(None, "--phone"),
+                 role: Optional[str] = typer.Option(None, "--role", help="admin | operator | viewer "
+                                                    "[default: unchanged]"),
                  api: str = Api, user: str = User, password: str = Password) -> None:
-    """Set an account's real name, email and phone (an option left out clears the field)."""
+    """Set an account's real name, email and phone (an option left out clears the field), and its role."""
     data = {"Id": user_id, "RealName": real_name, **({"Email": email} if email else {}),
-            **({"Phone": phone} if phone else {})}
+            **({"Phone": phone} if phone else {}), **({"Role": role} if role else {})}
     typer.echo(call(api, user, password, "POST", "Account/Edit", data=data)["Message"])
 
 

@@ -44,7 +44,8 @@ class TargetError(Exception):
 class Target:
     """The master's import endpoints, through httpx (Prefect's auth string as Basic auth)."""
 
-    def __init__(self, api_url: str, dry_run: bool, overwrite: bool, start: bool, timezone: str | None):
+    def __init__(self, api_url: str, dry_run: bool, overwrite: bool, start: bool, timezone: str | None,
+                 user_role: str = "admin"):
         import httpx
 
         headers = {"content-type": "application/json"}
@@ -55,7 +56,8 @@ class Target:
             headers["authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
         self.api_url = api_url.rstrip("/")
         self.client = httpx.Client(headers=headers, timeout=httpx.Timeout(600, connect=5))
-        self.options = {"dry_run": dry_run, "overwrite": overwrite, "start": start, "timezone": timezone}
+        self.options = {"dry_run": dry_run, "overwrite": overwrite, "start": start, "timezone": timezone,
+                        "user_role": user_role}
 
     def reachable(self) -> str | None:
         """None when the master answers, else why not."""
@@ -114,6 +116,8 @@ def import_command(
                                              "(default: this machine's, from SM_PREFECT_PORT)"),
         report: Optional[Path] = typer.Option(None, "--report", help="also write every item (kind, id, title, "
                                               "action, notes) to this file as JSON, for an audit trail"),
+        user_role: str = typer.Option("admin", "--user-role", help="the role accounts created by the import get: "
+                                      "admin (they could do everything in the original), operator or viewer"),
 ) -> None:
     """Import tasks (same ids), users (same password hashes), settings and pending delayed tasks
     from a ScheduleMaster database into the running system. Safe to run again: nothing is
@@ -136,6 +140,11 @@ def import_command(
     if report is not None and not (report.parent.is_dir() and os.access(report.parent, os.W_OK)):
         typer.echo(f"error: --report {report}: its folder does not exist or is not writable", err=True)
         raise typer.Exit(2)
+    from schedulemaster.ms_compat import roles
+
+    if roles.parse(user_role) is None:
+        typer.echo(f"error: --user-role {user_role!r}: one of {', '.join(roles.ROLES)}", err=True)
+        raise typer.Exit(2)
     t0 = time.monotonic()
     with console.status("reading the original's database..."):
         try:
@@ -145,7 +154,8 @@ def import_command(
             raise typer.Exit(1)
     plan = plan_import(snap, known_configs={k for k, *_ in DEFAULT_CONFIGS}, start=start)
     plan.timings["read"] = round(time.monotonic() - t0, 3)
-    tgt = Target(target or Settings.from_env().prefect_api_url, dry_run, overwrite, start, source_tz)
+    tgt = Target(target or Settings.from_env().prefect_api_url, dry_run, overwrite, start, source_tz,
+                 roles.parse(user_role))
     down = tgt.reachable()
     if down is not None:
         if not dry_run:

@@ -39,6 +39,10 @@ class LegacyNotFound(LegacyError):
     """The task asked for does not exist (any more)."""
 
 
+class LegacyForbidden(LegacyError):
+    """403: the account's role may not do this (ms_compat/roles.py)."""
+
+
 class LegacyAuthError(LegacyError):
     """401: a wrong user or password, or a disabled user."""
 
@@ -127,6 +131,10 @@ class LegacyClient:
             body = None
         if resp.status_code == 400 and isinstance(body, dict):
             raise LegacyValidationError(body.get("errors") or {})
+        if resp.status_code == 403:
+            raise LegacyForbidden(f"403 Forbidden: {self.user!r}'s role may not call {path} "
+                                  "(viewer: read only; operator: tasks, delayed tasks, node enable/disable; "
+                                  "admin: everything)", http_status=403)
         if resp.status_code == 413:
             raise LegacyError("413 Payload Too Large: the API takes 1 MiB per request", http_status=413)
         if resp.status_code != 200 or body is None:
@@ -259,4 +267,27 @@ class LegacyClient:
 
     def users(self, name: str | None = None) -> list[dict[str, Any]]:
         body = self.call("GET", "Account/QueryList", params={"name": name, "pageNumber": 1, "pageSize": 1000})
+        return list((body or {}).get("rows") or [])
+
+    def create_user(self, username: str, password: str, real_name: str, role: str = "operator",
+                    email: str | None = None, phone: str | None = None) -> int:
+        """``/api/Account/Create`` (admin only); ``role``: admin | operator | viewer. The new id."""
+        data = {"UserName": username, "Password": password, "RealName": real_name, "Role": role,
+                **({"Email": email} if email else {}), **({"Phone": phone} if phone else {})}
+        return int(self.call("POST", "Account/Create", data=data))
+
+    def set_role(self, user_id: int, role: str) -> str:
+        """Change an account's role, keeping its other fields (admin only)."""
+        row = next((u for u in self.users() if u["Id"] == user_id), None)
+        if row is None:
+            raise LegacyError("账号不存在!")
+        data = {"Id": user_id, "RealName": row["RealName"], "Role": role,
+                **({"Email": row["Email"]} if row.get("Email") else {}),
+                **({"Phone": row["Phone"]} if row.get("Phone") else {})}
+        return self._post_action("Account/Edit", data)
+
+    def audit(self, **filters: Any) -> list[dict[str, Any]]:
+        """``/api/System/QueryAudit`` (admin only): who changed what, newest first. Filters:
+        actor, resource, action, kind, startDate, endDate; up to 1,000 rows."""
+        body = self.call("GET", "System/QueryAudit", params={**filters, "pageNumber": 1, "pageSize": 1000})
         return list((body or {}).get("rows") or [])

@@ -5,11 +5,13 @@ Each test is the attack as it was found, and asserts the refusal.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
 import sys
 import uuid
+from datetime import datetime, timezone
 
 import httpx
 import pytest
@@ -332,3 +334,50 @@ def test_login_throttling_holds_under_parallel_attempts_and_rotating_forwarded_f
     answered = _parallel_failures(system, 30, 3.0, lambda i: {"ms_auth_user": name, "ms_auth_secret": f"guess{i}",
                                                               "X-Forwarded-For": f"10.0.{i}.1"})
     assert answered <= 15, answered  # the header is not believed: one address, one budget
+
+
+# ---- roles and the audit trail on a running system -------------------------------------------
+
+def test_an_operator_runs_tasks_a_viewer_reads_and_prefect_sees_who_did_it(system, receiver):
+    import time
+
+    from helpers import wait_until
+
+    import schedulemaster as sm
+
+    admin = sm.LegacyClient(system.api, "admin", "111111")
+    suffix = uuid.uuid4().hex[:6]
+    admin.create_user(f"op{suffix}", "secret1", "operator", role="operator")
+    admin.create_user(f"vw{suffix}", "secret1", "viewer", role="viewer")
+    op = sm.LegacyClient(system.api, f"op{suffix}", "secret1")
+    viewer = sm.LegacyClient(system.api, f"vw{suffix}", "secret1")
+    since = time.time()
+    tid = op.create_task(Title=f"operated {suffix}", MetaType=2, RunLoop=True, CronExpression="0 0 3 * * ?",
+                         HttpRequestUrl=receiver.url("/operated"), HttpMethod="GET",
+                         HttpHeaders='[{"ParamKey":"Authorization","ParamValue":"Bearer s3cr3t"}]')
+    op.start(tid)
+    assert viewer.task(tid)["Status"] == 1
+    with pytest.raises(sm.LegacyForbidden):
+        viewer.stop(tid)
+    with pytest.raises(sm.LegacyForbidden):
+        op.users()
+    op.stop(tid)
+    op.call("POST", "Task/Delete", data={"id": tid})
+    trail = admin.audit(resource=tid)
+    assert [(e["Action"], e["Actor"], e["Outcome"]) for e in trail] == [
+        ("delete", f"op{suffix}", "ok"), ("stop", f"op{suffix}", "ok"), ("stop", f"vw{suffix}", "forbidden"),
+        ("start", f"op{suffix}", "ok"), ("create", f"op{suffix}", "ok")]
+    assert trail[-1]["Changes"]["HttpHeaders"] == "******" and "s3cr3t" not in json.dumps(trail)
+
+    def events() -> list[dict]:
+        r = system.pf("POST", "/events/filter", json={"filter": {
+            "event": {"prefix": ["schedulemaster.audit.task."]},
+            "related": {"resources_in_roles": [[f"schedulemaster.user.op{suffix}", "actor"]]},
+            "occurred": {"since": datetime.fromtimestamp(since - 5, timezone.utc).isoformat()}}, "limit": 50})
+        return r.json().get("events", []) if r.status_code == 200 else []
+
+    got = wait_until(lambda: (e := events()) and len(e) >= 4 and e, timeout=30)
+    assert {e["event"] for e in got} == {f"schedulemaster.audit.task.{a}" for a in ("create", "start", "stop", "delete")}
+    assert all(e["resource"]["prefect.resource.id"] == f"schedulemaster.task.{tid}" for e in got)
+    assert "s3cr3t" not in json.dumps(got)
+    admin.close(), op.close(), viewer.close()
