@@ -92,18 +92,24 @@ class LegacyPipeline:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (BODY_TOTAL_SECONDS if limit <= MAX_BODY_BYTES else LARGE_BODY_TOTAL_SECONDS)
 
+        body_done = False
+
         async def counted_receive():
             # a chunked body has no Content-Length: count what arrives against the same limit;
             # a body that stops arriving (or trickles) is cut off instead of holding the connection
-            nonlocal received
+            nonlocal received, body_done
+            if body_done:  # after the body only a disconnect can come; no clock on that
+                return await receive()
             try:
-                message = await asyncio.wait_for(receive(), min(BODY_IDLE_SECONDS, max(0.0, deadline - loop.time())))
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(min(BODY_IDLE_SECONDS, max(0.0, deadline - loop.time()))):
+                    message = await receive()
+            except TimeoutError:
                 raise _Stalled() from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise _TooLarge()
+                body_done = not message.get("more_body", False)
             return message
 
         async def tracked_send(message):

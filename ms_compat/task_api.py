@@ -28,7 +28,7 @@ from schedulemaster.ms_compat.store import Configs, Store, SystemUser
 log = logging.getLogger("schedulemaster.api")
 
 FORM = "application/x-www-form-urlencoded"
-MIN_YEAR = 1970  # StartDate / EndDate before it are typos (year 1 was seen)
+MIN_YEAR = 1970  # a StartDate / EndDate before it is a typo (a task cannot end in year 1)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SERVICE_ERROR = "服务出现异常请稍后再试！"
 PLUGIN_START_TIMEOUT = 60  # seconds a Start waits for the node to load and initialize a plugin
@@ -184,7 +184,7 @@ class TaskService:
         blocks = [b.strip() for b in dict.fromkeys(m.get("NotifyBlocks") or []) if b and b.strip()]
         await self.check_blocks(blocks)
         base = existing or {}
-        spec = {
+        return {
             "Id": str(task_id), "Title": m["Title"], "MetaType": meta, "Remark": m.get("Remark"),
             "RunLoop": run_loop, "CronExpression": cron,
             "AssemblyName": m.get("AssemblyName") if meta == 1 else None,
@@ -199,7 +199,6 @@ class TaskService:
             "NotifyBlocks": blocks, "FailoverPolicy": policy,
             "TimeZone": self.tz, "StartedAt": None,
         }
-        return spec
 
     @staticmethod
     def check_fires(m: dict[str, Any], spec: dict[str, Any]) -> None:
