@@ -57,7 +57,9 @@ from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from helpers import AUTH, free_port  # noqa: E402
+from helpers import AUTH, bench_credential, free_port  # noqa: E402
+
+bench_credential()  # the system started here and this process's Prefect client share it
 
 GOALS = {"api_rate": 1_000, "batch_rate": 10_000, "pending": 1_000_000, "rss_mb": 200,
          "fire_rate": 1_000, "p99": 1.0}
@@ -257,6 +259,7 @@ class Up:
     def start(self, timeout: float = 300) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SM_"))}
         env.update({"PYTHONUNBUFFERED": "1",
+                    "PREFECT_SERVER_API_AUTH_STRING": os.environ["PREFECT_SERVER_API_AUTH_STRING"],
                     "SM_STORE_URL": f"{self.pg.base}/{self.pg.store_db}",
                     "SM_PREFECT_DB_URL": f"{self.pg.base.replace('postgresql://', 'postgresql+asyncpg://', 1)}"
                                          f"/{self.pg.prefect_db}"})
@@ -695,7 +698,8 @@ async def baseline_fire(session, client, up: Up, rx: Receiver, dep_id, pool: str
     say(f"  baseline fire: {len(due_by_run)} runs created in {created_in:.1f} s "
         f"({first_due - time.time():.1f} s before the first is due); starting a ProcessWorker")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update({"PREFECT_API_URL": up.prefect, "PREFECT_HOME": tempfile.mkdtemp(prefix="sm-bench-prefect-")})
+    env.update({"PREFECT_API_URL": up.prefect, "PREFECT_HOME": tempfile.mkdtemp(prefix="sm-bench-prefect-"),
+                "PREFECT_API_AUTH_STRING": os.environ["PREFECT_API_AUTH_STRING"]})
     worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"],
                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True, preexec_fn=_child_setup)

@@ -107,6 +107,7 @@ def drop_source(db: str) -> None:
 def run_import(up: Up, url: str, report: Path, *args: str) -> tuple[float, dict, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SM_"))}
     env["SM_PREFECT_PORT"] = str(up.prefect_port)
+    env["PREFECT_API_AUTH_STRING"] = os.environ["PREFECT_API_AUTH_STRING"]
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "schedulemaster.cli", "import", "--from", url, "--report", str(report),
                         *args], capture_output=True, text=True, env=env, timeout=7200)

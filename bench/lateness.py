@@ -32,13 +32,16 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from helpers import AUTH, System, free_port  # noqa: E402
+from helpers import AUTH, System, bench_credential, free_port  # noqa: E402
+
+bench_credential()  # Prefect's API needs it: the systems started here use it, and so does `call`
 
 
 def call(method: str, url: str, **kw) -> httpx.Response:
     """Prefect's API on SQLite answers 503 when the database is busy; retry like its client."""
     for attempt in range(60):
-        r = httpx.request(method, url, timeout=120, **kw)
+        r = httpx.request(method, url, timeout=120, **kw, auth=tuple(  # type: ignore[arg-type]
+            os.environ["PREFECT_API_AUTH_STRING"].split(":", 1)))
         if r.status_code != 503:
             return r
         time.sleep(min(0.25 * (attempt + 1), 2.0))
@@ -201,7 +204,8 @@ class Baseline:
 
     def start_worker(self):
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update({"PREFECT_API_URL": self.api, "PREFECT_HOME": str(Path(tempfile.mkdtemp()))})
+        env.update({"PREFECT_API_URL": self.api, "PREFECT_HOME": str(Path(tempfile.mkdtemp())),
+                    "PREFECT_API_AUTH_STRING": os.environ["PREFECT_API_AUTH_STRING"]})
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "prefect", "worker", "start", "--pool", self.pool, "--type", "process"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,

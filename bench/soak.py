@@ -307,7 +307,8 @@ class PlainWorkers:
         self.b, self.log_dir = b, log_dir
         self.procs: dict[str, subprocess.Popen] = {}
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        self.env.update({"PREFECT_API_URL": b.api, "PREFECT_HOME": tempfile.mkdtemp()})
+        self.env.update({"PREFECT_API_URL": b.api, "PREFECT_HOME": tempfile.mkdtemp(),
+                         "PREFECT_API_AUTH_STRING": os.environ["PREFECT_API_AUTH_STRING"]})
 
     def start(self, name: str) -> None:
         with open(self.log_dir / f"plain-{name}.log", "ab") as out:

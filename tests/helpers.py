@@ -45,6 +45,17 @@ def drop_databases(*names: str) -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def bench_credential() -> str:
+    """Benchmarks start their systems with a Prefect credential they chose, and use it for
+    their own clients and for the plain-Prefect workers they run against the same server.
+    Call before anything imports prefect."""
+    import secrets
+
+    value = os.environ.get("PREFECT_SERVER_API_AUTH_STRING") or "bench:" + secrets.token_urlsafe(24)
+    os.environ["PREFECT_SERVER_API_AUTH_STRING"] = os.environ["PREFECT_API_AUTH_STRING"] = value
+    return value
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -125,7 +136,7 @@ class System:
     def auth_string(self) -> str:
         """The credential Prefect's API needs: the one the test gave, else the one `up`
         generated and keeps in the data directory."""
-        value = self.env.get("PREFECT_SERVER_API_AUTH_STRING")
+        value = self.env.get("PREFECT_SERVER_API_AUTH_STRING") or os.environ.get("PREFECT_SERVER_API_AUTH_STRING")
         if value:
             return value
         return (self.data_dir / "prefect-auth").read_text().strip()

@@ -48,6 +48,7 @@ def test_cron_bad_options_exit_2(args):
     ["node", "--name", "a/b"], ["node", "--maxc", "0"], ["node", "--priority", "-1"],
     ["node", "--master", "ftp://x"], ["up", "--api-port", "70000"], ["up", "--timezone", "Nowhere/City"],
     ["up", "--api-port", "4300", "--prefect-port", "4300"],
+    ["import", "--from", "mysql://root@127.0.0.1:1/x", "--user-role", "root"],
 ])
 def test_bad_process_options_are_refused_before_anything_starts(args):
     r = sm(*args)
