@@ -76,6 +76,9 @@ async def register(client, name: str, priority: int, max_concurrency: int, incar
             client._client.headers[NODE_TOKEN_HEADER] = resp.json()["token"]
             return
         except PrefectHTTPStatusError as exc:
+            if exc.response.status_code == 401:
+                raise RuntimeError("the master refused this node's Prefect credential: set PREFECT_API_AUTH_STRING "
+                                   "to the master's auth string (on its machine: <data dir>/prefect-auth)") from None
             if exc.response.status_code != 409:
                 raise
             if loop.time() >= deadline:

@@ -153,9 +153,16 @@ class System:
         return {"PREFECT_API_AUTH_STRING": self.auth_string}
 
     def pf(self, method: str, path: str, **kw) -> httpx.Response:
-        """A call to this system's Prefect API with its credential; ``path`` after ``/api``."""
+        """A call to this system's Prefect API with its credential; ``path`` after ``/api``.
+        A 503 (Prefect on SQLite while the database is busy) is retried, as Prefect's own
+        client does."""
         kw.setdefault("timeout", 30)
-        return httpx.request(method, f"{self.prefect}{path}", auth=self.prefect_auth, **kw)
+        for attempt in range(10):
+            r = httpx.request(method, f"{self.prefect}{path}", auth=self.prefect_auth, **kw)
+            if r.status_code != 503:
+                break
+            time.sleep(min(0.5 * (attempt + 1), 3.0))
+        return r
 
     def logs(self) -> str:
         out = []

@@ -41,6 +41,7 @@ def test_plugin_task_lives_from_start_to_stop(system, receiver):
     # the configuration file in the task's own directory is reloaded when it changes
     cfg = system.data_dir / "nodes" / "worker1" / "plugins" / tid / "counter.json"
     cfg.write_text(json.dumps({"limit": 7}))
+    cfg.chmod(0o600)  # as the system's own files in its data directory (test_security checks them all)
     os.utime(cfg, ns=(time.time_ns() + 10**9,) * 2)
     seen = len(receiver.at("/counter"))
     wait_until(lambda: any(b["config"] == {"limit": 7} for b in bodies(receiver, "/counter")[seen:]), timeout=20)

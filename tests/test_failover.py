@@ -4,6 +4,7 @@ and bad input. Three nodes: `up`'s worker1 plus worker2 and worker3 in their own
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -241,8 +242,14 @@ def test_bad_node_input_is_refused_and_changes_nothing(cluster, tmp_path):
     # a name a live node holds
     dup = subprocess.run([sys.executable, "-m", "schedulemaster.cli", "node", "--name", "worker3",
                           "--prefect-port", str(s.prefect_port), "--data-dir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, env={**os.environ, **s.client_env})
     assert dup.returncode == 2 and "node worker3 is live" in dup.stdout + dup.stderr
+    # a node without the master's Prefect credential
+    stranger = subprocess.run([sys.executable, "-m", "schedulemaster.cli", "node", "--name", "stranger",
+                               "--prefect-port", str(s.prefect_port), "--data-dir", str(tmp_path)],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PREFECT_API_AUTH_STRING": "sm:wrong"})
+    assert stranger.returncode == 2 and "refused this node's Prefect credential" in stranger.stdout + stranger.stderr
     assert node_status(s, "worker3") == 2
     # a master that is not there
     down = subprocess.run([sys.executable, "-m", "schedulemaster.cli", "node", "--name", "lonely",
