@@ -194,7 +194,8 @@ def create_coordination_router(engine, live_workers: LiveWorkers,
     async def list_nodes() -> list[dict]:
         rows = await to_thread(claims.nodes, engine)
         running = await to_thread(claims.running_counts, engine)
-        return [{"name": n.name, "priority": n.priority, "max_concurrency": n.max_concurrency, "host": n.host, "started_at": n.started_at.isoformat(),
+        return [{"name": n.name, "priority": n.priority, "max_concurrency": n.max_concurrency, "host": n.host,
+                 "started_at": n.started_at.isoformat(),
                  "running": running.get(n.name, 0)} for n in rows.values()]
 
     return router

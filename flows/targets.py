@@ -17,6 +17,7 @@ would be dangerous, is refused with the field named and nothing written:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -65,10 +66,7 @@ class NetworkPolicy:
 
     @classmethod
     def from_settings(cls, configs: dict[str, str]) -> "NetworkPolicy":
-        try:
-            return cls(configs.get("Http_DeniedNetworks"), configs.get("Http_AllowedNetworks"))
-        except ValueError:  # validated when saved; a bad stored value falls back to the defaults
-            return cls()
+        return _policy(configs.get("Http_DeniedNetworks") or "", configs.get("Http_AllowedNetworks") or "")
 
     def refuses(self, address: str) -> bool:
         try:
@@ -80,6 +78,15 @@ class NetworkPolicy:
         if any(ip.version == n.version and ip in n for n in self.allowed):
             return False
         return any(ip.version == n.version and ip in n for n in self.denied)
+
+
+@functools.lru_cache(maxsize=16)
+def _policy(denied: str, allowed: str) -> NetworkPolicy:
+    """One parsed policy per settings value (a busy client creates a thousand callbacks a second)."""
+    try:
+        return NetworkPolicy(denied, allowed)
+    except ValueError:  # validated when saved; a bad stored value falls back to the defaults
+        return NetworkPolicy()
 
 
 def check_url(url: str, field: str, policy: NetworkPolicy, resolve: bool = True) -> str:

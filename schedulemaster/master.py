@@ -147,6 +147,17 @@ def prepare_credentials(settings: Settings) -> None:
     os.environ[CLIENT_KEY] = value
 
 
+def warn_default_password(settings: Settings, store) -> None:
+    from schedulemaster.credentials import is_loopback
+    from schedulemaster.ms_compat.store import DEFAULT_ADMIN, md5_hex
+
+    admin = store.user_by_name(DEFAULT_ADMIN[0])
+    if not is_loopback(settings.api_host) and admin is not None and admin.status == 1 \
+            and admin.password == md5_hex(DEFAULT_ADMIN[1]):
+        log.warning("the legacy API listens on %s:%d and account admin still has the default password: "
+                    "change it (schedulemaster account change-password)", settings.api_host, settings.api_port)
+
+
 async def serve_master(settings: Settings) -> None:
     prepare_credentials(settings)
     settings.apply_prefect_env()
@@ -173,6 +184,7 @@ async def serve_master(settings: Settings) -> None:
 
     store = Store(settings.store_url)
     store.init()
+    warn_default_password(settings, store)
     client = get_client()
     services: dict[str, TaskService] = {}
 

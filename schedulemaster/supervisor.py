@@ -129,9 +129,10 @@ def run_up(settings: Settings, node_name: str = "worker1", maxc: int = 20, echo=
         echo(f"  logs           {logs}/")
         echo("Ctrl-C stops everything.")
         if not is_loopback(settings.api_host) and default_password_in_use(settings):
-            echo(f"{RED}WARNING: the legacy API listens on {settings.api_host}:{settings.api_port} and account admin "
+            red, reset = (RED, RESET) if sys.stdout.isatty() else ("", "")
+            echo(f"{red}WARNING: the legacy API listens on {settings.api_host}:{settings.api_port} and account admin "
                  f"still has the default password 111111: anyone who reaches this machine can sign in. Change it: "
-                 f".venv/bin/schedulemaster account change-password.{RESET}")
+                 f".venv/bin/schedulemaster account change-password.{reset}")
     elif not stopping:
         echo(f"the system did not become ready; see {logs}/master.log")
     try:
