@@ -202,25 +202,24 @@ class TaskService:
 
     @staticmethod
     def check_fires(m: dict[str, Any], spec: dict[str, Any]) -> None:
-        """A task created or edited to never fire is a mistake (a cron like ``0 0 0 31 2 ?``,
-        a past year, EndDate in year 1). Not on import: an original's expired task comes over
-        Stopped, as history."""
+        """A cron that never fires again (``0 0 0 31 2 ?``, a past year, ``31W 2``) or a date
+        before 1970 is a mistake. An EndDate that has passed is not refused here: the original
+        took it and refused the Start (``任务结束时间不能小于当前时间！``), and so does this API.
+        Not on import: an original's expired task comes over Stopped, as history."""
         for key in ("StartDate", "EndDate"):
             if m.get(key) is not None and m[key].year < MIN_YEAR:
                 raise TaskError(f"{key} 不能早于 {MIN_YEAR} 年")
-        if spec.get("RunLoop") and plan.next_fire(spec, datetime.now(timezone.utc)) is None:
-            raise TaskError(f"cron表达式 '{spec.get('CronExpression')}' 在"
-                            f"{'结束时间 (EndDate) 之前' if spec.get('EndDate') else '今后'}没有任何触发时间，任务永远不会执行")
+        if spec.get("RunLoop") and plan.next_fire({**spec, "EndDate": None}, datetime.now(timezone.utc)) is None:
+            raise TaskError(f"cron表达式 '{spec.get('CronExpression')}' 今后没有任何触发时间，任务永远不会执行")
 
-    async def check_keepers(self, keepers: list[int]) -> None:
-        """Keepers must be accounts here: an unknown id would silently mail nobody. Checked on
-        Create and Edit; the import drops and reports the ones it cannot map."""
+    @staticmethod
+    def check_keepers(keepers: list[int]) -> None:
+        """An id below 1 is never an account: refused on Create and Edit. An unknown positive id
+        is kept, as the original kept it: its own sample client sends ``Keepers=1&Keepers=2`` on
+        a fresh install, where account 2 does not exist (such a keeper mails nobody)."""
         bad = [k for k in keepers if k < 1]
-        if not bad and keepers:
-            found = {u.id for u in await asyncio.to_thread(self.store.users_by_ids, keepers) if u.status != -1}
-            bad = [k for k in keepers if k not in found]
         if bad:
-            raise TaskError(f"Keepers 中的用户不存在：{', '.join(map(str, bad[:10]))}")
+            raise TaskError(f"Keepers 中的用户不存在：{', '.join(map(str, bad[:10]))}（用户 ID 从 1 开始）")
 
     async def check_executors(self, executors: list[str]) -> None:
         """Every executor a Create or Edit names must be a node this master knows (a worker
@@ -275,7 +274,7 @@ class TaskService:
         spec = await self.build_spec(m, task_id, user, None)
         self.check_fires(m, spec)
         await self.check_executors(spec["Executors"])
-        await self.check_keepers(spec["Keepers"])
+        self.check_keepers(spec["Keepers"])
         try:
             await self.repo.create(task_id, spec, self.work_pool, self.parameter_schema)
         except Exception:
@@ -298,7 +297,7 @@ class TaskService:
         self.check_fires(m, spec)
         # only the names this edit adds: an imported task keeps its old nodes' names
         await self.check_executors([e for e in spec["Executors"] if e not in (rec.spec.get("Executors") or [])])
-        await self.check_keepers([k for k in spec["Keepers"] if k not in (rec.spec.get("Keepers") or [])])
+        self.check_keepers(spec["Keepers"])
         try:
             await self.repo.write(task_id, spec, Status.Stop, rename=spec["Title"] != rec.spec.get("Title"))
         except Exception:

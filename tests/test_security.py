@@ -202,7 +202,7 @@ HOSTILE_TASKS = [
     ("cron", {"CronExpression": "0 0 0 31W 2 ?"}),
     ("EndDate", {"EndDate": "0001-01-01 00:00:00"}),
     ("Keepers", {"Keepers": "-1"}),
-    ("Keepers", {"Keepers": "987654"}),
+    ("Keepers", {"Keepers": "0"}),
     ("Title", {"Title": "a\x00b"}),
     ("CustomParamsJson", {"CustomParamsJson": DEEP}),
     ("HttpHeaders", {"HttpHeaders": DEEP}),
