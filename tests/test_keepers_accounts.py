@@ -211,6 +211,15 @@ def test_the_account_and_config_cli(system):
     dup = _cli(system, "account", "create", "CLI_USER", "--real-name", "x", "--new-password", "secret9")
     assert dup.returncode == 1 and "用户名已存在!" in dup.stderr
     as_new = _cli(system, "config", "list", env={"SM_USER": "cli_user", "SM_PASSWORD": "secret9"})
+    assert as_new.returncode == 1 and "403" in as_new.stderr  # a new account is an operator
+    uid = made.stdout.split("id=")[1].split()[0]
+    bad_role = _cli(system, "account", "edit", uid, "--real-name", "命令行", "--role", "root")
+    assert bad_role.returncode == 1 and "Role" in bad_role.stderr
+    promoted = _cli(system, "account", "edit", uid, "--real-name", "命令行", "--email", "cli@example.com",
+                    "--role", "admin")
+    assert promoted.returncode == 0, promoted.stderr
+    assert "admin" in _cli(system, "account", "list", "--name", "cli_user").stdout
+    as_new = _cli(system, "config", "list", env={"SM_USER": "cli_user", "SM_PASSWORD": "secret9"})
     assert as_new.returncode == 0 and "Http_RequestTimeout" in as_new.stdout
     wrong = _cli(system, "config", "list", env={"SM_USER": "cli_user", "SM_PASSWORD": "nope"})
     assert wrong.returncode == 1 and "401" in wrong.stderr
