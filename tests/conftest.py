@@ -2,6 +2,17 @@ import pytest
 
 from helpers import Receiver, System
 
+#: fixtures that start a live system or need a live database: a test using any of them is e2e
+LIVE_FIXTURES = {"system", "cluster", "target", "pg_target", "source", "pg_source"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark e2e every test whose fixtures start live parts, so `-m "not e2e"` is the fast
+    subset whatever a file remembered to mark (files that start systems inline mark themselves)."""
+    for item in items:
+        if LIVE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
 
 @pytest.fixture(scope="session")
 def system(tmp_path_factory):

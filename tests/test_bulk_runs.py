@@ -13,10 +13,12 @@ import uuid
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from helpers import PG, drop_databases, require_postgres
 
 HERE = Path(__file__).parent
+pytestmark = pytest.mark.e2e  # Prefect's database, migrated in a subprocess (and PostgreSQL)
 
 
 def parity(tmp_path: Path, url: str) -> dict:
