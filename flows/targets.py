@@ -91,7 +91,18 @@ def _policy(denied: str, allowed: str) -> NetworkPolicy:
 
 def check_url(url: str, field: str, policy: NetworkPolicy, resolve: bool = True) -> str:
     """The URL stripped, or TargetError saying what is wrong with it in ``field``."""
-    url = url.strip()
+    url = _check_literal(url.strip(), field, policy)
+    if resolve:
+        host = (urlsplit(url).hostname or "").rstrip(".").lower()
+        if not _is_ip(host):
+            _check_addresses(_resolve(host), field, policy)
+    return url
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_literal(url: str, field: str, policy: NetworkPolicy) -> str:
+    """What can be told from the URL's text alone; cached, since clients send the same few
+    callback URLs over and over (a thousand creates a second)."""
     if _CONTROL.search(url) or " " in url:
         raise TargetError(f"{field} 不能包含空格或控制字符 (CR/LF/NUL)")
     try:
@@ -107,8 +118,6 @@ def check_url(url: str, field: str, policy: NetworkPolicy, resolve: bool = True)
     if host in METADATA_HOSTS:
         raise TargetError(f"{field} 指向云主机的元数据服务 ({host})，不允许")
     _check_addresses([host], field, policy)
-    if resolve and not _is_ip(host):
-        _check_addresses(_resolve(host), field, policy)
     return url
 
 
@@ -118,13 +127,22 @@ async def acheck_url(url: str, field: str, policy: NetworkPolicy) -> str:
     import asyncio
 
     url = check_url(url, field, policy, resolve=False)
-    host = (urlsplit(url).hostname or "").rstrip(".").lower()
-    if not _is_ip(host):
-        hit = _resolved.get(host)
-        found = hit[0] if hit is not None and time.monotonic() - hit[1] < RESOLVE_TTL else \
-            await asyncio.to_thread(_resolve, host)
-        _check_addresses(found, field, policy)
+    await acheck_resolved(url, field, policy)
     return url
+
+
+async def acheck_resolved(url: str, field: str, policy: NetworkPolicy) -> None:
+    """The addresses a URL's host name resolves to (a URL ``check_url`` already took):
+    looked up in a thread unless known from the last minute; an IP literal costs nothing."""
+    import asyncio
+
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if _is_ip(host):
+        return
+    hit = _resolved.get(host)
+    found = hit[0] if hit is not None and time.monotonic() - hit[1] < RESOLVE_TTL else \
+        await asyncio.to_thread(_resolve, host)
+    _check_addresses(found, field, policy)
 
 
 def _check_addresses(addresses: list[str], field: str, policy: NetworkPolicy) -> None:

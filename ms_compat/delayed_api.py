@@ -78,9 +78,9 @@ def unsendable(url: str, data_type: str, body: str, executors: list[str],
                texts: dict[str, str | None], policy: targets.NetworkPolicy | None = None) -> str | None:
     """Why a delayed task could never be sent, must not be, or could not be stored, or None.
     Shared by Create and by the import of an original database (ms_compat/import_target.py).
-    A host name is not resolved here: Create does it off the event loop (``targets.acheck_url``)."""
+    A host name is not resolved here: Create does it off the event loop (``targets.acheck_resolved``)."""
     try:
-        targets.check_url(url, "NotifyUrl", policy or targets.NetworkPolicy(), resolve=False)
+        targets.check_url(url, "NotifyUrl", policy or targets.NetworkPolicy.from_settings({}), resolve=False)
         cb.check_url(url.strip())
         if data_type.strip().lower() == cb.FORM:
             targets.check_json_depth(body, "NotifyBody")
@@ -198,7 +198,7 @@ def add_delayed_routes(app: FastAPI, store: Store, guarded, form_of, tz_of: Call
             try:
                 row = row_for_create(m, user, tz_of(), settings.get("DelayTask_DelayPattern", "Relative"),
                                      utcnow(), policy)
-                await targets.acheck_url(row["notifyurl"], "NotifyUrl", policy)
+                await targets.acheck_resolved(row["notifyurl"], "NotifyUrl", policy)
             except (Refused, targets.TargetError) as exc:
                 return R.failed(str(exc))
             try:
@@ -245,7 +245,7 @@ def add_delayed_routes(app: FastAPI, store: Store, guarded, form_of, tz_of: Call
             for i, m in enumerate(models):
                 try:
                     rows.append(row_for_create(m, user, tz, pattern, now, policy))
-                    await targets.acheck_url(rows[-1]["notifyurl"], "NotifyUrl", policy)
+                    await targets.acheck_resolved(rows[-1]["notifyurl"], "NotifyUrl", policy)
                 except (Refused, targets.TargetError) as exc:
                     return R.failed(f"第 {i} 项：{exc}", {"Index": i})
             try:
