@@ -4,8 +4,8 @@
     .venv/bin/python bench/record.py --sqlite --firings 2000
     .venv/bin/python bench/record.py --profile /tmp/record.txt   # and py-spy the master
 
-Nodes fire first and record afterwards (deployments/recorder.py); the master's
-``/api/schedulemaster/firings`` endpoint (deployments/record_api.py) is what turns each firing
+Nodes fire first and record afterwards (schedulemaster/node/recorder.py); the master's
+``/api/schedulemaster/firings`` endpoint (schedulemaster/master/record_api.py) is what turns each firing
 into a flow run with its state and log lines. Its rate bounds how far the Prefect UI lags
 behind the firings under load (the soak, bench/soak.py, ran 1,000 firings/min for 100 min
 while ~10 records/s went in). Here one client posts batches of synthetic firing records (the
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers import PG, System, drop_databases  # noqa: E402
 from lateness import call, create_tasks  # noqa: E402
 
-from schedulemaster.deployments.firing import firing_id  # noqa: E402
+from schedulemaster.node.firing import firing_id  # noqa: E402
 
 
 

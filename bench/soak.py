@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from helpers import AUTH, PG, System, drop_databases  # noqa: E402
 from lateness import Baseline, ReceiverProc, call, create_tasks, pct, stop_tasks  # noqa: E402
 
-from schedulemaster.deployments.firing import firing_id  # noqa: E402
+from schedulemaster.node.firing import firing_id  # noqa: E402
 
 VICTIMS = ("worker2", "worker3")
 

@@ -63,7 +63,7 @@ async def live_nodes(client, work_pool: str) -> list[str]:
 
 
 async def node_rows(client) -> list[dict[str, Any]]:
-    """The master's nodes table (deployments/coordination_api.py): name, priority,
+    """The master's nodes table (schedulemaster/master/coordination_api.py): name, priority,
     max_concurrency, running...; raises when the master cannot answer."""
     return (await client._client.get("/schedulemaster/nodes")).json()
 
@@ -78,7 +78,7 @@ async def node_weights(client) -> dict[str, int]:
 
 async def owning_node(client, work_pool: str, task_id: uuid.UUID, spec: dict[str, Any]) -> str | None:
     """The live node that fires this task (the same weighted rendezvous choice the nodes make), if any."""
-    from schedulemaster.deployments.firing import owner
+    from schedulemaster.node.firing import owner
 
     allowed = spec.get("Executors") or []
     return owner(task_id, [n for n in await live_nodes(client, work_pool) if not allowed or n in allowed],

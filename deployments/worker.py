@@ -5,7 +5,7 @@ entry point), so it appears in its work pool in the UI, heartbeats, and picks up
 Prefect hands it: RunOnce, and runs started from the UI. It looks in its pool's ``default``
 queue, its own ``node-<name>`` queue (where RunOnce sends a task pinned to executors) and
 the ``tasks`` queue that task deployments live in (runs started from the UI).
-Scheduled firings do not come through here; see ``deployments/firing.py``.
+Scheduled firings do not come through here; see ``schedulemaster/node/firing.py``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
     #: False while the operator has disabled this node (休息): it then takes no run at all,
     #: not even from its own queue; they wait there for it or for a Start elsewhere
     accepting: Callable[[], bool] = staticmethod(lambda: True)
-    #: this process's registration (deployments/claims.py); stamped on each run it takes, so
+    #: this process's registration (schedulemaster/store/claims.py); stamped on each run it takes, so
     #: the master's failover can tell a run held by a dead process from one of its successor
     incarnation: str = ""
 
@@ -87,7 +87,7 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
 
         from schedulemaster.flows.task_flow import run_task
 
-        from schedulemaster.deployments.failover import INCARNATION_LABEL
+        from schedulemaster.master.failover import INCARNATION_LABEL
 
         if task_status is not None:
             task_status.started(str(flow_run.id))

@@ -54,7 +54,7 @@ async def run_task(task: dict[str, Any], fire: dict[str, Any] | None = None, act
     """Run one firing of a ScheduleMaster task (or, with ``action="start"``, start its plugin).
 
     ``rerun``: this run re-runs a firing (or a run) whose node died while running it
-    (deployments/failover.py): it says why, and the receiver gets the same Idempotency-Key
+    (schedulemaster/master/failover.py): it says why, and the receiver gets the same Idempotency-Key
     as the first attempt, so it can tell the two apart."""
     logger = get_run_logger()
     if fire is not None:
@@ -92,11 +92,11 @@ def _deployment_id():
 
 
 async def _run_plugin(task: dict[str, Any], action: str | None, previous_result: Any, trace_id: str) -> Any:
-    """Plugin tasks run on the node's own instance (deployments/plugins.py), which the
+    """Plugin tasks run on the node's own instance (schedulemaster/node/plugins.py), which the
     node's firing loop shares: a Start loads and initializes it here, on the node that will
     fire the task, so a plugin that cannot start fails the Start with its reason logged."""
 
-    from schedulemaster.deployments import plugins
+    from schedulemaster.node import plugins
 
     logger = get_run_logger()
     host = plugins.host()

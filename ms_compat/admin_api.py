@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat import roles
 from schedulemaster.ms_compat.binding import F, FormValues, id_from_form_or_query, page_bounds
-from schedulemaster.ms_compat.store import DEFAULT_ADMIN, Store, SystemUser
+from schedulemaster.store.db import DEFAULT_ADMIN, Store, SystemUser
 
 USER_LIST = [F("pageNumber", "int"), F("pageSize", "int"), F("name", max_length=50)]
 USER_CREATE = [F("UserName", required=True, max_length=50), F("RealName", required=True, max_length=50),
@@ -161,7 +161,7 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
     @app.post("/api/account/resetpwd")
     async def account_reset(request: Request):
         async def act(m, _user):
-            from schedulemaster.ms_compat.store import md5_hex
+            from schedulemaster.store.db import md5_hex
 
             if not store.update_user(m["id"], password=md5_hex(DEFAULT_ADMIN[1])):
                 return R.failed("账号不存在!")
@@ -175,7 +175,7 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
         async def act(m, user: SystemUser):
             import hmac
 
-            from schedulemaster.ms_compat.store import md5_hex
+            from schedulemaster.store.db import md5_hex
 
             if not hmac.compare_digest(md5_hex(m["OldPassword"]), user.password):
                 return R.failed("原密码错误!")

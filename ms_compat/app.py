@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from schedulemaster.deployments.packages import MAX_PACKAGE_BYTES, PackageError
+from schedulemaster.packages import MAX_PACKAGE_BYTES, PackageError
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.admin_api import add_admin_routes, add_audit_route
 from schedulemaster.ms_compat import roles
@@ -29,7 +29,7 @@ from schedulemaster.ms_compat.history_api import add_history_routes
 from schedulemaster.ms_compat.node_api import add_node_routes
 from schedulemaster.ms_compat.binding import (ID_ONLY, QUERY_LIST, SCHEDULE_INFO, FormValues, bind,
                                               id_from_form_or_query)
-from schedulemaster.ms_compat.store import Store
+from schedulemaster.store.db import Store
 from schedulemaster.ms_compat.task_api import SERVICE_ERROR, TaskError, TaskService
 
 log = logging.getLogger("schedulemaster.api")
@@ -291,7 +291,7 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
 
     async def settings_saved() -> None:
         """Nodes read the settings from a Prefect Variable: refresh it on every save."""
-        from schedulemaster.master import mirror_settings
+        from schedulemaster.master.process import mirror_settings
 
         delayed_configs.invalidate()
         state["service"].configs.invalidate()

@@ -21,7 +21,7 @@ from typing import Any, Optional
 from sqlalchemy import func
 from sqlmodel import Field, Session, SQLModel, select
 
-from schedulemaster.deployments.claims import UtcDateTime
+from schedulemaster.store.claims import UtcDateTime
 
 log = logging.getLogger("schedulemaster.audit")
 

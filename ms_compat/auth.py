@@ -3,7 +3,7 @@
 The secret is static and replayable by design of the original, so: compare it in constant
 time, never log it, and slow down an address that keeps failing for a user. The address is the
 TCP peer's; ``X-Forwarded-For`` counts only from a proxy listed in ``SM_TRUSTED_PROXIES``
-(schedulemaster/master.py), or rotating it would give each guess a fresh budget.
+(schedulemaster/master/process.py), or rotating it would give each guess a fresh budget.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from collections import defaultdict, deque
 
 from schedulemaster.ms_compat.secret import legacy_secret, md5_hex  # noqa: F401  (legacy_secret re-exported)
-from schedulemaster.ms_compat.store import Store, SystemUser
+from schedulemaster.store.db import Store, SystemUser
 
 MAX_HEADER = 200
 FAIL_WINDOW_S = 60.0

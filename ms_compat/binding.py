@@ -230,7 +230,7 @@ SCHEDULE_INFO: list[F] = [
     F("HttpBody", "str", max_length=2000),
     # extension: Prefect notification blocks ("slack-webhook/ops") told of every failure
     F("NotifyBlocks", "strs", max_length=20),
-    # extension: what happens to a firing whose node died while running it (deployments/failover.py)
+    # extension: what happens to a firing whose node died while running it (schedulemaster/master/failover.py)
     F("FailoverPolicy", "str", max_length=20),
     # bindable but ignored by Create, as in the original
     F("Status", "int"),

@@ -22,8 +22,8 @@ from schedulemaster.flows import delayed_callback as cb
 from schedulemaster.flows import targets
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.binding import F, FormValues, bind, id_from_form_or_query, page_bounds
-from schedulemaster.ms_compat.delayed_store import LATE_AFTER, STATUS_TEXT, DuplicateIds, host_of, utcnow
-from schedulemaster.ms_compat.store import Configs, Store, SystemUser
+from schedulemaster.store.delayed_store import LATE_AFTER, STATUS_TEXT, DuplicateIds, host_of, utcnow
+from schedulemaster.store.db import Configs, Store, SystemUser
 
 MAX_SPAN_SECONDS = 10 * 365 * 24 * 3600  # ten years: anything longer is a mistake, not a delay
 MAX_BATCH_ITEMS = 10_000

@@ -40,8 +40,8 @@ from pydantic import NaiveDatetime
 from sqlmodel import Field, Session, SQLModel, select
 
 from schedulemaster.ms_compat.delayed_api import to_utc
-from schedulemaster.ms_compat.delayed_store import utcnow
-from schedulemaster.ms_compat.store import Store, SystemUser
+from schedulemaster.store.delayed_store import utcnow
+from schedulemaster.store.db import Store, SystemUser
 
 log = logging.getLogger("schedulemaster.import")
 
@@ -186,7 +186,7 @@ class ImportTarget:
                 if action == "update" and not opts.dry_run:
                     def write(key=key, value=value, fp=fp):
                         with Session(self.store.engine) as s:
-                            from schedulemaster.ms_compat.store import SystemConfig
+                            from schedulemaster.store.db import SystemConfig
 
                             row = s.get(SystemConfig, key)
                             row.value, row.updateusername = value, "import"
@@ -436,7 +436,7 @@ class ImportTarget:
             return out
 
     def _existing_delayed(self, ids: list[str]) -> set[str]:
-        from schedulemaster.ms_compat.delayed_store import T
+        from schedulemaster.store.delayed_store import T
 
         with self.store.engine.connect() as conn:
             return set(conn.execute(select(T.c.id).where(T.c.id.in_(ids))).scalars())
@@ -603,7 +603,7 @@ async def _recorded(firing_ids: list[str]) -> set[str]:
 def delayed_row(item: dict[str, Any], tz: str) -> dict[str, Any]:
     """The store row of a pending delayed task of the original (times given in ``tz``)."""
     from schedulemaster.ms_compat.delayed_api import TEXT_FIELDS, unsendable
-    from schedulemaster.ms_compat.delayed_store import host_of
+    from schedulemaster.store.delayed_store import host_of
 
     url = (item.get("notifyurl") or "").strip()
     problem = unsendable(url, item.get("notifydatatype") or "", item.get("notifybody") or "",

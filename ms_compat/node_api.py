@@ -2,7 +2,7 @@
 
 A node's row joins what Prefect knows (the worker, its last heartbeat) with what the operator
 chose (enabled or disabled, ``deployments/node_registry.py``) and the master's nodes table
-(priority, max concurrency, the firings it runs now: ``deployments/claims.py``). Edit sets
+(priority, max concurrency, the firings it runs now: ``schedulemaster/store/claims.py``). Edit sets
 priority and concurrency; the nodes apply it within 5 s, until they restart with new flags. Status keeps the original's
 codes: 0 下线 offline (no heartbeat), 1 空闲 idle (alive but disabled: 休息), 2 运行 running
 (alive and taking tasks). Delete (删除) is refused while the node is alive, as the original
@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 
-from schedulemaster.deployments import claims
+from schedulemaster.store import claims
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.binding import F, FormValues
 

@@ -16,14 +16,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from schedulemaster.deployments import chain, plan, quartz
-from schedulemaster.deployments.failover import POLICIES
+from schedulemaster.master.failover import POLICIES
 from schedulemaster.deployments import tasks as dep
 from schedulemaster.deployments.tasks import Status, TaskRecord
 from schedulemaster.flows import targets
 from schedulemaster.flows.http_task import HttpTaskError, parse_params
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.binding import page_bounds
-from schedulemaster.ms_compat.store import Configs, Store, SystemUser
+from schedulemaster.store.db import Configs, Store, SystemUser
 
 log = logging.getLogger("schedulemaster.api")
 
@@ -227,7 +227,7 @@ class TaskService:
         that never comes. Not checked on import: an original database names its own nodes."""
         if not executors:
             return
-        from schedulemaster.deployments import claims
+        from schedulemaster.store import claims
 
         known = {w.name for w in await self.client.read_workers_for_work_pool(self.work_pool)}
         known |= set(await asyncio.to_thread(claims.nodes, self.store.engine))

@@ -18,16 +18,13 @@ from schedulemaster.sdk import (CancellationToken, FunctionTask, LogCategory, Op
 
 #: name -> module of the notebook API, imported when first asked for
 _LAZY = {
-    "connect": "connection", "current": "connection", "Connection": "connection",
-    "PrefectUnavailable": "connection",
-    "LegacyClient": "legacy_client", "LegacyError": "legacy_client", "LegacyAuthError": "legacy_client",
-    "LegacyForbidden": "legacy_client",
-    "LegacyValidationError": "legacy_client", "LegacyUnavailable": "legacy_client",
-    "task": "handles", "http_task": "handles", "delay": "handles", "get_task": "handles", "Task": "handles",
-    "ScheduledFunction": "handles",
-    "tasks": "frames", "runs": "frames", "iter_runs": "frames", "logs": "frames", "nodes": "frames",
-    "delayed": "frames", "lateness": "frames", "plot_lateness": "frames",
-    "UnshippableError": "shipping",
+    **dict.fromkeys(("connect", "current", "Connection", "PrefectUnavailable"), "notebook.connection"),
+    **dict.fromkeys(("LegacyClient", "LegacyError", "LegacyAuthError", "LegacyForbidden", "LegacyValidationError",
+                     "LegacyUnavailable"), "notebook.legacy_client"),
+    **dict.fromkeys(("task", "http_task", "delay", "get_task", "Task", "ScheduledFunction"), "notebook.handles"),
+    **dict.fromkeys(("tasks", "runs", "iter_runs", "logs", "nodes", "delayed", "lateness", "plot_lateness"),
+                    "notebook.frames"),
+    "UnshippableError": "notebook.shipping",
 }
 
 

@@ -10,7 +10,7 @@ process runs, so it is computed once.
 
 2. On SQLite, Prefect's server lets at most 100 requests in at once (``RequestLimitMiddleware``,
 a guard against concurrent SQLite writes). Node coordination (firing claims, the nodes
-table: deployments/coordination_api.py) never touches Prefect's database, yet it queued
+table: schedulemaster/master/coordination_api.py) never touches Prefect's database, yet it queued
 behind requests waiting up to 60 s for SQLite's write lock: claims took 37 s and every
 firing of those seconds was late. Those paths skip the limiter; everything else keeps it.
 """

@@ -115,7 +115,7 @@ class Settings:
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "5",
             # A dead node is OFFLINE 3 heartbeats after its last one, seen by the foreman's
-            # next loop: within ~20 s (deployments/failover.py; Prefect's defaults: ~90 s).
+            # next loop: within ~20 s (schedulemaster/master/failover.py; Prefect's defaults: ~90 s).
             "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
             "PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS": "5",
             "PREFECT_CLIENT_MAX_RETRIES": "8",

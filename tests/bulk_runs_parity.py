@@ -1,6 +1,6 @@
 """Run by tests/test_bulk_runs.py in its own process (Prefect's settings are read once per
 process): the same finished firing written by Prefect's ``create_flow_run`` and by the
-master's record path (deployments/bulk_runs.py), on the database in PREFECT_API_DATABASE_CONNECTION_URL.
+master's record path (schedulemaster/master/bulk_runs.py), on the database in PREFECT_API_DATABASE_CONNECTION_URL.
 Prints one JSON object: both versions of the run's row, its state rows, its event, its logs."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ async def main() -> dict:
     from prefect.server.database import provide_database_interface
     from prefect.server.events.clients import PrefectServerEventsClient
 
-    from schedulemaster.deployments import record_api
+    from schedulemaster.master import record_api
 
     emitted = []
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from helpers import ADMIN_SECRET, AUTH, dotnet_form, md5
-from schedulemaster.ms_compat.store import Store, SystemUser
+from schedulemaster.store.db import Store, SystemUser
 
 pytestmark = pytest.mark.e2e
 

@@ -1,4 +1,4 @@
-"""The master's bulk writer of finished runs (deployments/bulk_runs.py) against Prefect's own
+"""The master's bulk writer of finished runs (schedulemaster/master/bulk_runs.py) against Prefect's own
 ``create_flow_run``: the same firing written both ways leaves the same run row, state row,
 log lines and ``prefect.flow-run.<State>`` event, on SQLite and on PostgreSQL. Each database
 runs tests/bulk_runs_parity.py in its own process, since Prefect reads its settings once."""

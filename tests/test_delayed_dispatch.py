@@ -12,10 +12,10 @@ import pytest
 from aiohttp import web
 
 from helpers import serve_aiohttp
-from schedulemaster.deployments.delayed_dispatch import Dispatcher
+from schedulemaster.dispatcher.delayed_dispatch import Dispatcher
 from schedulemaster.ms_compat.delayed_api import row_for_create
-from schedulemaster.ms_compat.delayed_store import DelayStatus, utcnow
-from schedulemaster.ms_compat.store import Store
+from schedulemaster.store.delayed_store import DelayStatus, utcnow
+from schedulemaster.store.db import Store
 
 USER = SimpleNamespace(username="admin")
 

@@ -15,8 +15,8 @@ from aiohttp import web
 from helpers import serve_aiohttp
 from schedulemaster.flows import delayed_callback as cb
 from schedulemaster.ms_compat.delayed_api import Refused, form_of_json, row_for_create
-from schedulemaster.ms_compat.delayed_store import DelayStatus, DuplicateIds, Outcome, utcnow
-from schedulemaster.ms_compat.store import Store
+from schedulemaster.store.delayed_store import DelayStatus, DuplicateIds, Outcome, utcnow
+from schedulemaster.store.db import Store
 
 USER = SimpleNamespace(username="admin")
 TZ = "Asia/Shanghai"
@@ -249,7 +249,7 @@ def test_failures_retry_after_span_times_attempt_then_fail_with_the_original_rem
         with store.delayed.wengine.begin() as conn:   # make the retry due now
             from sqlalchemy import update
 
-            from schedulemaster.ms_compat.delayed_store import T
+            from schedulemaster.store.delayed_store import T
             conn.execute(update(T).where(T.c.id == row["id"]).values(dueat=utcnow() - timedelta(seconds=1)))
     [c] = claim_all(d, seq=3)
     s = settle_one(d, c, False)

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 import schedulemaster as sm
-from schedulemaster.deployments.firing import firing_id, owner
+from schedulemaster.node.firing import firing_id, owner
 
 from helpers import AUTH, PG, System, drop_databases, free_port, require_postgres, wait_until
 

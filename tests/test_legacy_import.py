@@ -19,7 +19,7 @@ import pytest
 from helpers import AUTH, System, wait_until
 from legacy_source import MYSQL_SCHEMA, POSTGRES_SCHEMA, Source, fill, md5
 from schedulemaster.ms_compat.legacy_import import SourceError, plan_import, read_source
-from schedulemaster.ms_compat.store import DEFAULT_CONFIGS
+from schedulemaster.store.db import DEFAULT_CONFIGS
 
 TZ = "Asia/Shanghai"  # the original's workers' wall clock, and the target system's zone
 KNOWN = {k for k, *_ in DEFAULT_CONFIGS}

@@ -11,9 +11,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from schedulemaster.deployments import claims, node_claims
-from schedulemaster.deployments.coordination_api import MAX_CLAIMS, NodeActivity
-from schedulemaster.deployments.node_claims import Claimer
+from schedulemaster.store import claims
+from schedulemaster.node import node_claims
+from schedulemaster.master.coordination_api import MAX_CLAIMS, NodeActivity
+from schedulemaster.node.node_claims import Claimer
 
 
 class FakeMaster:
@@ -178,7 +179,7 @@ def fire_at_offsets(receiver, path: str, offsets: list[float], claim_delay: floa
     """Firings of one task due at `offsets` (s) through a real FiringLoop: claims answered by a
     stand-in master after `claim_delay`, each request answered by a real receiver after
     `run_delay`. Returns (fired, skipped, arrivals)."""
-    from schedulemaster.deployments.firing import Entry, FiringLoop, utcnow
+    from schedulemaster.node.firing import Entry, FiringLoop, utcnow
     from schedulemaster.flows.http_task import new_session
 
     class SlowClaims(FakeMaster):

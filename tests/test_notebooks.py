@@ -15,7 +15,7 @@ import nbformat
 import pytest
 from nbclient.exceptions import CellExecutionError
 
-from schedulemaster.legacy_client import LegacyClient
+from schedulemaster.notebook.legacy_client import LegacyClient
 
 pytestmark = pytest.mark.e2e
 

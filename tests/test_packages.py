@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from schedulemaster.deployments import packages as P
+from schedulemaster import packages as P
 
 
 def make_zip(files: dict[str, bytes | str], links: dict[str, str] | None = None) -> bytes:

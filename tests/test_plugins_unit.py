@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 
 from schedulemaster import LogCategory, TaskBase, TaskContext
-from schedulemaster.deployments.plugins import PluginError, PluginHost
+from schedulemaster.node.plugins import PluginError, PluginHost
 
 MODULE = textwrap.dedent('''
     import asyncio, threading

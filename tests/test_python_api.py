@@ -24,8 +24,8 @@ import pandas as pd
 import pytest
 
 import schedulemaster as sm
-from schedulemaster import shipping
-from schedulemaster.deployments.plugins import instantiate, resolve
+from schedulemaster.notebook import shipping
+from schedulemaster.node.plugins import instantiate, resolve
 from schedulemaster.sdk import TaskBase, TaskContext
 
 from helpers import AUTH, wait_until
@@ -162,7 +162,7 @@ def test_a_helper_module_beside_the_notebook_travels_too(tmp_path):
 
 
 def test_a_function_calling_another_task_ships_that_tasks_function(tmp_path):
-    from schedulemaster.handles import ScheduledFunction
+    from schedulemaster.notebook.handles import ScheduledFunction
 
     def helper(context):
         return "from helper"
@@ -176,7 +176,7 @@ def test_a_function_calling_another_task_ships_that_tasks_function(tmp_path):
 
 
 def test_a_function_too_big_for_a_package_is_refused(monkeypatch):
-    import schedulemaster.deployments.packages as packages
+    import schedulemaster.packages as packages
 
     monkeypatch.setattr(packages, "MAX_PACKAGE_BYTES", 10_000)
     blob = os.urandom(50_000)
@@ -190,8 +190,8 @@ def test_a_function_too_big_for_a_package_is_refused(monkeypatch):
 
 def test_delete_says_when_the_api_is_away():
     """Only a task that is gone counts as deleted; an API that does not answer is an error."""
-    from schedulemaster.connection import Connection
-    from schedulemaster.handles import Task
+    from schedulemaster.notebook.connection import Connection
+    from schedulemaster.notebook.handles import Task
 
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
@@ -259,7 +259,7 @@ def test_unshippable_functions_are_refused_naming_what_to_change():
 
 @pytest.mark.parametrize("title", ["sync orders", "同步订单", "../../etc/passwd", "a" * 100, "x\ty\n", "🙂"])
 def test_package_names_are_importable_and_one_per_title(title):
-    from schedulemaster.deployments.packages import NAME
+    from schedulemaster.packages import NAME
 
     name = shipping.module_name(title, "0123456789abcdef")
     assert NAME.match(name) and name.startswith("smfn_") and len(name) <= 70
@@ -269,7 +269,7 @@ def test_package_names_are_importable_and_one_per_title(title):
 
 
 def test_spans_and_params_are_parsed_or_refused():
-    from schedulemaster.handles import params_json, parse_span
+    from schedulemaster.notebook.handles import params_json, parse_span
 
     assert parse_span("90s") == timedelta(seconds=90) and parse_span("2h") == timedelta(hours=2)
     assert parse_span(5) == timedelta(seconds=5) and parse_span("1.5m") == timedelta(seconds=90)

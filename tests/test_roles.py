@@ -18,7 +18,7 @@ from helpers import md5
 from schedulemaster.ms_compat import roles
 from schedulemaster.ms_compat.app import create_app
 from schedulemaster.ms_compat.audit import AUDITED
-from schedulemaster.ms_compat.store import Store
+from schedulemaster.store.db import Store
 
 
 def secret(user: str, password: str) -> dict[str, str]:

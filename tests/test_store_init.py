@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from schedulemaster.ms_compat.store import Store
+from schedulemaster.store.db import Store
 
 
 def test_concurrent_inits_of_a_sqlite_store_all_succeed(tmp_path):

@@ -19,7 +19,7 @@ from typing import Any, NoReturn, Optional
 
 import typer
 
-from schedulemaster.admin_cli import Api, Password, User, _table, call
+from schedulemaster.cli.admin_cli import Api, Password, User, _table, call
 
 delayed_app = typer.Typer(help="Delayed tasks (延时任务): one-shot HTTP callbacks.", no_args_is_help=True)
 

@@ -1,4 +1,4 @@
-"""The node's side of firing claims (deployments/claims.py): claim ahead, answer at fire time.
+"""The node's side of firing claims (schedulemaster/store/claims.py): claim ahead, answer at fire time.
 
 Claiming each firing at its instant would put a round trip to the master in front of every
 firing; instead the firing loop claims, in one call, every firing due within ``AHEAD``

@@ -6,7 +6,7 @@ another writer commits in between, SQLite refuses the upgrade (SQLITE_BUSY_SNAPS
 retry) and every run of the batch comes back "database is locked". Under 20 firings/s that
 refused most batches and the node's backlog grew without bound. Here one batch is one
 IMMEDIATE transaction (the write lock first, then the reads), so nothing is refused. The
-runs of a transaction are written together (deployments/bulk_runs.py: the same rows, state
+runs of a transaction are written together (schedulemaster/master/bulk_runs.py: the same rows, state
 rows and state-change events Prefect's ``create_flow_run`` writes, in a few statements
 instead of ~10 round trips per run); log lines through ``models.logs.create_logs``.
 
@@ -26,7 +26,7 @@ from uuid import UUID
 from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from schedulemaster.deployments.coordination_api import node_caller
+from schedulemaster.master.coordination_api import node_caller
 
 MAX_BATCH = 1000
 TRANSACTION_SIZE = 50  # firings per IMMEDIATE transaction (see record_firings)
@@ -96,7 +96,7 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
     from prefect.server import models, schemas
     from prefect.server.database import provide_database_interface
 
-    from schedulemaster.deployments import bulk_runs
+    from schedulemaster.master import bulk_runs
 
     db = provide_database_interface()
     recorded, unknown, firings = 0, set(), {}
@@ -222,7 +222,7 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
     """Mounted at ``/schedulemaster`` inside Prefect's own API app on the master, so Prefect's
     auth middleware (PREFECT_SERVER_API_AUTH_STRING) guards it like every Prefect endpoint:
     nodes record firings and report failures here, fetch plugin packages, and (through
-    ``coordination``, deployments/coordination_api.py) register and claim firings."""
+    ``coordination``, schedulemaster/master/coordination_api.py) register and claim firings."""
     app = FastAPI(title="ScheduleMaster recording", openapi_url=None, docs_url=None, redoc_url=None)
     router = APIRouter()
     # One batch of records at a time, whichever node sent it: recording is the master's
@@ -238,8 +238,8 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
             raise HTTPException(403, "only a registered node records firings (its token is missing or wrong)")
         async with recording:
             result = await record_firings(records, on_failure)
-        if store_engine is not None:  # a recorded firing's claim is done (deployments/claims.py)
-            from schedulemaster.deployments import claims
+        if store_engine is not None:  # a recorded firing's claim is done (schedulemaster/store/claims.py)
+            from schedulemaster.store import claims
 
             await asyncio.to_thread(claims.finish, store_engine, [r.firing_id for r in records], "recorded")
         return result

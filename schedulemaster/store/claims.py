@@ -9,7 +9,7 @@ firing it ran with its next claim call (within half a second), which finishes th
 (``fired-ok`` / ``fired-failed``); recording the firing in Prefect, which can lag far behind
 under load, marks it ``recorded``. A claim left unfinished by a node that went offline, or
 that was restarted (a new incarnation), is the failover service's to re-run or fail; a
-fired claim such a node never recorded, it records (deployments/failover.py).
+fired claim such a node never recorded, it records (schedulemaster/master/failover.py).
 
 The nodes table holds what Prefect's worker rows have no field for: priority, max
 concurrency (both editable by the operator) and the incarnation of the process that runs

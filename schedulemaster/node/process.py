@@ -17,7 +17,7 @@ async def ensure_queues(client, settings: Settings, queues: list[str]) -> None:
     """The pool and the queues this node polls; a missing queue makes the worker poll nothing."""
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-    from schedulemaster.master import ensure_infrastructure
+    from schedulemaster.master.process import ensure_infrastructure
 
     await ensure_infrastructure(client, settings)
     existing = {q.name for q in await client.read_work_queues(work_pool_name=settings.work_pool)}
@@ -56,11 +56,11 @@ class NameTaken(RuntimeError):
 
 async def register(client, name: str, priority: int, max_concurrency: int, incarnation: str,
                    wait: float = 0.0) -> None:
-    """Register this process as node ``name`` at the master (deployments/coordination_api.py);
+    """Register this process as node ``name`` at the master (schedulemaster/master/coordination_api.py);
     while a live process holds the name, retry for ``wait`` seconds, then raise NameTaken.
     The master answers with this incarnation's token, which every later call of this client
     carries: the master's node endpoints take a call for this node only with it."""
-    from schedulemaster.deployments.coordination_api import NODE_TOKEN_HEADER
+    from schedulemaster.master.coordination_api import NODE_TOKEN_HEADER
 
     import socket
 
@@ -94,11 +94,11 @@ async def serve_node(settings: Settings, name: str, priority: int, max_concurren
     prefect_patches.apply()
     from prefect.client.orchestration import get_client
 
-    from schedulemaster.deployments import plugins
-    from schedulemaster.deployments.firing import FiringLoop
+    from schedulemaster.node import plugins
+    from schedulemaster.node.firing import FiringLoop
     from schedulemaster.deployments.tasks import DEFAULT_QUEUE, NODE_QUEUE_PREFIX
     from schedulemaster.deployments.worker import NodeWorker
-    from schedulemaster.master import wait_for_prefect
+    from schedulemaster.master.process import wait_for_prefect
 
     incarnation = str(uuid.uuid4())
     async with get_client() as client:

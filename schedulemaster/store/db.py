@@ -158,7 +158,7 @@ class Store:
         self.url = url
         self._delayed = None
         self.user_version = 0  # bumped on every account change made through this process
-        from schedulemaster.ms_compat.delayed_store import POSTGRES_CONNECT_ARGS
+        from schedulemaster.store.delayed_store import POSTGRES_CONNECT_ARGS
 
         connect_args = ({"check_same_thread": False, "timeout": 30} if url.startswith("sqlite")
                         else POSTGRES_CONNECT_ARGS)
@@ -170,17 +170,18 @@ class Store:
 
     @property
     def delayed(self):
-        """The delayed tasks' reads and writes (ms_compat/delayed_store.py)."""
+        """The delayed tasks' reads and writes (schedulemaster/store/delayed_store.py)."""
         if self._delayed is None:
-            from schedulemaster.ms_compat.delayed_store import DelayedStore
+            from schedulemaster.store.delayed_store import DelayedStore
 
             self._delayed = DelayedStore(self.engine, self.url)
         return self._delayed
 
     def init(self) -> None:
         """Create the tables and seed the default account and settings (idempotent)."""
-        from schedulemaster.deployments import claims  # noqa: F401  (register their tables)
-        from schedulemaster.ms_compat import audit, delayed_store, import_target  # noqa: F401
+        from schedulemaster.store import claims  # noqa: F401  (register their tables)
+        from schedulemaster.ms_compat import audit, import_target
+        from schedulemaster.store import delayed_store  # noqa: F401
 
         from sqlalchemy import text
 

@@ -21,9 +21,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo
 
-from schedulemaster.deployments.failover import DEFAULT_POLICY, POLICIES
-from schedulemaster.connection import Connection, current, prefect_errors
-from schedulemaster.legacy_client import LegacyError, LegacyNotFound
+from schedulemaster.master.failover import DEFAULT_POLICY, POLICIES
+from schedulemaster.notebook.connection import Connection, current, prefect_errors
+from schedulemaster.notebook.legacy_client import LegacyError, LegacyNotFound
 
 STATUS_NAMES = {-1: "deleted", 0: "stopped", 1: "running", 2: "paused"}
 HTTP_FIELDS = {"RequestUrl": "HttpRequestUrl", "Method": "HttpMethod", "ContentType": "HttpContentType",
@@ -93,7 +93,7 @@ def check_executors(conn: Connection, executors: Iterable[str] | None) -> list[s
         return []
     if not all(isinstance(n, str) for n in names):
         raise TypeError("executors must be a list of node names, e.g. ['worker1']")
-    from schedulemaster.frames import node_names
+    from schedulemaster.notebook.frames import node_names
 
     known = node_names(conn)
     unknown = [n for n in names if n not in known]
@@ -220,7 +220,7 @@ class Task:
 
     def runs(self, since: str | timedelta | datetime | None = None, **kw: Any):
         """This task's runs as a DataFrame (see ``schedulemaster.runs``)."""
-        from schedulemaster.frames import runs
+        from schedulemaster.notebook.frames import runs
 
         return runs(task=self, since=since, conn=self.conn, **kw)
 
@@ -242,7 +242,7 @@ class Task:
         return self.detail()
 
     def _start_run_ids(self) -> set[str]:
-        from schedulemaster.frames import runs
+        from schedulemaster.notebook.frames import runs
 
         try:
             return set(runs(task=self, kind="start", limit=50, conn=self.conn)["run_id"])
@@ -252,7 +252,7 @@ class Task:
     def _why_start_failed(self, message: str, before: set[str]) -> str:
         """A plugin Start that failed on the node left a run saying why: add its message (only
         a run this Start made, not an earlier attempt's)."""
-        from schedulemaster.frames import runs
+        from schedulemaster.notebook.frames import runs
 
         try:
             df = runs(task=self, kind="start", limit=50, conn=self.conn)
@@ -291,7 +291,7 @@ class Task:
     def run_once(self, wait: bool = False, timeout: float = 120.0):
         """Fire once now (RunOnce: the task must be running). With ``wait``, block until the
         run ends and return its row (``runs()`` columns) with its log lines in ``logs``."""
-        from schedulemaster.frames import logs, runs
+        from schedulemaster.notebook.frames import logs, runs
 
         def ids() -> set[str]:
             return set(runs(task=self, kind="run-once", limit=200, conn=self.conn)["run_id"]) if wait else set()
@@ -350,7 +350,7 @@ def _check_no_cycle(conn: Connection, parent: Task, children: list[str]) -> None
     parent is stopped for the edit (the server checks again when it writes), with the
     server's own words and search; one read of the tasks for all of them."""
     from schedulemaster.deployments.chain import find_cycle
-    from schedulemaster.frames import task_specs
+    from schedulemaster.notebook.frames import task_specs
 
     specs = task_specs(conn)
     graph = {tid: list(s.get("Nexts") or []) for tid, s in specs.items()}
@@ -509,7 +509,7 @@ def task(cron: str | Callable[..., Any] | None = None, *, title: str | None = No
         return task()(cron)
 
     def decorate(fn: Callable[..., Any]) -> ScheduledFunction:
-        from schedulemaster import shipping
+        from schedulemaster.notebook import shipping
 
         name = title or getattr(fn, "__name__", None) or ""
         if name == "<lambda>":

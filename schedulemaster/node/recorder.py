@@ -4,7 +4,7 @@ A worker-path flow run costs the server ~170 ms of CPU per firing; a run created
 final state through Prefect's models ~28 ms (prefect-notes §11), and written in bulk by the
 master 4-7 ms (bench/record.py: 230 records/s on SQLite, 148 on PostgreSQL). So the node
 fires first and records afterwards, in batches, through the master's
-``/api/schedulemaster/firings`` endpoint (deployments/record_api.py: IMMEDIATE transactions,
+``/api/schedulemaster/firings`` endpoint (schedulemaster/master/record_api.py: IMMEDIATE transactions,
 where Prefect's own bulk endpoint is refused by SQLite under concurrent writes). Every firing still becomes a run of
 its task's deployment, with its outcome, its real times and its log lines. Each run's
 idempotency key is the firing id, so recording the same firing twice leaves one run.

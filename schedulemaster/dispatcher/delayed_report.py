@@ -28,8 +28,8 @@ from zoneinfo import ZoneInfo
 
 from prefect import flow
 
-from schedulemaster.deployments.delayed_dispatch import Dispatcher, Notice
-from schedulemaster.ms_compat.delayed_store import STATUS_NAMES, STATUS_TEXT, DelayedStore
+from schedulemaster.dispatcher.delayed_dispatch import Dispatcher, Notice
+from schedulemaster.store.delayed_store import STATUS_NAMES, STATUS_TEXT, DelayedStore
 
 log = logging.getLogger("schedulemaster.delayed.report")
 
@@ -80,7 +80,7 @@ class Reporter:
             flow_id = await self.client.create_flow_from_name(FLOW_NAME)
             self.deployment_id = await self.client.create_deployment(
                 flow_id=flow_id, name=DEPLOYMENT_NAME,
-                entrypoint="schedulemaster.deployments.delayed_report:dispatcher_flow",
+                entrypoint="schedulemaster.dispatcher.delayed_report:dispatcher_flow",
                 tags=["schedulemaster", "delayed"], paused=False,
                 description="ScheduleMaster delayed tasks (延时任务): one run per dispatcher per hour, with its "
                             "log, the `delayed-dispatcher` artifact and `schedulemaster.delayed.*` events. "

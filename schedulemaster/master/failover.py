@@ -6,7 +6,7 @@ the 5 s heartbeat and foreman loop that ``Settings.prefect_env`` sets, within ~2
 longer calls the master (coordination_api.NodeActivity), or that was restarted under its
 name (a new incarnation):
 
-- **firing claims** left unfinished (deployments/claims.py): the node claimed the firing
+- **firing claims** left unfinished (schedulemaster/store/claims.py): the node claimed the firing
   and never reported it ran (nodes report within half a second), so it was running;
 - **fired claims never recorded**: the node ran them, but its backlog of records for
   Prefect died with it; they are recorded here from what the claim knows, never re-run;
@@ -28,7 +28,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
-from schedulemaster.deployments import chain, claims
+from schedulemaster.deployments import chain
+from schedulemaster.store import claims
 
 log = logging.getLogger("schedulemaster.failover")
 
@@ -80,7 +81,7 @@ class Failover:
                 log.warning("failover check failed: %s", exc)
 
     async def tick(self) -> None:
-        from schedulemaster.deployments.coordination_api import pool_workers
+        from schedulemaster.master.coordination_api import pool_workers
 
         workers = await pool_workers(self.work_pool)
         online = {w.name for w in workers if chain.is_online(w)}
@@ -175,8 +176,8 @@ class Failover:
 
     async def _record(self, items: list[tuple[claims.FiringClaim, dict[str, Any], bool, str]]) -> None:
         """Record firings in Prefect on the nodes' behalf: (claim, task spec, ok, message)."""
-        from schedulemaster.deployments.record_api import FiringRecord, record_firings
-        from schedulemaster.deployments.recorder import Firing, Recorder
+        from schedulemaster.master.record_api import FiringRecord, record_firings
+        from schedulemaster.node.recorder import Firing, Recorder
 
         now = utcnow()
         records = []

@@ -125,7 +125,7 @@ def import_command(
     from rich.console import Console
 
     from schedulemaster.ms_compat.legacy_import import SourceError, plan_import, read_source
-    from schedulemaster.ms_compat.store import DEFAULT_CONFIGS
+    from schedulemaster.store.db import DEFAULT_CONFIGS
     from schedulemaster.settings import Settings
 
     console = Console(width=None if sys.stdout.isatty() else 200)

@@ -191,7 +191,7 @@ class PluginHost:
 
     async def _unpack(self, assembly: str, task_dir: Path) -> Path | None:
         """The task's copy of its uploaded package (fetched anew at every Start), or None."""
-        from schedulemaster.deployments.packages import PackageError, check_name, safe_extract
+        from schedulemaster.packages import PackageError, check_name, safe_extract
 
         if self.fetch is None or not assembly:
             return None
@@ -289,7 +289,7 @@ class PluginHost:
 
 def _unpacked_name(marker: Path) -> str | None:
     """The AssemblyName of the package a task directory holds (its marker names the file)."""
-    from schedulemaster.deployments.packages import PackageError, check_name
+    from schedulemaster.packages import PackageError, check_name
 
     try:
         return check_name(marker.read_text())[0]

@@ -31,7 +31,7 @@ from typing import Any, Awaitable, Callable
 import aiohttp
 
 from schedulemaster.flows import delayed_callback as cb
-from schedulemaster.ms_compat.delayed_store import (LATE_AFTER, Claimed, DelayedStore, DelayStatus, Outcome,
+from schedulemaster.store.delayed_store import (LATE_AFTER, Claimed, DelayedStore, DelayStatus, Outcome,
                                                     Settled, utcnow)
 
 log = logging.getLogger("schedulemaster.delayed")

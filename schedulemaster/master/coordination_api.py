@@ -1,6 +1,6 @@
 """The master's endpoints through which nodes coordinate: register, claim firings, read nodes.
 
-Mounted with the recording endpoints inside Prefect's API app (deployments/record_api.py), so
+Mounted with the recording endpoints inside Prefect's API app (schedulemaster/master/record_api.py), so
 Prefect's auth string guards them too. The store calls are synchronous (sqlmodel) and run
 in a thread, off the server's event loop.
 """
@@ -21,7 +21,7 @@ from uuid import UUID
 from fastapi import APIRouter, Body, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from schedulemaster.deployments import claims
+from schedulemaster.store import claims
 
 log = logging.getLogger("schedulemaster.claims")
 

@@ -14,7 +14,7 @@ Which node fires a task: among the live nodes of the pool allowed by the task's 
 the one with the highest rendezvous hash of (task, node), weighted by the nodes' Priority.
 Every node computes the same answer from the same worker list. While nodes learn that one
 joined or left, two may both believe they own a task: each firing is claimed at the master
-first (deployments/node_claims.py), and only the claim's winner runs it. A node that takes
+first (schedulemaster/node/node_claims.py), and only the claim's winner runs it. A node that takes
 a task over from one that died catches up the instants nobody claimed since (within the
 misfire window), so a node's death loses no firing.
 """
@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from schedulemaster.deployments import chain, plan, plugins, quartz
-from schedulemaster.deployments.node_claims import AHEAD, Claimer, Superseded
+from schedulemaster.deployments import chain, plan, quartz
+from schedulemaster.node import plugins
+from schedulemaster.node.node_claims import AHEAD, Claimer, Superseded
 from schedulemaster.deployments import tasks as dep
-from schedulemaster.deployments.recorder import Firing, Recorder
+from schedulemaster.node.recorder import Firing, Recorder
 from schedulemaster.deployments.tasks import Status
 from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
 

@@ -3,7 +3,7 @@
 Its own process, so a million pending callbacks and 1,000 firings a second never share a
 GIL with the Prefect server, and so it can be killed and restarted on its own. It needs
 the store (SQLite file or PostgreSQL); Prefect only for what operators see
-(deployments/delayed_report.py), and keeps firing while Prefect is away.
+(schedulemaster/dispatcher/delayed_report.py), and keeps firing while Prefect is away.
 
 On SQLite there is exactly one dispatcher (an exclusive lock on a file next to the
 database), which is what lets it drop a dead predecessor's claims at once. On PostgreSQL
@@ -55,10 +55,10 @@ async def serve_dispatcher(settings: Settings, name: str, max_held: int = 5000, 
     prefect_patches.apply()
     from prefect.client.orchestration import get_client
 
-    from schedulemaster.deployments.delayed_dispatch import Dispatcher
-    from schedulemaster.deployments.delayed_report import Reporter
-    from schedulemaster.ms_compat.keepers import mail_delayed_failure
-    from schedulemaster.ms_compat.store import Configs, Store
+    from schedulemaster.dispatcher.delayed_dispatch import Dispatcher
+    from schedulemaster.dispatcher.delayed_report import Reporter
+    from schedulemaster.master.keepers import mail_delayed_failure
+    from schedulemaster.store.db import Configs, Store
 
     store = Store(settings.store_url)
     single = store.url.startswith("sqlite")

@@ -14,13 +14,13 @@ from uuid import UUID
 
 import pandas as pd
 
-from schedulemaster.connection import Connection, current, prefect_errors
-from schedulemaster.deployments.failover import DEFAULT_POLICY
+from schedulemaster.notebook.connection import Connection, current, prefect_errors
+from schedulemaster.master.failover import DEFAULT_POLICY
 from schedulemaster.deployments.tasks import FLOW_NAME, NODE_QUEUE_PREFIX, status_of
-from schedulemaster.handles import STATUS_NAMES, parse_span
+from schedulemaster.notebook.handles import STATUS_NAMES, parse_span
 
 if TYPE_CHECKING:
-    from schedulemaster.handles import Task
+    from schedulemaster.notebook.handles import Task
 
 TASK_STATUSES = ["stopped", "running", "paused"]
 TASK_TYPES = ["plugin", "http"]
@@ -212,7 +212,7 @@ def iter_runs(task: "Task | str | None" = None, since: Any = None, until: Any = 
 def _task_id(task: Any, conn: Connection) -> str | None:
     if task is None:
         return None
-    from schedulemaster.handles import Task, get_task
+    from schedulemaster.notebook.handles import Task, get_task
 
     if isinstance(task, Task):
         return task.id
@@ -277,8 +277,8 @@ def _titles(conn: Connection, task_id: str | None) -> dict[str, str]:
     notebook polls a task's runs), else of all."""
     if task_id is None:
         return {tid: s.get("Title") for tid, s in task_specs(conn).items()}
-    from schedulemaster.handles import _spec
-    from schedulemaster.legacy_client import LegacyNotFound
+    from schedulemaster.notebook.handles import _spec
+    from schedulemaster.notebook.legacy_client import LegacyNotFound
 
     try:
         return {task_id: _spec(conn, task_id).get("Title")}

@@ -89,7 +89,7 @@ def master(data_dir: Optional[Path] = DataDir, api_port: Optional[int] = ApiPort
            prefect_port: Optional[int] = PrefectPort, timezone_: Optional[str] = TimeZone) -> None:
     """Run the master: Prefect server, UI and the legacy API (no executor)."""
     from schedulemaster.credentials import CredentialError
-    from schedulemaster.master import serve_master
+    from schedulemaster.master.process import serve_master
 
     _logging()
     try:
@@ -113,7 +113,7 @@ def node(name: str = typer.Option("worker1", "--name", help="node name (the orig
     """Run an executor node (a Prefect worker of type schedulemaster-node)."""
     import os
 
-    from schedulemaster.node import serve_node
+    from schedulemaster.node.process import serve_node
 
     if not name or len(name) > 100 or any(c in name for c in "/%") or name != name.strip():
         raise typer.BadParameter(f"invalid node name '{name}' (1-100 characters, no '/' or '%')")
@@ -140,7 +140,7 @@ def dispatcher(name: str = typer.Option("dispatcher", "--name",
                data_dir: Optional[Path] = DataDir, prefect_port: Optional[int] = PrefectPort,
                timezone_: Optional[str] = TimeZone) -> None:
     """Run the delayed-task dispatcher (``up`` starts one; on PostgreSQL several may run)."""
-    from schedulemaster.dispatcher import serve_dispatcher
+    from schedulemaster.dispatcher.process import serve_dispatcher
 
     if not name or len(name) > 40 or any(c in name for c in "/%:,") or name != name.strip():
         raise typer.BadParameter(f"invalid dispatcher name '{name}' (1-40 characters, no '/', '%', ':' or ',')")
@@ -185,9 +185,9 @@ def cron(expression: str = typer.Argument(..., help="a Quartz expression, e.g. '
         typer.echo(t.astimezone(zone).strftime("%Y-%m-%dT%H:%M:%S"))
 
 
-from schedulemaster.admin_cli import account_app, config_app, nodes_app, plugin_app  # noqa: E402
-from schedulemaster.import_cli import import_command  # noqa: E402
-from schedulemaster.delayed_cli import delayed_app  # noqa: E402
+from schedulemaster.cli.admin_cli import account_app, config_app, nodes_app, plugin_app  # noqa: E402
+from schedulemaster.cli.import_cli import import_command  # noqa: E402
+from schedulemaster.cli.delayed_cli import delayed_app  # noqa: E402
 
 app.command("import")(import_command)
 app.add_typer(plugin_app, name="plugin")

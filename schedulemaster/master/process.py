@@ -81,14 +81,14 @@ async def mirror_settings(client, store) -> None:
 
 def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None, store_engine=None,
                      coordination=None) -> None:
-    """Nodes record firings at ``/api/schedulemaster/firings`` (see deployments/record_api.py);
+    """Nodes record firings at ``/api/schedulemaster/firings`` (see schedulemaster/master/record_api.py);
     ``schedulemaster import`` writes at ``/api/schedulemaster/import/*`` (ms_compat/import_api.py).
 
     Mounted inside Prefect's API app (the one behind "/api"), so Prefect's own middleware,
     its auth string check included, covers these endpoints too."""
     from starlette.routing import Mount
 
-    from schedulemaster.deployments.record_api import create_record_app
+    from schedulemaster.master.record_api import create_record_app
 
     api_app = next(r.app for r in prefect_app.routes if isinstance(r, Mount) and r.name == "api")
     if importer is not None:  # before "/schedulemaster", which would otherwise take the path
@@ -121,10 +121,10 @@ async def wait_for_prefect(client, timeout: float = 120.0) -> None:
 
 
 async def run_failover(settings: Settings, engine, on_failure, activity=None) -> None:
-    """Re-run or fail what dead nodes held (deployments/failover.py), with its own client."""
+    """Re-run or fail what dead nodes held (schedulemaster/master/failover.py), with its own client."""
     from prefect.client.orchestration import get_client
 
-    from schedulemaster.deployments.failover import Failover
+    from schedulemaster.master.failover import Failover
 
     async with get_client() as client:
         await wait_for_prefect(client, timeout=600)
@@ -149,7 +149,7 @@ def prepare_credentials(settings: Settings) -> None:
 
 def warn_default_password(settings: Settings, store) -> None:
     from schedulemaster.credentials import is_loopback
-    from schedulemaster.ms_compat.store import DEFAULT_ADMIN, md5_hex
+    from schedulemaster.store.db import DEFAULT_ADMIN, md5_hex
 
     admin = store.user_by_name(DEFAULT_ADMIN[0])
     if not is_loopback(settings.api_host) and admin is not None and admin.status == 1 \
@@ -162,7 +162,7 @@ async def serve_master(settings: Settings) -> None:
     prepare_credentials(settings)
     settings.apply_prefect_env()
     if settings.prefect_db_url and settings.prefect_db_url.startswith("postgresql"):
-        from schedulemaster.ms_compat.store import ensure_database, normalize_url
+        from schedulemaster.store.db import ensure_database, normalize_url
 
         # Prefect migrates its tables but does not create its database
         ensure_database(normalize_url(settings.prefect_db_url.replace("+asyncpg", "", 1)))
@@ -171,13 +171,13 @@ async def serve_master(settings: Settings) -> None:
     from prefect.server.api.server import create_app as create_prefect_app
     from prefect.utilities.callables import parameter_schema
 
-    from schedulemaster.deployments.coordination_api import (NodeActivity, create_coordination_router,
+    from schedulemaster.master.coordination_api import (NodeActivity, create_coordination_router,
                                                              live_workers_of)
-    from schedulemaster.deployments.packages import PackageStore
+    from schedulemaster.packages import PackageStore
     from schedulemaster.flows.task_flow import run_task
     from schedulemaster.ms_compat.app import create_app as create_legacy_app
-    from schedulemaster.ms_compat.keepers import KeeperMailer
-    from schedulemaster.ms_compat.store import Store
+    from schedulemaster.master.keepers import KeeperMailer
+    from schedulemaster.store.db import Store
     from schedulemaster.ms_compat.task_api import TaskService
 
     from schedulemaster.ms_compat.import_target import ImportTarget

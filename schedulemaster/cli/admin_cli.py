@@ -25,7 +25,7 @@ nodes_app = typer.Typer(help="Executor nodes: list, enable (启用), disable (�
 def call(api: str, user: str, password: str, method: str, path: str, **kw) -> Any:
     """One legacy API call through ``LegacyClient``; prints the failure and exits (1, or 2
     for a request the API refused as malformed) unless the envelope says Success."""
-    from schedulemaster.legacy_client import (LegacyAuthError, LegacyClient, LegacyError, LegacyUnavailable,
+    from schedulemaster.notebook.legacy_client import (LegacyAuthError, LegacyClient, LegacyError, LegacyUnavailable,
                                               LegacyValidationError)
 
     try:

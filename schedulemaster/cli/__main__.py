@@ -1,0 +1,5 @@
+"""`python -m schedulemaster.cli`: the `schedulemaster` command."""
+
+from schedulemaster.cli.main import app
+
+app()
