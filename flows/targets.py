@@ -124,8 +124,6 @@ def _check_literal(url: str, field: str, policy: NetworkPolicy) -> str:
 async def acheck_url(url: str, field: str, policy: NetworkPolicy) -> str:
     """``check_url`` for an event loop: a name not looked up in the last minute is resolved
     in a thread (a resolver can take seconds; the master's loop is Prefect's too)."""
-    import asyncio
-
     url = check_url(url, field, policy, resolve=False)
     await acheck_resolved(url, field, policy)
     return url

@@ -172,8 +172,6 @@ def test_a_run_started_from_the_prefect_ui_is_executed_by_the_node(system, recei
 
 
 def test_run_history_as_the_console_showed_it(system, receiver):
-    import httpx
-
     from helpers import AUTH
 
     receiver.on("/hist-fail", status=500, text="boom")
@@ -210,8 +208,6 @@ def test_run_history_as_the_console_showed_it(system, receiver):
 def test_recording_the_same_firing_twice_leaves_one_run_and_one_copy_of_its_logs(system):
     import uuid as _uuid
     from datetime import timezone as _tz
-
-    import httpx
 
     tid = system.create_http("http://127.0.0.1:9/never", cron="0 0 0 1 1 ? 2099", Title="record twice")
     now = datetime.now(_tz.utc).isoformat()

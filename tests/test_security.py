@@ -16,7 +16,6 @@ from datetime import datetime, timezone
 import httpx
 import pytest
 
-from helpers import System
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ stop at ``limit``, so asking for the last hour of a busy system does not load it
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 from uuid import UUID
 
 import pandas as pd
@@ -17,10 +17,7 @@ import pandas as pd
 from schedulemaster.notebook.connection import Connection, current, prefect_errors
 from schedulemaster.master.failover import DEFAULT_POLICY
 from schedulemaster.deployments.tasks import FLOW_NAME, NODE_QUEUE_PREFIX, status_of
-from schedulemaster.notebook.handles import STATUS_NAMES, parse_span
-
-if TYPE_CHECKING:
-    from schedulemaster.notebook.handles import Task
+from schedulemaster.notebook.lookup import STATUS_NAMES, HasId, parse_span, read_spec, task_id_of
 
 TASK_STATUSES = ["stopped", "running", "paused"]
 TASK_TYPES = ["plugin", "http"]
@@ -169,7 +166,7 @@ def _kind(run: Any) -> str:
 KIND_TAGS = {"imported": "sm:imported", "start": "sm:start", "run-once": "sm:run-once"}
 
 
-def iter_runs(task: "Task | str | None" = None, since: Any = None, until: Any = None, kind: str | None = None,
+def iter_runs(task: HasId | str | None = None, since: Any = None, until: Any = None, kind: str | None = None,
               state: str | None = None, page_size: int = PAGE,
               conn: Connection | None = None) -> Iterator[list[Any]]:
     """Pages of Prefect flow runs of tasks, newest scheduled instant first."""
@@ -187,7 +184,7 @@ def iter_runs(task: "Task | str | None" = None, since: Any = None, until: Any = 
         raise ValueError(f"state must be one of {', '.join(RUN_STATES)} (any case), got {state!r}")
     if not isinstance(page_size, int) or not 1 <= page_size <= 200:
         raise ValueError("page_size must be 1..200 (Prefect's limit per request)")
-    task_id = _task_id(task, conn)
+    task_id = task_id_of(task, conn)
     after, before = _since(since, conn.timezone), _since(until, conn.timezone)
     run_filter = FlowRunFilter(
         expected_start_time=FlowRunFilterExpectedStartTime(after_=after, before_=before) if after or before else None,
@@ -209,24 +206,7 @@ def iter_runs(task: "Task | str | None" = None, since: Any = None, until: Any = 
             yield page
 
 
-def _task_id(task: Any, conn: Connection) -> str | None:
-    if task is None:
-        return None
-    from schedulemaster.notebook.handles import Task, get_task
-
-    if isinstance(task, Task):
-        return task.id
-    if isinstance(task, UUID):
-        return str(task)
-    if isinstance(task, str):
-        try:
-            return str(UUID(task))
-        except ValueError:
-            return get_task(task).id
-    raise TypeError(f"task must be a Task, a title or an id, got {type(task).__name__}")
-
-
-def runs(task: "Task | str | None" = None, since: Any = None, until: Any = None, *, kind: str | None = None,
+def runs(task: HasId | str | None = None, since: Any = None, until: Any = None, *, kind: str | None = None,
          state: str | None = None, limit: int = 10_000, conn: Connection | None = None) -> pd.DataFrame:
     """Runs of every task (or of ``task``: a Task, a title or an id), newest first.
 
@@ -246,7 +226,7 @@ def runs(task: "Task | str | None" = None, since: Any = None, until: Any = None,
     page_size = min(PAGE, limit) if kind is None or kind in KIND_TAGS else PAGE
     for page in iter_runs(task, since, until, kind, state, page_size, conn):
         if titles is None:
-            titles = _titles(conn, _task_id(task, conn))
+            titles = _titles(conn, task_id_of(task, conn))
         for r in page:
             if r.id in seen:  # offset paging repeats a row when runs are recorded meanwhile
                 continue
@@ -277,11 +257,10 @@ def _titles(conn: Connection, task_id: str | None) -> dict[str, str]:
     notebook polls a task's runs), else of all."""
     if task_id is None:
         return {tid: s.get("Title") for tid, s in task_specs(conn).items()}
-    from schedulemaster.notebook.handles import _spec
     from schedulemaster.notebook.legacy_client import LegacyNotFound
 
     try:
-        return {task_id: _spec(conn, task_id).get("Title")}
+        return {task_id: read_spec(conn, task_id).get("Title")}
     except LegacyNotFound:  # deleted: its runs remain, untitled
         return {}
 
@@ -432,7 +411,7 @@ def delayed(status: str | int | None = None, topic: str | None = None, content_k
 
 # ---- lateness ---------------------------------------------------------------------------
 
-def lateness(since: Any = "1h", task: "Task | str | None" = None, limit: int = 100_000,
+def lateness(since: Any = "1h", task: HasId | str | None = None, limit: int = 100_000,
              conn: Connection | None = None) -> pd.DataFrame:
     """Per task, how late its scheduled firings started: p50/p95/p99/max seconds over the
     firings scheduled since ``since`` (lateness = started - scheduled, measured on the node)."""
@@ -448,7 +427,7 @@ def lateness(since: Any = "1h", task: "Task | str | None" = None, limit: int = 1
     return out.sort_values("p99_s", ascending=False, ignore_index=True)[LATENESS_COLUMNS]
 
 
-def plot_lateness(since: Any = "1h", task: "Task | str | None" = None, ax: Any = None,
+def plot_lateness(since: Any = "1h", task: HasId | str | None = None, ax: Any = None,
                   conn: Connection | None = None):
     """A box plot of firing lateness per task (matplotlib Axes)."""
     try:

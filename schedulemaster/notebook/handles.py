@@ -23,36 +23,12 @@ from zoneinfo import ZoneInfo
 
 from schedulemaster.master.failover import DEFAULT_POLICY, POLICIES
 from schedulemaster.notebook.connection import Connection, current, prefect_errors
+from schedulemaster.notebook.frames import logs, node_names, runs, task_specs
 from schedulemaster.notebook.legacy_client import LegacyError, LegacyNotFound
+from schedulemaster.notebook.lookup import STATUS_NAMES, find_task, parse_span, read_spec
 
-STATUS_NAMES = {-1: "deleted", 0: "stopped", 1: "running", 2: "paused"}
 HTTP_FIELDS = {"RequestUrl": "HttpRequestUrl", "Method": "HttpMethod", "ContentType": "HttpContentType",
                "Headers": "HttpHeaders", "Body": "HttpBody"}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
-MAX_SPAN_SECONDS = 10 * 365 * 86400  # as the delayed-task API and CLI bound their spans
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
-
-
-def parse_span(value: str | int | float | timedelta, what: str = "duration") -> timedelta:
-    """``30``, ``"30s"``, ``"5m"``, ``"1h"``, ``"7d"`` or a timedelta, as a timedelta."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ValueError(f"{what} must be seconds or a text like '30s', '5m', '1h', '7d', got {value!r}")
-    if isinstance(value, (int, float)):
-        if not 0 <= value <= MAX_SPAN_SECONDS:
-            raise ValueError(f"{what} must be seconds from 0 to ten years or a text like '30s', got {value!r}")
-        return timedelta(seconds=value)
-    m = _DURATION.match(value) if isinstance(value, str) else None
-    if not m:
-        raise ValueError(f"{what} must be seconds or a text like '30s', '5m', '1h', '7d', got {value!r}")
-    unit = m.group(2).lower() if m.group(2) else None
-    seconds = float(m.group(1)) * _UNITS[unit]
-    if seconds > MAX_SPAN_SECONDS:
-        raise ValueError(f"{what} {value!r} is longer than ten years")
-    return timedelta(seconds=seconds)
-
-
 def params_json(params: dict[str, Any] | None) -> str:
     """Custom parameters as the original's CustomParamsJson (values as text, as it stored them)."""
     if not params:
@@ -93,38 +69,12 @@ def check_executors(conn: Connection, executors: Iterable[str] | None) -> list[s
         return []
     if not all(isinstance(n, str) for n in names):
         raise TypeError("executors must be a list of node names, e.g. ['worker1']")
-    from schedulemaster.notebook.frames import node_names
-
     known = node_names(conn)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown executor{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
                          f"the nodes of this system are {', '.join(sorted(known)) or '(none yet)'}")
     return names
-
-
-def _find_task(conn: Connection, title: str) -> dict[str, Any] | None:
-    """The task titled exactly ``title``; ValueError when several are (the legacy API and
-    imports allow that, and updating one at random would be wrong)."""
-    rows = [row for row in conn.legacy.iter_tasks(name=title) if row.get("Title") == title]
-    if len(rows) > 1:
-        raise ValueError(f"{len(rows)} tasks are titled {title!r} ({', '.join(r['Id'] for r in rows)}): "
-                         "rename or delete all but one, or use another title")
-    return rows[0] if rows else None
-
-
-def _spec(conn: Connection, task_id: str) -> dict[str, Any]:
-    """The task as the nodes see it: the ``task`` parameter of its Prefect deployment."""
-    from uuid import UUID
-
-    from prefect.exceptions import ObjectNotFound
-
-    try:
-        with prefect_errors(conn.prefect_url):
-            dep = conn.prefect().read_deployment(UUID(task_id))
-    except ObjectNotFound:
-        raise LegacyNotFound("任务不存在!") from None
-    return dict((dep.parameters or {}).get("task") or {})
 
 
 def form_from_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +152,7 @@ class Task:
         return self.detail()["StatusName"]
 
     def spec(self) -> dict[str, Any]:
-        return _spec(self.conn, self.id)
+        return read_spec(self.conn, self.id)
 
     def next_fires(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
         """The next ``count`` instants this task fires at if it runs (StartDate, EndDate and
@@ -220,8 +170,6 @@ class Task:
 
     def runs(self, since: str | timedelta | datetime | None = None, **kw: Any):
         """This task's runs as a DataFrame (see ``schedulemaster.runs``)."""
-        from schedulemaster.notebook.frames import runs
-
         return runs(task=self, since=since, conn=self.conn, **kw)
 
     # ---- state changes -----------------------------------------------------------------
@@ -242,8 +190,6 @@ class Task:
         return self.detail()
 
     def _start_run_ids(self) -> set[str]:
-        from schedulemaster.notebook.frames import runs
-
         try:
             return set(runs(task=self, kind="start", limit=50, conn=self.conn)["run_id"])
         except Exception:
@@ -252,8 +198,6 @@ class Task:
     def _why_start_failed(self, message: str, before: set[str]) -> str:
         """A plugin Start that failed on the node left a run saying why: add its message (only
         a run this Start made, not an earlier attempt's)."""
-        from schedulemaster.notebook.frames import runs
-
         try:
             df = runs(task=self, kind="start", limit=50, conn=self.conn)
             df = df[~df["run_id"].isin(before)]
@@ -291,8 +235,6 @@ class Task:
     def run_once(self, wait: bool = False, timeout: float = 120.0):
         """Fire once now (RunOnce: the task must be running). With ``wait``, block until the
         run ends and return its row (``runs()`` columns) with its log lines in ``logs``."""
-        from schedulemaster.notebook.frames import logs, runs
-
         def ids() -> set[str]:
             return set(runs(task=self, kind="run-once", limit=200, conn=self.conn)["run_id"]) if wait else set()
 
@@ -350,8 +292,6 @@ def _check_no_cycle(conn: Connection, parent: Task, children: list[str]) -> None
     parent is stopped for the edit (the server checks again when it writes), with the
     server's own words and search; one read of the tasks for all of them."""
     from schedulemaster.deployments.chain import find_cycle
-    from schedulemaster.notebook.frames import task_specs
-
     specs = task_specs(conn)
     graph = {tid: list(s.get("Nexts") or []) for tid, s in specs.items()}
     graph[parent.id] = graph.get(parent.id, []) + children
@@ -400,7 +340,7 @@ def upsert(conn: Connection, form: dict[str, Any], *, start: bool = False,
     """Create the task titled ``form["Title"]`` or bring the existing one to ``form``;
     ``upload`` stores a function task's new code (before an Edit points the task at it)."""
     title = form["Title"]
-    row = _find_task(conn, title)
+    row = find_task(conn, title)
     if row is None:
         # Create first, so the server judges every field before the code is stored; a
         # package that then cannot be stored takes its new task with it.
@@ -572,7 +512,7 @@ def http_task(title: str, url: str, cron: str | None = None, *, method: str = "G
 def get_task(title_or_id: str) -> Task:
     """The task with this title (or id)."""
     conn = current()
-    row = _find_task(conn, title_or_id)
+    row = find_task(conn, title_or_id)
     if row is None and re.fullmatch(r"[0-9a-fA-F-]{32,36}", title_or_id or ""):
         detail = conn.legacy.task(title_or_id)
         if detail:

@@ -1,0 +1,86 @@
+"""How the notebook API names things and finds a task: durations, status names, a task by
+title or id, and the spec the nodes fire (its deployment's ``task`` parameter). Shared by
+the handles and the DataFrames, which both need them and must not import each other both ways."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any, Protocol
+from uuid import UUID
+
+from schedulemaster.notebook.connection import Connection, prefect_errors
+from schedulemaster.notebook.legacy_client import LegacyError, LegacyNotFound
+
+STATUS_NAMES = {-1: "deleted", 0: "stopped", 1: "running", 2: "paused"}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
+MAX_SPAN_SECONDS = 10 * 365 * 86400  # as the delayed-task API and CLI bound their spans
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+
+def parse_span(value: str | int | float | timedelta, what: str = "duration") -> timedelta:
+    """``30``, ``"30s"``, ``"5m"``, ``"1h"``, ``"7d"`` or a timedelta, as a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be seconds or a text like '30s', '5m', '1h', '7d', got {value!r}")
+    if isinstance(value, (int, float)):
+        if not 0 <= value <= MAX_SPAN_SECONDS:
+            raise ValueError(f"{what} must be seconds from 0 to ten years or a text like '30s', got {value!r}")
+        return timedelta(seconds=value)
+    m = _DURATION.match(value) if isinstance(value, str) else None
+    if not m:
+        raise ValueError(f"{what} must be seconds or a text like '30s', '5m', '1h', '7d', got {value!r}")
+    unit = m.group(2).lower() if m.group(2) else None
+    seconds = float(m.group(1)) * _UNITS[unit]
+    if seconds > MAX_SPAN_SECONDS:
+        raise ValueError(f"{what} {value!r} is longer than ten years")
+    return timedelta(seconds=seconds)
+
+
+def find_task(conn: Connection, title: str) -> dict[str, Any] | None:
+    """The task titled exactly ``title``; ValueError when several are (the legacy API and
+    imports allow that, and updating one at random would be wrong)."""
+    rows = [row for row in conn.legacy.iter_tasks(name=title) if row.get("Title") == title]
+    if len(rows) > 1:
+        raise ValueError(f"{len(rows)} tasks are titled {title!r} ({', '.join(r['Id'] for r in rows)}): "
+                         "rename or delete all but one, or use another title")
+    return rows[0] if rows else None
+
+
+def read_spec(conn: Connection, task_id: str) -> dict[str, Any]:
+    """The task as the nodes see it: the ``task`` parameter of its Prefect deployment."""
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with prefect_errors(conn.prefect_url):
+            dep = conn.prefect().read_deployment(UUID(task_id))
+    except ObjectNotFound:
+        raise LegacyNotFound("任务不存在!") from None
+    return dict((dep.parameters or {}).get("task") or {})
+
+
+class HasId(Protocol):
+    """A Task handle, as far as the DataFrames need one."""
+
+    id: str
+
+
+def task_id_of(task: HasId | UUID | str | None, conn: Connection) -> str | None:
+    """The id of ``task``: a Task (anything with an ``id``), an id, or a title."""
+    if task is None:
+        return None
+    if isinstance(task, UUID):
+        return str(task)
+    if isinstance(task, str):
+        try:
+            return str(UUID(task))
+        except ValueError:
+            row = find_task(conn, task)
+            if row is None:
+                raise LegacyError(f"任务不存在! (no task titled {task!r})") from None
+            return row["Id"]
+    if isinstance(getattr(task, "id", None), str):
+        return task.id
+    raise TypeError(f"task must be a Task, a title or an id, got {type(task).__name__}")
