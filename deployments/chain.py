@@ -1,4 +1,9 @@
-"""Child tasks (Nexts): after a successful run, each Running child runs once with its result.
+"""Which node fires a task, and child tasks (Nexts).
+
+A task's firings go to one node: a weighted rendezvous choice (``owner``) over the live,
+enabled nodes its Executors allow; every node and the master make the same choice.
+
+Child tasks: after a successful run, each Running child runs once with its result.
 
 The original triggered a child only when it happened to be scheduled on the same worker
 (behaviour notes §4.5). Here a child runs on the node that owns it (its own Executors),
@@ -9,12 +14,35 @@ triggers no second child run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import uuid
 from typing import Any
 
 log = logging.getLogger("schedulemaster.chain")
+
+
+def owner(task_id: uuid.UUID, nodes: list[str], weights: dict[str, int] | None = None) -> str | None:
+    """Weighted rendezvous hashing: each node scores w / -ln(u), u the (task, node) hash in
+    (0, 1); a node gets a share of the tasks proportional to its weight (Priority), and
+    only tasks move when a node comes or goes. Priority 0 nodes get tasks only when every
+    candidate is 0 (the original looped forever then; §1.6)."""
+    if not nodes:
+        return None
+    w = {n: max(0, int((weights or {}).get(n, 1))) for n in nodes}
+    if not any(w.values()):
+        w = dict.fromkeys(nodes, 1)
+
+    def score(n: str) -> float:
+        if w[n] == 0:
+            return -math.inf
+        h = int.from_bytes(hashlib.sha1(f"{task_id}:{n}".encode()).digest()[:8], "big")
+        return w[n] / -math.log((h + 0.5) / 2 ** 64)
+
+    return max(sorted(nodes), key=score)
+
 
 
 def child_firing_id(child_id: uuid.UUID, parent_firing_id: str) -> str:
@@ -54,7 +82,7 @@ def online(workers, disabled: set[str] | frozenset[str] = frozenset()) -> list[s
 
 async def live_nodes(client, work_pool: str) -> list[str]:
     """The nodes that may fire tasks now: alive (Prefect's heartbeats) and enabled."""
-    from schedulemaster.deployments.node_registry import read_disabled
+    from schedulemaster.deployments.variables import read_disabled
 
     try:
         return online(await client.read_workers_for_work_pool(work_pool), await read_disabled(client))
@@ -78,8 +106,6 @@ async def node_weights(client) -> dict[str, int]:
 
 async def owning_node(client, work_pool: str, task_id: uuid.UUID, spec: dict[str, Any]) -> str | None:
     """The live node that fires this task (the same weighted rendezvous choice the nodes make), if any."""
-    from schedulemaster.node.firing import owner
-
     allowed = spec.get("Executors") or []
     return owner(task_id, [n for n in await live_nodes(client, work_pool) if not allowed or n in allowed],
                  await node_weights(client))

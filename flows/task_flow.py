@@ -15,20 +15,10 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from schedulemaster.deployments import chain
+from schedulemaster.deployments.variables import read_node_settings
 from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
 
 FLOW_NAME = "schedulemaster-task"
-SETTINGS_VARIABLE = "schedulemaster_settings"
-
-
-async def read_node_settings() -> dict[str, Any]:
-    """The settings nodes need (Http_RequestTimeout...), mirrored by the master into a Variable."""
-    from prefect.variables import Variable
-
-    value = await Variable.aget(SETTINGS_VARIABLE, default={})
-    return value if isinstance(value, dict) else {}
-
-
 async def _report_failure(flow_obj, run, state) -> None:
     """A failed worker-path run reaches the master's keeper mailer (a Start is not a run)."""
     from datetime import datetime, timezone

@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat import roles
+from schedulemaster.store import audit as audit_store
 from schedulemaster.ms_compat.binding import F, FormValues, id_from_form_or_query, page_bounds
 from schedulemaster.store.db import DEFAULT_ADMIN, Store, SystemUser
 
@@ -238,8 +239,8 @@ def add_audit_route(app: FastAPI, guarded, trail, tz_of: Callable[[], str]) -> N
             zone = ZoneInfo(tz_of())
             aware = lambda d: d.replace(tzinfo=zone) if d is not None else None  # noqa: E731
             start, end = aware(m["startDate"]), aware(m["endDate"])
-            total, rows = await asyncio.to_thread(trail.query, m["actor"], m["resource"], m["action"], m["kind"],
-                                                  start, end, page, size)
+            total, rows = await asyncio.to_thread(audit_store.query, trail.engine, m["actor"], m["resource"],
+                                                  m["action"], m["kind"], start, end, page, size)
             return R.ok("请求数据成功", {"total": total, "rows": [{
                 "Id": e.id, "Time": R.fmt_date(e.at.astimezone(zone).replace(tzinfo=None)), "Actor": e.actor,
                 "Role": e.role, "Address": e.address, "Kind": e.kind, "Action": e.action, "Resource": e.resource,

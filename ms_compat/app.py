@@ -291,7 +291,7 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
 
     async def settings_saved() -> None:
         """Nodes read the settings from a Prefect Variable: refresh it on every save."""
-        from schedulemaster.master.process import mirror_settings
+        from schedulemaster.deployments.variables import mirror_settings
 
         delayed_configs.invalidate()
         state["service"].configs.invalidate()

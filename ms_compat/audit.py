@@ -1,8 +1,8 @@
 """The audit trail: who changed what through the legacy API, from where, and how it ended.
 
 Every change an account makes (tasks, delayed tasks' console actions, accounts, settings,
-nodes, plugin uploads), and every call its role refused, is a row of ``sm_audit`` (answered
-by ``GET /api/System/QueryAudit``) and a Prefect event ``schedulemaster.audit.<kind>.<action>``
+nodes, plugin uploads), and every call its role refused, is a row of ``sm_audit``
+(schedulemaster/store/audit.py; answered by ``GET /api/System/QueryAudit``) and a Prefect event ``schedulemaster.audit.<kind>.<action>``
 with the account as its ``actor`` related resource, so it shows on the UI's Events page and
 can drive automations. Secrets never reach either: fields whose names say password, secret,
 token or header are masked, and so are the ``*Pwd`` settings.
@@ -16,12 +16,9 @@ import logging
 import re
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any
 
-from sqlalchemy import func
-from sqlmodel import Field, Session, SQLModel, select
-
-from schedulemaster.store.claims import UtcDateTime
+from schedulemaster.store.audit import AuditEntry, insert
 
 log = logging.getLogger("schedulemaster.audit")
 
@@ -42,21 +39,6 @@ AUDITED: dict[str, tuple[str, str, str | None]] = {
     "/api/system/saveconfig": ("setting", "save", None),
     **{f"/api/node/{a}": ("node", a, "name") for a in ("enable", "disable", "edit", "delete")},
 }
-
-
-class AuditEntry(SQLModel, table=True):
-    __tablename__ = "sm_audit"
-    id: Optional[int] = Field(default=None, primary_key=True)
-    at: datetime = Field(sa_type=UtcDateTime, index=True)
-    actor: str = Field(max_length=50, index=True)
-    role: str = Field(default="", max_length=10)
-    address: str = Field(default="", max_length=64)
-    kind: str = Field(max_length=20)          # task | delayed | user | setting | node | plugin
-    action: str = Field(max_length=20, index=True)
-    resource: str = Field(default="", max_length=100, index=True)  # the id or name acted on
-    outcome: str = Field(max_length=20)       # ok | refused (the action said no) | forbidden (the role)
-    message: str = Field(default="", max_length=500)
-    changes: str = Field(default="{}")        # JSON: field -> value, secrets masked
 
 
 def masked(fields: dict[str, Any]) -> dict[str, Any]:
@@ -98,19 +80,13 @@ class AuditTrail:
                            kind=kind, action=action, resource=(resource or "")[:100], outcome=outcome,
                            message=message[:500], changes=json.dumps(changes, ensure_ascii=False, default=str))
         try:
-            await asyncio.to_thread(self._insert, entry)
+            await asyncio.to_thread(insert, self.engine, entry)
         except Exception:  # the action happened; losing its trail is logged, not answered as a failure
             log.exception("audit entry not written: %s %s %s by %s", kind, action, resource, actor)
         task = asyncio.create_task(self._publish(entry))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         return entry
-
-    def _insert(self, entry: AuditEntry) -> None:
-        with Session(self.engine) as s:
-            s.add(entry)
-            s.commit()
-            s.refresh(entry)
 
     async def _publish(self, entry: AuditEntry) -> None:
         """A Prefect event, published in process as Prefect's own orchestration does."""
@@ -135,28 +111,6 @@ class AuditTrail:
                 await client.emit(event)
         except Exception as exc:
             log.warning("audit event %s.%s not published: %s", entry.kind, entry.action, exc)
-
-    def query(self, actor: str | None, resource: str | None, action: str | None, kind: str | None,
-              start: datetime | None, end: datetime | None, page: int, size: int) -> tuple[int, list[AuditEntry]]:
-        """Newest first; ``start``/``end`` aware."""
-        conds = []
-        if actor:
-            conds.append(AuditEntry.actor == actor)
-        if resource:
-            conds.append(AuditEntry.resource == resource)
-        if action:
-            conds.append(AuditEntry.action == action)
-        if kind:
-            conds.append(AuditEntry.kind == kind)
-        if start:
-            conds.append(AuditEntry.at >= start)
-        if end:
-            conds.append(AuditEntry.at < end)
-        with Session(self.engine) as s:
-            total = s.exec(select(func.count()).select_from(AuditEntry).where(*conds)).one()
-            rows = s.exec(select(AuditEntry).where(*conds).order_by(AuditEntry.id.desc())
-                          .offset((page - 1) * size).limit(size)).all()
-        return total, list(rows)
 
 
 def _is_uuid(text: str) -> bool:

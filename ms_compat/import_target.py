@@ -27,21 +27,21 @@ here is a conflict, not silently re-created.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
-from pydantic import NaiveDatetime
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Session, select
 
 from schedulemaster.ms_compat.delayed_api import to_utc
+from schedulemaster.ms_compat.legacy_import import source_fingerprint
 from schedulemaster.store.delayed_store import utcnow
 from schedulemaster.store.db import Store, SystemUser
+from schedulemaster.store.ledger import ImportLedger, fingerprint
 
 log = logging.getLogger("schedulemaster.import")
 
@@ -50,24 +50,6 @@ TASK_CONTENT = ("Title", "MetaType", "Remark", "RunLoop", "CronExpression", "Ass
                 "CustomParamsJson", "StartDate", "EndDate", "Keepers", "Nexts", "Executors", "Http", "TimeZone")
 USER_CONTENT = ("username", "password", "realname", "phone", "email", "status")
 HISTORY_TRANSACTION = 100  # runs (with their logs) per transaction
-
-
-class ImportLedger(SQLModel, table=True):
-    """What the last import wrote for each item: fingerprints of the source row and of the
-    target item right after the write, so a re-run can tell who changed what."""
-
-    __tablename__ = "importledger"
-    kind: str = Field(primary_key=True, max_length=10)   # task | user | setting
-    key: str = Field(primary_key=True, max_length=100)   # task id, lowercased user name, setting key
-    sourcefp: str = Field(max_length=64)
-    targetfp: str = Field(max_length=64)
-    targetid: Optional[str] = Field(default=None, max_length=64)
-    importedat: NaiveDatetime = Field(default_factory=utcnow)
-
-
-def fingerprint(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 @dataclass
@@ -324,7 +306,6 @@ class ImportTarget:
     async def _task(self, service, item: dict[str, Any], ledger: ImportLedger | None, opts: Options,
                     records: dict[str, Any], remember: list[tuple[str, str, str, str, str]]) -> Outcome:
         from schedulemaster.deployments.tasks import Status, TaskRecord
-        from schedulemaster.ms_compat.legacy_import import source_fingerprint
         from schedulemaster.ms_compat.task_api import TaskError
 
         task_id = uuid.UUID(str(item["id"]))

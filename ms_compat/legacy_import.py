@@ -21,6 +21,8 @@ from sqlalchemy import bindparam, create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from schedulemaster.store.ledger import fingerprint
+
 # The original's tables and the columns this import reads (EF model, §3). A source missing one
 # of them is "a schema of a different version", reported before anything else happens.
 TABLES: dict[str, list[str]] = {
@@ -195,8 +197,6 @@ def _too_long(kind: str, payload: dict[str, Any]) -> str | None:
 def source_fingerprint(payload: dict[str, Any]) -> str:
     """The task as the original has it (status aside: starting or pausing it there is not an
     edit), taken before the keepers are mapped and children dropped for this target."""
-    from schedulemaster.ms_compat.import_target import fingerprint
-
     return fingerprint({k: v for k, v in payload.items() if k not in ("status", "sourcefp")})
 
 

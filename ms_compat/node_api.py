@@ -1,7 +1,7 @@
 """/api/Node/*: the console's Nodes page (节点管理, behaviour notes §5) as API extensions.
 
 A node's row joins what Prefect knows (the worker, its last heartbeat) with what the operator
-chose (enabled or disabled, ``deployments/node_registry.py``) and the master's nodes table
+chose (enabled or disabled, ``deployments/variables.py``) and the master's nodes table
 (priority, max concurrency, the firings it runs now: ``schedulemaster/store/claims.py``). Edit sets
 priority and concurrency; the nodes apply it within 5 s, until they restart with new flags. Status keeps the original's
 codes: 0 下线 offline (no heartbeat), 1 空闲 idle (alive but disabled: 休息), 2 运行 running
@@ -54,7 +54,7 @@ def add_node_routes(app: FastAPI, guarded, form_of, service) -> None:
 
     @app.get("/api/node/querylist")
     async def query_list(request: Request):
-        from schedulemaster.deployments.node_registry import read_disabled
+        from schedulemaster.deployments.variables import read_disabled
 
         async def act(_m, _user):
             disabled = await read_disabled(service().client)
@@ -69,7 +69,7 @@ def add_node_routes(app: FastAPI, guarded, form_of, service) -> None:
 
     def toggle(disable: bool):
         async def endpoint(request: Request):
-            from schedulemaster.deployments.node_registry import set_disabled
+            from schedulemaster.deployments.variables import set_disabled
 
             async def act(m, _user):
                 name = m["name"].strip()
@@ -107,7 +107,7 @@ def add_node_routes(app: FastAPI, guarded, form_of, service) -> None:
     @app.post("/api/node/delete")
     async def delete(request: Request):
         from schedulemaster.deployments.chain import is_online
-        from schedulemaster.deployments.node_registry import set_disabled
+        from schedulemaster.deployments.variables import set_disabled
 
         async def act(m, _user):
             name = m["name"].strip()

@@ -109,7 +109,11 @@ class System:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any("ScheduleMaster is up" in line for line in self.output):
-                self.wait_node()
+                try:
+                    self.wait_node()
+                except BaseException:  # a fixture that fails here gets no teardown: stop it now
+                    self.stop()
+                    raise
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError("up exited early:\n" + "".join(self.output))

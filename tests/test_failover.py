@@ -19,7 +19,8 @@ import psycopg
 import pytest
 
 import schedulemaster as sm
-from schedulemaster.node.firing import firing_id, owner
+from schedulemaster.deployments.chain import owner
+from schedulemaster.node.firing import firing_id
 
 from helpers import AUTH, PG, System, drop_databases, free_port, require_postgres, wait_until
 

@@ -12,7 +12,7 @@ import pytest
 
 import schedulemaster as sm
 from schedulemaster.deployments.chain import online
-from schedulemaster.deployments.node_registry import disabled_of
+from schedulemaster.deployments.variables import disabled_of
 
 from helpers import wait_until
 

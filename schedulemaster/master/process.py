@@ -15,6 +15,7 @@ import os
 import signal
 
 from schedulemaster import prefect_patches
+from schedulemaster.deployments.variables import mirror_settings
 from schedulemaster.settings import Settings
 
 log = logging.getLogger("schedulemaster.master")
@@ -62,21 +63,6 @@ async def ensure_infrastructure(client, settings: Settings) -> None:
     from schedulemaster.blocks.keeper_mail import KeeperMail
 
     await KeeperMail.aregister_type_and_schema(client=client)  # listed in the UI's Blocks catalog
-
-
-async def mirror_settings(client, store) -> None:
-    """Nodes cannot reach the store; the settings they need travel as a Prefect Variable."""
-    from prefect.client.schemas.actions import VariableCreate, VariableUpdate
-
-    from schedulemaster.flows.task_flow import SETTINGS_VARIABLE
-
-    value = {k: v for k, v in store.configs().items() if not k.endswith("Pwd")}
-    existing = await client.read_variable_by_name(SETTINGS_VARIABLE)
-    if existing is None:
-        await client.create_variable(VariableCreate(name=SETTINGS_VARIABLE, value=value,
-                                                    tags=["schedulemaster"]))
-    else:
-        await client.update_variable(VariableUpdate(name=SETTINGS_VARIABLE, value=value))
 
 
 def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None, store_engine=None,

@@ -22,11 +22,9 @@ misfire window), so a node's death loses no firing.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import heapq
 import itertools
 import logging
-import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -56,26 +54,6 @@ def utcnow() -> datetime:
 def firing_id(task_id: uuid.UUID, at: datetime) -> str:
     """Deterministic per (task, instant): every node and every retry agrees on it."""
     return str(uuid.uuid5(task_id, at.astimezone(timezone.utc).isoformat()))
-
-
-def owner(task_id: uuid.UUID, nodes: list[str], weights: dict[str, int] | None = None) -> str | None:
-    """Weighted rendezvous hashing: each node scores w / -ln(u), u the (task, node) hash in
-    (0, 1); a node gets a share of the tasks proportional to its weight (Priority), and
-    only tasks move when a node comes or goes. Priority 0 nodes get tasks only when every
-    candidate is 0 (the original looped forever then; §1.6)."""
-    if not nodes:
-        return None
-    w = {n: max(0, int((weights or {}).get(n, 1))) for n in nodes}
-    if not any(w.values()):
-        w = dict.fromkeys(nodes, 1)
-
-    def score(n: str) -> float:
-        if w[n] == 0:
-            return -math.inf
-        h = int.from_bytes(hashlib.sha1(f"{task_id}:{n}".encode()).digest()[:8], "big")
-        return w[n] / -math.log((h + 0.5) / 2 ** 64)
-
-    return max(sorted(nodes), key=score)
 
 
 def started_at(spec: dict[str, Any]) -> datetime | None:
@@ -124,7 +102,7 @@ class FiringLoop:
         self.heap: list[tuple[datetime, int, uuid.UUID, int]] = []
         self.settings: dict[str, Any] = {}
         self.live_nodes: list[str] = [node_name]
-        self.disabled: set[str] = set()  # nodes the operator disabled (deployments/node_registry.py)
+        self.disabled: set[str] = set()  # nodes the operator disabled (deployments/variables.py)
         self._seq = itertools.count()
         self._gen = itertools.count(1)
         self._wake = asyncio.Event()
@@ -179,8 +157,8 @@ class FiringLoop:
             await self.http.close()
 
     async def refresh_nodes(self) -> None:
-        from schedulemaster.deployments.node_registry import read_disabled
-        from schedulemaster.flows.task_flow import read_node_settings
+        from schedulemaster.deployments.variables import read_disabled
+        from schedulemaster.deployments.variables import read_node_settings
 
         try:
             disabled = await read_disabled(self.client)
@@ -238,7 +216,7 @@ class FiringLoop:
     def mine(self, spec: dict[str, Any], task_id: uuid.UUID) -> bool:
         allowed = spec.get("Executors") or []
         candidates = [n for n in self.live_nodes if not allowed or n in allowed]
-        return owner(task_id, candidates, self.weights) == self.node
+        return chain.owner(task_id, candidates, self.weights) == self.node
 
     def _reassign(self) -> None:
         for tid, entry in list(self.book.items()):

@@ -179,9 +179,7 @@ class Store:
 
     def init(self) -> None:
         """Create the tables and seed the default account and settings (idempotent)."""
-        from schedulemaster.store import claims  # noqa: F401  (register their tables)
-        from schedulemaster.ms_compat import audit, import_target  # noqa: F401  (their tables too)
-        from schedulemaster.store import delayed_store  # noqa: F401
+        from schedulemaster.store import audit, claims, delayed_store, ledger  # noqa: F401  (their tables)
 
         from sqlalchemy import text
 

@@ -1,6 +1,7 @@
-"""Which executor nodes may fire tasks: the console's 启用 (enable) / 休息 (disable).
+"""The Prefect Variables the master writes and every node reads (nodes cannot reach the store).
 
-A node is a Prefect worker of the pool; whether it is alive is Prefect's (its heartbeats).
+``schedulemaster_nodes``: which executor nodes may fire tasks, the console's 启用 (enable) /
+休息 (disable). A node is a Prefect worker of the pool; whether it is alive is Prefect's (its heartbeats).
 Whether it may work is the operator's, kept in the Prefect Variable ``schedulemaster_nodes``
 (``{"disabled": [names]}``, visible in the UI's Variables page). The master writes it; every
 node reads it with its view of the live workers (every few seconds), and the master reads it
@@ -14,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 NODES_VARIABLE = "schedulemaster_nodes"
+#: ``schedulemaster_settings``: the settings nodes need (Http_RequestTimeout...), never a secret
+SETTINGS_VARIABLE = "schedulemaster_settings"
 
 
 def disabled_of(value: Any) -> set[str]:
@@ -43,3 +46,24 @@ async def set_disabled(client, name: str, disabled: bool) -> bool:
     else:
         await client.update_variable(VariableUpdate(name=NODES_VARIABLE, value=value))
     return True
+
+
+async def read_node_settings() -> dict[str, Any]:
+    """The settings as the master last mirrored them (empty until it has)."""
+    from prefect.variables import Variable
+
+    value = await Variable.aget(SETTINGS_VARIABLE, default={})
+    return value if isinstance(value, dict) else {}
+
+
+async def mirror_settings(client, store) -> None:
+    """Copy the store's settings, secrets (``*Pwd``) left out, into the Variable nodes read."""
+    from prefect.client.schemas.actions import VariableCreate, VariableUpdate
+
+    value = {k: v for k, v in store.configs().items() if not k.endswith("Pwd")}
+    existing = await client.read_variable_by_name(SETTINGS_VARIABLE)
+    if existing is None:
+        await client.create_variable(VariableCreate(name=SETTINGS_VARIABLE, value=value,
+                                                    tags=["schedulemaster"]))
+    else:
+        await client.update_variable(VariableUpdate(name=SETTINGS_VARIABLE, value=value))
