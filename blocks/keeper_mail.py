@@ -10,35 +10,13 @@ password kept as a secret.
 from __future__ import annotations
 
 import asyncio
-import smtplib
-import ssl
 from email.message import EmailMessage
 from email.utils import formataddr
 
 from prefect.blocks.abstract import NotificationBlock
 from pydantic import Field, SecretStr
 
-SMTP_TIMEOUT = 10  # seconds, as MailKit's in the original
-
-
-def smtp_send(server: str, port: int, account: str, password: str, msg: EmailMessage) -> None:
-    """Send one message as the original's MailKit did with SecureSocketOptions.Auto:
-    implicit TLS on 465, STARTTLS where the server offers it, else plain; log in when a
-    password is set and the server offers AUTH."""
-    if port == 465:
-        smtp: smtplib.SMTP = smtplib.SMTP_SSL(server, port, timeout=SMTP_TIMEOUT,
-                                             context=ssl.create_default_context())
-    else:
-        smtp = smtplib.SMTP(server, port, timeout=SMTP_TIMEOUT)
-    with smtp:
-        smtp.ehlo()
-        if port != 465 and smtp.has_extn("starttls"):
-            smtp.starttls(context=ssl.create_default_context())
-            smtp.ehlo()
-        if password and smtp.has_extn("auth"):
-            smtp.login(account, password)
-        smtp.send_message(msg)
-
+from schedulemaster.mail import smtp_send
 
 class KeeperMail(NotificationBlock):
     """Mail a fixed list of addresses when a ScheduleMaster task fails."""

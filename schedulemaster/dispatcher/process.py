@@ -57,7 +57,7 @@ async def serve_dispatcher(settings: Settings, name: str, max_held: int = 5000, 
 
     from schedulemaster.dispatcher.delayed_dispatch import Dispatcher
     from schedulemaster.dispatcher.delayed_report import Reporter
-    from schedulemaster.master.keepers import mail_delayed_failure
+    from schedulemaster.keepers import mail_delayed_failure
     from schedulemaster.store.db import Configs, Store
 
     store = Store(settings.store_url)

@@ -162,7 +162,7 @@ async def serve_master(settings: Settings) -> None:
     from schedulemaster.packages import PackageStore
     from schedulemaster.flows.task_flow import run_task
     from schedulemaster.ms_compat.app import create_app as create_legacy_app
-    from schedulemaster.master.keepers import KeeperMailer
+    from schedulemaster.keepers import KeeperMailer
     from schedulemaster.store.db import Store
     from schedulemaster.ms_compat.task_api import TaskService
 

@@ -1,6 +1,7 @@
-"""Keepers: the users mailed when a task's run fails (behaviour notes §4.7).
+"""Keepers: the users mailed when a task's run fails (behaviour notes §4.7), and the creator
+mailed when a delayed task fails for good (the dispatcher sends that one).
 
-The master sees every failure: firings reach it through the recording endpoint and
+The master sees every task failure: firings reach it through the recording endpoint and
 worker-path runs report theirs (flows/task_flow.py). Mail goes out from a queue on the
 master's loop, on a thread (smtplib blocks), so a slow or unreachable SMTP server never
 fails or delays a run. Besides mail, a task may name Prefect notification blocks
@@ -18,7 +19,7 @@ from email.message import EmailMessage
 from email.utils import formataddr
 from typing import Any
 
-from schedulemaster.blocks.keeper_mail import smtp_send
+from schedulemaster.mail import smtp_send
 
 log = logging.getLogger("schedulemaster.keepers")
 
