@@ -17,7 +17,7 @@ own processes (part 1 on one cluster, parts 2 and 3 on another):
    `prefect worker start` processes, B deployments of a flow that POSTs, a Prefect cron every
    --baseline-every seconds; two of the workers (with their flow-run subprocesses: the machine
    dies) are killed -9 and restarted on the same offsets. Its load is what a process worker
-   can carry on this machine (~37 runs/min, `../shared/reference/prefect-notes.md` §3), far
+   can carry on this machine (~37 runs/min, docs/prefect-facts.md), far
    below ours; the table says so.
 
 Prints one JSON line per part and a Markdown table; writes bench/results/soak.json.

@@ -6,7 +6,7 @@ enabled nodes its Executors allow; every node and the master make the same choic
 Child tasks: after a successful run, each Running child runs once with its result.
 
 The original triggered a child only when it happened to be scheduled on the same worker
-(behaviour notes §4.5). Here a child runs on the node that owns it (its own Executors),
+(docs/legacy-behaviour.md, Child tasks). Here a child runs on the node that owns it (its own Executors),
 wherever that is: in-process when the parent's node owns it too, otherwise as a flow run
 in the owner's queue. Its firing id derives from the parent's, so a retried parent
 triggers no second child run.
@@ -28,7 +28,7 @@ def owner(task_id: uuid.UUID, nodes: list[str], weights: dict[str, int] | None =
     """Weighted rendezvous hashing: each node scores w / -ln(u), u the (task, node) hash in
     (0, 1); a node gets a share of the tasks proportional to its weight (Priority), and
     only tasks move when a node comes or goes. Priority 0 nodes get tasks only when every
-    candidate is 0 (the original looped forever then; §1.6)."""
+    candidate is 0 (the original looped forever then)."""
     if not nodes:
         return None
     w = {n: max(0, int((weights or {}).get(n, 1))) for n in nodes}

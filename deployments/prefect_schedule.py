@@ -2,7 +2,7 @@
 
 Executor nodes compute every fire time themselves (deployments/quartz.py): Prefect's
 scheduler creates one flow run per firing ahead of time, which a 1,200-firings-a-minute
-load cannot afford (prefect-notes §3, §11). The deployment still carries the schedule so
+load cannot afford (docs/prefect-facts.md, What a run costs the server). The deployment still carries the schedule so
 the UI says when a task fires, but **inactive**, so Prefect's scheduler creates nothing.
 
 Prefect's cron (its vendored croniter) puts seconds *last*, numbers days of the week 0-6

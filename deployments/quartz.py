@@ -2,7 +2,7 @@
 
 Written by hand because no maintained Python library speaks the Quartz dialect: croniter
 (and Prefect's vendored copy) puts seconds *last*, numbers day-of-week 0-6 from Sunday,
-rejects ``W`` and misreads a 6-field Quartz string silently (see prefect-notes §2). Fire
+rejects ``W`` and misreads a 6-field Quartz string silently (docs/prefect-facts.md, Cron). Fire
 times are computed on the wall clock of a time zone, the way Quartz.NET does:
 
 * a wall time that does not exist (spring-forward gap) fires at the same UTC instant the

@@ -1,4 +1,4 @@
-"""A delayed task's callback, exactly as the original's DelayPlanManager sent it (§4.9).
+"""A delayed task's callback, exactly as the original's DelayPlanManager sent it (docs/legacy-behaviour.md, Delayed tasks).
 
 POST NotifyUrl; the body is NotifyBody without CR-LF pairs. For
 ``application/x-www-form-urlencoded`` the body is a JSON array of ``{"Key", "Value"}``

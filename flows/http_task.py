@@ -77,7 +77,7 @@ class PreparedRequest:
 
 
 def prepare(http: dict[str, Any], settings: dict[str, Any], idempotency_key: str) -> PreparedRequest:
-    """Build the request of one firing (§4.4 of the behaviour notes)."""
+    """Build the request of one firing (docs/legacy-behaviour.md, HTTP tasks)."""
     url = str(http.get("RequestUrl") or "")
     method = str(http.get("Method") or "GET").upper()
     ctype = str(http.get("ContentType") or "")
@@ -188,7 +188,7 @@ async def perform_http(
 
 
 def outcome_lines(title: str, out: HttpOutcome) -> tuple[int, str]:
-    """The run-level log line the original wrote after each run (§4.6)."""
+    """The run-level log line the original wrote after each run."""
     if out.ok:
         return logging.INFO, f"任务[{title}]运行成功！用时{out.elapsed_ms:.0f}ms"
     return logging.ERROR, f"任务\"{title}\"运行失败！，ERROR：{out.message}"

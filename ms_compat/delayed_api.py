@@ -1,5 +1,5 @@
-"""/api/DelayTask/*: the original's DelayTaskController (Create, §2.8) and, as extensions, what
-its console offered (§5: list, detail, 作废 void, 执行 execute, 重置 reset) plus a batch create.
+"""/api/DelayTask/*: the original's DelayTaskController (Create) and, as extensions, what
+its console offered (list, detail, 作废 void, 执行 execute, 重置 reset) plus a batch create.
 
 Create answers as the original did (``任务启动成功!``, Data = the task id) once the row is
 committed: a 200 means the task is durable. Everything a callback could never survive is

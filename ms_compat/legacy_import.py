@@ -1,6 +1,6 @@
 """Reading an existing ScheduleMaster database and turning its rows into import items.
 
-This module only *reads* the original's tables (behaviour notes §3: MySQL by default,
+This module only *reads* the original's tables (docs/legacy-behaviour.md, Data model: MySQL by default,
 PostgreSQL, SQL Server where a driver installs) and judges each row on its own: what cannot
 be carried over and why (an invalid cron, an HTTP task without its options, a MetaType that
 does not exist...), what changes on the way (dangling keepers and children dropped, a Nexts
@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from schedulemaster.store.ledger import fingerprint
 
-# The original's tables and the columns this import reads (EF model, §3). A source missing one
+# The original's tables and the columns this import reads (its EF model). A source missing one
 # of them is "a schema of a different version", reported before anything else happens.
 TABLES: dict[str, list[str]] = {
     "schedules": ["id", "title", "metatype", "remark", "runloop", "cronexpression", "assemblyname", "classname",

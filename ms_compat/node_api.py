@@ -1,4 +1,4 @@
-"""/api/Node/*: the console's Nodes page (节点管理, behaviour notes §5) as API extensions.
+"""/api/Node/*: the console's Nodes page (节点管理, docs/legacy-behaviour.md, The console) as API extensions.
 
 A node's row joins what Prefect knows (the worker, its last heartbeat) with what the operator
 chose (enabled or disabled, ``deployments/variables.py``) and the master's nodes table

@@ -1,4 +1,4 @@
-"""/api/Task/*: the original's TaskController, answering in its shapes and words (§2.5).
+"""/api/Task/*: the original's TaskController, answering in its shapes and words.
 
 Every task is a Prefect deployment (see ``deployments/tasks.py``); this module only turns
 legacy requests into deployment changes and deployment state back into legacy views.

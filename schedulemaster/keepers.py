@@ -1,4 +1,4 @@
-"""Keepers: the users mailed when a task's run fails (behaviour notes §4.7), and the creator
+"""Keepers: the users mailed when a task's run fails (docs/legacy-behaviour.md, Keepers), and the creator
 mailed when a delayed task fails for good (the dispatcher sends that one).
 
 The master sees every task failure: firings reach it through the recording endpoint and
@@ -141,7 +141,7 @@ def send_html(store, to: list[tuple[str, str]], subject: str, html_body: str, te
 
 
 def mail_delayed_failure(store, task: dict[str, Any], error: str | None, when: datetime) -> bool:
-    """A delayed task failed for good: its creator is told, if the creator has an email (§4.7)."""
+    """A delayed task failed for good: its creator is told, if the creator has an email."""
     user = store.user_by_name(task["createusername"] or "")
     if user is None or not user.email or user.status == -1:
         return False

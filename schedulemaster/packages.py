@@ -2,7 +2,7 @@
 
 The original kept uploaded zips in the master's ``wwwroot/plugins/`` and each worker
 downloaded one at Start and unzipped it into ``wwwroot/plugins/<taskId>/`` (behaviour
-notes §4.3). Here too: the master stores the package (``PackageStore``), nodes fetch it
+docs/legacy-behaviour.md, Plugin tasks). Here too: the master stores the package (``PackageStore``), nodes fetch it
 from the master at Start (no shared file system) and unpack it into the task's own
 directory. Both sides check the archive the same way (``check_archive``), so a hostile
 archive is refused at upload and could not escape its directory at a node anyway.

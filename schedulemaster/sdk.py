@@ -1,6 +1,6 @@
 """The plugin SDK: ScheduleMaster's ``TaskBase`` / ``TaskContext`` in Python.
 
-A port of the original's ``Hos.ScheduleMaster.Base`` (behaviour notes §4.3), in Python
+A port of the original's ``Hos.ScheduleMaster.Base`` (docs/legacy-behaviour.md, Plugin tasks), in Python
 naming, with the original names kept as aliases so a ported plugin can read like the C#::
 
     from schedulemaster import TaskBase, TaskContext

@@ -108,10 +108,10 @@ class Settings:
             "PREFECT_SERVER_API_PORT": str(self.prefect_port),
             "PREFECT_SERVER_UI_API_URL": f"http://{'127.0.0.1' if self.prefect_host in ('0.0.0.0', '') else self.prefect_host}:{self.prefect_port}/api",
             # Firings are recorded as task-free flow runs in bulk; raising the recorder and
-            # persister batches is what prefect-notes §11 measured to keep the server ahead.
+            # persister batches keeps the server ahead (docs/prefect-facts.md).
             "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
             "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "200",
-            # Nodes: poll once a second, look 5 s ahead (prefect-notes §2: lateness p95 ~0.5 s).
+            # Nodes: poll once a second, look 5 s ahead (docs/prefect-facts.md: Workers, polling and lateness).
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "5",
             # A dead node is OFFLINE 3 heartbeats after its last one, seen by the foreman's

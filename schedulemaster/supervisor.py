@@ -25,7 +25,7 @@ PR_SET_PDEATHSIG = 1
 
 
 def _child_setup() -> None:  # runs in the child between fork and exec
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # prefect-notes §9.4: workers ignore TERM otherwise
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # workers ignore TERM otherwise (docs/prefect-facts.md: Signals)
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:

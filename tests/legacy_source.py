@@ -1,4 +1,4 @@
-"""An original ScheduleMaster database for the import tests and bench/import_db.py: the §3 schema
+"""An original ScheduleMaster database for the import tests and bench/import_db.py: the original's schema
 (with the indexes of its ModelBuilderExtensions.CreateIndexes) in MySQL types
 (MariaDB on this machine) or PostgreSQL types, filled with rows as a team would have them
 (Chinese titles, both MetaTypes and an unknown one, a chain and a cycle, keepers, executors,

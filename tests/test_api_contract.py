@@ -227,7 +227,7 @@ def test_hostile_titles_are_stored_verbatim(system, title):
     assert system.detail(body["Data"])["Title"] == title
 
 
-# ---- the status machine and every message of §2.5 ------------------------------------
+# ---- the status machine and every message of the TaskController---------------------------------
 
 def test_status_machine_and_messages(system, receiver):
     tid = system.create_http(receiver.url("/machine"), cron="0 0 3 * * ?", Title="machine")

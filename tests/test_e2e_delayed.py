@@ -94,7 +94,7 @@ def smtp(system):
 
 # ---- the legacy Create ----------------------------------------------------------------------
 def test_the_create_request_replayed_as_a_dotnet_form_post(system, receiver, fast_retries):
-    """The §2.8 form, encoded byte for byte as .NET's FormUrlEncodedContent sends it."""
+    """The DelayTask/Create form, encoded byte for byte as .NET's FormUrlEncodedContent sends it."""
     receiver.on("/dt/doc", 200, '{"code":0,"msg":"success"}', "application/json")
     key = f"ORDER-{uuid.uuid4().hex[:8]}"
     form = [("SourceApp", "order-service"), ("Topic", "order.timeout"), ("ContentKey", key),

@@ -1,4 +1,4 @@
-"""How an HTTP task's request is built (behaviour notes §4.4)."""
+"""How an HTTP task's request is built (docs/legacy-behaviour.md, HTTP tasks)."""
 
 import pytest
 

@@ -13,7 +13,7 @@ NOW = datetime(2026, 6, 1, 3, 4, 5, tzinfo=timezone.utc)
 
 @pytest.mark.parametrize("quartz, prefect", [
     ("0/2 * * * * ?", "* * * * * 0/2"),          # seconds move to the end
-    ("33 0/8 * * * ?", "0/8 * * * * 33"),        # the silent misreading prefect-notes §2 warns of
+    ("33 0/8 * * * ?", "0/8 * * * * 33"),        # the silent misreading docs/prefect-facts.md warns of
     ("0 15 10 ? * MON-FRI", "15 10 * * 1,2,3,4,5 0"),
     ("0 0 12 ? * 2,4,6", "0 12 * * 1,3,5 0"),    # Quartz 1 = Sunday, croniter 0 = Sunday
     ("0 0 12 ? * 1/2", "0 12 * * 0,2,4,6 0"),

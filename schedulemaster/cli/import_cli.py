@@ -1,4 +1,4 @@
-"""`schedulemaster import`: move an existing ScheduleMaster database over (issue 8).
+"""`schedulemaster import`: move an existing ScheduleMaster database over.
 
 The CLI reads the original's tables (``ms_compat/legacy_import.py``) and hands the items to
 the running master, kind by kind, in batches (``/api/schedulemaster/import/*`` on the Prefect

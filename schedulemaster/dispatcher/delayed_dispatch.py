@@ -1,6 +1,6 @@
 """The delayed-task dispatcher: claims what falls due in the next moment and fires it on time.
 
-Replaces the original's per-worker 60-slot time wheel (§4.9) with the database itself as
+Replaces the original's per-worker 60-slot time wheel (docs/legacy-behaviour.md, Delayed tasks) with the database itself as
 the wheel: every ``poll`` seconds one indexed query claims the Ready rows due within
 ``lookahead`` seconds (oldest first, so a backlog after downtime drains in due order), a
 timer fires each at its instant, and outcomes are written back in batches. Memory holds

@@ -2,7 +2,7 @@
 
 The node owns the schedule of every Running task it is responsible for (Prefect's own
 scheduler would create a Scheduled run per firing and then cost ~170 ms of server CPU to
-run it, far too much for 1,200 firings a minute; prefect-notes §11). So a node:
+run it, far too much for 1,200 firings a minute; docs/prefect-facts.md, What a run costs the server). So a node:
 
 1. syncs the task book from Prefect's deployments every ``SYNC_SECONDS`` (status, spec);
 2. computes each task's next Quartz instant and keeps them in a heap;

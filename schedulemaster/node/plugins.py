@@ -2,7 +2,7 @@
 
 The original loaded ``<AssemblyName>.dll`` into a collectible AssemblyLoadContext per task,
 created ``ClassName`` (a ``TaskBase``), called ``Initialize`` once at Start, ``Run`` on
-every firing on that same instance and ``Dispose`` on Stop (behaviour notes §4.3). Here
+every firing on that same instance and ``Dispose`` on Stop (docs/legacy-behaviour.md, Plugin tasks). Here
 ``AssemblyName`` is an importable Python module and ``ClassName`` a class (or a plain
 function) in it. One ``PluginHost`` per node process holds the live instances, so the
 firing loop and the node's Prefect worker (RunOnce, Start) share them.

@@ -1,7 +1,7 @@
 """Record firings in Prefect off the hot path: one flow run per firing, with its log lines.
 
 A worker-path flow run costs the server ~170 ms of CPU per firing; a run created in its
-final state through Prefect's models ~28 ms (prefect-notes §11), and written in bulk by the
+final state through Prefect's models ~28 ms (docs/prefect-facts.md), and written in bulk by the
 master 4-7 ms (bench/record.py: 230 records/s on SQLite, 148 on PostgreSQL). So the node
 fires first and records afterwards, in batches, through the master's
 ``/api/schedulemaster/firings`` endpoint (schedulemaster/master/record_api.py: IMMEDIATE transactions,

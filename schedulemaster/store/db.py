@@ -2,7 +2,7 @@
 
 Same database family as Prefect: a SQLite file by default, PostgreSQL when ``SM_STORE_URL``
 says ``postgresql://...`` (the database is created when missing). Table and column names
-follow the original's schema (§3) so an imported database maps one to one.
+follow the original's schema (docs/legacy-behaviour.md, Data model) so an imported database maps one to one.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Delayed tasks (延时任务): the ``scheduledelayeds`` table, its attempts, and every SQL on them.
 
 Pending callbacks live here, never as one Prefect run each (Prefect creates ~12 runs/s on
-SQLite and falls over near 4,000: prefect-notes §3). The (status, dueat) index lets the
+SQLite and falls over near 4,000: docs/prefect-facts.md). The (status, dueat) index lets the
 dispatcher read only what falls due in the next moment, so its memory does not grow with
 the number pending.
 
-Columns keep the original's names and meanings (behaviour notes §3); the extension columns
+Columns keep the original's names and meanings (docs/legacy-behaviour.md, Data model); the extension columns
 (dueat, claimedby, claimseq, leaseuntil, manual, attempts, pattern, executors) are how a
 durable dispatcher works: a row is *claimed* (claimedby + a lease) before its callback is
 sent and released when the outcome is written, in one transaction with the attempt's row.
@@ -471,7 +471,7 @@ class DelayedStore:
     def settle(self, me: str, outcomes: list[Outcome], retry_times: int, retry_spans: int) -> list[Settled]:
         """Write a batch of outcomes and their attempt rows in one transaction.
 
-        §4.9: success is final; a failure is retried while FailedRetrys < RetryTimes, after
+        As the original: success is final; a failure is retried while FailedRetrys < RetryTimes, after
         RetrySpans × FailedRetrys seconds (status stays Ready); then Failed with the remark
         "重试{n}次后失败结束". A console 执行 is one try with no retries. A row voided, reset or
         re-claimed meanwhile keeps what it has now; only the attempt is recorded."""
