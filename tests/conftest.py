@@ -17,7 +17,8 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def system(tmp_path_factory):
     # the delayed-task dispatcher reports to Prefect every 5 s instead of every minute
-    s = System(tmp_path_factory.mktemp("sm-data"), env={"SM_DELAYED_REPORT_SECONDS": "5"}).start()
+    s = System(tmp_path_factory.mktemp("sm-data"), env={"SM_DELAYED_REPORT_SECONDS": "5",
+                                                        "SM_BODY_IDLE_SECONDS": "3"}).start()
     yield s
     s.stop()
 
