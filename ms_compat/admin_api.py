@@ -90,7 +90,7 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
     async def account_list(request: Request):
         async def act(m, _user):
             page, size = page_bounds(m["pageNumber"], m["pageSize"], 10)
-            users = store.list_users(m["name"])
+            users = await asyncio.to_thread(store.list_users, m["name"])
             rows = [user_row(u, fmt_date) for u in users[(page - 1) * size: page * size]]
             return R.ok("请求数据成功", {"total": len(users), "rows": rows})
 
@@ -110,7 +110,8 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
             if role is None:
                 return R.failed(f"Role 只能是 {' / '.join(roles.ROLES)}!")
             try:
-                user = store.create_user(m["UserName"], password, m["RealName"], m["Phone"], m["Email"], role)
+                user = await asyncio.to_thread(store.create_user, m["UserName"], password, m["RealName"], m["Phone"],
+                                              m["Email"], role)
             except ValueError:
                 return R.failed("用户名已存在!")
             return R.ok("账号创建成功!", user.id)
@@ -127,10 +128,10 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
                 role = roles.parse(m["Role"])
                 if role is None:
                     return R.failed(f"Role 只能是 {' / '.join(roles.ROLES)}!")
-                if role != roles.ADMIN and store.enabled_admins() == [m["Id"]]:
+                if role != roles.ADMIN and await asyncio.to_thread(store.enabled_admins) == [m["Id"]]:
                     return R.failed("至少要保留一个启用的管理员账号!")
                 values["role"] = role
-            if not store.update_user(m["Id"], **values):
+            if not await asyncio.to_thread(store.update_user, m["Id"], **values):
                 return R.failed("账号不存在!")
             return R.ok("账号编辑成功!")
 
@@ -143,9 +144,9 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
                     return R.failed("不能禁用或删除当前登录的账号!")
                 if m["id"] == 1 and status == -1:
                     return R.failed("不能删除超级管理员!")
-                if status != 1 and store.enabled_admins() == [m["id"]]:
+                if status != 1 and await asyncio.to_thread(store.enabled_admins) == [m["id"]]:
                     return R.failed("至少要保留一个启用的管理员账号!")
-                if not store.update_user(m["id"], status=status):
+                if not await asyncio.to_thread(store.update_user, m["id"], status=status):
                     return R.failed("账号不存在!")
                 return R.ok(done)
 
@@ -164,7 +165,7 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
         async def act(m, _user):
             from schedulemaster.store.db import md5_hex
 
-            if not store.update_user(m["id"], password=md5_hex(DEFAULT_ADMIN[1])):
+            if not await asyncio.to_thread(store.update_user, m["id"], password=md5_hex(DEFAULT_ADMIN[1])):
                 return R.failed("账号不存在!")
             return R.ok(f"密码已重置为 {DEFAULT_ADMIN[1]}!")
 
@@ -182,7 +183,7 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
                 return R.failed("原密码错误!")
             if len(m["NewPassword"]) < MIN_PASSWORD:
                 return R.failed(f"密码至少 {MIN_PASSWORD} 位!")
-            store.update_user(user.id, password=md5_hex(m["NewPassword"]))
+            await asyncio.to_thread(store.update_user, user.id, password=md5_hex(m["NewPassword"]))
             return R.ok("密码修改成功!")
 
         return await guarded(request, CHANGE_PWD, await form_of(request), act)
@@ -193,7 +194,7 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
             rows = [{"Key": c.key, "Group": c.group, "Name": c.name,
                      "Value": (MASK if c.value else "") if c.key.endswith(SECRET_SUFFIX) else c.value,
                      "Sort": c.sort, "Remark": c.remark, "UpdateTime": fmt_date(c.updatetime),
-                     "UpdateUserName": c.updateusername} for c in store.config_rows()]
+                     "UpdateUserName": c.updateusername} for c in await asyncio.to_thread(store.config_rows)]
             return R.ok("请求数据成功", rows)
 
         return await guarded(request, [], FormValues([]), act)
@@ -203,7 +204,7 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
         form = await form_of(request)
 
         async def act(_m, user: SystemUser):
-            known = {c.key.lower(): c.key for c in store.config_rows()}
+            known = {c.key.lower(): c.key for c in await asyncio.to_thread(store.config_rows)}
             values: dict[str, str] = {}
             for raw_key, vals in form.plain.items():
                 key = known.get(raw_key)
@@ -222,7 +223,7 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
                 return R.failed("没有要保存的配置项!")
             if not values:  # only masked secrets came back: nothing changes
                 return R.ok("保存成功!")
-            store.set_configs(values, user.username)
+            await asyncio.to_thread(store.set_configs, values, user.username)
             await on_settings_saved()
             return R.ok("保存成功!")
 

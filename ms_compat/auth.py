@@ -35,12 +35,13 @@ class Authenticator:
         # this process is re-read at once; one changed elsewhere within a second.
         self._users: dict[str, tuple[SystemUser | None, float, int]] = {}
 
-    def _user(self, name: str) -> SystemUser | None:
+    async def _user(self, name: str) -> SystemUser | None:
         hit = self._users.get(name)
         now = time.monotonic()
         if hit is not None and now - hit[1] < USER_CACHE_SECONDS and hit[2] == self.store.user_version:
             return hit[0]
-        row = self.store.user_by_name(name)
+        # the store is synchronous and this loop is the Prefect server's too: read in a thread
+        row = await asyncio.to_thread(self.store.user_by_name, name)
         if len(self._users) > 10_000:
             self._users.clear()
         self._users[name] = (row, now, self.store.user_version)
@@ -49,8 +50,8 @@ class Authenticator:
     async def check(self, user: str | None, secret: str | None, address: str) -> SystemUser | None:
         """The account these headers sign in as, or None. Attempts for one (user name, client
         address) take turns: parallel guesses would otherwise all be judged before the first
-        failure was counted. Only a key with recent failures ever waits for its turn (the
-        check itself does not await), so a busy, well-behaved client is not slowed."""
+        failure was counted. A turn is short (a cached account, or one store read a second per
+        user) unless the key has recent failures, so a busy, well-behaved client is not slowed."""
         key = (user or "", address)
         lock = self._locks.get(key)
         if lock is None:
@@ -65,7 +66,7 @@ class Authenticator:
                     recent.popleft()
                 if len(recent) >= FREE_FAILURES:
                     await asyncio.sleep(min(MAX_DELAY_S, 0.1 * (len(recent) - FREE_FAILURES + 1)))
-            found = self._verify(user, secret)
+            found = await self._verify(user, secret)
             if found is None:
                 q = self._failures[key]
                 q.append(time.monotonic())
@@ -77,10 +78,10 @@ class Authenticator:
                 self._failures.pop(key, None)
             return found
 
-    def _verify(self, user: str | None, secret: str | None) -> SystemUser | None:
+    async def _verify(self, user: str | None, secret: str | None) -> SystemUser | None:
         if not user or not secret or len(user) > MAX_HEADER or len(secret) > MAX_HEADER:
             return None
-        row = self._user(user)
+        row = await self._user(user)
         if row is None or row.status != 1:
             return None
         expected = md5_hex(user + row.password + user)
