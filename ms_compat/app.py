@@ -64,8 +64,7 @@ class LegacyPipeline:
     """Case-insensitive paths, body limits, and never a 500 (the legacy failure envelope instead).
 
     A plain ASGI middleware: Starlette's ``@app.middleware("http")`` wraps every request in
-    an extra task and stream; measured here, replacing it took DelayTask/Create from 784/s
-    to 1,669/s on SQLite."""
+    an extra task and stream, which halved the DelayTask/Create rate (bench/delayed.py)."""
 
     def __init__(self, app, auth: Authenticator | None = None):
         self.app = app

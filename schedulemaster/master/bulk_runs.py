@@ -4,9 +4,8 @@ Why by hand: Prefect has no bulk path for finished runs. ``models.flow_runs.crea
 with a state reads the deployment (for the labels), inserts the run, reads it back with its
 work queue and pool, locks it, passes the state through orchestration, reads the flow, the
 deployment and the work queue again for the state-change event, and writes the state: about
-ten round trips per run, ~45 ms on PostgreSQL here: the master recorded ~25 runs/s
-(bench/record.py) while the soak's nodes fired 40/s (bench/soak.py). Written here, 150-220
-runs/s. A run created directly in a terminal state goes through none of Prefect's
+ten round trips per run, several times slower than nodes fire under load (bench/record.py
+measures both ways; the README has the figures). A run created directly in a terminal state goes through none of Prefect's
 orchestration *rules* (``force``), only its bookkeeping transforms (the run's state type,
 name and timestamp; its end time), so this module writes the same
 columns in a few statements per batch: the runs, their states, the runs' state ids, and the

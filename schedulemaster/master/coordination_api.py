@@ -99,8 +99,8 @@ def create_coordination_router(engine, live_workers: LiveWorkers,
     router = APIRouter()
     activity = activity if activity is not None else NodeActivity()
     # Its own threads: a firing waits for its claim, so claims must not queue behind the
-    # server's other blocking calls in the default executor (6 threads on 2 cores). With the
-    # master recording a backlog, claims took 23-32 s and firings went late (bench/soak.py).
+    # server's other blocking calls in the default executor (6 threads on 2 cores), which a
+    # recording backlog fills (bench/soak.py shows what that does to lateness).
     pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sm-claims")
 
     async def to_thread(fn, *args):

@@ -120,9 +120,8 @@ class Failover:
             return f"node {name} went offline ({seen})"
 
         # Firings that may not have run come first, several at a time (each is a deployment
-        # read and a flow run, ~1.5 s under load); then a bounded share of the records a dead
-        # node never sent. In the soak the records came first, 500 per tick at ~100 s each,
-        # and re-runs waited behind them for up to 17 minutes (bench/soak.py).
+        # read and a flow run, slow under load); then a bounded share of the records a dead
+        # node never sent, so a large backlog of records never holds re-runs back.
         orphaned = [(c, why) for c in pending if (why := gone(c.node, c.incarnation)) is not None]
         for i in range(0, len(orphaned), RERUN_AT_ONCE):
             await asyncio.gather(*(self._claim_orphaned(c, why) for c, why in orphaned[i:i + RERUN_AT_ONCE]))

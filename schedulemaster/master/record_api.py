@@ -76,12 +76,10 @@ OnFailure = Callable[[dict, datetime, str, str, str], None]
 async def record_firings(records: list[FiringRecord], on_failure: OnFailure | None = None) -> RecordResult:
     """Write the firings as flow runs of their tasks' deployments, TRANSACTION_SIZE per transaction.
 
-    SQLite has one write lock. When each run cost ~25 ms, a transaction of hundreds of
-    firings held it for seconds, and in the plugin benchmark Prefect's own services
-    (mark_deployments_ready, monitor_worker_health) timed out after waiting 60 s for the
-    lock while the recorder sent batches of 500 (the likely holder; not proven). Written in
-    bulk a firing costs ~4 ms (bench/record.py), so 50 hold it ~0.2 s; small transactions
-    still let every other writer in between.
+    SQLite has one write lock, and Prefect's own services (marking deployments ready,
+    worker health) give up after waiting 60 s for it: a transaction must hold it briefly.
+    Written in bulk (bulk_runs.py) a firing costs a few milliseconds, so TRANSACTION_SIZE
+    firings hold the lock a fraction of a second and every other writer gets in between.
     """
     recorded, unknown = 0, []
     for i in range(0, len(records), TRANSACTION_SIZE):

@@ -501,8 +501,8 @@ class FiringLoop:
         # While a run that began before this instant is still going and a firing already
         # waits, this one is skipped (a blocked Quartz trigger does not pile up either).
         # Firings that came due while none ran, only waiting for their claims (a slow master
-        # answers a burst at once), all wait their turn: skipping those lost 3 firings in
-        # the soak (bench/soak.py). Catch-up firings always wait: a dead node did not run them.
+        # answers a burst at once), all wait their turn: none of them was blocked by a run, so
+        # skipping them would lose firings. Catch-up firings always wait: a dead node did not run them.
         if entry.lock.locked() and why_late is None:
             if entry.waiting and entry.running_since is not None and entry.running_since <= at:
                 self.skipped += 1

@@ -283,9 +283,9 @@ class DelayedStore:
 
     @staticmethod
     def _copy(conn, rows: list[dict[str, Any]]) -> None:
-        """PostgreSQL's COPY, in the caller's transaction: 1,000 rows in ~12 ms where
-        SQLAlchemy's (pipelined) executemany took ~68 ms, measured here; batched creates
-        were bound by this writer thread."""
+        """PostgreSQL's COPY, in the caller's transaction: several times faster than
+        SQLAlchemy's (pipelined) executemany for a batch, and batched creates are bound by
+        this writer thread (bench/delayed.py; the README has the figures)."""
         names = [c.name for c in T.columns]
         defaults = {c.name: c.default.arg for c in T.columns
                     if c.default is not None and not callable(c.default.arg)}
