@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import uuid
 from contextlib import asynccontextmanager
 from typing import Any, Awaitable, Callable
@@ -19,6 +18,7 @@ from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from schedulemaster.body_limit import BodyAborted, BodyStalled, BodyTooLarge, bounded, declared_too_large
 from schedulemaster.packages import MAX_PACKAGE_BYTES, PackageError
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.admin_api import add_admin_routes, add_audit_route
@@ -39,8 +39,6 @@ MAX_BODY_BYTES = 1024 * 1024
 UPLOAD_PATH = "/api/task/uploadplugin"
 UPLOAD_LIMIT = MAX_PACKAGE_BYTES + MAX_BODY_BYTES  # the package plus the multipart around it
 BODY_LIMITS = {UPLOAD_PATH: UPLOAD_LIMIT, BATCH_PATH: BATCH_LIMIT}
-# a body that sends nothing for this long is cut off (408); tests shorten it
-BODY_IDLE_SECONDS = float(os.environ.get("SM_BODY_IDLE_SECONDS", "15"))
 BODY_TOTAL_SECONDS = 60.0  # ... or that is not complete after this long (1 MiB bodies)
 LARGE_BODY_TOTAL_SECONDS = 600.0  # ... an upload or a batch
 
@@ -50,7 +48,7 @@ async def _form(request: Request) -> FormValues:
     if ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
         try:
             form = await request.form(max_files=10, max_fields=5000)
-        except _BodyAborted:
+        except BodyAborted:
             raise
         except Exception:  # malformed multipart, too many parts, bad encoding
             values = FormValues([])
@@ -76,9 +74,8 @@ class LegacyPipeline:
         # ASP.NET routes are case-insensitive: /api/task/create == /api/Task/Create.
         scope["path"] = scope["path"].lower().rstrip("/") or "/"
         limit = BODY_LIMITS.get(scope["path"], MAX_BODY_BYTES)
-        for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
-                return await R.client_error(413)(scope, receive, send)
+        if declared_too_large(scope, limit):
+            return await R.client_error(413)(scope, receive, send)
         if scope["path"] in BODY_LIMITS and self.auth is not None:
             # The endpoints that take large bodies check the caller before reading one: a
             # stranger must not make the server read (and parse) 16-60 MiB to get a 401.
@@ -89,29 +86,8 @@ class LegacyPipeline:
             if user is None:
                 return await R.client_error(401)(scope, receive, send)
         started = False
-        received = 0
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (BODY_TOTAL_SECONDS if limit <= MAX_BODY_BYTES else LARGE_BODY_TOTAL_SECONDS)
-
-        body_done = False
-
-        async def counted_receive():
-            # a chunked body has no Content-Length: count what arrives against the same limit;
-            # a body that stops arriving (or trickles) is cut off instead of holding the connection
-            nonlocal received, body_done
-            if body_done:  # after the body only a disconnect can come; no clock on that
-                return await receive()
-            try:
-                async with asyncio.timeout(min(BODY_IDLE_SECONDS, max(0.0, deadline - loop.time()))):
-                    message = await receive()
-            except TimeoutError:
-                raise _Stalled() from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _TooLarge()
-                body_done = not message.get("more_body", False)
-            return message
+        counted_receive = bounded(receive, limit,
+                                  BODY_TOTAL_SECONDS if limit <= MAX_BODY_BYTES else LARGE_BODY_TOTAL_SECONDS)
 
         async def tracked_send(message):
             nonlocal started
@@ -120,10 +96,10 @@ class LegacyPipeline:
 
         try:
             await self.app(scope, counted_receive, tracked_send)
-        except _TooLarge:
+        except BodyTooLarge:
             if not started:
                 await R.client_error(413)(scope, receive, send)
-        except _Stalled:
+        except BodyStalled:
             log.info("%s: the request body stopped arriving; cut off", scope["path"])
             if not started:
                 await R.client_error(408)(scope, receive, send)
@@ -131,18 +107,6 @@ class LegacyPipeline:
             log.exception("unhandled error in %s", scope["path"])
             if not started:
                 await R.failed(SERVICE_ERROR)(scope, receive, send)
-
-
-class _BodyAborted(Exception):
-    """Reading the body was given up: the pipeline answers (413, 408), not the endpoint."""
-
-
-class _TooLarge(_BodyAborted):
-    """A body grew past its limit while being read."""
-
-
-class _Stalled(_BodyAborted):
-    """A body stopped arriving (or arrived too slowly) while being read."""
 
 
 def _header(value: bytes | None) -> str | None:
@@ -314,7 +278,7 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
             try:
                 form = await request.form(max_files=1, max_fields=10, max_part_size=UPLOAD_LIMIT)
                 files = [v for k, v in form.multi_items() if k.lower() == "file" and not isinstance(v, str)]
-            except _BodyAborted:
+            except BodyAborted:
                 raise
             except Exception:
                 values.broken = True

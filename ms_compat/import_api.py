@@ -17,12 +17,14 @@ from uuid import UUID
 from fastapi import APIRouter, FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from schedulemaster.body_limit import BodyStalled, BodyTooLarge, bounded, declared_too_large
 from schedulemaster.ms_compat.import_target import ImportTarget, Options
 
 log = logging.getLogger("schedulemaster.import")
 
 MAX_ITEMS = 500
 MAX_BODY = 64 * 1024 * 1024  # a batch; the CLI keeps its batches under a quarter of it
+BODY_SECONDS = 600.0  # a batch of history with its logs may be large; it must arrive within this
 Name = Annotated[str, StringConstraints(max_length=100)]
 
 
@@ -137,8 +139,8 @@ KINDS: dict[str, tuple[type, str]] = {
 
 
 class _BodyLimit:
-    """Refuse a body over MAX_BODY before it is read into memory (413), counted as it arrives
-    when it comes chunked. Prefect's own API sets no limit."""
+    """Refuse a body over MAX_BODY before it is read into memory (413), or one that stalls
+    (408). Prefect's own API sets no limit."""
 
     def __init__(self, app):
         self.app = app
@@ -149,27 +151,14 @@ class _BodyLimit:
         from starlette.responses import JSONResponse
 
         too_large = JSONResponse({"detail": f"body over {MAX_BODY} bytes: send smaller batches"}, status_code=413)
-        for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > MAX_BODY):
-                return await too_large(scope, receive, send)
-        received = 0
-
-        async def counted():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > MAX_BODY:
-                raise _TooLarge()
-            return message
-
+        if declared_too_large(scope, MAX_BODY):
+            return await too_large(scope, receive, send)
         try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
+            await self.app(scope, bounded(receive, MAX_BODY, BODY_SECONDS), send)
+        except BodyTooLarge:
             await too_large(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
+        except BodyStalled:
+            await JSONResponse({"detail": "the body stopped arriving"}, status_code=408)(scope, receive, send)
 
 
 def create_import_app(target: ImportTarget) -> FastAPI:
