@@ -22,10 +22,10 @@ from schedulemaster.flows import delayed_callback as cb
 from schedulemaster.flows import targets
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.binding import F, FormValues, bind, id_from_form_or_query, page_bounds
-from schedulemaster.store.delayed_store import LATE_AFTER, STATUS_TEXT, DuplicateIds, host_of, utcnow
+from schedulemaster.store.delayed_store import LATE_AFTER, STATUS_TEXT, DuplicateIds, host_of
+from schedulemaster.timeutil import MAX_SPAN_SECONDS, utcnow_naive
 from schedulemaster.store.db import Configs, Store, SystemUser
 
-MAX_SPAN_SECONDS = 10 * 365 * 24 * 3600  # ten years: anything longer is a mistake, not a delay
 MAX_BATCH_ITEMS = 10_000
 BATCH_PATH = "/api/delaytask/createbatch"
 BATCH_LIMIT = 16 * 1024 * 1024  # bytes of JSON a batch may carry
@@ -197,7 +197,7 @@ def add_delayed_routes(app: FastAPI, store: Store, guarded, form_of, tz_of: Call
             policy = targets.NetworkPolicy.from_settings(settings)
             try:
                 row = row_for_create(m, user, tz_of(), settings.get("DelayTask_DelayPattern", "Relative"),
-                                     utcnow(), policy)
+                                     utcnow_naive(), policy)
                 await targets.acheck_resolved(row["notifyurl"], "NotifyUrl", policy)
             except (Refused, targets.TargetError) as exc:
                 return R.failed(str(exc))
@@ -239,7 +239,7 @@ def add_delayed_routes(app: FastAPI, store: Store, guarded, form_of, tz_of: Call
 
         async def act(_m, user: SystemUser):
             settings = configs.get()
-            now, pattern = utcnow(), settings.get("DelayTask_DelayPattern", "Relative")
+            now, pattern = utcnow_naive(), settings.get("DelayTask_DelayPattern", "Relative")
             policy = targets.NetworkPolicy.from_settings(settings)
             rows = []
             for i, m in enumerate(models):
@@ -299,7 +299,7 @@ def add_delayed_routes(app: FastAPI, store: Store, guarded, form_of, tz_of: Call
             async def act(m, _user):
                 if m["id"] is None:
                     return R.failed("任务不存在!")
-                result, _before = await asyncio.to_thread(delayed.transition, str(m["id"]), action, utcnow())
+                result, _before = await asyncio.to_thread(delayed.transition, str(m["id"]), action, utcnow_naive())
                 if result == "missing":
                     return R.failed("任务不存在!")
                 if result == "state":

@@ -39,7 +39,7 @@ from sqlmodel import Session, select
 
 from schedulemaster.ms_compat.delayed_api import to_utc
 from schedulemaster.ms_compat.legacy_import import source_fingerprint
-from schedulemaster.store.delayed_store import utcnow
+from schedulemaster.timeutil import MAX_SPAN_SECONDS, utcnow_naive
 from schedulemaster.store.db import Store, SystemUser
 from schedulemaster.store.ledger import ImportLedger, fingerprint
 
@@ -130,7 +130,7 @@ class ImportTarget:
                   target_id: str | None = None) -> None:
         row = session.get(ImportLedger, (kind, key)) or ImportLedger(kind=kind, key=key, sourcefp="", targetfp="")
         row.sourcefp, row.targetfp, row.targetid = source_fp, target_fp, target_id
-        row.importedat = utcnow()
+        row.importedat = utcnow_naive()
         session.add(row)
 
     def _remember_alone(self, kind: str, key: str, source_fp: str, target_fp: str, target_id: str | None = None):
@@ -402,7 +402,7 @@ class ImportTarget:
                     out.append(Outcome("delayed", key, "failed", str(exc) or type(exc).__name__))
                     continue
                 rows.append(row)
-                note = "overdue: fires at once, marked late" if row["dueat"] < utcnow() else ""
+                note = "overdue: fires at once, marked late" if row["dueat"] < utcnow_naive() else ""
                 if item["status"] == 1:
                     note = "; ".join(filter(None, ["Created (not yet queued) in the original: Ready here", note]))
                 out.append(Outcome("delayed", key, "created", note, key))
@@ -596,7 +596,7 @@ def delayed_row(item: dict[str, Any], tz: str) -> dict[str, Any]:
         if due_local is None:
             raise ValueError("Absolute pattern without a DelayAbsoluteTime")
     else:
-        due_local = item["createtime"] + timedelta(seconds=min(item.get("delaytimespan") or 0, 10 * 366 * 86400))
+        due_local = item["createtime"] + timedelta(seconds=min(item.get("delaytimespan") or 0, MAX_SPAN_SECONDS))
     due = to_utc(due_local, tz)
     return {
         "id": str(item["id"]), "sourceapp": item["sourceapp"], "topic": item["topic"],

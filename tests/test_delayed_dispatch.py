@@ -14,7 +14,8 @@ from aiohttp import web
 from helpers import serve_aiohttp
 from schedulemaster.dispatcher.delayed_dispatch import Dispatcher
 from schedulemaster.ms_compat.delayed_api import row_for_create
-from schedulemaster.store.delayed_store import DelayStatus, utcnow
+from schedulemaster.store.delayed_store import DelayStatus
+from schedulemaster.timeutil import utcnow_naive
 from schedulemaster.store.db import Store
 
 USER = SimpleNamespace(username="admin")
@@ -41,7 +42,7 @@ def rows(url: str, dues) -> list[dict]:
         m = {"Id": None, "SourceApp": "t", "Topic": "t", "ContentKey": "k", "DelayTimeSpan": 1,
              "DelayAbsoluteTime": None, "NotifyUrl": url, "NotifyDataType": "application/json",
              "NotifyBody": "{}", "Remark": None, "Executors": None, "DelayPattern": None}
-        row = row_for_create(m, USER, "UTC", "Relative", utcnow())
+        row = row_for_create(m, USER, "UTC", "Relative", utcnow_naive())
         row["dueat"] = due
         out.append(row)
     return out
@@ -68,7 +69,7 @@ async def run_until(dispatcher: Dispatcher, done, timeout: float = 20.0) -> None
 
 async def test_a_backlog_that_fell_due_while_down_fires_at_start_oldest_first_and_is_reported_late(store):
     url, arrivals, runner = await start_receiver()
-    now = utcnow()
+    now = utcnow_naive()
     backlog = rows(url, [now - timedelta(seconds=s) for s in (30, 300, 5, 60)])
     store.delayed.create(backlog).result(10)
     d = Dispatcher(store.delayed, "t", lambda: {}, single=True)
@@ -87,7 +88,7 @@ async def test_a_backlog_that_fell_due_while_down_fires_at_start_oldest_first_an
 async def test_a_slow_receiver_does_not_hold_up_the_others(store):
     slow_url, slow_hits, slow_runner = await start_receiver(delay=3.0)
     fast_url, fast_hits, fast_runner = await start_receiver()
-    due = utcnow() + timedelta(seconds=0.3)
+    due = utcnow_naive() + timedelta(seconds=0.3)
     slow = rows(slow_url, [due] * 40)
     fast = rows(fast_url.replace("127.0.0.1", "localhost"), [due + timedelta(milliseconds=50)] * 40)
     store.delayed.create(slow + fast).result(10)
@@ -104,7 +105,7 @@ async def test_a_slow_receiver_does_not_hold_up_the_others(store):
 
 async def test_a_clean_stop_finishes_what_is_in_flight_and_gives_back_the_rest(store):
     url, arrivals, runner = await start_receiver(delay=0.5)
-    now = utcnow()
+    now = utcnow_naive()
     soon = rows(url, [now] * 3)
     later = rows(url, [now + timedelta(seconds=0.45)] * 3)   # claimed (within the look-ahead), not yet fired
     store.delayed.create(soon + later).result(10)
@@ -124,7 +125,7 @@ async def test_a_clean_stop_finishes_what_is_in_flight_and_gives_back_the_rest(s
 async def test_a_settings_read_that_fails_does_not_stop_dispatching(store):
     """The settings come from the database; while it is away the defaults hold and outcomes settle."""
     url, arrivals, runner = await start_receiver()
-    rows_ = rows(url, [utcnow()] * 5)
+    rows_ = rows(url, [utcnow_naive()] * 5)
     store.delayed.create(rows_).result(10)
 
     def broken():
@@ -139,14 +140,14 @@ async def test_a_settings_read_that_fails_does_not_stop_dispatching(store):
 async def test_execute_on_a_row_already_claimed_fires_it_once_now(store):
     """An operator's 执行 releases a claim the dispatcher holds in memory: one claim, one send."""
     url, arrivals, runner = await start_receiver()
-    [row] = rows(url, [utcnow() + timedelta(seconds=0.45)])
-    row["dueat"] = utcnow() + timedelta(seconds=0.45)
+    [row] = rows(url, [utcnow_naive() + timedelta(seconds=0.45)])
+    row["dueat"] = utcnow_naive() + timedelta(seconds=0.45)
     store.delayed.create([row]).result(10)
     d = Dispatcher(store.delayed, "t", lambda: {}, single=True, lookahead=10.0)
     task = asyncio.create_task(d.run())
     while row["id"] not in d.held:
         await asyncio.sleep(0.01)
-    store.delayed.transition(row["id"], "execute", utcnow())
+    store.delayed.transition(row["id"], "execute", utcnow_naive())
     while store.delayed.get(row["id"])["status"] != DelayStatus.Successed:
         await asyncio.sleep(0.05)
     await asyncio.sleep(1.0)
@@ -161,7 +162,7 @@ async def test_execute_on_a_row_already_claimed_fires_it_once_now(store):
 
 async def test_a_callback_voided_while_queued_behind_a_slow_receiver_is_not_sent(store):
     url, arrivals, runner = await start_receiver(delay=2.0)
-    queue = rows(url, [utcnow()] * 6)
+    queue = rows(url, [utcnow_naive()] * 6)
     store.delayed.create(queue).result(10)
     d = Dispatcher(store.delayed, "t", lambda: {"DelayTask_RequestTimeout": "10"}, per_host=1, single=True)
     task = asyncio.create_task(d.run())
@@ -169,7 +170,7 @@ async def test_a_callback_voided_while_queued_behind_a_slow_receiver_is_not_sent
         await asyncio.sleep(0.02)
     voided = [r["id"] for r in queue if r["id"] != arrivals[0][0]][:3]
     for i in voided:
-        store.delayed.transition(i, "void", utcnow())
+        store.delayed.transition(i, "void", utcnow_naive())
     while any(store.delayed.get(r["id"])["status"] == DelayStatus.Ready for r in queue):
         await asyncio.sleep(0.1)
     d.stop()
@@ -186,7 +187,7 @@ async def test_a_stop_while_callbacks_wait_for_a_slot_gives_them_back_unsent(sto
     flight keeps its claim (outcome unknown: re-sent as recovered), the ones still waiting for a
     slot were never sent and are given back as if never claimed."""
     url, arrivals, runner = await start_receiver(delay=5.0)
-    queue = rows(url, [utcnow()] * 4)
+    queue = rows(url, [utcnow_naive()] * 4)
     store.delayed.create(queue).result(10)
     d = Dispatcher(store.delayed, "t", lambda: {"DelayTask_RequestTimeout": "7"}, per_host=1, single=True)
     task = asyncio.create_task(d.run())

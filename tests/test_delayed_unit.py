@@ -15,7 +15,8 @@ from aiohttp import web
 from helpers import serve_aiohttp
 from schedulemaster.flows import delayed_callback as cb
 from schedulemaster.ms_compat.delayed_api import Refused, form_of_json, row_for_create
-from schedulemaster.store.delayed_store import DelayStatus, DuplicateIds, Outcome, utcnow
+from schedulemaster.store.delayed_store import DelayStatus, DuplicateIds, Outcome
+from schedulemaster.timeutil import utcnow_naive
 from schedulemaster.store.db import Store
 
 USER = SimpleNamespace(username="admin")
@@ -129,7 +130,7 @@ def model(**over):
 
 
 def test_relative_mode_is_due_span_seconds_after_creation():
-    now = utcnow()
+    now = utcnow_naive()
     row = row_for_create(model(DelayTimeSpan=90), USER, TZ, "Relative", now)
     assert row["dueat"] == now + timedelta(seconds=90) and row["status"] == DelayStatus.Ready
     assert row["pattern"] == "Relative" and row["createusername"] == "admin"
@@ -159,13 +160,13 @@ def test_absolute_mode_takes_the_local_time_and_stores_utc():
 ])
 def test_what_a_callback_could_never_survive_is_refused(over, pattern):
     with pytest.raises(Refused):
-        row_for_create(model(**over), USER, TZ, pattern, utcnow())
+        row_for_create(model(**over), USER, TZ, pattern, utcnow_naive())
 
 
 def test_a_client_supplied_id_is_kept_and_the_empty_guid_means_a_new_one():
     given = uuid.uuid4()
-    assert row_for_create(model(Id=given), USER, TZ, "Relative", utcnow())["id"] == str(given)
-    assert row_for_create(model(Id=uuid.UUID(int=0)), USER, TZ, "Relative", utcnow())["id"] != str(uuid.UUID(int=0))
+    assert row_for_create(model(Id=given), USER, TZ, "Relative", utcnow_naive())["id"] == str(given)
+    assert row_for_create(model(Id=uuid.UUID(int=0)), USER, TZ, "Relative", utcnow_naive())["id"] != str(uuid.UUID(int=0))
 
 
 def test_a_batch_item_binds_like_a_form():
@@ -184,7 +185,7 @@ def store(tmp_path):
 
 
 def new_row(store_now=None, **over):
-    row = row_for_create(model(), USER, TZ, "Relative", store_now or utcnow())
+    row = row_for_create(model(), USER, TZ, "Relative", store_now or utcnow_naive())
     row.update(over)
     return row
 
@@ -205,13 +206,13 @@ def test_creates_are_committed_together_and_duplicates_refused_per_request(store
 
 
 def claim_all(d, me="d1", seq=1, **kw):
-    now = utcnow()
+    now = utcnow_naive()
     return d.claim(me, seq, now + timedelta(seconds=1), now, timedelta(seconds=30), 100, **kw)
 
 
 def test_claim_takes_due_rows_oldest_first_once(store):
     d = store.delayed
-    now = utcnow()
+    now = utcnow_naive()
     rows = [new_row(dueat=now - timedelta(seconds=s)) for s in (1, 30, 5)] + [new_row(dueat=now + timedelta(hours=1))]
     d.create(rows).result(10)
     got = claim_all(d)
@@ -222,7 +223,7 @@ def test_claim_takes_due_rows_oldest_first_once(store):
 
 def test_claim_leaves_busy_receivers_for_later(store):
     d = store.delayed
-    now = utcnow()
+    now = utcnow_naive()
     slow = new_row(dueat=now - timedelta(seconds=2), notifyhost="slow:80")
     fast = new_row(dueat=now - timedelta(seconds=1), notifyhost="fast:80")
     d.create([slow, fast]).result(10)
@@ -230,17 +231,17 @@ def test_claim_leaves_busy_receivers_for_later(store):
 
 
 def settle_one(d, claim, success, retry_times=2, retry_spans=10, me="d1"):
-    return d.settle(me, [Outcome(claim, utcnow(), success, 200 if success else 500, "x", None if success else "HTTP 500")],
+    return d.settle(me, [Outcome(claim, utcnow_naive(), success, 200 if success else 500, "x", None if success else "HTTP 500")],
                     retry_times, retry_spans)[0]
 
 
 def test_failures_retry_after_span_times_attempt_then_fail_with_the_original_remark(store):
     d = store.delayed
-    row = new_row(dueat=utcnow() - timedelta(seconds=1), remark="客户备注")
+    row = new_row(dueat=utcnow_naive() - timedelta(seconds=1), remark="客户备注")
     d.create([row]).result(10)
     for n in (1, 2):
         [c] = claim_all(d, seq=n)
-        before = utcnow()
+        before = utcnow_naive()
         s = settle_one(d, c, False)
         assert s.status == DelayStatus.Ready and not s.stale
         got = d.get(row["id"])
@@ -250,7 +251,7 @@ def test_failures_retry_after_span_times_attempt_then_fail_with_the_original_rem
             from sqlalchemy import update
 
             from schedulemaster.store.delayed_store import T
-            conn.execute(update(T).where(T.c.id == row["id"]).values(dueat=utcnow() - timedelta(seconds=1)))
+            conn.execute(update(T).where(T.c.id == row["id"]).values(dueat=utcnow_naive() - timedelta(seconds=1)))
     [c] = claim_all(d, seq=3)
     s = settle_one(d, c, False)
     got = d.get(row["id"])
@@ -262,7 +263,7 @@ def test_failures_retry_after_span_times_attempt_then_fail_with_the_original_rem
 
 def test_success_is_final(store):
     d = store.delayed
-    row = new_row(dueat=utcnow())
+    row = new_row(dueat=utcnow_naive())
     d.create([row]).result(10)
     [c] = claim_all(d)
     assert settle_one(d, c, True).status == DelayStatus.Successed
@@ -274,7 +275,7 @@ def test_console_transitions_follow_the_state_rules(store):
     d = store.delayed
     row = new_row()
     d.create([row]).result(10)
-    now = utcnow()
+    now = utcnow_naive()
     assert d.transition(row["id"], "reset", now)[0] == "state"         # already Ready
     assert d.transition(row["id"], "void", now)[0] == "ok"
     assert d.get(row["id"])["status"] == DelayStatus.Deleted
@@ -290,11 +291,11 @@ def test_a_manual_execute_of_a_failed_task_is_one_try_and_marks_the_remark(store
     d = store.delayed
     row = new_row(status=DelayStatus.Failed, dueat=None, failedretrys=3)
     d.create([row]).result(10)
-    assert d.transition(row["id"], "execute", utcnow())[0] == "ok"
+    assert d.transition(row["id"], "execute", utcnow_naive())[0] == "ok"
     [c] = claim_all(d)
     assert c.manual
     assert settle_one(d, c, False).status == DelayStatus.Failed      # no retries
-    assert d.transition(row["id"], "execute", utcnow())[0] == "ok"
+    assert d.transition(row["id"], "execute", utcnow_naive())[0] == "ok"
     [c] = claim_all(d, seq=2)
     assert settle_one(d, c, True).status == DelayStatus.Successed
     assert d.get(row["id"])["remark"].endswith(" | 手动执行回调成功")
@@ -302,10 +303,10 @@ def test_a_manual_execute_of_a_failed_task_is_one_try_and_marks_the_remark(store
 
 def test_an_outcome_for_a_task_voided_meanwhile_changes_nothing_but_is_recorded(store):
     d = store.delayed
-    row = new_row(dueat=utcnow())
+    row = new_row(dueat=utcnow_naive())
     d.create([row]).result(10)
     [c] = claim_all(d)
-    d.transition(row["id"], "void", utcnow())
+    d.transition(row["id"], "void", utcnow_naive())
     s = settle_one(d, c, True)
     assert s.stale and d.get(row["id"])["status"] == DelayStatus.Deleted
     assert len(d.attempts_of(row["id"])) == 1
@@ -313,7 +314,7 @@ def test_an_outcome_for_a_task_voided_meanwhile_changes_nothing_but_is_recorded(
 
 def test_claims_of_a_dead_dispatcher_come_back_marked_recovered(store):
     d = store.delayed
-    row = new_row(dueat=utcnow())
+    row = new_row(dueat=utcnow_naive())
     d.create([row]).result(10)
     assert len(claim_all(d, "dead")) == 1
     assert claim_all(d, "next") == []
@@ -327,7 +328,7 @@ def test_claims_of_a_dead_dispatcher_come_back_marked_recovered(store):
 
 def test_a_clean_stop_gives_back_unfired_claims_without_marking_them_recovered(store):
     d = store.delayed
-    row = new_row(dueat=utcnow())
+    row = new_row(dueat=utcnow_naive())
     d.create([row]).result(10)
     claim_all(d, "d1")
     assert d.release("d1", [row["id"]]) == 1
@@ -339,7 +340,7 @@ def test_a_claim_handed_straight_back_keeps_the_dead_owner(store):
     """A receiver's share was full, so the claim is undone: a row a dead dispatcher held must
     still count as recovered when it is claimed again."""
     d = store.delayed
-    row = new_row(dueat=utcnow())
+    row = new_row(dueat=utcnow_naive())
     d.create([row]).result(10)
     claim_all(d, "dead")
     d.release_all()

@@ -179,7 +179,8 @@ def fire_at_offsets(receiver, path: str, offsets: list[float], claim_delay: floa
     """Firings of one task due at `offsets` (s) through a real FiringLoop: claims answered by a
     stand-in master after `claim_delay`, each request answered by a real receiver after
     `run_delay`. Returns (fired, skipped, arrivals)."""
-    from schedulemaster.node.firing import Entry, FiringLoop, utcnow
+    from schedulemaster.node.firing import Entry, FiringLoop
+    from schedulemaster.timeutil import utcnow
     from schedulemaster.flows.http_task import new_session
 
     class SlowClaims(FakeMaster):

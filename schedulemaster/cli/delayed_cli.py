@@ -19,19 +19,17 @@ from typing import Any, NoReturn, Optional
 
 import typer
 
+from schedulemaster.store.delayed_store import STATUS_NAMES, STATUS_TEXT
+from schedulemaster.timeutil import parse_span
+
 from schedulemaster.cli.admin_cli import Api, Password, User, _table, call
 
 delayed_app = typer.Typer(help="Delayed tasks (延时任务): one-shot HTTP callbacks.", no_args_is_help=True)
 
-STATUS_NAMES = {0: "voided", 1: "created", 2: "ready", 3: "succeeded", 4: "failed"}
-STATUS_TEXT = {0: "已作废", 1: "已创建", 2: "已就绪", 3: "执行成功", 4: "异常"}
 JSON_TYPE = "application/json"
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_BATCH_ITEMS = 10_000             # the API's limit per CreateBatch request
 MAX_BATCH_BYTES = 15 * 1024 * 1024   # the API refuses bodies over 16 MiB (413): stay below it
-MAX_SPAN_SECONDS = 10 * 365 * 24 * 3600  # the API refuses delays over ten years
-UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"^\s*(\d{1,12})\s*([smhd]?)\s*$", re.IGNORECASE)
 _GUID = re.compile(r"^\{?([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})\}?$",
                    re.IGNORECASE)
 
@@ -45,17 +43,14 @@ def _bad(message: str) -> NoReturn:
 
 
 def parse_duration(text: str) -> int:
-    """'30', '30s', '5m', '2h', '1d' -> seconds (a plain number means seconds)."""
-    m = _DURATION.match(text)
-    if not m:
-        _bad(f"duration {text!r} is not a whole number of seconds or a number with s, m, h or d "
-             "(e.g. 30, 90s, 5m, 2h, 1d)")
-    seconds = int(m.group(1)) * UNITS[m.group(2).lower()]
+    """'30', '30s', '5m', '2h', '1d' -> whole seconds (a plain number means seconds)."""
+    try:
+        seconds = parse_span(text, "duration").total_seconds()
+    except ValueError as exc:
+        _bad(str(exc))
     if seconds < 1:
         _bad(f"duration {text!r} must be at least 1 second")
-    if seconds > MAX_SPAN_SECONDS:
-        _bad(f"duration {text!r} is longer than ten years ({MAX_SPAN_SECONDS // 86400}d)")
-    return seconds
+    return round(seconds)
 
 
 def parse_guid(text: str, what: str = "id") -> str:

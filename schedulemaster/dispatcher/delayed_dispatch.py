@@ -32,7 +32,8 @@ import aiohttp
 
 from schedulemaster.flows import delayed_callback as cb
 from schedulemaster.store.delayed_store import (LATE_AFTER, Claimed, DelayedStore, DelayStatus, Outcome,
-                                                    Settled, utcnow)
+                                                    Settled)
+from schedulemaster.timeutil import utcnow_naive
 
 log = logging.getLogger("schedulemaster.delayed")
 
@@ -202,7 +203,7 @@ class Dispatcher:
                 await asyncio.sleep(self.poll)
 
     async def _claim(self, limit: int) -> int:
-        now = utcnow()
+        now = utcnow_naive()
         busy = {h for h, n in self.host_held.items() if n >= self.host_cap}
         self.seq += 1
         claimed = await self._db(self.store.claim, self.me, self.seq, now + self.lookahead, now,
@@ -226,7 +227,7 @@ class Dispatcher:
                 continue
             self.held[c.id] = c
             self.host_held[c.host] += 1
-            delay = (c.dueat - utcnow()).total_seconds()
+            delay = (c.dueat - utcnow_naive()).total_seconds()
             self.timers[c.id] = loop.call_later(max(0.0, delay), self._start, c)
         if over:
             await self._db(self.store.hand_back, self.me, over)
@@ -270,7 +271,7 @@ class Dispatcher:
             del self.host_held[host]
 
     async def _send(self, c: Claimed) -> None:
-        fired = utcnow()
+        fired = utcnow_naive()
         late = (fired - c.dueat).total_seconds()
         try:
             req = cb.build(c.id, c.notifyurl, c.notifydatatype, c.notifybody)

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
 from schedulemaster.deployments import chain
 from schedulemaster.store import claims
+from schedulemaster.timeutil import utcnow
 
 log = logging.getLogger("schedulemaster.failover")
 
@@ -48,8 +49,6 @@ def policy_of(spec: dict[str, Any]) -> str:
     return value if value in POLICIES else DEFAULT_POLICY
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class Failover:

@@ -37,6 +37,7 @@ from schedulemaster.deployments import tasks as dep
 from schedulemaster.node.recorder import Firing, Recorder
 from schedulemaster.deployments.tasks import Status
 from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
+from schedulemaster.timeutil import utcnow
 
 log = logging.getLogger("schedulemaster.node")
 
@@ -47,8 +48,6 @@ FULL_SYNC_SECONDS = 30.0
 MISFIRE_THRESHOLD = timedelta(seconds=60)  # Quartz's default; later than this is skipped
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def firing_id(task_id: uuid.UUID, at: datetime) -> str:

@@ -4,41 +4,14 @@ the handles and the DataFrames, which both need them and must not import each ot
 
 from __future__ import annotations
 
-import re
-from datetime import timedelta
 from typing import Any, Protocol
 from uuid import UUID
 
 from schedulemaster.notebook.connection import Connection, prefect_errors
 from schedulemaster.notebook.legacy_client import LegacyError, LegacyNotFound
+from schedulemaster.timeutil import parse_span  # noqa: F401  (the notebook API's durations)
 
 STATUS_NAMES = {-1: "deleted", 0: "stopped", 1: "running", 2: "paused"}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$", re.IGNORECASE)
-MAX_SPAN_SECONDS = 10 * 365 * 86400  # as the delayed-task API and CLI bound their spans
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
-
-
-
-def parse_span(value: str | int | float | timedelta, what: str = "duration") -> timedelta:
-    """``30``, ``"30s"``, ``"5m"``, ``"1h"``, ``"7d"`` or a timedelta, as a timedelta."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ValueError(f"{what} must be seconds or a text like '30s', '5m', '1h', '7d', got {value!r}")
-    if isinstance(value, (int, float)):
-        if not 0 <= value <= MAX_SPAN_SECONDS:
-            raise ValueError(f"{what} must be seconds from 0 to ten years or a text like '30s', got {value!r}")
-        return timedelta(seconds=value)
-    m = _DURATION.match(value) if isinstance(value, str) else None
-    if not m:
-        raise ValueError(f"{what} must be seconds or a text like '30s', '5m', '1h', '7d', got {value!r}")
-    unit = m.group(2).lower() if m.group(2) else None
-    seconds = float(m.group(1)) * _UNITS[unit]
-    if seconds > MAX_SPAN_SECONDS:
-        raise ValueError(f"{what} {value!r} is longer than ten years")
-    return timedelta(seconds=seconds)
-
-
 def find_task(conn: Connection, title: str) -> dict[str, Any] | None:
     """The task titled exactly ``title``; ValueError when several are (the legacy API and
     imports allow that, and updating one at random would be wrong)."""

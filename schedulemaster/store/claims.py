@@ -26,14 +26,13 @@ from typing import Iterable, Optional
 from sqlalchemy import DateTime, and_, func, or_, update
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, delete, select
+from schedulemaster.timeutil import utcnow
 
 FINISHED_KEPT = timedelta(minutes=10)  # finished claims answer "already claimed" this long
 FIRED_KEPT = timedelta(days=1)  # a fired claim waits this long at most for its record
 FIRED = ("fired-ok", "fired-failed")  # ran, not recorded in Prefect yet
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class UtcDateTime(TypeDecorator):

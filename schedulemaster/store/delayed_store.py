@@ -23,7 +23,7 @@ import threading
 from collections import Counter
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from enum import IntEnum
 from typing import Any, Optional
 
@@ -32,6 +32,8 @@ from sqlalchemy import Index, and_, bindparam, event, func, insert, or_, select,
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, create_engine
+
+from schedulemaster.timeutil import utcnow_naive
 
 # psycopg prepares a statement on the server after 5 runs, and PostgreSQL may then keep a
 # generic plan made while the table was small (a full scan), which the bench saw slow creates
@@ -54,8 +56,6 @@ STATUS_TEXT = {0: "已作废", 1: "已创建", 2: "已就绪", 3: "执行成功"
 STATUS_NAMES = {0: "voided", 1: "created", 2: "ready", 3: "succeeded", 4: "failed"}
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 class ScheduleDelayed(SQLModel, table=True):
@@ -336,7 +336,7 @@ class DelayedStore:
 
     def counts(self) -> dict[str, Any]:
         """Backlog by status, what falls due soon, and the oldest overdue (the dispatcher's report)."""
-        now = utcnow()
+        now = utcnow_naive()
         with self.engine.connect() as conn:
             by_status = dict(conn.execute(select(T.c.status, func.count()).group_by(T.c.status)).all())
             soon = conn.execute(select(func.count()).select_from(T).where(
@@ -437,7 +437,7 @@ class DelayedStore:
         """Extend the leases of the rows this dispatcher holds in memory, and only those: a
         claim it lost track of must expire so that it is sent (as recovered)."""
         n = 0
-        until = self._db_now(utcnow()) + lease
+        until = self._db_now(utcnow_naive()) + lease
         with self.wengine.begin() as conn:
             for part in chunks(ids, 500):
                 n += conn.execute(update(T).where(T.c.id.in_(part), T.c.claimedby == me,
@@ -513,7 +513,7 @@ class DelayedStore:
                     settled.append(Settled(c, DelayStatus.Successed))
                 elif not c.manual and c.failedretrys < retry_times:
                     n = c.failedretrys + 1
-                    due = utcnow() + timedelta(seconds=retry_spans * n)
+                    due = utcnow_naive() + timedelta(seconds=retry_spans * n)
                     row.update(b_failedretrys=n, b_dueat=due)
                     settled.append(Settled(c, DelayStatus.Ready))
                 else:

@@ -10,7 +10,7 @@ from typing import Any, Optional
 from pydantic import NaiveDatetime
 from sqlmodel import Field, SQLModel
 
-from schedulemaster.store.delayed_store import utcnow
+from schedulemaster.timeutil import utcnow_naive
 
 
 class ImportLedger(SQLModel, table=True):
@@ -23,7 +23,7 @@ class ImportLedger(SQLModel, table=True):
     sourcefp: str = Field(max_length=64)
     targetfp: str = Field(max_length=64)
     targetid: Optional[str] = Field(default=None, max_length=64)
-    importedat: NaiveDatetime = Field(default_factory=utcnow)
+    importedat: NaiveDatetime = Field(default_factory=utcnow_naive)
 
 
 def fingerprint(value: Any) -> str:
