@@ -32,6 +32,11 @@ DEFAULT_QUEUE = "default"
 # Runs that need a worker (RunOnce) are created in `default` or `node-<name>` instead.
 TASKS_QUEUE = "tasks"
 NODE_QUEUE_PREFIX = "node-"
+#: what happens to a firing whose node died while running it (the FailoverPolicy field)
+POLICIES = ("retry-elsewhere", "fail")
+DEFAULT_POLICY = "retry-elsewhere"
+#: the run label naming the node process (its incarnation) that took a worker-path run
+INCARNATION_LABEL = "schedulemaster.incarnation"
 
 
 class Status(IntEnum):

@@ -87,7 +87,7 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
 
         from schedulemaster.flows.task_flow import run_task
 
-        from schedulemaster.master.failover import INCARNATION_LABEL
+        from schedulemaster.deployments.tasks import INCARNATION_LABEL
 
         if task_status is not None:
             task_status.started(str(flow_run.id))

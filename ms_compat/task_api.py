@@ -16,9 +16,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from schedulemaster.deployments import chain, plan, quartz
-from schedulemaster.master.failover import POLICIES
 from schedulemaster.deployments import tasks as dep
-from schedulemaster.deployments.tasks import Status, TaskRecord
+from schedulemaster.deployments.tasks import POLICIES, Status, TaskRecord
 from schedulemaster.flows import targets
 from schedulemaster.flows.http_task import HttpTaskError, parse_params
 from schedulemaster.ms_compat import responses as R

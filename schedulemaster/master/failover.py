@@ -30,6 +30,7 @@ from uuid import UUID
 
 from schedulemaster.deployments import chain
 from schedulemaster.store import claims
+from schedulemaster.deployments.tasks import DEFAULT_POLICY, INCARNATION_LABEL, POLICIES
 from schedulemaster.timeutil import utcnow
 
 log = logging.getLogger("schedulemaster.failover")
@@ -39,9 +40,6 @@ RERUN_AT_ONCE = 8  # orphaned firings handled concurrently
 LOST_PER_TICK = 100  # records of a dead node's fired firings written per tick
 PURGE_EVERY = 60.0
 START_GRACE = timedelta(seconds=30)  # a node just registered may not have heartbeated yet
-POLICIES = ("retry-elsewhere", "fail")
-DEFAULT_POLICY = "retry-elsewhere"
-INCARNATION_LABEL = "schedulemaster.incarnation"
 
 
 def policy_of(spec: dict[str, Any]) -> str:

@@ -15,8 +15,7 @@ from uuid import UUID
 import pandas as pd
 
 from schedulemaster.notebook.connection import Connection, current, prefect_errors
-from schedulemaster.master.failover import DEFAULT_POLICY
-from schedulemaster.deployments.tasks import FLOW_NAME, NODE_QUEUE_PREFIX, status_of
+from schedulemaster.deployments.tasks import DEFAULT_POLICY, FLOW_NAME, NODE_QUEUE_PREFIX, status_of
 from schedulemaster.notebook.lookup import STATUS_NAMES, HasId, parse_span, read_spec, task_id_of
 
 TASK_STATUSES = ["stopped", "running", "paused"]

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo
 
-from schedulemaster.master.failover import DEFAULT_POLICY, POLICIES
+from schedulemaster.deployments.tasks import DEFAULT_POLICY, POLICIES
 from schedulemaster.notebook.connection import Connection, current, prefect_errors
 from schedulemaster.notebook.frames import logs, node_names, runs, task_specs
 from schedulemaster.notebook.legacy_client import LegacyError, LegacyNotFound
