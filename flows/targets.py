@@ -17,6 +17,7 @@ would be dangerous, is refused with the field named and nothing written:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import re
@@ -103,8 +104,8 @@ def check_url(url: str, field: str, policy: NetworkPolicy, resolve: bool = True)
 def _check_literal(url: str, field: str, policy: NetworkPolicy) -> str:
     """What can be told from the URL's text alone; cached, since clients send the same few
     callback URLs over and over (a thousand creates a second)."""
-    if _CONTROL.search(url) or " " in url:
-        raise TargetError(f"{field} 不能包含空格或控制字符 (CR/LF/NUL)")
+    if _CONTROL.search(url):  # a space is escaped when sent (as .NET did); CR/LF would split the request
+        raise TargetError(f"{field} 不能包含控制字符 (CR/LF/NUL)")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -132,8 +133,6 @@ async def acheck_url(url: str, field: str, policy: NetworkPolicy) -> str:
 async def acheck_resolved(url: str, field: str, policy: NetworkPolicy) -> None:
     """The addresses a URL's host name resolves to (a URL ``check_url`` already took):
     looked up in a thread unless known from the last minute; an IP literal costs nothing."""
-    import asyncio
-
     host = (urlsplit(url).hostname or "").rstrip(".").lower()
     if _is_ip(host):
         return
