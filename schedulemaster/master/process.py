@@ -47,7 +47,8 @@ class _Server:
 
 
 async def ensure_infrastructure(client, settings: Settings) -> None:
-    """The work pool the executor nodes poll, and the settings Variable nodes read."""
+    """The work pool the executor nodes poll, and the keeper-mail block type. The master and
+    its first node both call this as they start: whichever comes second finds them made."""
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
 
@@ -62,7 +63,10 @@ async def ensure_infrastructure(client, settings: Settings) -> None:
         pass
     from schedulemaster.blocks.keeper_mail import KeeperMail
 
-    await KeeperMail.aregister_type_and_schema(client=client)  # listed in the UI's Blocks catalog
+    try:
+        await KeeperMail.aregister_type_and_schema(client=client)  # listed in the UI's Blocks catalog
+    except ObjectAlreadyExists:  # registered by the node a moment ago (a 409 failed the master's start)
+        pass
 
 
 def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None, store_engine=None,
