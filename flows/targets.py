@@ -90,14 +90,10 @@ def _policy(denied: str, allowed: str) -> NetworkPolicy:
         return NetworkPolicy()
 
 
-def check_url(url: str, field: str, policy: NetworkPolicy, resolve: bool = True) -> str:
-    """The URL stripped, or TargetError saying what is wrong with it in ``field``."""
-    url = _check_literal(url.strip(), field, policy)
-    if resolve:
-        host = (urlsplit(url).hostname or "").rstrip(".").lower()
-        if not _is_ip(host):
-            _check_addresses(_resolve(host), field, policy)
-    return url
+def check_url(url: str, field: str, policy: NetworkPolicy) -> str:
+    """The URL stripped, or TargetError saying what is wrong with it in ``field``, from its
+    text alone; a host name's addresses are checked by ``acheck_resolved``."""
+    return _check_literal(url.strip(), field, policy)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -123,16 +119,16 @@ def _check_literal(url: str, field: str, policy: NetworkPolicy) -> str:
 
 
 async def acheck_url(url: str, field: str, policy: NetworkPolicy) -> str:
-    """``check_url`` for an event loop: a name not looked up in the last minute is resolved
-    in a thread (a resolver can take seconds; the master's loop is Prefect's too)."""
-    url = check_url(url, field, policy, resolve=False)
+    """``check_url``, then the addresses its host name resolves to (``acheck_resolved``)."""
+    url = check_url(url, field, policy)
     await acheck_resolved(url, field, policy)
     return url
 
 
 async def acheck_resolved(url: str, field: str, policy: NetworkPolicy) -> None:
-    """The addresses a URL's host name resolves to (a URL ``check_url`` already took):
-    looked up in a thread unless known from the last minute; an IP literal costs nothing."""
+    """The addresses a URL's host name resolves to (a URL ``check_url`` already took), looked
+    up in a thread unless known from the last minute (a resolver can take seconds, and the
+    master's loop is Prefect's too); an IP literal costs nothing."""
     host = (urlsplit(url).hostname or "").rstrip(".").lower()
     if _is_ip(host):
         return

@@ -175,7 +175,7 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
         except TaskError as exc:
             response = R.failed(str(exc))
         if audited:
-            await audit_response(request, user, address, path, submitted, model, before, response)
+            await audit_response(user, address, path, submitted, model, before, response)
         return response
 
     async def snapshot(path: str, model: dict[str, Any]) -> dict[str, Any] | None:
@@ -188,7 +188,7 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
             return {"RealName": u.realname, "Phone": u.phone, "Email": u.email, "Role": u.role} if u else None
         return None
 
-    async def audit_response(request, user, address, path, submitted, model, before, response) -> None:
+    async def audit_response(user, address, path, submitted, model, before, response) -> None:
         try:
             body = json.loads(response.body)
         except (ValueError, AttributeError):

@@ -80,7 +80,7 @@ def unsendable(url: str, data_type: str, body: str, executors: list[str],
     Shared by Create and by the import of an original database (ms_compat/import_target.py).
     A host name is not resolved here: Create does it off the event loop (``targets.acheck_resolved``)."""
     try:
-        targets.check_url(url, "NotifyUrl", policy or targets.NetworkPolicy.from_settings({}), resolve=False)
+        targets.check_url(url, "NotifyUrl", policy or targets.NetworkPolicy.from_settings({}))
         cb.check_url(url.strip())
         if data_type.strip().lower() == cb.FORM:
             targets.check_json_depth(body, "NotifyBody")

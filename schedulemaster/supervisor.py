@@ -68,16 +68,19 @@ def wait_ready(settings: Settings, timeout: float = 180.0) -> bool:
 
 
 def default_password_in_use(settings: Settings) -> bool:
-    """The seeded admin still signs in with the original's default password."""
+    """The seeded admin still has the original's default password (read from the store the
+    master has just made ready, as the master's own warning reads it)."""
+    from schedulemaster.store.db import Store
+
+    store = Store(settings.store_url)
     try:
-        r = httpx.get(f"http://127.0.0.1:{settings.api_port}/api/System/Info", timeout=10,
-                      headers={"ms_auth_user": "admin", "ms_auth_secret": DEFAULT_ADMIN_SECRET})
-        return r.status_code == 200 and r.json().get("Success") is True
-    except (httpx.HTTPError, ValueError):
+        return store.admin_has_default_password()
+    except Exception:  # a store that cannot be read now: no warning rather than no `up`
         return False
+    finally:
+        store.engine.dispose()
 
 
-DEFAULT_ADMIN_SECRET = "811a5cb95196217ed3fda54cf73b9244"  # admin / 111111, as the original seeded it
 RED, RESET = "\033[31;1m", "\033[0m"
 
 

@@ -152,6 +152,9 @@ def test_the_audit_trail_says_who_changed_what_with_secrets_masked(api):
     assert none["Data"]["total"] == 0
     bad = api.get("/api/System/QueryAudit", params={"startDate": "yesterday"}, headers=ADMIN)
     assert bad.status_code == 400
+    for headers in ({}, {"ms_auth_user": "admin"}, secret("admin", "wrong")):  # no account, no trail
+        r = api.get("/api/System/QueryAudit", headers=headers)
+        assert r.status_code == 401 and r.json()["title"] == "Unauthorized"
 
 
 def test_accounts_made_before_roles_keep_full_rights(tmp_path):

@@ -139,11 +139,8 @@ def prepare_credentials(settings: Settings) -> None:
 
 def warn_default_password(settings: Settings, store) -> None:
     from schedulemaster.credentials import is_loopback
-    from schedulemaster.store.db import DEFAULT_ADMIN, md5_hex
 
-    admin = store.user_by_name(DEFAULT_ADMIN[0])
-    if not is_loopback(settings.api_host) and admin is not None and admin.status == 1 \
-            and admin.password == md5_hex(DEFAULT_ADMIN[1]):
+    if not is_loopback(settings.api_host) and store.admin_has_default_password():
         log.warning("the legacy API listens on %s:%d and account admin still has the default password: "
                     "change it (schedulemaster account change-password)", settings.api_host, settings.api_port)
 

@@ -270,6 +270,11 @@ class Store:
             s.refresh(user)
             return user
 
+    def admin_has_default_password(self) -> bool:
+        """The seeded admin is enabled and still has the original's default password."""
+        admin = self.user_by_name(DEFAULT_ADMIN[0])
+        return admin is not None and admin.status == 1 and admin.password == md5_hex(DEFAULT_ADMIN[1])
+
     def enabled_admins(self) -> list[int]:
         with Session(self.engine) as s:
             return list(s.exec(select(SystemUser.id).where(SystemUser.role == roles.ADMIN,
