@@ -21,6 +21,9 @@ import math
 import uuid
 from typing import Any
 
+from schedulemaster.coordination.client import MasterClient
+from schedulemaster.coordination.wire import NodeRow
+
 log = logging.getLogger("schedulemaster.chain")
 
 
@@ -90,16 +93,16 @@ async def live_nodes(client, work_pool: str) -> list[str]:
         return []
 
 
-async def node_rows(client) -> list[dict[str, Any]]:
+async def node_rows(client) -> list[NodeRow]:
     """The master's nodes table (schedulemaster/master/coordination_api.py): name, priority,
     max_concurrency, running...; raises when the master cannot answer."""
-    return (await client._client.get("/schedulemaster/nodes")).json()
+    return await MasterClient(client).nodes()
 
 
 async def node_weights(client) -> dict[str, int]:
     """Each registered node's Priority; {} when unreadable."""
     try:
-        return {row["name"]: row["priority"] for row in await node_rows(client)}
+        return {row.name: row.priority for row in await node_rows(client)}
     except Exception:
         return {}
 

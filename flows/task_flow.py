@@ -28,12 +28,14 @@ async def _report_failure(flow_obj, run, state) -> None:
     params = run.parameters or {}
     if run.deployment_id is None or params.get("action") == "start" or params.get("fire") is not None:
         return
+    from schedulemaster.coordination.client import MasterClient
+    from schedulemaster.coordination.wire import RunFailure
+
     try:
         async with get_client() as client:
-            await client._client.post("/schedulemaster/failures", json={
-                "task_id": str(run.deployment_id), "run_id": str(run.id),
-                "message": (state.message or "")[:2000], "detail": "",
-                "when": datetime.now(timezone.utc).isoformat()})
+            await MasterClient(client).report_failure(RunFailure(
+                task_id=run.deployment_id, run_id=run.id, message=(state.message or "")[:2000],
+                when=datetime.now(timezone.utc)))
     except Exception as exc:  # the keepers miss a mail; the run's own outcome is unchanged
         logging.getLogger("schedulemaster.flow").warning("could not report the failure to the master: %s", exc)
 

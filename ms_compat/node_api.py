@@ -117,7 +117,8 @@ def add_node_routes(app: FastAPI, guarded, form_of, service) -> None:
                 return R.failed("节点不存在!")
             if is_online(worker):
                 return R.failed("节点在线，不能删除!（先停止该节点进程）")
-            await s.client._client.delete(f"/work_pools/{s.work_pool}/workers/{name}")
+            await s.client.request("DELETE", "/work_pools/{work_pool_name}/workers/{name}",
+                                   path_params={"work_pool_name": s.work_pool, "name": name})
             await set_disabled(s.client, name, False)  # a node of that name starting later starts enabled
             await asyncio.to_thread(claims.forget, s.store.engine, name)
             return R.ok("节点已删除!")

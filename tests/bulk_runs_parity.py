@@ -16,6 +16,7 @@ async def main() -> dict:
     from prefect.server.database import provide_database_interface
     from prefect.server.events.clients import PrefectServerEventsClient
 
+    from schedulemaster.coordination import wire
     from schedulemaster.master import record_api
 
     emitted = []
@@ -37,8 +38,8 @@ async def main() -> dict:
     failures = []
     at = datetime(2026, 12, 1, 8, 0, 0, tzinfo=timezone.utc)
 
-    def record(fid: str, ok: bool, parent: str | None = None) -> record_api.FiringRecord:
-        return record_api.FiringRecord(
+    def record(fid: str, ok: bool, parent: str | None = None) -> wire.FiringRecord:
+        return wire.FiringRecord(
             task_id=dep.id, firing_id=fid, name=f"run-{fid}", scheduled=at, started=at + timedelta(seconds=1),
             finished=at + timedelta(seconds=3), ok=ok, message="" if ok else "HTTP 500",
             fire={"node": "w1", "firing_id": fid}, parent_firing_id=parent,

@@ -1,10 +1,11 @@
-"""The node's Claimer against a recording stand-in for the master's HTTP client (the real
-endpoints are exercised end to end in test_failover.py): calls stay under the master's
+"""The node's Claimer, through the real MasterClient, against a recording stand-in for the
+Prefect client it rides on (the real endpoints are exercised end to end in test_failover.py): calls stay under the master's
 limit, an idle node still tells the master it lives, the master's NodeActivity, and the life of a claim in the store (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
 import asyncio
+import json as jsonlib
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -13,30 +14,35 @@ import pytest
 
 from schedulemaster.store import claims
 from schedulemaster.node import node_claims
-from schedulemaster.master.coordination_api import MAX_CLAIMS, NodeActivity
+from schedulemaster.coordination.client import MasterClient
+from schedulemaster.coordination.wire import MAX_CLAIMS
+from schedulemaster.master.coordination_api import NodeActivity
 from schedulemaster.node.node_claims import Claimer
 
 
 class FakeMaster:
-    """Answers /claims like the master: wins every firing no other node has."""
+    """A Prefect client whose ``request`` answers /claims like the master: wins every firing
+    no other node has."""
 
     def __init__(self, taken: set[str] = frozenset()):
         self.calls: list[tuple[str, dict]] = []
         self.taken = set(taken)
 
-    async def post(self, path, json):
+    async def request(self, method, path, json=None, headers=None):
         self.calls.append((path, json))
-        won = [f["firing_id"] for f in json["firings"] if f["firing_id"] not in self.taken]
+        if path.endswith("/release"):
+            answer = {"released": len(json["firings"])}
+        else:
+            answer = {"won": [f["firing_id"] for f in json["firings"] if f["firing_id"] not in self.taken],
+                      "superseded": False}
 
         class Resp:
-            def json(self):
-                return {"won": won, "superseded": False}
+            content = jsonlib.dumps(answer).encode()
         return Resp()
 
 
 def claimer(master: FakeMaster) -> Claimer:
-    client = type("Client", (), {"_client": master})()
-    return Claimer(client, "worker1", str(uuid.uuid4()))
+    return Claimer(MasterClient(master), "worker1", str(uuid.uuid4()))
 
 
 def items(n: int):
@@ -134,12 +140,12 @@ def test_firings_waiting_for_their_claims_share_one_call_at_a_time():
     class SlowMaster(FakeMaster):
         in_flight = peak = 0
 
-        async def post(self, path, json):
+        async def request(self, method, path, json=None, headers=None):
             SlowMaster.in_flight += 1
             SlowMaster.peak = max(SlowMaster.peak, SlowMaster.in_flight)
             await asyncio.sleep(0.2)
             try:
-                return await super().post(path, json)
+                return await super().request(method, path, json, headers)
             finally:
                 SlowMaster.in_flight -= 1
 
@@ -160,10 +166,10 @@ def test_waiting_firings_make_no_extra_calls_while_others_report():
     answered by the call it waited for must not make another call just for that."""
 
     class SlowMaster(FakeMaster):
-        async def post(self, path, json):
+        async def request(self, method, path, json=None, headers=None):
             await asyncio.sleep(0.1)
             c.fired(f"done{len(self.calls)}", True)  # other firings finish meanwhile
-            return await super().post(path, json)
+            return await super().request(method, path, json, headers)
 
     master = SlowMaster()
     c = claimer(master)
@@ -184,16 +190,16 @@ def fire_at_offsets(receiver, path: str, offsets: list[float], claim_delay: floa
     from schedulemaster.flows.http_task import new_session
 
     class SlowClaims(FakeMaster):
-        async def post(self, path, json):
+        async def request(self, method, path, json=None, headers=None):
             if path.endswith("/claims"):
                 await asyncio.sleep(claim_delay)
-            return await super().post(path, json)
+            return await super().request(method, path, json, headers)
 
     receiver.on(path, 200, "success", delay=run_delay)
     before = len(receiver.at(path))
 
     async def main():
-        loop = FiringLoop(type("Client", (), {"_client": SlowClaims()})(), "worker1", "pool", 10)
+        loop = FiringLoop(SlowClaims(), "worker1", "pool", 10)
         loop.http = new_session(20)
         entry = Entry(uuid.uuid4(), {"Title": "turns", "MetaType": 2,
                                      "Http": {"RequestUrl": receiver.url(path), "Method": "GET"}}, 1, 1)

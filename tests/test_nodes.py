@@ -148,3 +148,40 @@ def test_nodes_cli(api, system):
     finally:
         run("edit", "worker1", "--maxc", "20")
     assert _row(api, "worker1")["MaxConcurrency"] == 20
+
+
+@pytest.mark.e2e
+def test_prefects_own_worker_command_starts_a_whole_node(api, system, receiver):
+    """`prefect worker start --type schedulemaster-node` is a complete node: it registers with
+    its priority and limit, and fires a task pinned to it."""
+    import os
+    import signal
+
+    env = {**os.environ, **system.env, **system.client_env, "SM_DATA_DIR": str(system.data_dir),
+           "SM_TIMEZONE": system.timezone, "SM_PREFECT_PORT": str(system.prefect_port),
+           "PREFECT_API_URL": system.prefect, "SM_NODE_PRIORITY": "0",  # 0: it takes no unpinned task
+           "PYTHONUNBUFFERED": "1"}
+    prefect_cli = os.path.join(os.path.dirname(sys.executable), "prefect")
+    log_path = system.data_dir / "logs" / "extra-pf-node.log"
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen([prefect_cli, "worker", "start", "--pool", "schedulemaster", "--type",
+                                 "schedulemaster-node", "--name", "pf-node", "--limit", "4"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    task_id = None
+    try:
+        row = wait_until(lambda: (r := _row(api, "pf-node")) and r["Status"] == 2 and r, timeout=90, interval=0.5)
+        assert (row["Priority"], row["MaxConcurrency"]) == (0, 4), row
+        task_id = system.create_http(receiver.url("/pf-node"), cron="* * * * * ?", Title="pf-node",
+                                     Executors="pf-node")
+        assert system.post("Start", data={"id": task_id}).json()["Success"]
+        hits = receiver.wait_for("/pf-node", 2, timeout=30)
+        assert hits
+        assert "node pf-node started (priority 0, max concurrency 4)" in log_path.read_text(errors="replace")
+    finally:
+        if task_id:
+            system.post("Stop", data={"id": task_id})
+            system.post("Delete", data={"id": task_id})
+        # Prefect 3.8.8's `worker start` ignores the first SIGTERM/SIGINT and kills itself on the
+        # second (docs/prefect-facts.md), so there is no graceful end to wait for here.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)

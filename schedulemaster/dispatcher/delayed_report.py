@@ -121,7 +121,7 @@ class Reporter:
         if self.run_id is None or not lines:
             return
         now = datetime.now(timezone.utc).isoformat()
-        await self.client._client.post("/logs/", json=[
+        await self.client.create_logs([
             {"name": "schedulemaster.delayed", "level": level, "message": msg, "timestamp": now,
              "flow_run_id": str(self.run_id)} for level, msg in lines])
 
@@ -141,7 +141,7 @@ class Reporter:
             payload.append(Event(event=n.event, resource=resource, related=related,
                                  payload={"message": n.message, **n.payload}).model_dump(mode="json"))
         if payload:
-            await self.client._client.post("/events", json=payload)
+            await self.client.request("POST", "/events", json=payload)  # one call for the batch
 
     async def artifact(self, window: dict[str, Any], run_id=None) -> None:
         from prefect.client.schemas.actions import ArtifactCreate

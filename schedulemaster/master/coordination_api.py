@@ -19,53 +19,12 @@ from typing import Awaitable, Callable
 from uuid import UUID
 
 from fastapi import APIRouter, Body, HTTPException, Request
-from pydantic import BaseModel, Field
 
+from schedulemaster.coordination.wire import (NODE_TOKEN_HEADER, ClaimRequest, ClaimResult, LatestRequest,
+                                              NodeRegistration, NodeRow, Registered, Released)
 from schedulemaster.store import claims
 
 log = logging.getLogger("schedulemaster.claims")
-
-MAX_CLAIMS = 1000
-NODE_TOKEN_HEADER = "x-sm-node-token"  # the secret a node was given at registration
-NAME = r"^[^/%\s][^/%]{0,98}[^/%\s]$|^[^/%\s]$"
-
-
-class NodeRegistration(BaseModel):
-    name: str = Field(pattern=NAME, max_length=100)
-    priority: int = Field(ge=0, le=1000)
-    max_concurrency: int = Field(ge=1, le=1000)
-    incarnation: UUID
-    host: str = Field(default="", max_length=200)
-
-
-class ClaimItem(BaseModel):
-    firing_id: str = Field(min_length=1, max_length=64)
-    task_id: UUID
-    scheduled: datetime
-
-
-class DoneItem(BaseModel):
-    firing_id: str = Field(min_length=1, max_length=64)
-    ok: bool
-
-
-class ClaimRequest(BaseModel):
-    node: str = Field(pattern=NAME, max_length=100)
-    incarnation: UUID
-    firings: list[ClaimItem] = Field(max_length=MAX_CLAIMS)
-    #: firings this node ran since its last call: their claims end (deployments/claims.fired)
-    done: list[DoneItem] = Field(default_factory=list, max_length=MAX_CLAIMS)
-
-
-class LatestRequest(BaseModel):
-    task_ids: list[UUID] = Field(max_length=10_000)
-
-
-class ClaimResult(BaseModel):
-    won: list[str]
-    #: another process registered under this node's name since: this one must stop firing
-    superseded: bool = False
-
 
 #: the live worker names of the pool and, for each worker, seconds since its last heartbeat
 LiveWorkers = Callable[[], Awaitable[dict[str, float]]]
@@ -135,7 +94,7 @@ def create_coordination_router(engine, live_workers: LiveWorkers,
         return True
 
     @router.post("/nodes/register")
-    async def register(reg: NodeRegistration) -> dict:
+    async def register(reg: NodeRegistration) -> Registered:
         """A node starting under a name that a live process holds is refused (409): two
         processes under one name would both believe they own its firings."""
         known = (await to_thread(claims.nodes, engine)).get(reg.name)
@@ -153,7 +112,7 @@ def create_coordination_router(engine, live_workers: LiveWorkers,
             incarnation=str(reg.incarnation), host=reg.host, started_at=datetime.now(timezone.utc),
             token_hash=hashed))
         incarnations[reg.name] = (str(reg.incarnation), hashed)
-        return {"registered": reg.name, "token": token}
+        return Registered(registered=reg.name, token=token)
 
     @router.post("/claims")
     async def claim(request: Request, req: ClaimRequest = Body(...)) -> ClaimResult:
@@ -176,14 +135,14 @@ def create_coordination_router(engine, live_workers: LiveWorkers,
         return ClaimResult(won=won)
 
     @router.post("/claims/release")
-    async def release(request: Request, req: ClaimRequest = Body(...)) -> dict:
+    async def release(request: Request, req: ClaimRequest = Body(...)) -> Released:
         """Claims a node won ahead and then did not fire (the task was stopped, edited or
         moved, or the firing was skipped): finished, so nobody re-runs them."""
         if not await check_caller(request, req.node, req.incarnation):
-            return {"released": 0}
+            return Released(released=0)
         mine = await to_thread(claims.release, engine, req.node, str(req.incarnation),
                                [c.firing_id for c in req.firings])
-        return {"released": mine}
+        return Released(released=mine)
 
     @router.post("/claims/latest")
     async def latest(body: LatestRequest) -> dict[str, datetime]:
@@ -191,12 +150,11 @@ def create_coordination_router(engine, live_workers: LiveWorkers,
         return await to_thread(claims.latest, engine, [str(t) for t in body.task_ids])
 
     @router.get("/nodes")
-    async def list_nodes() -> list[dict]:
+    async def list_nodes() -> list[NodeRow]:
         rows = await to_thread(claims.nodes, engine)
         running = await to_thread(claims.running_counts, engine)
-        return [{"name": n.name, "priority": n.priority, "max_concurrency": n.max_concurrency, "host": n.host,
-                 "started_at": n.started_at.isoformat(),
-                 "running": running.get(n.name, 0)} for n in rows.values()]
+        return [NodeRow(name=n.name, priority=n.priority, max_concurrency=n.max_concurrency, host=n.host or "",
+                        started_at=n.started_at, running=running.get(n.name, 0)) for n in rows.values()]
 
     return router
 

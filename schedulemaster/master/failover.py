@@ -172,16 +172,14 @@ class Failover:
 
     async def _record(self, items: list[tuple[claims.FiringClaim, dict[str, Any], bool, str]]) -> None:
         """Record firings in Prefect on the nodes' behalf: (claim, task spec, ok, message)."""
-        from schedulemaster.master.record_api import FiringRecord, record_firings
-        from schedulemaster.node.recorder import Firing, Recorder
+        from schedulemaster.coordination.wire import Firing
+        from schedulemaster.master.record_api import record_firings
 
         now = utcnow()
-        records = []
-        for c, spec, ok, message in items:
-            firing = Firing(UUID(c.task_id), c.firing_id, spec.get("Title", ""), c.scheduled,
-                            max(c.claimed_at, c.scheduled), c.finished_at or now, ok, message, c.node,
-                            logs=[(20 if ok else 40, message, now)], zone=spec.get("TimeZone") or "UTC")
-            records.append(FiringRecord(**Recorder._body(firing)))
+        records = [Firing(UUID(c.task_id), c.firing_id, spec.get("Title", ""), c.scheduled,
+                          max(c.claimed_at, c.scheduled), c.finished_at or now, ok, message, c.node,
+                          logs=[(20 if ok else 40, message, now)], zone=spec.get("TimeZone") or "UTC").record()
+                   for c, spec, ok, message in items]
         await record_firings(records, self.on_failure)
 
     async def _record_lost(self, fired: list[claims.FiringClaim], why: str) -> None:

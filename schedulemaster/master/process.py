@@ -15,6 +15,7 @@ import os
 import signal
 
 from schedulemaster import prefect_patches
+from schedulemaster.deployments.pool import ensure_infrastructure, wait_for_prefect
 from schedulemaster.deployments.variables import mirror_settings
 from schedulemaster.settings import Settings
 
@@ -46,29 +47,6 @@ class _Server:
         self.server.should_exit = True
 
 
-async def ensure_infrastructure(client, settings: Settings) -> None:
-    """The work pool the executor nodes poll, and the keeper-mail block type. The master and
-    its first node both call this as they start: whichever comes second finds them made."""
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
-
-    from schedulemaster.deployments.worker import NodeWorker
-
-    try:
-        await client.create_work_pool(WorkPoolCreate(
-            name=settings.work_pool, type=NodeWorker.type,
-            base_job_template=NodeWorker.get_default_base_job_template(),
-            description="ScheduleMaster executor nodes"))
-    except ObjectAlreadyExists:
-        pass
-    from schedulemaster.blocks.keeper_mail import KeeperMail
-
-    try:
-        await KeeperMail.aregister_type_and_schema(client=client)  # listed in the UI's Blocks catalog
-    except ObjectAlreadyExists:  # registered by the node a moment ago (a 409 failed the master's start)
-        pass
-
-
 def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None, store_engine=None,
                      coordination=None) -> None:
     """Nodes record firings at ``/api/schedulemaster/firings`` (see schedulemaster/master/record_api.py);
@@ -96,18 +74,6 @@ def _version() -> str:
         return version("schedulemaster")
     except PackageNotFoundError:
         return "unknown"
-
-
-async def wait_for_prefect(client, timeout: float = 120.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        exc = await client.api_healthcheck()
-        if exc is None:
-            return
-        if loop.time() > deadline:
-            raise RuntimeError(f"the Prefect API did not come up: {exc}")
-        await asyncio.sleep(0.2)
 
 
 async def run_failover(settings: Settings, engine, on_failure, activity=None) -> None:

@@ -24,48 +24,11 @@ from typing import Callable
 from uuid import UUID
 
 from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
-from pydantic import BaseModel, Field
 
+from schedulemaster.coordination.wire import MAX_RECORDS, FiringRecord, KnownTask, RecordResult, RunFailure
 from schedulemaster.master.coordination_api import node_caller
 
-MAX_BATCH = 1000
 TRANSACTION_SIZE = 50  # firings per IMMEDIATE transaction (see record_firings)
-MAX_LOGS_PER_FIRING = 50
-
-
-class FiringLog(BaseModel):
-    level: int = Field(ge=0, le=100)
-    message: str = Field(max_length=20_000)
-    timestamp: datetime
-
-
-class FiringRecord(BaseModel):
-    task_id: UUID
-    firing_id: str = Field(min_length=1, max_length=200)
-    name: str = Field(min_length=1, max_length=200)
-    scheduled: datetime
-    started: datetime
-    finished: datetime
-    ok: bool
-    message: str = Field(default="", max_length=2000)
-    fire: dict = Field(default_factory=dict)
-    parent_firing_id: str | None = Field(default=None, max_length=200)
-    logs: list[FiringLog] = Field(default_factory=list, max_length=MAX_LOGS_PER_FIRING)
-
-
-class RecordResult(BaseModel):
-    recorded: int
-    unknown_tasks: list[UUID]
-
-
-class RunFailure(BaseModel):
-    """A worker-path run (RunOnce, a child, a UI run) that failed: reported for the keepers."""
-
-    task_id: UUID
-    run_id: UUID
-    message: str = Field(default="", max_length=2000)
-    detail: str = Field(default="", max_length=20_000)
-    when: datetime
 
 
 #: called for each failed run with (task spec, when, message, detail, run id); the master's
@@ -230,7 +193,7 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
 
     @router.post("/firings")
     async def post_firings(request: Request,
-                           records: list[FiringRecord] = Body(..., max_length=MAX_BATCH)) -> RecordResult:
+                           records: list[FiringRecord] = Body(..., max_length=MAX_RECORDS)) -> RecordResult:
         # Only a registered node records firings: a run in Prefect counts as a task's history.
         if caller is not None and await caller(request) is None:
             raise HTTPException(403, "only a registered node records firings (its token is missing or wrong)")
@@ -243,10 +206,10 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
         return result
 
     @router.post("/failures")
-    async def post_failure(failure: RunFailure) -> dict:
-        return {"known_task": await report_failure(failure, on_failure)}
+    async def post_failure(failure: RunFailure) -> KnownTask:
+        return KnownTask(known_task=await report_failure(failure, on_failure))
 
-    @router.get("/plugins/{name}")
+    @router.api_route("/plugins/{name}", methods=["GET", "HEAD"])
     async def get_package(name: str):
         from fastapi.responses import FileResponse
 
@@ -261,4 +224,4 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
     return app
 
 
-__all__ = ["FiringRecord", "RecordResult", "create_record_app", "record_firings"]
+__all__ = ["create_record_app", "record_firings"]

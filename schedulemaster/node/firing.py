@@ -30,11 +30,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from schedulemaster.coordination.client import MasterClient
+from schedulemaster.coordination.wire import Firing
 from schedulemaster.deployments import chain, plan, quartz
 from schedulemaster.node import plugins
 from schedulemaster.node.node_claims import AHEAD, Claimer, Superseded
 from schedulemaster.deployments import tasks as dep
-from schedulemaster.node.recorder import Firing, Recorder
+from schedulemaster.node.recorder import Recorder
 from schedulemaster.deployments.tasks import Status
 from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
 from schedulemaster.timeutil import utcnow
@@ -81,16 +83,19 @@ class Entry:
 
 class FiringLoop:
     def __init__(self, client, node_name: str, work_pool: str, max_concurrency: int,
-                 recorder: Recorder | None = None, incarnation: str | None = None):
+                 recorder: Recorder | None = None, incarnation: str | None = None,
+                 master: MasterClient | None = None):
         self.client = client
+        #: the master's own endpoints, with this node's token once registered
+        self.master = master or MasterClient(client)
         self.node = node_name
-        self.claimer = Claimer(client, node_name, incarnation or str(uuid.uuid4()))
+        self.claimer = Claimer(self.master, node_name, incarnation or str(uuid.uuid4()))
         self.weights: dict[str, int] = {}  # Priority per node (the master's nodes table)
         self._arrived: list[Entry] = []  # entries new to the book since the last catch-up
         # tasks another node took, with a claimed firing left here, and since when
         self.handed_off: dict[uuid.UUID, tuple[Entry, datetime]] = {}
         self.work_pool = work_pool
-        self.recorder = recorder or Recorder(client, master_busy=lambda: self.claimer.master_busy)
+        self.recorder = recorder or Recorder(self.master, master_busy=lambda: self.claimer.master_busy)
         self.slots = asyncio.Semaphore(max(1, max_concurrency))
         self.max_concurrency = max(1, max_concurrency)
         self.http = None  # an aiohttp session, opened in run() inside the event loop
@@ -184,24 +189,24 @@ class FiringLoop:
     async def _read_node_table(self) -> dict[str, int]:
         """Every node's Priority, and this node's MaxConcurrency as the operator set it."""
         try:
-            rows = await chain.node_rows(self.client)
+            rows = await self.master.nodes()
         except Exception as exc:
             log.warning("cannot read the nodes table (%s); keeping the last priorities", exc)
             return self.weights
         for row in rows:
-            if row["name"] == self.node and row["max_concurrency"] != self.max_concurrency:
+            if row.name == self.node and row.max_concurrency != self.max_concurrency:
                 log.warning("node %s: max concurrency %d -> %d", self.node, self.max_concurrency,
-                            row["max_concurrency"])
-                self.max_concurrency = row["max_concurrency"]
+                            row.max_concurrency)
+                self.max_concurrency = row.max_concurrency
                 self.slots = asyncio.Semaphore(self.max_concurrency)  # firings in flight keep the old one
-        return {row["name"]: row["priority"] for row in rows}
+        return {row.name: row.priority for row in rows}
 
     async def keep_tasks_ready(self) -> None:
         """Poll the tasks queue once, as a worker would, so the UI shows task deployments
         Ready instead of "Not Ready" (Prefect marks a deployment ready when a worker polls
         its queue). Only the first live node does it, every READY_SECONDS: each poll
         rewrites every task deployment under SQLite's write lock, which is why the worker
-        itself does not poll this queue each second (deployments/worker.py)."""
+        itself does not poll this queue each second (schedulemaster/node/worker.py)."""
         if self.live_nodes and self.live_nodes[0] != self.node:
             return
         await self.client.get_scheduled_flow_runs_for_work_pool(
@@ -239,10 +244,8 @@ class FiringLoop:
         from prefect.client.schemas.sorting import DeploymentSort
 
         flt = DeploymentFilter(tags=DeploymentFilterTags(all_=[dep.TAG]))
-        resp = await self.client._client.post("/deployments/count",
-                                              json={"deployments": flt.model_dump(mode="json")})
-        resp.raise_for_status()
-        count = resp.json()
+        count = (await self.client.request("POST", "/deployments/count",
+                                           json={"deployments": flt.model_dump(mode="json")})).json()
         latest = await self.client.read_deployments(deployment_filter=flt, sort=DeploymentSort.UPDATED_DESC,
                                                     limit=1)
         newest = latest[0].updated if latest else None
@@ -297,15 +300,13 @@ class FiringLoop:
         claimed firing that nobody claimed (their node died, or was disabled), within the
         misfire window and not before the task's Start. A task never fired before, or fired
         by a live node until now, has nothing to catch up."""
-        resp = await self.client._client.post("/schedulemaster/claims/latest",
-                                              json={"task_ids": [str(e.task_id) for e in entries]})
-        latest = resp.json()
+        latest = await self.master.latest(e.task_id for e in entries)
         plans: list[tuple[Entry, list[datetime]]] = []
         for e in entries:
             last = latest.get(str(e.task_id))
             if last is None:
                 continue
-            since = max(datetime.fromisoformat(last), now - MISFIRE_THRESHOLD,
+            since = max(last, now - MISFIRE_THRESHOLD,
                         started_at(e.spec) or now - MISFIRE_THRESHOLD)
             instants, at = [], since
             while len(instants) < 120:

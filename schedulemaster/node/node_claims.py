@@ -17,10 +17,11 @@ from datetime import datetime, timedelta, timezone
 from typing import Iterable
 from uuid import UUID
 
+from schedulemaster.coordination.wire import ClaimItem, ClaimRequest, DoneItem
+
 log = logging.getLogger("schedulemaster.node")
 
 AHEAD = 2.0  # seconds: firings due this soon are claimed in the next batch
-CLAIMS_PATH = "/schedulemaster/claims"
 FORGET_AFTER = timedelta(minutes=2)
 CHUNK = 500  # claims per call: the master takes up to 1,000 (a node taking over 150 tasks
              # catches up to 60 instants of each: one call of 9,000 was refused, and the node died)
@@ -34,8 +35,10 @@ class Superseded(Exception):
 
 
 class Claimer:
-    def __init__(self, client, node: str, incarnation: str):
-        self.client = client
+    """``master``: a MasterClient (schedulemaster/coordination/client.py) holding this node's token."""
+
+    def __init__(self, master, node: str, incarnation: str):
+        self.master = master
         self.node = node
         self.incarnation = incarnation
         self.won: dict[str, datetime] = {}   # claimed by us, not fired yet
@@ -79,10 +82,10 @@ class Claimer:
             return
         for start in range(0, max(len(items), len(done), 1), CHUNK):
             chunk, reported = items[start:start + CHUNK], done[start:start + CHUNK]
-            body = self._body(chunk)
-            body["done"] = [{"firing_id": fid, "ok": ok} for fid, ok in reported]
+            request = self._request(chunk)
+            request.done = [DoneItem(firing_id=fid, ok=ok) for fid, ok in reported]
             sent = time.monotonic()
-            resp = await self.client._client.post(CLAIMS_PATH, json=body)
+            answer = await self.master.claim(request)
             self.last_call = time.monotonic()
             self.latency = self.last_call - sent
             if self.latency > 2 * SLOW_CLAIM:
@@ -90,14 +93,13 @@ class Claimer:
                             len(reported))
             for fid, _ok in reported:
                 self.done.pop(fid, None)
-            answer = resp.json()
-            if answer.get("superseded"):
+            if answer.superseded:
                 if not self.superseded:
                     self.superseded = True
                     log.error("another process registered as node %s: this process stops firing", self.node)
                     self.on_superseded()
                 raise Superseded(f"another process registered as node {self.node}")
-            won = set(answer.get("won") or [])
+            won = set(answer.won)
             for fid, _tid, at in chunk:
                 (self.won if fid in won else self.lost)[fid] = at
                 self.wanted.pop(fid, None)
@@ -125,7 +127,7 @@ class Claimer:
             return
         try:
             for start in range(0, len(fids), CHUNK):
-                await self.client._client.post(CLAIMS_PATH + "/release", json=self._body(
+                await self.master.release(self._request(
                     [(f, UUID(int=0), datetime.now(timezone.utc)) for f in fids[start:start + CHUNK]]))
         except Exception as exc:  # the failover service would re-run them; say so
             log.warning("could not release %d claims (%s): they may be re-run if this node dies", len(fids), exc)
@@ -137,7 +139,6 @@ class Claimer:
                 del self.lost[fid]
         return [fid for fid, at in self.won.items() if now - at > timedelta(seconds=10)]
 
-    def _body(self, items) -> dict:
-        return {"node": self.node, "incarnation": self.incarnation,
-                "firings": [{"firing_id": fid, "task_id": str(tid), "scheduled": at.isoformat()}
-                            for fid, tid, at in items]}
+    def _request(self, items) -> ClaimRequest:
+        return ClaimRequest(node=self.node, incarnation=self.incarnation,
+                            firings=[ClaimItem(firing_id=fid, task_id=tid, scheduled=at) for fid, tid, at in items])

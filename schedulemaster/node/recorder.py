@@ -15,46 +15,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Callable
-from uuid import UUID
-from zoneinfo import ZoneInfo
+from typing import Callable
+
+from schedulemaster.coordination.wire import Firing
 
 log = logging.getLogger("schedulemaster.recorder")
 
-RECORD_PATH = "/schedulemaster/firings"  # relative to the Prefect API URL
 BATCH = 200  # firings per call (the endpoint takes up to 1,000, 50 per transaction)
 MAX_PENDING = 200_000
-
-
-@dataclass
-class Firing:
-    task_id: UUID
-    firing_id: str
-    title: str
-    scheduled: datetime
-    started: datetime
-    finished: datetime
-    ok: bool
-    message: str
-    node: str
-    status_code: int | None = None
-    logs: list[tuple[int, str, datetime]] = field(default_factory=list)
-    zone: str = "UTC"  # the task's time zone, for the run's name
-    parent: str | None = None  # the parent's firing id when a Next triggered this firing
-
-    @property
-    def lateness_ms(self) -> float:
-        return (self.started - self.scheduled).total_seconds() * 1000
 
 
 HOLD_MAX = 10.0  # seconds a batch waits at most while the master is busy
 
 
 class Recorder:
-    def __init__(self, client, flush_interval: float = 0.5, master_busy: Callable[[], bool] = lambda: False):
-        self.client = client
+    def __init__(self, master, flush_interval: float = 0.5, master_busy: Callable[[], bool] = lambda: False):
+        """``master``: a MasterClient (schedulemaster/coordination/client.py) holding this node's token."""
+        self.master = master
         # Firing on time comes before recording: while the master answers claims slowly,
         # the next batch waits (up to HOLD_MAX), so the master's CPU goes to claims first.
         self.master_busy = master_busy
@@ -108,9 +85,17 @@ class Recorder:
     async def _record(self, batch: list[Firing]) -> None:
         """Record a batch in one call (one transaction on the master)."""
         from prefect.exceptions import PrefectHTTPStatusError
+        from pydantic import ValidationError
 
+        records = []
+        for f in batch:
+            try:
+                records.append(f.record())
+            except ValidationError as exc:  # the master would refuse the whole batch for it
+                self.dropped += 1
+                log.error("firing %s of task %s cannot be recorded: %s", f.firing_id[:200], f.task_id, exc)
         try:  # Prefect's client raises on every error status
-            resp = await self.client._client.post(RECORD_PATH, json=[self._body(f) for f in batch])
+            result = await self.master.record(records)
         except PrefectHTTPStatusError as exc:
             if exc.response.status_code not in (400, 413, 422):
                 raise
@@ -118,24 +103,8 @@ class Recorder:
             self.dropped += len(batch)
             log.error("the master refused %d firing records: %s", len(batch), exc.response.text[:500])
             return
-        unknown = resp.json().get("unknown_tasks") or []
+        unknown = [str(t) for t in result.unknown_tasks]
         if unknown:
             log.info("%d firing records dropped: their tasks were deleted (%s)",
                      sum(str(f.task_id) in unknown for f in batch), ", ".join(unknown[:5]))
         self.recorded += len(batch)
-
-    @staticmethod
-    def _body(f: Firing) -> dict[str, Any]:
-        return {
-            "task_id": str(f.task_id), "firing_id": f.firing_id,
-            "name": f"{f.scheduled.astimezone(ZoneInfo(f.zone)):%Y%m%d-%H%M%S}-{f.firing_id[:6]}",
-            "scheduled": f.scheduled.isoformat(), "started": f.started.isoformat(),
-            "finished": f.finished.isoformat(), "ok": f.ok, "message": f.message[:2000],
-            "fire": {"firing_id": f.firing_id, "node": f.node,
-                     "scheduled": f.scheduled.isoformat(), "started": f.started.isoformat(),
-                     "finished": f.finished.isoformat(), "lateness_ms": round(f.lateness_ms, 1),
-                     "status_code": f.status_code, "ok": f.ok, "parent": f.parent},
-            "parent_firing_id": f.parent,
-            "logs": [{"level": level, "message": msg[:20_000], "timestamp": ts.isoformat()}
-                     for level, msg, ts in f.logs[:50]],
-        }

@@ -472,18 +472,11 @@ def task(cron: str | Callable[..., Any] | None = None, *, title: str | None = No
 
 
 def _package_stored(conn: Connection, name: str) -> bool:
-    """Whether the master holds the package ``name`` (what the nodes fetch). Its answer is
-    streamed and closed at the status line: only the existence matters, not the bytes."""
-    import httpx
+    """Whether the master holds the package ``name`` (what the nodes fetch)."""
+    from schedulemaster.coordination.client import package_exists
 
     with prefect_errors(conn.prefect_url):
-        try:
-            with conn.prefect()._client.stream("GET", f"/schedulemaster/plugins/{name}"):
-                return True
-        except httpx.HTTPStatusError as exc:
-            if exc.response.status_code == 404:
-                return False
-            raise
+        return package_exists(conn.prefect(), name)
 
 
 def http_task(title: str, url: str, cron: str | None = None, *, method: str = "GET", body: str | None = None,

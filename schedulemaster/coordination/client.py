@@ -1,0 +1,96 @@
+"""The one client for the master's own endpoints (wire.py).
+
+It rides on a Prefect client's public ``request``: the same connection, credential, retries
+of 429/502/503 and error raising (PrefectHTTPStatusError) as every Prefect call, with the
+project's paths and models on top. A node's calls carry the token the master gave it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Iterable
+from uuid import UUID
+
+from pydantic import TypeAdapter
+
+from schedulemaster.coordination import wire
+
+_NODE_ROWS = TypeAdapter(list[wire.NodeRow])
+_LATEST = TypeAdapter(dict[str, datetime])
+
+
+class MasterClient:
+    """``prefect``: an open async PrefectClient for the master's Prefect API."""
+
+    def __init__(self, prefect: Any, node_token: str | None = None):
+        self.prefect = prefect
+        self.node_token = node_token
+
+    async def _call(self, method: str, path: str, body: Any = None, **kwargs: Any):
+        headers = {wire.NODE_TOKEN_HEADER: self.node_token} if self.node_token else None
+        if isinstance(body, list):
+            body = [b.model_dump(mode="json") if hasattr(b, "model_dump") else b for b in body]
+        elif body is not None:
+            body = body.model_dump(mode="json")
+        return await self.prefect.request(method, path, json=body, headers=headers, **kwargs)
+
+    # ---- nodes ------------------------------------------------------------------------
+    async def register(self, registration: wire.NodeRegistration) -> wire.Registered:
+        """Register a node process; its token is kept for every later call of this client."""
+        answer = wire.Registered.model_validate_json((await self._call("POST", wire.REGISTER_PATH,
+                                                                       registration)).content)
+        self.node_token = answer.token
+        return answer
+
+    async def nodes(self) -> list[wire.NodeRow]:
+        return _NODE_ROWS.validate_json((await self._call("GET", wire.NODES_PATH)).content)
+
+    # ---- claims -----------------------------------------------------------------------
+    async def claim(self, request: wire.ClaimRequest) -> wire.ClaimResult:
+        return wire.ClaimResult.model_validate_json((await self._call("POST", wire.CLAIMS_PATH, request)).content)
+
+    async def release(self, request: wire.ClaimRequest) -> int:
+        return wire.Released.model_validate_json((await self._call("POST", wire.RELEASE_PATH, request)).content).released
+
+    async def latest(self, task_ids: Iterable[UUID]) -> dict[str, datetime]:
+        """Each task's latest claimed instant (tasks never claimed are absent)."""
+        body = wire.LatestRequest(task_ids=list(task_ids))
+        return _LATEST.validate_json((await self._call("POST", wire.LATEST_PATH, body)).content)
+
+    # ---- firings ----------------------------------------------------------------------
+    async def record(self, records: list[wire.FiringRecord]) -> wire.RecordResult:
+        return wire.RecordResult.model_validate_json((await self._call("POST", wire.FIRINGS_PATH, records)).content)
+
+    async def report_failure(self, failure: wire.RunFailure) -> bool:
+        """Whether the master knew the task (it then told the task's keepers)."""
+        return wire.KnownTask.model_validate_json(
+            (await self._call("POST", wire.FAILURES_PATH, failure)).content).known_task
+
+    # ---- plugin packages --------------------------------------------------------------
+    async def package(self, name: str) -> tuple[str, bytes] | None:
+        """(file name, zip bytes) of the plugin package ``name``, or None when the master has none."""
+        from prefect.exceptions import PrefectHTTPStatusError
+
+        try:
+            resp = await self._call("GET", wire.PACKAGE_PATH.format(name=name))
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code == 404:
+                return None
+            raise
+        disposition = resp.headers.get("content-disposition", "")
+        filename = disposition.split("filename=")[-1].strip('"; ') if "filename=" in disposition else f"{name}.zip"
+        return filename, resp.content
+
+
+def package_exists(prefect: Any, name: str) -> bool:
+    """Whether the master holds the plugin package ``name``, through a sync PrefectClient;
+    a HEAD, so the package's bytes are not sent."""
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    try:
+        prefect.request("HEAD", wire.PACKAGE_PATH.format(name=name))
+        return True
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code == 404:
+            return False
+        raise

@@ -1,0 +1,176 @@
+"""Paths and models of the master's own endpoints, shared by the master and its callers.
+
+The endpoints live under ``/schedulemaster`` inside Prefect's API app on the master, so
+Prefect's credential guards them; nodes also send the token the master gave them at
+registration (NODE_TOKEN_HEADER).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, Field
+
+PREFIX = "/schedulemaster"  # relative to the Prefect API URL
+REGISTER_PATH = PREFIX + "/nodes/register"
+NODES_PATH = PREFIX + "/nodes"
+CLAIMS_PATH = PREFIX + "/claims"
+RELEASE_PATH = PREFIX + "/claims/release"
+LATEST_PATH = PREFIX + "/claims/latest"
+FIRINGS_PATH = PREFIX + "/firings"
+FAILURES_PATH = PREFIX + "/failures"
+PACKAGE_PATH = PREFIX + "/plugins/{name}"
+
+NODE_TOKEN_HEADER = "x-sm-node-token"  # the secret a node was given at registration
+NAME = r"^[^/%\s][^/%]{0,98}[^/%\s]$|^[^/%\s]$"  # a node name (also a work-queue suffix)
+MAX_CLAIMS = 1000  # claims or reports per call
+MAX_RECORDS = 1000  # firing records per call
+MAX_LOGS_PER_FIRING = 50
+
+
+# ---- nodes ------------------------------------------------------------------------------
+
+class NodeRegistration(BaseModel):
+    name: str = Field(pattern=NAME, max_length=100)
+    priority: int = Field(ge=0, le=1000)
+    max_concurrency: int = Field(ge=1, le=1000)
+    incarnation: UUID
+    host: str = Field(default="", max_length=200)
+
+
+class Registered(BaseModel):
+    registered: str
+    #: sent back with every later call of this process (NODE_TOKEN_HEADER)
+    token: str
+
+
+class NodeRow(BaseModel):
+    """A registered node as ``GET /schedulemaster/nodes`` lists it."""
+
+    name: str
+    priority: int
+    max_concurrency: int
+    host: str = ""
+    started_at: datetime
+    running: int = 0
+
+
+# ---- claims -----------------------------------------------------------------------------
+
+class ClaimItem(BaseModel):
+    firing_id: str = Field(min_length=1, max_length=64)
+    task_id: UUID
+    scheduled: datetime
+
+
+class DoneItem(BaseModel):
+    firing_id: str = Field(min_length=1, max_length=64)
+    ok: bool
+
+
+class ClaimRequest(BaseModel):
+    node: str = Field(pattern=NAME, max_length=100)
+    incarnation: UUID
+    firings: list[ClaimItem] = Field(max_length=MAX_CLAIMS)
+    #: firings this node ran since its last call: their claims end (store/claims.fired)
+    done: list[DoneItem] = Field(default_factory=list, max_length=MAX_CLAIMS)
+
+
+class ClaimResult(BaseModel):
+    won: list[str]
+    #: another process registered under this node's name since: this one must stop firing
+    superseded: bool = False
+
+
+class Released(BaseModel):
+    released: int
+
+
+class LatestRequest(BaseModel):
+    task_ids: list[UUID] = Field(max_length=10_000)
+
+
+# ---- firings ----------------------------------------------------------------------------
+
+class FiringLog(BaseModel):
+    level: int = Field(ge=0, le=100)
+    message: str = Field(max_length=20_000)
+    timestamp: datetime
+
+
+class FiringRecord(BaseModel):
+    """A firing as the master writes it into Prefect: one flow run of its task's deployment."""
+
+    task_id: UUID
+    firing_id: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200)
+    scheduled: datetime
+    started: datetime
+    finished: datetime
+    ok: bool
+    message: str = Field(default="", max_length=2000)
+    #: the run's ``fire`` parameter: node, times, lateness, status code, parent
+    fire: dict = Field(default_factory=dict)
+    parent_firing_id: str | None = Field(default=None, max_length=200)
+    logs: list[FiringLog] = Field(default_factory=list, max_length=MAX_LOGS_PER_FIRING)
+
+
+class RecordResult(BaseModel):
+    recorded: int
+    unknown_tasks: list[UUID]
+
+
+class RunFailure(BaseModel):
+    """A worker-path run (RunOnce, a child, a UI run) that failed: reported for the keepers."""
+
+    task_id: UUID
+    run_id: UUID
+    message: str = Field(default="", max_length=2000)
+    detail: str = Field(default="", max_length=20_000)
+    when: datetime
+
+
+class KnownTask(BaseModel):
+    known_task: bool
+
+
+@dataclass
+class Firing:
+    """One firing as the process that saw it end knows it: a node, or the master's failover
+    recording a dead node's firings on its behalf."""
+
+    task_id: UUID
+    firing_id: str
+    title: str
+    scheduled: datetime
+    started: datetime
+    finished: datetime
+    ok: bool
+    message: str
+    node: str
+    status_code: int | None = None
+    logs: list[tuple[int, str, datetime]] = field(default_factory=list)
+    zone: str = "UTC"  # the task's time zone, for the run's name
+    parent: str | None = None  # the parent's firing id when a Next triggered this firing
+
+    @property
+    def lateness_ms(self) -> float:
+        return (self.started - self.scheduled).total_seconds() * 1000
+
+    def record(self) -> FiringRecord:
+        """What the master records; texts cut to what it takes."""
+        return FiringRecord(
+            task_id=self.task_id, firing_id=self.firing_id,
+            name=f"{self.scheduled.astimezone(ZoneInfo(self.zone)):%Y%m%d-%H%M%S}-{self.firing_id[:6]}",
+            scheduled=self.scheduled, started=self.started, finished=self.finished, ok=self.ok,
+            message=self.message[:2000],
+            fire={"firing_id": self.firing_id, "node": self.node, "scheduled": self.scheduled.isoformat(),
+                  "started": self.started.isoformat(), "finished": self.finished.isoformat(),
+                  "lateness_ms": round(self.lateness_ms, 1), "status_code": self.status_code,
+                  "ok": self.ok, "parent": self.parent},
+            parent_firing_id=self.parent,
+            logs=[FiringLog(level=level, message=msg[:20_000], timestamp=ts)
+                  for level, msg, ts in self.logs[:MAX_LOGS_PER_FIRING]])
