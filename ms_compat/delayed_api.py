@@ -22,7 +22,7 @@ from schedulemaster.flows import delayed_callback as cb
 from schedulemaster.flows import targets
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.binding import F, FormValues, bind, id_from_form_or_query, page_bounds
-from schedulemaster.store.delayed_store import LATE_AFTER, STATUS_TEXT, DuplicateIds, host_of
+from schedulemaster.store.delayed_store import LATE_AFTER, STATUS_TEXT, DuplicateIds, host_of, ready_row
 from schedulemaster.timeutil import MAX_SPAN_SECONDS, utcnow_naive
 from schedulemaster.store.db import Configs, Store, SystemUser
 
@@ -124,15 +124,12 @@ def row_for_create(m: dict[str, Any], user: SystemUser, tz: str, default_pattern
         raise Refused(problem)
     given = m.get("Id")
     task_id = str(given) if given is not None and given != EMPTY_GUID else str(uuid.uuid4())
-    return {
-        "id": task_id, "sourceapp": m["SourceApp"], "topic": m["Topic"], "contentkey": m["ContentKey"],
-        "delaytimespan": span or 0, "delayabsolutetime": due, "createtime": now,
-        "createusername": user.username, "status": 2, "failedretrys": 0, "remark": m.get("Remark"),
-        "notifyurl": m["NotifyUrl"].strip(), "notifydatatype": m["NotifyDataType"].strip(),
-        "notifybody": m["NotifyBody"], "executors": ",".join(executors) or None, "pattern": pattern,
-        "notifyhost": host_of(m["NotifyUrl"].strip()), "dueat": due, "claimedby": None, "claimseq": 0,
-        "leaseuntil": None, "manual": False, "attempts": 0, "executetime": None, "finishtime": None,
-    }
+    return ready_row(
+        id=task_id, sourceapp=m["SourceApp"], topic=m["Topic"], contentkey=m["ContentKey"],
+        delaytimespan=span or 0, delayabsolutetime=due, createtime=now, createusername=user.username,
+        remark=m.get("Remark"), notifyurl=m["NotifyUrl"].strip(), notifydatatype=m["NotifyDataType"].strip(),
+        notifybody=m["NotifyBody"], executors=",".join(executors) or None, pattern=pattern,
+        notifyhost=host_of(m["NotifyUrl"].strip()))
 
 
 def view(row: dict[str, Any], tz: str) -> dict[str, Any]:

@@ -506,85 +506,53 @@ async def write_history(runs: list[HistoricalRun]) -> tuple[set[str], set[uuid.U
     """Insert finished runs, their final states and their logs in one transaction, straight into
     Prefect's tables; returns (firing ids already there, task ids that are not here).
 
-    Not through ``models.flow_runs.create_flow_run``, for two reasons. Its state goes through
-    Prefect's orchestration, which emits "flow run completed/failed" events *now*: an
-    automation on failures would page someone for a run that failed two years ago in the old
-    system. And it costs ~45 ms a run here (21 traces/s in bench/import_db.py on PostgreSQL):
-    days for a history of millions. The rows written are the ones Prefect writes for a
-    finished run (flow_run with its denormalized state columns, flow_run_state, log)."""
+    The same writer as the nodes' firings (master/bulk_runs.py), minus the state-change events:
+    an automation on failures must not page someone now for a run that failed two years ago in
+    the old system, so nothing is published for an imported run."""
     import sqlalchemy as sa
     from prefect.server import models, schemas
     from prefect.server.database import provide_database_interface
 
+    from schedulemaster.master import bulk_runs
+
     db = provide_database_interface()
-    now = datetime.now(timezone.utc)
-    kept = await _recorded([r.firing_id for r in runs])
     async with db.session_context(begin_transaction=True, with_for_update=True) as session:
-        # the columns a run copies from its deployment, for the whole batch in one query (a
-        # read_deployment per task, with its schedules, cost more than the inserts)
+        # the columns a run copies from its deployment, for the whole batch in one query
         D = db.Deployment
         found = await session.execute(sa.select(D.id, D.flow_id, D.version, D.tags, D.labels, D.work_queue_name,
                                                 D.work_queue_id).where(D.id.in_({r.task_id for r in runs})))
         deployments = {row.id: row for row in found}
         unknown = {r.task_id for r in runs} - set(deployments)
-        labels = {d.id: await models.deployments.with_system_labels_for_deployment_flow_run(
-            session=session, deployment=d) for d in deployments.values()}
-        rows, states, links, logs = [], [], [], []
-        seen = set(kept)
+        candidates: list[tuple[Any, HistoricalRun]] = []
+        seen: set[str] = set()
         for r in runs:
             dep = deployments.get(r.task_id)
             if dep is None or r.firing_id in seen:
                 continue
             seen.add(r.firing_id)
-            run_id, state_id = uuid.uuid4(), uuid.uuid4()
-            kind = schemas.states.StateType.COMPLETED if r.ok else schemas.states.StateType.FAILED
-            name = "Completed" if r.ok else "Failed"
-            rows.append(dict(
-                id=run_id, name=r.name, flow_id=dep.flow_id, deployment_id=dep.id, deployment_version=dep.version,
+            final = (schemas.states.Completed if r.ok else schemas.states.Failed)(message=r.message, timestamp=r.end)
+            candidates.append((schemas.core.FlowRun(
+                name=r.name, flow_id=dep.flow_id, deployment_id=dep.id, deployment_version=dep.version,
                 parameters={"fire": r.fire}, tags=list(dep.tags or []) + ["sm:imported"],
-                labels=labels[r.task_id], idempotency_key=r.firing_id, work_queue_name=dep.work_queue_name,
-                work_queue_id=dep.work_queue_id, expected_start_time=r.start, next_scheduled_start_time=r.start,
-                start_time=r.start, end_time=r.end, total_run_time=r.end - r.start, run_count=1,
-                state_type=kind, state_name=name, state_timestamp=r.end, created=now, updated=now))
-            states.append(dict(id=state_id, flow_run_id=run_id, type=kind, name=name, timestamp=r.end,
-                               message=r.message, state_details={"flow_run_id": run_id}, created=now, updated=now))
-            links.append(run_id)
-            logs += [schemas.actions.LogCreate(
-                name="schedulemaster.import", level={1: 20, 2: 30, 3: 40}.get(category, 20), message=text,
-                timestamp=when, flow_run_id=run_id) for category, text, when in r.logs]
-        if rows:
-            await session.execute(sa.insert(db.FlowRun), rows)
-            await session.execute(sa.insert(db.FlowRunState), states)
-            # each run has exactly its one state: link them in one statement (an executemany
-            # UPDATE is refused by the session Prefect's database interface hands out)
-            state = sa.select(db.FlowRunState.id).where(db.FlowRunState.flow_run_id == db.FlowRun.id)
-            await session.execute(sa.update(db.FlowRun).where(db.FlowRun.id.in_(links))
-                                  .values(state_id=state.scalar_subquery()).execution_options(synchronize_session=False))
+                idempotency_key=r.firing_id, work_queue_name=dep.work_queue_name, work_queue_id=dep.work_queue_id,
+                expected_start_time=r.start, next_scheduled_start_time=r.start, start_time=r.start,
+                total_run_time=r.end - r.start, run_count=1, state=final), r))
+        inserted = {run.id for run in await bulk_runs.insert_finished_runs(
+            session, [run for run, _ in candidates], {d.id: d.labels for d in deployments.values()})}
+        kept = {r.firing_id for run, r in candidates if run.id not in inserted}
+        logs = [schemas.actions.LogCreate(
+            name="schedulemaster.import", level={1: 20, 2: 30, 3: 40}.get(category, 20), message=text,
+            timestamp=when, flow_run_id=run.id)
+            for run, r in candidates if run.id in inserted for category, text, when in r.logs]
         if logs:
             await models.logs.create_logs(session, logs)
     return kept, unknown
 
 
-async def _recorded(firing_ids: list[str]) -> set[str]:
-    """Which of these firing ids already have a run (one indexed query)."""
-    import sqlalchemy as sa
-    from prefect.server.database import provide_database_interface
-
-    from schedulemaster.deployments.tasks import FLOW_NAME
-
-    db = provide_database_interface()
-    async with db.session_context() as session:
-        # every task's runs belong to one flow: (flow_id, idempotency_key) is Prefect's unique index
-        flow_id = sa.select(db.Flow.id).where(db.Flow.name == FLOW_NAME).scalar_subquery()
-        rows = await session.execute(sa.select(db.FlowRun.idempotency_key).where(
-            db.FlowRun.flow_id == flow_id, db.FlowRun.idempotency_key.in_(firing_ids)))
-        return set(rows.scalars())
-
-
 def delayed_row(item: dict[str, Any], tz: str) -> dict[str, Any]:
     """The store row of a pending delayed task of the original (times given in ``tz``)."""
     from schedulemaster.ms_compat.delayed_api import TEXT_FIELDS, unsendable
-    from schedulemaster.store.delayed_store import host_of
+    from schedulemaster.store.delayed_store import host_of, ready_row
 
     url = (item.get("notifyurl") or "").strip()
     problem = unsendable(url, item.get("notifydatatype") or "", item.get("notifybody") or "",
@@ -598,18 +566,15 @@ def delayed_row(item: dict[str, Any], tz: str) -> dict[str, Any]:
     else:
         due_local = item["createtime"] + timedelta(seconds=min(item.get("delaytimespan") or 0, MAX_SPAN_SECONDS))
     due = to_utc(due_local, tz)
-    return {
-        "id": str(item["id"]), "sourceapp": item["sourceapp"], "topic": item["topic"],
-        "contentkey": item["contentkey"], "delaytimespan": item.get("delaytimespan") or 0,
-        "delayabsolutetime": due, "createtime": to_utc(item["createtime"], tz),
-        "createusername": item.get("createusername"), "status": 2, "failedretrys": item.get("failedretrys") or 0,
-        "remark": item.get("remark"), "notifyurl": url, "notifydatatype": item["notifydatatype"].strip(),
-        "notifybody": item.get("notifybody") or "", "executors": ",".join(item.get("executors") or []) or None,
-        "pattern": item.get("pattern") or "Relative", "notifyhost": host_of(url), "dueat": due,
-        "claimedby": None, "claimseq": 0, "leaseuntil": None, "manual": False, "attempts": 0,
-        "executetime": to_utc(item["executetime"], tz) if item.get("executetime") else None,
-        "finishtime": None,
-    }
+    return ready_row(
+        id=str(item["id"]), sourceapp=item["sourceapp"], topic=item["topic"], contentkey=item["contentkey"],
+        delaytimespan=item.get("delaytimespan") or 0, delayabsolutetime=due,
+        createtime=to_utc(item["createtime"], tz), createusername=item.get("createusername"),
+        failedretrys=item.get("failedretrys") or 0, remark=item.get("remark"), notifyurl=url,
+        notifydatatype=item["notifydatatype"].strip(), notifybody=item.get("notifybody") or "",
+        executors=",".join(item.get("executors") or []) or None, pattern=item.get("pattern") or "Relative",
+        notifyhost=host_of(url),
+        executetime=to_utc(item["executetime"], tz) if item.get("executetime") else None)
 
 
 def _has_nul(item: dict[str, Any]) -> bool:

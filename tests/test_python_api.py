@@ -270,7 +270,7 @@ def test_package_names_are_importable_and_one_per_title(title):
 
 def test_spans_and_params_are_parsed_or_refused():
     from schedulemaster.notebook.handles import params_json
-    from schedulemaster.notebook.lookup import parse_span
+    from schedulemaster.timeutil import parse_span
 
     assert parse_span("90s") == timedelta(seconds=90) and parse_span("2h") == timedelta(hours=2)
     assert parse_span(5) == timedelta(seconds=5) and parse_span("1.5m") == timedelta(seconds=90)

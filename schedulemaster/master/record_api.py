@@ -21,7 +21,6 @@ import asyncio
 
 from datetime import datetime, timedelta
 from typing import Callable
-from uuid import UUID
 
 from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
 

@@ -16,7 +16,8 @@ import pandas as pd
 
 from schedulemaster.notebook.connection import Connection, current, prefect_errors
 from schedulemaster.deployments.tasks import DEFAULT_POLICY, FLOW_NAME, NODE_QUEUE_PREFIX, status_of
-from schedulemaster.notebook.lookup import STATUS_NAMES, HasId, parse_span, read_spec, task_id_of
+from schedulemaster.timeutil import parse_span
+from schedulemaster.notebook.lookup import STATUS_NAMES, HasId, read_spec, task_id_of
 
 TASK_STATUSES = ["stopped", "running", "paused"]
 TASK_TYPES = ["plugin", "http"]

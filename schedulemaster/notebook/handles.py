@@ -25,7 +25,8 @@ from schedulemaster.deployments.tasks import DEFAULT_POLICY, POLICIES
 from schedulemaster.notebook.connection import Connection, current, prefect_errors
 from schedulemaster.notebook.frames import logs, node_names, runs, task_specs
 from schedulemaster.notebook.legacy_client import LegacyError, LegacyNotFound
-from schedulemaster.notebook.lookup import STATUS_NAMES, find_task, parse_span, read_spec
+from schedulemaster.timeutil import parse_span
+from schedulemaster.notebook.lookup import STATUS_NAMES, find_task, read_spec
 
 HTTP_FIELDS = {"RequestUrl": "HttpRequestUrl", "Method": "HttpMethod", "ContentType": "HttpContentType",
                "Headers": "HttpHeaders", "Body": "HttpBody"}

@@ -9,9 +9,10 @@ from uuid import UUID
 
 from schedulemaster.notebook.connection import Connection, prefect_errors
 from schedulemaster.notebook.legacy_client import LegacyError, LegacyNotFound
-from schedulemaster.timeutil import parse_span  # noqa: F401  (the notebook API's durations)
 
 STATUS_NAMES = {-1: "deleted", 0: "stopped", 1: "running", 2: "paused"}
+
+
 def find_task(conn: Connection, title: str) -> dict[str, Any] | None:
     """The task titled exactly ``title``; ValueError when several are (the legacy API and
     imports allow that, and updating one at random would be wrong)."""

@@ -114,6 +114,16 @@ class DelayedAttempt(SQLModel, table=True):
     dispatcher: Optional[str] = Field(default=None, max_length=64)
 
 
+def ready_row(**fields: Any) -> dict[str, Any]:
+    """A new delayed task waiting for its callback, as the row to insert: the model's defaults
+    (Ready, unclaimed, no attempts yet) for every column ``fields`` leaves out, and ``dueat``
+    its first due time. The legacy API's Create and the import both build rows here."""
+    fields.setdefault("dueat", fields.get("delayabsolutetime"))
+    row = ScheduleDelayed(**fields).model_dump()
+    row["status"] = int(row["status"])
+    return row
+
+
 T = ScheduleDelayed.__table__
 A = DelayedAttempt.__table__
 
