@@ -23,6 +23,7 @@ from typing import Any
 
 from schedulemaster.coordination.client import MasterClient
 from schedulemaster.coordination.wire import NodeRow
+from schedulemaster.deployments.spec import TaskSpec
 
 log = logging.getLogger("schedulemaster.chain")
 
@@ -61,9 +62,9 @@ def jsonable(value: Any) -> Any:
         return repr(value)
 
 
-def child_ids(spec: dict[str, Any], parent_id: uuid.UUID) -> list[uuid.UUID]:
+def child_ids(spec: TaskSpec, parent_id: uuid.UUID) -> list[uuid.UUID]:
     out = []
-    for raw in spec.get("Nexts") or []:
+    for raw in spec.Nexts:
         try:
             cid = uuid.UUID(str(raw))
         except ValueError:
@@ -107,19 +108,19 @@ async def node_weights(client) -> dict[str, int]:
         return {}
 
 
-async def owning_node(client, work_pool: str, task_id: uuid.UUID, spec: dict[str, Any]) -> str | None:
+async def owning_node(client, work_pool: str, task_id: uuid.UUID, spec: TaskSpec) -> str | None:
     """The live node that fires this task (the same weighted rendezvous choice the nodes make), if any."""
-    allowed = spec.get("Executors") or []
+    allowed = spec.Executors
     return owner(task_id, [n for n in await live_nodes(client, work_pool) if not allowed or n in allowed],
                  await node_weights(client))
 
 
-async def queue_for(client, work_pool: str, task_id: uuid.UUID, spec: dict[str, Any]) -> str:
+async def queue_for(client, work_pool: str, task_id: uuid.UUID, spec: TaskSpec) -> str:
     """The queue of the node that fires this task; with no live node allowed, the first
     executor's queue (or the shared one)."""
     from schedulemaster.deployments.tasks import DEFAULT_QUEUE, NODE_QUEUE_PREFIX
 
-    allowed = spec.get("Executors") or []
+    allowed = spec.Executors
     node = await owning_node(client, work_pool, task_id, spec) or (allowed[0] if allowed else None)
     return DEFAULT_QUEUE if node is None else NODE_QUEUE_PREFIX + node
 
@@ -142,7 +143,7 @@ async def submit_child(client, work_pool: str, child, parent_firing_id: str, res
     """Run a child on its own node, as a flow run in that node's queue."""
     queue = await queue_for(client, work_pool, child.id, child.spec)
     await client.create_flow_run_from_deployment(
-        child.id, parameters={"task": child.spec, "previous_result": jsonable(result)},
+        child.id, parameters={"task": child.spec.wire(), "previous_result": jsonable(result)},
         work_queue_name=queue, tags=["sm:next"], name=f"next-{parent_firing_id[:8]}",
         idempotency_key=child_firing_id(child.id, parent_firing_id))
     log.info("child %s of %s submitted to %s", child.id, parent_title or parent_firing_id, queue)

@@ -5,10 +5,10 @@ bounded by StartDate / EndDate, in the task's time zone. Shared by the legacy AP
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from schedulemaster.deployments import quartz
+from schedulemaster.deployments.spec import TaskSpec
 
 #: A one-shot task whose instant passed less than this long ago still fires (Quartz's
 #: default misfire threshold is 60 s); cron instants that were missed are skipped.
@@ -25,24 +25,24 @@ def local_to_utc(value: str | None, tz: str) -> datetime | None:
     return d.astimezone(timezone.utc)
 
 
-def one_shot_instant(spec: dict[str, Any]) -> datetime | None:
-    tz = spec.get("TimeZone") or "UTC"
-    start = local_to_utc(spec.get("StartDate"), tz)
-    started = local_to_utc(spec.get("StartedAt"), tz)
+def one_shot_instant(spec: TaskSpec) -> datetime | None:
+    start = local_to_utc(spec.StartDate, spec.TimeZone)
+    started = local_to_utc(spec.StartedAt, spec.TimeZone)
     if start is None or (started is not None and start < started):
         return started
     return start
 
 
-def next_fire(spec: dict[str, Any], after: datetime) -> datetime | None:
-    """The first instant strictly after ``after`` (aware) at which the task fires, or None."""
-    tz = spec.get("TimeZone") or "UTC"
-    end = local_to_utc(spec.get("EndDate"), tz)
-    if not spec.get("RunLoop"):
+def next_fire(spec: TaskSpec, after: datetime, *, ignore_end: bool = False) -> datetime | None:
+    """The first instant strictly after ``after`` (aware) at which the task fires, or None;
+    ``ignore_end``: as if the task had no EndDate."""
+    tz = spec.TimeZone
+    end = None if ignore_end else local_to_utc(spec.EndDate, tz)
+    if not spec.RunLoop:
         at = one_shot_instant(spec)
         return at if at is not None and at > after and (end is None or at <= end) else None
-    cron = quartz.parse(spec.get("CronExpression") or "")
-    start = local_to_utc(spec.get("StartDate"), tz)
+    cron = quartz.parse(spec.CronExpression or "")
+    start = local_to_utc(spec.StartDate, tz)
     if start is not None and start > after:
         after = start - timedelta(microseconds=1)
     nxt = cron.next_after(after, tz)
@@ -51,7 +51,7 @@ def next_fire(spec: dict[str, Any], after: datetime) -> datetime | None:
     return nxt
 
 
-def upcoming(spec: dict[str, Any], count: int, after: datetime) -> list[datetime]:
+def upcoming(spec: TaskSpec, count: int, after: datetime) -> list[datetime]:
     out: list[datetime] = []
     t = after
     while len(out) < count:
@@ -59,7 +59,7 @@ def upcoming(spec: dict[str, Any], count: int, after: datetime) -> list[datetime
         if nxt is None or (out and nxt <= out[-1]):
             break
         out.append(nxt)
-        if not spec.get("RunLoop"):
+        if not spec.RunLoop:
             break
         t = nxt
     return out

@@ -18,7 +18,8 @@ from __future__ import annotations
 import re
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
-from typing import Any
+
+from schedulemaster.deployments.spec import TaskSpec
 
 SLUG = "quartz"  # + the expression: "quartz 0/10 * * * * ?"
 CHECK_COUNT = 40  # fire times compared between the two evaluators
@@ -53,21 +54,21 @@ def croniter_expression(quartz: str) -> str | None:
     return " ".join((minute, hour, dom, month, dow, sec))
 
 
-def display_schedule(spec: dict[str, Any], now: datetime | None = None):
+def display_schedule(spec: TaskSpec, now: datetime | None = None):
     """The inactive ``DeploymentScheduleCreate`` for a task, or None when none is exact."""
     from prefect.server.schemas.actions import DeploymentScheduleCreate
     from prefect.server.schemas.schedules import CronSchedule
 
-    if not spec.get("RunLoop") or not spec.get("CronExpression"):
+    if not spec.RunLoop or not spec.CronExpression:
         return None
-    tz = spec.get("TimeZone") or "UTC"
+    tz = spec.TimeZone
     start = (now or datetime.now(timezone.utc)).replace(microsecond=0)
-    expr = _exact_expression(spec["CronExpression"], tz, start.replace(second=0))
+    expr = _exact_expression(spec.CronExpression, tz, start.replace(second=0))
     if expr is None:
         return None
     # The UI lists a schedule by its slug: let it say what fires, and that the node fires it.
     return DeploymentScheduleCreate(schedule=CronSchedule(cron=expr, timezone=tz), active=False,
-                                    slug=f"{SLUG} {spec['CronExpression']}")
+                                    slug=f"{SLUG} {spec.CronExpression}")
 
 
 @lru_cache(maxsize=2048)

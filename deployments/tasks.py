@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from enum import IntEnum
 from typing import Any
 
 from schedulemaster.deployments.prefect_schedule import display_schedule
+from schedulemaster.deployments.spec import TaskSpec, spec_of
 
 TAG = "schedulemaster"
 STOPPED_TAG = "sm:stopped"
@@ -50,7 +52,7 @@ class Status(IntEnum):
 class TaskRecord:
     id: uuid.UUID
     name: str
-    spec: dict[str, Any]
+    spec: TaskSpec
     status: Status
     created: datetime
     updated: datetime
@@ -63,29 +65,40 @@ def status_of(deployment: Any) -> Status:
 
 
 def record_of(deployment: Any) -> TaskRecord | None:
-    spec = (deployment.parameters or {}).get("task")
-    if TAG not in (deployment.tags or []) or not isinstance(spec, dict):
+    """The task a deployment is, or None when it is not one (or its spec does not validate:
+    logged, and the task is left out rather than failing every list)."""
+    from pydantic import ValidationError
+
+    raw = (deployment.parameters or {}).get("task")
+    if TAG not in (deployment.tags or []) or not isinstance(raw, dict):
+        return None
+    try:
+        spec = spec_of(raw)
+    except ValidationError as exc:
+        logging.getLogger("schedulemaster.tasks").warning(
+            "deployment %s is tagged %s but its task spec is invalid: %s", deployment.id, TAG,
+            str(exc).splitlines()[0])
         return None
     return TaskRecord(deployment.id, deployment.name, spec, status_of(deployment),
                       deployment.created, deployment.updated)
 
 
-def tags_for(spec: dict[str, Any], status: Status) -> list[str]:
+def tags_for(spec: TaskSpec, status: Status) -> list[str]:
     tags = [TAG]
     if status == Status.Stop:
         tags.append(STOPPED_TAG)
-    tags += [f"{EXECUTOR_TAG}{e}" for e in spec.get("Executors") or []]
+    tags += [f"{EXECUTOR_TAG}{e}" for e in spec.Executors]
     return tags
 
 
-def description_for(spec: dict[str, Any]) -> str:
-    kind = {1: "plugin", 2: "HTTP"}.get(spec.get("MetaType"), f"MetaType {spec.get('MetaType')}")
-    when = (f"Quartz cron `{spec.get('CronExpression')}`" if spec.get("RunLoop")
-            else f"once at {spec.get('StartDate') or 'start'}")
-    lines = [f"ScheduleMaster {kind} task · {when} ({spec.get('TimeZone')}) · schedule owned by the "
+def description_for(spec: TaskSpec) -> str:
+    kind = "plugin" if spec.is_plugin else "HTTP"
+    when = (f"Quartz cron `{spec.CronExpression}`" if spec.RunLoop
+            else f"once at {spec.StartDate or 'start'}")
+    lines = [f"ScheduleMaster {kind} task · {when} ({spec.TimeZone}) · schedule owned by the "
              f"executor nodes (next fire times: QueryTaskDetail or `schedulemaster cron`)"]
-    if spec.get("Remark"):
-        lines.insert(0, str(spec["Remark"]))
+    if spec.Remark:
+        lines.insert(0, spec.Remark)
     return "\n\n".join(lines)
 
 
@@ -121,7 +134,7 @@ class TaskRepository:
     def _read(self):
         return self.db.session_context()
 
-    async def create(self, task_id: uuid.UUID, spec: dict[str, Any], work_pool: str,
+    async def create(self, task_id: uuid.UUID, spec: TaskSpec, work_pool: str,
                      parameter_schema: dict[str, Any]) -> None:
         """Create the deployment of a new task, keeping the id the caller chose."""
         from prefect.server import models, schemas
@@ -134,10 +147,10 @@ class TaskRepository:
                 create_queue_if_not_found=True)
             if await models.deployments.read_deployment(session=session, deployment_id=task_id):
                 raise ValueError(f"a task with id {task_id} already exists")
-            name = await self._unique_name(session, flow.id, spec["Title"], task_id)
+            name = await self._unique_name(session, flow.id, spec.Title, task_id)
             dep = schemas.core.Deployment(
                 id=task_id, name=name, flow_id=flow.id, paused=True,
-                parameters={"task": spec}, tags=tags_for(spec, Status.Stop),
+                parameters={"task": spec.wire()}, tags=tags_for(spec, Status.Stop),
                 description=description_for(spec), entrypoint=ENTRYPOINT,
                 work_queue_name=TASKS_QUEUE, work_queue_id=queue_id,
                 parameter_openapi_schema=parameter_schema, enforce_parameter_schema=False,
@@ -175,7 +188,7 @@ class TaskRepository:
                 session=session, deployment_filter=flt, sort=schemas.sorting.DeploymentSort.CREATED_DESC)
             return [r for r in (record_of(d) for d in deps) if r is not None]
 
-    async def write(self, task_id: uuid.UUID, spec: dict[str, Any], status: Status,
+    async def write(self, task_id: uuid.UUID, spec: TaskSpec, status: Status,
                     rename: bool = False) -> None:
         import sqlalchemy as sa
 
@@ -184,17 +197,17 @@ class TaskRepository:
             if rename:  # Prefect's API cannot rename a deployment; the title is its name
                 flow_id = (await session.execute(sa.select(self.db.Deployment.flow_id).where(
                     self.db.Deployment.id == task_id))).scalar_one()
-                name = await self._unique_name(session, flow_id, spec["Title"], task_id)
+                name = await self._unique_name(session, flow_id, spec.Title, task_id)
                 await session.execute(sa.update(self.db.Deployment).where(
                     self.db.Deployment.id == task_id).values(name=name))
 
-    async def _update(self, session, task_id: uuid.UUID, spec: dict[str, Any], status: Status) -> None:
+    async def _update(self, session, task_id: uuid.UUID, spec: TaskSpec, status: Status) -> None:
         from prefect.server import models, schemas
 
         shown = display_schedule(spec)
         ok = await models.deployments.update_deployment(
             session=session, deployment_id=task_id, deployment=schemas.actions.DeploymentUpdate(
-                parameters={"task": spec}, tags=tags_for(spec, status),
+                parameters={"task": spec.wire()}, tags=tags_for(spec, status),
                 paused=status != Status.Running, description=description_for(spec),
                 schedules=[] if shown is None else [schemas.actions.DeploymentScheduleUpdate(
                     schedule=shown.schedule, active=False, slug=shown.slug)]))
@@ -207,8 +220,9 @@ class TaskRepository:
 
         async with self._write() as session:
             for parent in parents:
-                nexts = [n for n in parent.spec.get("Nexts") or [] if n != str(task_id)]
-                await self._update(session, parent.id, dict(parent.spec, Nexts=nexts), parent.status)
+                nexts = [n for n in parent.spec.Nexts if n != str(task_id)]
+                await self._update(session, parent.id, parent.spec.model_copy(update={"Nexts": nexts}),
+                                   parent.status)
             return await models.deployments.delete_deployment(session=session, deployment_id=task_id)
 
     async def run_stats(self, task_id: uuid.UUID) -> tuple[int, datetime | None]:

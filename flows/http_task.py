@@ -23,6 +23,8 @@ from urllib.parse import quote_plus
 import aiohttp
 import yarl
 
+from schedulemaster.deployments.spec import HttpTarget
+
 DEFAULT_TIMEOUT_SECONDS = 10.0
 BODY_EXCERPT = 2000
 
@@ -75,14 +77,14 @@ class PreparedRequest:
     timeout: float
 
 
-def prepare(http: dict[str, Any], settings: dict[str, Any], idempotency_key: str) -> PreparedRequest:
+def prepare(http: HttpTarget, settings: dict[str, Any], idempotency_key: str) -> PreparedRequest:
     """Build the request of one firing (docs/legacy-behaviour.md, HTTP tasks)."""
-    url = str(http.get("RequestUrl") or "")
-    method = str(http.get("Method") or "GET").upper()
-    ctype = str(http.get("ContentType") or "")
+    url = http.RequestUrl
+    method = (http.Method or "GET").upper()
+    ctype = http.ContentType or ""
     headers: dict[str, str] = {}
     timeout = 0.0
-    for key, value in parse_params(http.get("Headers")):
+    for key, value in parse_params(http.Headers):
         if key.lower().startswith("content-"):
             # HttpClient refuses Content-* on the request headers; the original run failed.
             raise HttpTaskError(f"header '{key}' cannot be set as a request header")
@@ -103,9 +105,9 @@ def prepare(http: dict[str, Any], settings: dict[str, Any], idempotency_key: str
         timeout = DEFAULT_TIMEOUT_SECONDS
     body = ""
     if ctype.lower() == "application/json":
-        body = str(http.get("Body") or "").replace("\r\n", "")
+        body = (http.Body or "").replace("\r\n", "")
     elif ctype.lower() == "application/x-www-form-urlencoded":
-        body = "&".join(f"{k}={quote_plus(v)}" for k, v in parse_params(http.get("Body")))
+        body = "&".join(f"{k}={quote_plus(v)}" for k, v in parse_params(http.Body))
         if method == "GET" and body:
             url = f"{url}{'&' if '?' in url else '?'}{body}"
     headers["Content-Type"] = f"{ctype}; charset=utf-8" if ctype else "text/plain; charset=utf-8"
@@ -141,7 +143,7 @@ async def _send(client: aiohttp.ClientSession, req: PreparedRequest) -> tuple[in
 
 async def perform_http(
     client: aiohttp.ClientSession,
-    http: dict[str, Any],
+    http: HttpTarget,
     *,
     settings: dict[str, Any],
     idempotency_key: str,

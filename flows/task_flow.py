@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from schedulemaster.deployments import chain
+from schedulemaster.deployments.spec import HTTP, TaskSpec, spec_of
 from schedulemaster.deployments.variables import read_node_settings
 from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
 
@@ -56,23 +57,23 @@ async def run_task(task: dict[str, Any], fire: dict[str, Any] | None = None, act
     if rerun:
         key = str(rerun.get("idempotency_key") or key)
         logger.warning("重新执行 (re-run): %s; Idempotency-Key %s as the first attempt", rerun.get("reason", ""), key)
-    title = task.get("Title", "")
-    if task.get("MetaType") == 1:
-        return await _run_plugin(task, action, previous_result, key)
-    if task.get("MetaType") != 2:
-        raise RuntimeError(f"MetaType {task.get('MetaType')} is not a task type (1 plugin, 2 HTTP)")
+    spec = spec_of(task)
+    if spec.is_plugin:
+        return await _run_plugin(spec, action, previous_result, key)
     if action == "start":
         return {"started": True}
     settings = await read_node_settings()
     async with new_session(10) as client:
-        out = await perform_http(client, task.get("Http") or {}, settings=settings, idempotency_key=key)
+        if spec.MetaType != HTTP or spec.Http is None:
+            raise RuntimeError("an HTTP task without its request (Http)")
+        out = await perform_http(client, spec.Http, settings=settings, idempotency_key=key)
     for level, msg, _ts in out.logs:
         logger.log(level, msg)
-    level, line = outcome_lines(title, out)
+    level, line = outcome_lines(spec.Title, out)
     logger.log(level, line)
     if not out.ok:
         raise RuntimeError(out.message)
-    await _trigger_children(task, None)
+    await _trigger_children(spec, None)
     return {"status_code": out.status_code, "elapsed_ms": round(out.elapsed_ms, 1)}
 
 
@@ -83,7 +84,7 @@ def _deployment_id():
     return get_run_context().flow_run.deployment_id
 
 
-async def _run_plugin(task: dict[str, Any], action: str | None, previous_result: Any, trace_id: str) -> Any:
+async def _run_plugin(task: TaskSpec, action: str | None, previous_result: Any, trace_id: str) -> Any:
     """Plugin tasks run on the node's own instance (schedulemaster/node/plugins.py), which the
     node's firing loop shares: a Start loads and initializes it here, on the node that will
     fire the task, so a plugin that cannot start fails the Start with its reason logged."""
@@ -99,12 +100,12 @@ async def _run_plugin(task: dict[str, Any], action: str | None, previous_result:
         except plugins.PluginError as exc:
             logger.error("任务启动失败：%s", exc)
             raise RuntimeError(f"the plugin did not start: {str(exc).splitlines()[0]}") from None
-        logger.info("插件 %s / %s 已加载并完成初始化", task.get("AssemblyName"), task.get("ClassName"))
+        logger.info("插件 %s / %s 已加载并完成初始化", task.AssemblyName, task.ClassName)
         return {"started": True}
     out = await host.run(task_id, task, previous_result=previous_result, trace_id=trace_id)
     for level, msg, _ts in out.logs:
         logger.log(level, msg)
-    level, line = outcome_lines(task.get("Title", ""), out)
+    level, line = outcome_lines(task.Title, out)
     logger.log(level, line)
     if not out.ok:
         raise RuntimeError(out.message)
@@ -112,7 +113,7 @@ async def _run_plugin(task: dict[str, Any], action: str | None, previous_result:
     return chain.jsonable(out.result)
 
 
-async def _trigger_children(task: dict[str, Any], result: Any) -> None:
+async def _trigger_children(task: TaskSpec, result: Any) -> None:
     """Nexts after a successful worker-path run (RunOnce, a child run, a UI run): each
     Running child becomes a subflow run of this one in its own node's queue, so the UI
     shows the chain as Prefect shows any subflow."""
@@ -136,9 +137,9 @@ async def _trigger_children(task: dict[str, Any], result: Any) -> None:
                     continue
                 queue = await chain.queue_for(client, pool, cid, rec.spec)
                 await arun_deployment(cid, client=client, timeout=0, as_subflow=True,
-                                      parameters={"task": rec.spec, "previous_result": chain.jsonable(result)},
+                                      parameters={"task": rec.spec.wire(), "previous_result": chain.jsonable(result)},
                                       work_queue_name=queue, tags=["sm:next"],
                                       idempotency_key=chain.child_firing_id(cid, str(flow_run.get_id())))
-                logger.info("已触发子任务 %s [%s]", cid, rec.spec.get("Title"))
+                logger.info("已触发子任务 %s [%s]", cid, rec.spec.Title)
             except Exception as exc:  # one child's trouble must not fail the parent or the others
                 logger.error("子任务 %s 触发失败：%s", cid, exc)

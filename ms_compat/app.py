@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from schedulemaster.deployments.spec import TaskSpec
 from schedulemaster.body_limit import BodyAborted, BodyStalled, BodyTooLarge, bounded, declared_too_large
 from schedulemaster.packages import MAX_PACKAGE_BYTES, PackageError
 from schedulemaster.ms_compat import responses as R
@@ -113,10 +114,11 @@ def _header(value: bytes | None) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
-def flat_spec(spec: dict[str, Any]) -> dict[str, Any]:
+def flat_spec(spec: TaskSpec) -> dict[str, Any]:
     """A task spec as the form's fields (the Http options flattened), for the audit's diff."""
-    http = spec.get("Http") or {}
-    out = {k: v for k, v in spec.items() if k not in ("Http", "StartedAt", "CreateTime")}
+    wire = spec.wire()
+    http = wire.get("Http") or {}
+    out = {k: v for k, v in wire.items() if k not in ("Http", "StartedAt", "CreateTime")}
     out.update({f"Http{k}": v for k, v in http.items()})
     return out
 

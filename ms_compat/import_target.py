@@ -37,6 +37,7 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, select
 
+from schedulemaster.deployments.spec import TaskSpec
 from schedulemaster.ms_compat.delayed_api import to_utc
 from schedulemaster.ms_compat.legacy_import import source_fingerprint
 from schedulemaster.timeutil import MAX_SPAN_SECONDS, utcnow_naive
@@ -335,11 +336,11 @@ class ImportTarget:
             spec = await service.build_spec(model, task_id, creator, rec.spec if rec else None, records)
         except TaskError as exc:
             return Outcome("task", key, "failed", str(exc))
-        spec["Nexts"] = [str(n) for n in dict.fromkeys(item.get("nexts") or [])]
-        spec["CreateTime"] = item["createtime"].replace(microsecond=0).isoformat()
-        spec["CreateUserId"], spec["CreateUserName"] = creator.id, item.get("createusername")
-        if opts.timezone:
-            spec["TimeZone"] = opts.timezone
+        spec = spec.model_copy(update={
+            "Nexts": [str(n) for n in dict.fromkeys(item.get("nexts") or [])],
+            "CreateTime": item["createtime"].replace(microsecond=0).isoformat(),
+            "CreateUserId": creator.id, "CreateUserName": item.get("createusername"),
+            **({"TimeZone": opts.timezone} if opts.timezone else {})})
         # what the original has, before this target's mapping (the CLI sends it)
         source_fp = item.get("sourcefp") or source_fingerprint(item)
         would_fp = _task_fp(spec)
@@ -354,12 +355,12 @@ class ImportTarget:
         if action == "create":
             await service.repo.create(task_id, spec, service.work_pool, service.parameter_schema)
             now = datetime.now(timezone.utc)
-            records[key] = TaskRecord(task_id, spec["Title"], spec, Status.Stop, now, now)
+            records[key] = TaskRecord(task_id, spec.Title, spec, Status.Stop, now, now)
         elif action == "update":
             rec = await service.repo.read(task_id) or rec  # a Start or Edit made meanwhile stays
-            spec["StartedAt"] = rec.spec.get("StartedAt")
-            await service.repo.write(task_id, spec, rec.status, rename=spec["Title"] != rec.spec.get("Title"))
-            records[key] = TaskRecord(task_id, spec["Title"], spec, rec.status, rec.created, rec.updated)
+            spec = spec.model_copy(update={"StartedAt": rec.spec.StartedAt})
+            await service.repo.write(task_id, spec, rec.status, rename=spec.Title != rec.spec.Title)
+            records[key] = TaskRecord(task_id, spec.Title, spec, rec.status, rec.created, rec.updated)
         if action != "keep" or ledger is None:  # see _users: a keep moves no ledger row
             written = spec if action != "keep" else rec.spec
             remember.append(("task", key, source_fp, _task_fp(written), key))
@@ -583,8 +584,9 @@ def _has_nul(item: dict[str, Any]) -> bool:
     return any(isinstance(v, str) and "\x00" in v for v in values)
 
 
-def _task_fp(spec: dict[str, Any]) -> str:
-    return fingerprint({k: spec.get(k) for k in TASK_CONTENT})
+def _task_fp(spec: TaskSpec) -> str:
+    wire = spec.wire()
+    return fingerprint({k: wire.get(k) for k in TASK_CONTENT})
 
 
 def _aware(value: datetime, tz: ZoneInfo) -> datetime:

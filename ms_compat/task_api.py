@@ -15,9 +15,12 @@ from datetime import datetime, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from pydantic import ValidationError
+
 from schedulemaster.deployments import chain, plan, quartz
 from schedulemaster.deployments import tasks as dep
-from schedulemaster.deployments.tasks import POLICIES, Status, TaskRecord
+from schedulemaster.deployments.spec import HttpTarget, TaskSpec
+from schedulemaster.deployments.tasks import DEFAULT_POLICY, POLICIES, Status, TaskRecord
 from schedulemaster.flows import targets
 from schedulemaster.flows.http_task import HttpTaskError, parse_params
 from schedulemaster.ms_compat import responses as R
@@ -80,15 +83,15 @@ class TaskService:
         except quartz.CronError:
             fires = []
         return {
-            "Id": str(rec.id), "Title": s.get("Title"), "MetaType": s.get("MetaType"),
-            "Remark": s.get("Remark"), "RunLoop": bool(s.get("RunLoop")),
-            "CronExpression": s.get("CronExpression"), "AssemblyName": s.get("AssemblyName"),
-            "ClassName": s.get("ClassName"), "CustomParamsJson": s.get("CustomParamsJson"),
+            "Id": str(rec.id), "Title": s.Title, "MetaType": s.MetaType,
+            "Remark": s.Remark, "RunLoop": s.RunLoop,
+            "CronExpression": s.CronExpression, "AssemblyName": s.AssemblyName,
+            "ClassName": s.ClassName, "CustomParamsJson": s.CustomParamsJson,
             "Status": int(rec.status),
-            "StartDate": R.fmt_nullable_date(_d(s.get("StartDate"))),
-            "EndDate": R.fmt_nullable_date(_d(s.get("EndDate"))),
-            "CreateTime": R.fmt_date(_d(s.get("CreateTime")) or self.to_local(rec.created)),
-            "CreateUserId": s.get("CreateUserId", 0), "CreateUserName": s.get("CreateUserName"),
+            "StartDate": R.fmt_nullable_date(_d(s.StartDate)),
+            "EndDate": R.fmt_nullable_date(_d(s.EndDate)),
+            "CreateTime": R.fmt_date(_d(s.CreateTime) or self.to_local(rec.created)),
+            "CreateUserId": s.CreateUserId, "CreateUserName": s.CreateUserName,
             "LastRunTime": R.fmt_nullable_date(last), "NextRunTime": R.fmt_nullable_date(nxt),
             "TotalRunCount": count,
             # extension: what the node will fire next, in the task's zone
@@ -100,21 +103,21 @@ class TaskService:
         s = rec.spec
         count, last = await self.stats(rec)
         return {
-            "Id": str(rec.id), "Title": s.get("Title"), "MetaType": 0, "RunLoop": bool(s.get("RunLoop")),
-            "CronExpression": None, "Remark": None, "StartDate": R.fmt_nullable_date(_d(s.get("StartDate"))),
+            "Id": str(rec.id), "Title": s.Title, "MetaType": 0, "RunLoop": s.RunLoop,
+            "CronExpression": None, "Remark": None, "StartDate": R.fmt_nullable_date(_d(s.StartDate)),
             "EndDate": None, "AssemblyName": None, "ClassName": None, "CustomParamsJson": "[]",
-            "Status": int(rec.status), "CreateTime": R.fmt_date(_d(s.get("CreateTime")) or self.to_local(rec.created)),
+            "Status": int(rec.status), "CreateTime": R.fmt_date(_d(s.CreateTime) or self.to_local(rec.created)),
             "CreateUserId": 0, "CreateUserName": None, "LastRunTime": R.fmt_nullable_date(last),
             "NextRunTime": R.fmt_nullable_date(self.next_run_time(rec)), "TotalRunCount": count,
-            "Keepers": [], "Nexts": [], "Executors": list(s.get("Executors") or []), "RunNow": False,
+            "Keepers": [], "Nexts": [], "Executors": list(s.Executors), "RunNow": False,
             "Params": [], "HttpRequestUrl": None, "HttpMethod": None, "HttpContentType": None,
             "HttpHeaders": None, "HttpBody": None,
         }
 
     # ---- spec from a bound ScheduleInfo -------------------------------------------
     async def build_spec(self, m: dict[str, Any], task_id: uuid.UUID, user: SystemUser,
-                         existing: dict[str, Any] | None,
-                         records: dict[str, TaskRecord] | None = None) -> dict[str, Any]:
+                         existing: TaskSpec | None,
+                         records: dict[str, TaskRecord] | None = None) -> TaskSpec:
         """The task spec a bound ScheduleInfo describes, or TaskError saying what is wrong.
         ``records``: every task by id, when the caller has them (an import batch reads them
         once instead of once per task)."""
@@ -165,8 +168,8 @@ class TaskService:
                 raise TaskError(f"HttpHeaders / HttpBody 格式错误：{exc}") from None
             except targets.TargetError as exc:
                 raise TaskError(str(exc)) from None
-            http = {"RequestUrl": url, "Method": method, "ContentType": ctype,
-                    "Headers": m.get("HttpHeaders"), "Body": m.get("HttpBody")}
+            http = HttpTarget(RequestUrl=url, Method=method, ContentType=ctype,
+                              Headers=m.get("HttpHeaders"), Body=m.get("HttpBody"))
         else:
             if not m.get("AssemblyName") or not m.get("ClassName"):
                 raise TaskError("程序集任务必须填写 AssemblyName 和 ClassName")
@@ -177,30 +180,31 @@ class TaskService:
         for e in executors:
             if len(e) > 100 or any(c in e for c in "/%"):
                 raise TaskError(f"节点名称无效：{e[:100]}")
-        policy = (m.get("FailoverPolicy") or (existing or {}).get("FailoverPolicy") or "retry-elsewhere").strip().lower()
+        policy = (m.get("FailoverPolicy") or (existing.FailoverPolicy if existing else DEFAULT_POLICY)).strip().lower()
         if policy not in POLICIES:
             raise TaskError(f"FailoverPolicy '{policy[:20]}' 无效（可选：{' / '.join(POLICIES)}）")
         blocks = [b.strip() for b in dict.fromkeys(m.get("NotifyBlocks") or []) if b and b.strip()]
         await self.check_blocks(blocks)
-        base = existing or {}
-        return {
-            "Id": str(task_id), "Title": m["Title"], "MetaType": meta, "Remark": m.get("Remark"),
-            "RunLoop": run_loop, "CronExpression": cron,
-            "AssemblyName": m.get("AssemblyName") if meta == 1 else None,
-            "ClassName": m.get("ClassName") if meta == 1 else None,
-            "CustomParamsJson": params_json,
-            "StartDate": start.isoformat() if start else None,
-            "EndDate": end.isoformat() if end else None,
-            "CreateTime": base.get("CreateTime") or self.now_local().replace(microsecond=0).isoformat(),
-            "CreateUserId": base.get("CreateUserId", user.id),
-            "CreateUserName": base.get("CreateUserName", user.username),
-            "Keepers": keepers, "Nexts": nexts, "Executors": executors, "Http": http,
-            "NotifyBlocks": blocks, "FailoverPolicy": policy,
-            "TimeZone": self.tz, "StartedAt": None,
-        }
+        try:
+            return TaskSpec(
+                Id=str(task_id), Title=m["Title"], MetaType=meta, Remark=m.get("Remark"),
+                RunLoop=run_loop, CronExpression=cron,
+                AssemblyName=m.get("AssemblyName") if meta == 1 else None,
+                ClassName=m.get("ClassName") if meta == 1 else None,
+                CustomParamsJson=params_json,
+                StartDate=start.isoformat() if start else None,
+                EndDate=end.isoformat() if end else None,
+                CreateTime=(existing.CreateTime if existing else None)
+                or self.now_local().replace(microsecond=0).isoformat(),
+                CreateUserId=existing.CreateUserId if existing else user.id,
+                CreateUserName=existing.CreateUserName if existing else user.username,
+                Keepers=keepers, Nexts=nexts, Executors=executors, Http=http,
+                NotifyBlocks=blocks, FailoverPolicy=policy, TimeZone=self.tz, StartedAt=None)
+        except ValidationError as exc:  # what the checks above let through is a bug, said plainly
+            raise TaskError(f"任务数据无效：{str(exc).splitlines()[0]}") from None
 
     @staticmethod
-    def check_fires(m: dict[str, Any], spec: dict[str, Any]) -> None:
+    def check_fires(m: dict[str, Any], spec: TaskSpec) -> None:
         """A cron that never fires again (``0 0 0 31 2 ?``, a past year, ``31W 2``) or a date
         before 1970 is a mistake. An EndDate that has passed is not refused here: the original
         took it and refused the Start (``任务结束时间不能小于当前时间！``), and so does this API.
@@ -208,8 +212,8 @@ class TaskService:
         for key in ("StartDate", "EndDate"):
             if m.get(key) is not None and m[key].year < MIN_YEAR:
                 raise TaskError(f"{key} 不能早于 {MIN_YEAR} 年")
-        if spec.get("RunLoop") and plan.next_fire({**spec, "EndDate": None}, datetime.now(timezone.utc)) is None:
-            raise TaskError(f"cron表达式 '{spec.get('CronExpression')}' 今后没有任何触发时间，任务永远不会执行")
+        if spec.RunLoop and plan.next_fire(spec, datetime.now(timezone.utc), ignore_end=True) is None:
+            raise TaskError(f"cron表达式 '{spec.CronExpression}' 今后没有任何触发时间，任务永远不会执行")
 
     @staticmethod
     def check_keepers(keepers: list[int]) -> None:
@@ -259,9 +263,9 @@ class TaskService:
         missing = [n for n in nexts if n not in records]
         if missing:
             raise TaskError(f"子任务不存在：{', '.join(missing)}")
-        graph = {tid: list(r.spec.get("Nexts") or []) for tid, r in records.items()}
+        graph = {tid: list(r.spec.Nexts) for tid, r in records.items()}
         graph[str(task_id)] = nexts
-        title = {tid: r.spec.get("Title") for tid, r in records.items()}
+        title = {tid: r.spec.Title for tid, r in records.items()}
         title.setdefault(str(task_id), "(本任务)")
         path = chain.find_cycle(graph, str(task_id))
         if path:
@@ -272,8 +276,8 @@ class TaskService:
         task_id = uuid.uuid4()
         spec = await self.build_spec(m, task_id, user, None)
         self.check_fires(m, spec)
-        await self.check_executors(spec["Executors"])
-        self.check_keepers(spec["Keepers"])
+        await self.check_executors(spec.Executors)
+        self.check_keepers(spec.Keepers)
         try:
             await self.repo.create(task_id, spec, self.work_pool, self.parameter_schema)
         except Exception:
@@ -295,16 +299,16 @@ class TaskService:
         spec = await self.build_spec(m, task_id, user, rec.spec)
         self.check_fires(m, spec)
         # only the names this edit adds: an imported task keeps its old nodes' names
-        await self.check_executors([e for e in spec["Executors"] if e not in (rec.spec.get("Executors") or [])])
-        self.check_keepers(spec["Keepers"])
+        await self.check_executors([e for e in spec.Executors if e not in rec.spec.Executors])
+        self.check_keepers(spec.Keepers)
         try:
-            await self.repo.write(task_id, spec, Status.Stop, rename=spec["Title"] != rec.spec.get("Title"))
+            await self.repo.write(task_id, spec, Status.Stop, rename=spec.Title != rec.spec.Title)
         except Exception:
             log.exception("edit failed")
             return R.failed("任务编辑失败!")
         return R.ok("任务编辑成功!")
 
-    async def _set(self, rec: TaskRecord, spec: dict[str, Any], status: Status) -> bool:
+    async def _set(self, rec: TaskRecord, spec: TaskSpec, status: Status) -> bool:
         try:
             await self.repo.write(rec.id, spec, status)
             return True
@@ -318,24 +322,23 @@ class TaskService:
             return R.failed("任务信息不能为空！")
         if rec.status != Status.Stop:
             return R.failed("任务在停止状态下才能启动！")
-        spec = dict(rec.spec)
-        end = plan.local_to_utc(spec.get("EndDate"), spec.get("TimeZone") or self.tz)
+        end = plan.local_to_utc(rec.spec.EndDate, rec.spec.TimeZone)
         if end is not None and end < datetime.now(timezone.utc):
             return R.failed("任务结束时间不能小于当前时间！")
-        if spec.get("RunLoop"):
+        if rec.spec.RunLoop:
             try:
-                quartz.parse(spec.get("CronExpression") or "")
+                quartz.parse(rec.spec.CronExpression or "")
             except quartz.CronError as exc:
                 log.error("task %s: cron表达式验证失败 %s", task_id, exc)
                 return R.failed("任务启动失败!")
-        spec["StartedAt"] = self.now_local().isoformat()
-        if spec.get("MetaType") == 1 and not await self.start_plugin(task_id, spec):
+        spec = rec.spec.model_copy(update={"StartedAt": self.now_local().isoformat()})
+        if spec.is_plugin and not await self.start_plugin(task_id, spec):
             return R.failed("任务启动失败!")
         if not await self._set(rec, spec, Status.Running):
             return R.failed("更新任务状态失败!")
         return R.ok("任务启动成功!")
 
-    async def start_plugin(self, task_id: uuid.UUID, spec: dict[str, Any]) -> bool:
+    async def start_plugin(self, task_id: uuid.UUID, spec: TaskSpec) -> bool:
         """Have the node that will fire the task load and initialize its plugin, and wait.
 
         The original's Start asked the worker to load the assembly and failed when it could
@@ -349,10 +352,10 @@ class TaskService:
         node = await chain.owning_node(self.client, self.work_pool, task_id, spec)
         if node is None:
             log.error("task %s: no live node to start its plugin on (executors: %s)", task_id,
-                      spec.get("Executors") or "any")
+                      spec.Executors or "any")
             return False
         run = await self.client.create_flow_run_from_deployment(
-            task_id, parameters={"task": spec, "action": "start"},
+            task_id, parameters={"task": spec.wire(), "action": "start"},
             work_queue_name=dep.NODE_QUEUE_PREFIX + node, tags=["sm:start"],
             name=f"start-{self.now_local():%Y%m%d-%H%M%S}")
         loop = asyncio.get_running_loop()
@@ -392,7 +395,7 @@ class TaskService:
         rec = await self.repo.read(task_id)
         if rec is None or rec.status not in (Status.Running, Status.Paused):
             return R.failed("当前任务状态下不能停止!")
-        spec = dict(rec.spec, StartedAt=None)
+        spec = rec.spec.model_copy(update={"StartedAt": None})
         if not await self._set(rec, spec, Status.Stop):
             return R.failed("任务停止失败!")
         return R.ok("任务已停止运行!")
@@ -405,7 +408,7 @@ class TaskService:
             # to the node that fires the task: it holds a plugin task's instance
             queue = await chain.queue_for(self.client, self.work_pool, rec.id, rec.spec)
             await self.client.create_flow_run_from_deployment(
-                rec.id, parameters={"task": rec.spec}, work_queue_name=queue,
+                rec.id, parameters={"task": rec.spec.wire()}, work_queue_name=queue,
                 tags=["sm:run-once"], name=f"runonce-{self.now_local():%Y%m%d-%H%M%S}")
         except Exception:
             log.exception("run once failed")
@@ -418,7 +421,7 @@ class TaskService:
             return R.failed("当前任务状态下不能删除!")
         try:
             # The original also dropped references in both directions.
-            parents = [o for o in await self.repo.list() if str(task_id) in (o.spec.get("Nexts") or [])]
+            parents = [o for o in await self.repo.list() if str(task_id) in o.spec.Nexts]
             await self.repo.delete(task_id, parents)
         except Exception:
             log.exception("delete failed")
@@ -429,7 +432,7 @@ class TaskService:
         page, size = page_bounds(page, size, 10)
         records = await self.repo.list()
         if name:
-            records = [r for r in records if name in (r.spec.get("Title") or "")]
+            records = [r for r in records if name in r.spec.Title]
         rows = [await self.list_row(r) for r in records[(page - 1) * size: page * size]]
         return R.json_response({"total": len(records), "rows": rows})
 

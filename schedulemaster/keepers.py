@@ -20,6 +20,7 @@ from email.utils import formataddr
 from typing import Any
 
 from schedulemaster.mail import smtp_send
+from schedulemaster.deployments.spec import TaskSpec
 
 log = logging.getLogger("schedulemaster.keepers")
 
@@ -61,16 +62,14 @@ class KeeperMailer:
         self.sent = 0
         self.failed = 0
 
-    def task_failed(self, spec: dict[str, Any], when: datetime, message: str, detail: str = "",
+    def task_failed(self, spec: TaskSpec, when: datetime, message: str, detail: str = "",
                     run_id: str | None = None) -> None:
         """What the recording endpoint calls for each failed run of a task."""
         from zoneinfo import ZoneInfo
 
-        keepers = [k for k in spec.get("Keepers") or [] if isinstance(k, int)]
-        blocks = [b for b in spec.get("NotifyBlocks") or [] if isinstance(b, str)]
         if when.tzinfo is not None:  # the mail says the time in the task's zone, as the original did
-            when = when.astimezone(ZoneInfo(spec.get("TimeZone") or "UTC"))
-        self.failure(Failure(str(spec.get("Id")), spec.get("Title") or "", keepers, blocks, when,
+            when = when.astimezone(ZoneInfo(spec.TimeZone))
+        self.failure(Failure(spec.Id, spec.Title, list(spec.Keepers), list(spec.NotifyBlocks), when,
                              message, detail, run_id))
 
     def failure(self, f: Failure) -> None:

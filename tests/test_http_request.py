@@ -2,6 +2,7 @@
 
 import pytest
 
+from schedulemaster.deployments.spec import HttpTarget
 from schedulemaster.flows.http_task import HttpTaskError, parse_params, prepare
 
 
@@ -9,7 +10,7 @@ def http(**kw):
     base = {"RequestUrl": "http://127.0.0.1:9/x", "Method": "POST", "ContentType": "application/json",
             "Headers": None, "Body": '{"a":\r\n1}'}
     base.update(kw)
-    return base
+    return HttpTarget(**base)
 
 
 def test_json_body_has_crlf_removed_and_charset_added():
@@ -90,8 +91,8 @@ async def test_a_pooled_connection_closed_by_the_server_is_retried_once_on_a_new
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    http = {"RequestUrl": f"http://127.0.0.1:{port}/x", "Method": "POST", "ContentType": "application/json",
-            "Body": "{}", "Headers": None}
+    http = HttpTarget(RequestUrl=f"http://127.0.0.1:{port}/x", Method="POST", ContentType="application/json",
+                      Body="{}")
     async with new_session(4) as session:
         first = await perform_http(session, http, settings={}, idempotency_key="k1")
         second = await perform_http(session, http, settings={}, idempotency_key="k2")

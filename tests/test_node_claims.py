@@ -16,6 +16,7 @@ from schedulemaster.store import claims
 from schedulemaster.node import node_claims
 from schedulemaster.coordination.client import MasterClient
 from schedulemaster.coordination.wire import MAX_CLAIMS
+from schedulemaster.deployments.spec import spec_of
 from schedulemaster.master.coordination_api import NodeActivity
 from schedulemaster.node.node_claims import Claimer
 
@@ -201,8 +202,8 @@ def fire_at_offsets(receiver, path: str, offsets: list[float], claim_delay: floa
     async def main():
         loop = FiringLoop(SlowClaims(), "worker1", "pool", 10)
         loop.http = new_session(20)
-        entry = Entry(uuid.uuid4(), {"Title": "turns", "MetaType": 2,
-                                     "Http": {"RequestUrl": receiver.url(path), "Method": "GET"}}, 1, 1)
+        entry = Entry(uuid.uuid4(), spec_of({"Id": "turns", "Title": "turns", "MetaType": 2,
+                                             "Http": {"RequestUrl": receiver.url(path), "Method": "GET"}}), 1, 1)
         t0, started = utcnow(), []
         for off in offsets:
             at = t0 + timedelta(seconds=off)

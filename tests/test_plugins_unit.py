@@ -14,6 +14,7 @@ import pytest
 
 from schedulemaster import LogCategory, TaskBase, TaskContext
 from schedulemaster.node.plugins import PluginError, PluginHost
+from schedulemaster.deployments.spec import TaskSpec
 
 MODULE = textwrap.dedent('''
     import asyncio, threading
@@ -69,9 +70,10 @@ def mod(tmp_path, monkeypatch):
     return name
 
 
-def spec(module: str, cls: str, params: str = "[]", started: str = "s1") -> dict:
-    return {"MetaType": 1, "AssemblyName": module, "ClassName": cls, "CustomParamsJson": params,
-            "StartedAt": started, "Title": cls}
+def spec(module: str, cls: str, params: str = "[]", started: str = "s1") -> TaskSpec:
+    # not validated: the host must say itself what a spec it cannot start lacks
+    return TaskSpec.model_construct(Id=cls, MetaType=1, AssemblyName=module, ClassName=cls, CustomParamsJson=params,
+                                    StartedAt=started, Title=cls)
 
 
 async def test_one_instance_lives_from_start_to_stop(mod, tmp_path):
@@ -85,7 +87,7 @@ async def test_one_instance_lives_from_start_to_stop(mod, tmp_path):
     assert outs[2].logs[0][1] == "run 3 x=41"
     assert events == [("init", str(tid))]               # initialize once
     assert (tmp_path / "plugins" / str(tid)).is_dir()    # the task's own directory
-    await host.run(tid, dict(s, StartedAt="s2"))          # a new Start: a new instance
+    await host.run(tid, s.model_copy(update={"StartedAt": "s2"}))          # a new Start: a new instance
     assert events == [("init", str(tid)), ("dispose", str(tid)), ("init", str(tid))]
     await host.stop(tid)
     assert events[-1] == ("dispose", str(tid)) and tid not in host.loaded
@@ -209,9 +211,9 @@ async def test_packages_are_fetched_at_every_start_unless_if_not_present(tmp_pat
     tid = uuid.uuid4()
     s = spec(f"sm_pkg_{suffix}", "job")
     assert (await host.run(tid, s)).result == "v1"
-    assert (await host.run(tid, dict(s, StartedAt="s2"))).result == "v2"      # Always: a new copy
+    assert (await host.run(tid, s.model_copy(update={"StartedAt": "s2"}))).result == "v2"      # Always: a new copy
     host.pull_policy = lambda: "IfNotPresent"
-    assert (await host.run(tid, dict(s, StartedAt="s3"))).result == "v2"      # kept
+    assert (await host.run(tid, s.model_copy(update={"StartedAt": "s3"}))).result == "v2"      # kept
     assert len(calls) == 2
     other = f"sm_pkg_{suffix}_b"
 
@@ -223,7 +225,7 @@ async def test_packages_are_fetched_at_every_start_unless_if_not_present(tmp_pat
         return f"{name}.zip", buf.getvalue()
 
     host.fetch = fetch_other
-    assert (await host.run(tid, dict(spec(other, "job"), StartedAt="s4"))).result == "b"
+    assert (await host.run(tid, spec(other, "job").model_copy(update={"StartedAt": "s4"}))).result == "b"
     assert calls[-1] == other                                                  # fetched, not kept
 
     async def no_package(name):

@@ -7,8 +7,13 @@ from datetime import datetime, timezone
 import pytest
 
 from schedulemaster.deployments.prefect_schedule import croniter_expression, display_schedule
+from schedulemaster.deployments.spec import TaskSpec
 
 NOW = datetime(2026, 6, 1, 3, 4, 5, tzinfo=timezone.utc)
+
+
+def spec(**fields) -> TaskSpec:
+    return TaskSpec(Id="t", Title="t", MetaType=2, Http={"RequestUrl": "http://127.0.0.1:9/"}, **fields)
 
 
 @pytest.mark.parametrize("quartz, prefect", [
@@ -22,7 +27,7 @@ NOW = datetime(2026, 6, 1, 3, 4, 5, tzinfo=timezone.utc)
 ])
 def test_conversion_to_croniter_order(quartz, prefect):
     assert croniter_expression(quartz) == prefect
-    shown = display_schedule({"RunLoop": True, "CronExpression": quartz, "TimeZone": "Asia/Shanghai"}, NOW)
+    shown = display_schedule(spec(RunLoop=True, CronExpression=quartz, TimeZone="Asia/Shanghai"), NOW)
     assert shown is not None and shown.active is False and shown.slug == f"quartz {quartz}"
     assert shown.schedule.cron == prefect and shown.schedule.timezone == "Asia/Shanghai"
 
@@ -34,18 +39,18 @@ def test_conversion_to_croniter_order(quartz, prefect):
     "not a cron", "",
 ])
 def test_no_schedule_where_the_dialects_differ(quartz):
-    assert display_schedule({"RunLoop": True, "CronExpression": quartz, "TimeZone": "UTC"}, NOW) is None
+    assert display_schedule(spec(RunLoop=True, CronExpression=quartz, TimeZone="UTC"), NOW) is None
 
 
 def test_the_self_check_refuses_a_conversion_that_fires_differently():
     # 02:30 does not exist on 2026-03-08 in New York: Quartz fires at 03:30, Prefect's
     # croniter does not; the two evaluators disagree, so the deployment shows nothing.
-    spec = {"RunLoop": True, "CronExpression": "0 30 2 * * ?", "TimeZone": "America/New_York"}
-    assert croniter_expression(spec["CronExpression"]) == "30 2 * * * 0"
-    assert display_schedule(spec, datetime(2026, 3, 1, tzinfo=timezone.utc)) is None
-    assert display_schedule(spec, datetime(2026, 6, 1, tzinfo=timezone.utc)) is not None
+    ny = spec(RunLoop=True, CronExpression="0 30 2 * * ?", TimeZone="America/New_York")
+    assert croniter_expression(ny.CronExpression) == "30 2 * * * 0"
+    assert display_schedule(ny, datetime(2026, 3, 1, tzinfo=timezone.utc)) is None
+    assert display_schedule(ny, datetime(2026, 6, 1, tzinfo=timezone.utc)) is not None
 
 
 def test_one_shot_tasks_have_no_schedule():
-    assert display_schedule({"RunLoop": False, "CronExpression": "0/2 * * * * ?",
-                             "StartDate": "2026-07-01 00:00:00", "TimeZone": "UTC"}, NOW) is None
+    assert display_schedule(spec(RunLoop=False, CronExpression="0/2 * * * * ?",
+                                 StartDate="2026-07-01 00:00:00", TimeZone="UTC"), NOW) is None

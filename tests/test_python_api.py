@@ -563,10 +563,10 @@ def test_chains_with_cycle_checks(conn):
         context.write_log(f"got {context.previous_result}")
 
     assert (parent >> child) is child
-    assert parent.spec()["Nexts"] == [child.id]
-    assert (parent >> child) is child and parent.spec()["Nexts"] == [child.id]  # idempotent
+    assert parent.spec().Nexts == [child.id]
+    assert (parent >> child) is child and parent.spec().Nexts == [child.id]  # idempotent
     parent = parent_cell("0/2 * * * * ?")           # the cell run again with another cron
-    assert parent.spec()["Nexts"] == [child.id]     # its Edit keeps the child
+    assert parent.spec().Nexts == [child.id]     # its Edit keeps the child
     parent.start()
     child.start()
     row = until(lambda: (lambda d: d.iloc[0] if len(d) else None)(
@@ -580,7 +580,7 @@ def test_chains_with_cycle_checks(conn):
         parent >> parent
     # refused before anything moved: the child was not stopped and started again
     assert child.status == "running" and len(sm.runs(task=child, kind="start")) == starts
-    assert child.spec()["Nexts"] == []
+    assert child.spec().Nexts == []
     with pytest.raises(TypeError, match="must be a Task"):
         parent >> "not a task"  # type: ignore[operator]
 
@@ -590,8 +590,8 @@ def test_chains_with_cycle_checks(conn):
             parent.pause()
         with pytest.raises(sm.LegacyError, match="cron表达式验证失败"):
             parent.edit(CronExpression="not a cron")
-        assert parent.status == state and parent.spec()["CronExpression"] == "0/2 * * * * ?"
-        assert parent.spec()["Nexts"] == [child.id]
+        assert parent.status == state and parent.spec().CronExpression == "0/2 * * * * ?"
+        assert parent.spec().Nexts == [child.id]
     parent.delete()
     child.delete()
 

@@ -29,6 +29,7 @@ from typing import Any
 from uuid import UUID
 
 from schedulemaster.deployments import chain
+from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.store import claims
 from schedulemaster.deployments.tasks import DEFAULT_POLICY, INCARNATION_LABEL, POLICIES
 from schedulemaster.timeutil import utcnow
@@ -42,8 +43,8 @@ PURGE_EVERY = 60.0
 START_GRACE = timedelta(seconds=30)  # a node just registered may not have heartbeated yet
 
 
-def policy_of(spec: dict[str, Any]) -> str:
-    value = str(spec.get("FailoverPolicy") or DEFAULT_POLICY).strip().lower()
+def policy_of(spec: TaskSpec | None) -> str:
+    value = (spec.FailoverPolicy if spec is not None else DEFAULT_POLICY).strip().lower()
     return value if value in POLICIES else DEFAULT_POLICY
 
 
@@ -148,11 +149,11 @@ class Failover:
             return
         from schedulemaster.deployments.tasks import Status, record_of
 
-        spec = (deployment.parameters or {}).get("task") or {}
         rec = record_of(deployment)
-        reason = (f"{why} while it ran firing {c.firing_id} of task [{spec.get('Title', c.task_id)}] "
+        spec = rec.spec if rec is not None else None
+        reason = (f"{why} while it ran firing {c.firing_id} of task [{spec.Title if spec else c.task_id}] "
                   f"scheduled {c.scheduled:%Y-%m-%d %H:%M:%S} UTC")
-        if rec is None or rec.status != Status.Running:
+        if spec is None or rec.status != Status.Running:
             await self._record_failed(c, spec, reason + "; not re-run: the task is no longer Running")
             outcome = "failed"
         elif policy_of(spec) == "fail":
@@ -165,20 +166,20 @@ class Failover:
             outcome = "rerun"
         await asyncio.to_thread(claims.finish, self.engine, [c.firing_id], outcome)
 
-    async def _record_failed(self, c: claims.FiringClaim, spec: dict[str, Any], reason: str) -> None:
+    async def _record_failed(self, c: claims.FiringClaim, spec: TaskSpec | None, reason: str) -> None:
         await self._record([(c, spec, False, reason)])
         self.failed += 1
         log.warning("%s", reason)
 
-    async def _record(self, items: list[tuple[claims.FiringClaim, dict[str, Any], bool, str]]) -> None:
+    async def _record(self, items: list[tuple[claims.FiringClaim, TaskSpec | None, bool, str]]) -> None:
         """Record firings in Prefect on the nodes' behalf: (claim, task spec, ok, message)."""
         from schedulemaster.coordination.wire import Firing
         from schedulemaster.master.record_api import record_firings
 
         now = utcnow()
-        records = [Firing(UUID(c.task_id), c.firing_id, spec.get("Title", ""), c.scheduled,
+        records = [Firing(UUID(c.task_id), c.firing_id, spec.Title if spec else "", c.scheduled,
                           max(c.claimed_at, c.scheduled), c.finished_at or now, ok, message, c.node,
-                          logs=[(20 if ok else 40, message, now)], zone=spec.get("TimeZone") or "UTC").record()
+                          logs=[(20 if ok else 40, message, now)], zone=spec.TimeZone if spec else "UTC").record()
                    for c, spec, ok, message in items]
         await record_firings(records, self.on_failure)
 
@@ -188,28 +189,28 @@ class Failover:
         misses none; the failed ones still reach the keepers."""
         from prefect.exceptions import ObjectNotFound
 
-        specs: dict[str, dict[str, Any]] = {}
+        specs: dict[str, TaskSpec | None] = {}
         items = []
         for c in fired:
             if c.task_id not in specs:
                 try:
-                    specs[c.task_id] = ((await self.client.read_deployment(UUID(c.task_id))).parameters or {}).get(
-                        "task") or {}
+                    specs[c.task_id] = spec_or_none(
+                        ((await self.client.read_deployment(UUID(c.task_id))).parameters or {}).get("task"))
                 except ObjectNotFound:
-                    specs[c.task_id] = {}
+                    specs[c.task_id] = None
             ok = c.outcome == "fired-ok"
             items.append((c, specs[c.task_id], ok,
                           f"ran on node {c.node} ({'succeeded' if ok else 'failed'}); {why} before sending "
                           "this firing's record, so its log lines are lost (recorded by the master)"))
-        await self._record([i for i in items if i[1]])
+        await self._record([i for i in items if i[1] is not None])
         await asyncio.to_thread(claims.finish, self.engine, [c.firing_id for c in fired], "recorded")
         log.warning("%s: recorded %d firing(s) it ran but had not recorded", why, len(items))
 
-    async def _rerun(self, task_id: UUID, spec: dict[str, Any], key: str, reason: str,
+    async def _rerun(self, task_id: UUID, spec: TaskSpec, key: str, reason: str,
                      rerun: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
         queue = await chain.queue_for(self.client, self.work_pool, task_id, spec)
         run = await self.client.create_flow_run_from_deployment(
-            task_id, parameters={**(extra or {}), "task": spec, "rerun": {**rerun, "reason": reason}},
+            task_id, parameters={**(extra or {}), "task": spec.wire(), "rerun": {**rerun, "reason": reason}},
             work_queue_name=queue, tags=["sm:rerun"], name=f"rerun-{key[:8]}", idempotency_key=f"rerun:{key}")
         self.handed_over += 1
         log.warning("%s; re-run as %s in queue %s (failover policy: retry-elsewhere)", reason, run.name, queue)
@@ -229,13 +230,14 @@ class Failover:
         from prefect.states import Crashed
 
         params = dict(run.parameters or {})
-        spec = params.get("task") or {}
-        reason = f"{why} while it ran {run.name} of task [{spec.get('Title', run.deployment_id)}]"
+        spec = spec_or_none(params.get("task"))
+        reason = f"{why} while it ran {run.name} of task [{spec.Title if spec else run.deployment_id}]"
         await self.client.set_flow_run_state(run.id, Crashed(message=reason[:2000]), force=True)
-        if run.deployment_id is None or params.get("action") == "start" or policy_of(spec) == "fail":
+        if (run.deployment_id is None or spec is None or params.get("action") == "start"
+                or policy_of(spec) == "fail"):
             self.failed += 1
             log.warning("%s; marked Crashed (failover policy: %s)", reason, policy_of(spec))
-            if self.on_failure is not None and run.deployment_id is not None:
+            if self.on_failure is not None and run.deployment_id is not None and spec is not None:
                 self.on_failure(spec, utcnow(), reason, "", str(run.id))
             return
         first = params.get("rerun") or {}

@@ -25,6 +25,7 @@ from typing import Callable
 from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
 
 from schedulemaster.coordination.wire import MAX_RECORDS, FiringRecord, KnownTask, RecordResult, RunFailure
+from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.master.coordination_api import node_caller
 
 TRANSACTION_SIZE = 50  # firings per IMMEDIATE transaction (see record_firings)
@@ -32,7 +33,7 @@ TRANSACTION_SIZE = 50  # firings per IMMEDIATE transaction (see record_firings)
 
 #: called for each failed run with (task spec, when, message, detail, run id); the master's
 #: keeper mailer. It must not block: it only queues.
-OnFailure = Callable[[dict, datetime, str, str, str], None]
+OnFailure = Callable[[TaskSpec, datetime, str, str, str], None]
 
 
 async def record_firings(records: list[FiringRecord], on_failure: OnFailure | None = None) -> RecordResult:
@@ -123,7 +124,9 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
     if on_failure is not None:
         for run in failed:
             r = firings[run.id]
-            spec = (specs.get(run.deployment_id) or {}).get("task") or {}
+            spec = spec_or_none((specs.get(run.deployment_id) or {}).get("task"))
+            if spec is None:
+                continue
             detail = "\n".join(entry.message for entry in r.logs if entry.level >= 40)
             on_failure(spec, r.finished, r.message, detail, str(run.id))
     return RecordResult(recorded=recorded, unknown_tasks=sorted(unknown))
@@ -171,9 +174,9 @@ async def report_failure(failure: RunFailure, on_failure: OnFailure | None) -> b
         dep = await models.deployments.read_deployment(session=session, deployment_id=failure.task_id)
     if dep is None:
         return False
-    if on_failure is not None:
-        on_failure((dep.parameters or {}).get("task") or {}, failure.when, failure.message, failure.detail,
-                   str(failure.run_id))
+    spec = spec_or_none((dep.parameters or {}).get("task"))
+    if on_failure is not None and spec is not None:
+        on_failure(spec, failure.when, failure.message, failure.detail, str(failure.run_id))
     return True
 
 

@@ -30,9 +30,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from pydantic import ValidationError
+
 from schedulemaster.coordination.client import MasterClient
 from schedulemaster.coordination.wire import Firing
 from schedulemaster.deployments import chain, plan, quartz
+from schedulemaster.deployments.spec import TaskSpec, spec_of
 from schedulemaster.node import plugins
 from schedulemaster.node.node_claims import AHEAD, Claimer, Superseded
 from schedulemaster.deployments import tasks as dep
@@ -57,22 +60,22 @@ def firing_id(task_id: uuid.UUID, at: datetime) -> str:
     return str(uuid.uuid5(task_id, at.astimezone(timezone.utc).isoformat()))
 
 
-def started_at(spec: dict[str, Any]) -> datetime | None:
+def started_at(spec: TaskSpec) -> datetime | None:
     """When the task was last started (its StartedAt, in its own zone), in UTC."""
-    raw = spec.get("StartedAt")
+    raw = spec.StartedAt
     if not raw:
         return None
     try:
-        value = datetime.fromisoformat(str(raw))
+        value = datetime.fromisoformat(raw)
     except ValueError:
         return None
-    return value.astimezone(timezone.utc) if value.tzinfo else plan.local_to_utc(str(raw), spec.get("TimeZone") or "UTC")
+    return value.astimezone(timezone.utc) if value.tzinfo else plan.local_to_utc(raw, spec.TimeZone)
 
 
 @dataclass
 class Entry:
     task_id: uuid.UUID
-    spec: dict[str, Any]
+    spec: TaskSpec
     version: Any
     gen: int
     next_at: datetime | None = None
@@ -214,11 +217,14 @@ class FiringLoop:
 
     def owns_run(self, flow_run) -> bool:
         """Whether a flow run of a task (e.g. started from the UI) is this node's to run."""
-        task = (flow_run.parameters or {}).get("task") or {}
-        return flow_run.deployment_id is not None and self.mine(task, flow_run.deployment_id)
+        try:
+            spec = spec_of((flow_run.parameters or {}).get("task") or {})
+        except ValidationError:
+            return False
+        return flow_run.deployment_id is not None and self.mine(spec, flow_run.deployment_id)
 
-    def mine(self, spec: dict[str, Any], task_id: uuid.UUID) -> bool:
-        allowed = spec.get("Executors") or []
+    def mine(self, spec: TaskSpec, task_id: uuid.UUID) -> bool:
+        allowed = spec.Executors
         candidates = [n for n in self.live_nodes if not allowed or n in allowed]
         return chain.owner(task_id, candidates, self.weights) == self.node
 
@@ -324,7 +330,7 @@ class FiringLoop:
             won = [at for at in ats if self.claimer.won.pop(firing_id(e.task_id, at), None) is not None]
             if won:
                 log.warning("task %s [%s]: taking it over, %d firing(s) since %s that no node ran are fired now",
-                            e.task_id, e.spec.get("Title", ""), len(won), won[0].isoformat())
+                            e.task_id, e.spec.Title, len(won), won[0].isoformat())
                 self._spawn(self._fire_in_turn(e, won))
 
     async def _fire_in_turn(self, entry: Entry, instants: list[datetime]) -> None:
@@ -360,11 +366,11 @@ class FiringLoop:
 
     async def _apply(self, rec: dep.TaskRecord, now: datetime) -> bool:
         """Take one task record into the book; False when this node should not fire it."""
-        meta, mine = rec.spec.get("MetaType"), self.mine(rec.spec, rec.id)
-        if meta == 1 and not await self._plugin_lifecycle(rec, mine):
+        mine = self.mine(rec.spec, rec.id)
+        if rec.spec.is_plugin and not await self._plugin_lifecycle(rec, mine):
             self.book.pop(rec.id, None)
             return False
-        if rec.status != Status.Running or meta not in (1, 2) or not mine:
+        if rec.status != Status.Running or not mine:
             self.book.pop(rec.id, None)
             return False
         version = (rec.updated, rec.status)
@@ -372,7 +378,7 @@ class FiringLoop:
         if entry is not None and entry.version == version:
             return True
         try:
-            if rec.spec.get("RunLoop"):
+            if rec.spec.RunLoop:
                 nxt = plan.next_fire(rec.spec, now)
             else:
                 nxt = await self._one_shot_due(rec.id, rec.spec, now)
@@ -384,7 +390,7 @@ class FiringLoop:
         entry = Entry(rec.id, rec.spec, version, next(self._gen), nxt,
                       **({"lock": entry.lock} if entry is not None else {}))
         self.book[rec.id] = entry
-        if arrived and rec.spec.get("RunLoop"):
+        if arrived and rec.spec.RunLoop:
             self._arrived.append(entry)
         if nxt is not None:
             self._push(entry)
@@ -403,20 +409,20 @@ class FiringLoop:
         if rec.status == Status.Paused:
             self.plugins.pause(rec.id)
             return False
-        key = rec.spec.get("StartedAt")
+        key = rec.spec.StartedAt
         if self._failed_starts.get(rec.id) == key:
             return False
         try:
             await self.plugins.start(rec.id, rec.spec)
         except plugins.PluginError as exc:
             self._failed_starts[rec.id] = key
-            log.error("task %s [%s]: the plugin did not start: %s", rec.id, rec.spec.get("Title"), exc)
+            log.error("task %s [%s]: the plugin did not start: %s", rec.id, rec.spec.Title, exc)
             return False
         self._failed_starts.pop(rec.id, None)
         self.plugins.resume(rec.id)
         return True
 
-    async def _one_shot_due(self, task_id: uuid.UUID, spec: dict[str, Any], now: datetime) -> datetime | None:
+    async def _one_shot_due(self, task_id: uuid.UUID, spec: TaskSpec, now: datetime) -> datetime | None:
         """RunLoop=false fires once; within the misfire window a node (re)start still fires
         it, unless Prefect already holds a run for that firing."""
         at = plan.next_fire(spec, now - MISFIRE_THRESHOLD)
@@ -450,7 +456,7 @@ class FiringLoop:
                     self._spawn(self.claimer.release([firing_id(tid, at)]))
                 else:
                     self._spawn(self.fire(entry, at))
-                if entry.spec.get("RunLoop"):
+                if entry.spec.RunLoop:
                     try:
                         entry.next_at = plan.next_fire(entry.spec, max(at, now - MISFIRE_THRESHOLD))
                     except quartz.CronError:
@@ -482,7 +488,7 @@ class FiringLoop:
                     self.skipped += 1
                     self.claimer.forget(fid)
                     log.error("task %s [%s]: firing at %s not run, it could not be claimed: %s",
-                              entry.task_id, entry.spec.get("Title", ""), at, exc)
+                              entry.task_id, entry.spec.Title, at, exc)
                     return False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -490,7 +496,7 @@ class FiringLoop:
     async def fire(self, entry: Entry, at: datetime, *, previous_result: Any = None,
                    parent: str | None = None, fid: str | None = None, why_late: str | None = None,
                    claimed: bool = False) -> None:
-        title = entry.spec.get("Title", "")
+        title = entry.spec.Title
         fid = fid or firing_id(entry.task_id, at)
         t0 = utcnow()
         if not claimed and not await self._claimed(entry, fid, at):
@@ -530,11 +536,11 @@ class FiringLoop:
             t_locked = utcnow()
             async with self.slots:
                 started = utcnow()
-                if entry.spec.get("MetaType") == 1:
+                if entry.spec.is_plugin:
                     out = await self.plugins.run(entry.task_id, entry.spec, trace_id=fid,
                                                  previous_result=previous_result)
                 else:
-                    out = await perform_http(self.http, entry.spec.get("Http") or {},
+                    out = await perform_http(self.http, entry.spec.Http,
                                              settings=self.settings, idempotency_key=fid)
             finished = utcnow()
         finally:
@@ -553,8 +559,8 @@ class FiringLoop:
         self.claimer.fired(fid, out.ok)
         self.recorder.add(Firing(entry.task_id, fid, title, at, started, finished, out.ok, out.message,
                                  self.node, getattr(out, "status_code", None), logs,
-                                 zone=entry.spec.get("TimeZone") or "UTC", parent=parent))
-        if out.ok and entry.spec.get("Nexts"):
+                                 zone=entry.spec.TimeZone, parent=parent))
+        if out.ok and entry.spec.Nexts:
             await self.trigger_children(entry, fid, getattr(out, "result", None))
 
     async def trigger_children(self, entry: Entry, fid: str, result: Any) -> None:
@@ -571,6 +577,6 @@ class FiringLoop:
                     log.info("task %s: child %s is not Running; not triggered", entry.task_id, cid)
                     continue
                 await chain.submit_child(self.client, self.work_pool, rec, fid, result,
-                                         entry.spec.get("Title", ""))
+                                         entry.spec.Title)
             except Exception as exc:  # one child's trouble must not stop the others
                 log.error("task %s: child %s not triggered: %s", entry.task_id, cid, exc)

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+from schedulemaster.deployments.spec import TaskSpec
 from schedulemaster.sdk import FunctionTask, TaskBase, TaskContext
 
 log = logging.getLogger("schedulemaster.plugins")
@@ -57,12 +58,12 @@ class PluginOutcome:
     logs: list[tuple[int, str, datetime]] = field(default_factory=list)
 
 
-def params_of(spec: dict[str, Any]) -> dict[str, str]:
+def params_of(spec: TaskSpec) -> dict[str, str]:
     """The task's custom parameters (captured at Start) as ParamKey -> ParamValue."""
     from schedulemaster.flows.http_task import HttpTaskError, parse_params
 
     try:
-        return dict(parse_params(spec.get("CustomParamsJson")))
+        return dict(parse_params(spec.CustomParamsJson))
     except HttpTaskError:
         return {}
 
@@ -163,9 +164,9 @@ class PluginHost:
 
         return await loop.run_in_executor(self.pool, call)
 
-    async def start(self, task_id: uuid.UUID, spec: dict[str, Any]) -> Loaded:
+    async def start(self, task_id: uuid.UUID, spec: TaskSpec) -> Loaded:
         """Load and initialize the task's instance (idempotent for the same Start)."""
-        key = spec.get("StartedAt")
+        key = spec.StartedAt
         async with self._lock(task_id):
             current = self.loaded.get(task_id)
             if current is not None and current.start_key == key:
@@ -173,8 +174,8 @@ class PluginHost:
             if current is not None:
                 await self._dispose(current)
             task_dir = self.base_dir / str(task_id)
-            pkg_dir = await self._unpack(spec.get("AssemblyName") or "", task_dir)
-            target = resolve(spec.get("AssemblyName") or "", spec.get("ClassName") or "", pkg_dir)
+            pkg_dir = await self._unpack(spec.AssemblyName or "", task_dir)
+            target = resolve(spec.AssemblyName or "", spec.ClassName or "", pkg_dir)
             instance = instantiate(target)
             instance.task_id = str(task_id)
             instance.plugin_dir = task_dir
@@ -186,7 +187,7 @@ class PluginHost:
                                   + "".join(traceback.format_exception(exc)).rstrip()) from None
             loaded = Loaded(task_id, key, instance)
             self.loaded[task_id] = loaded
-            log.info("task %s: plugin %s.%s started", task_id, spec.get("AssemblyName"), spec.get("ClassName"))
+            log.info("task %s: plugin %s.%s started", task_id, spec.AssemblyName, spec.ClassName)
             return loaded
 
     async def _unpack(self, assembly: str, task_dir: Path) -> Path | None:
@@ -254,7 +255,7 @@ class PluginHost:
         return [tid for tid, ld in self.loaded.items()
                 if tid not in keep and now - ld.loaded_at > ADOPT_GRACE_SECONDS]
 
-    async def run(self, task_id: uuid.UUID, spec: dict[str, Any], *, previous_result: Any = None,
+    async def run(self, task_id: uuid.UUID, spec: TaskSpec, *, previous_result: Any = None,
                   trace_id: str | None = None) -> PluginOutcome:
         """One firing on the task's instance (started first if this node has none yet)."""
         started = time.perf_counter()

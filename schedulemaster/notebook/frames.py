@@ -15,7 +15,7 @@ from uuid import UUID
 import pandas as pd
 
 from schedulemaster.notebook.connection import Connection, current, prefect_errors
-from schedulemaster.deployments.tasks import DEFAULT_POLICY, FLOW_NAME, NODE_QUEUE_PREFIX, status_of
+from schedulemaster.deployments.tasks import FLOW_NAME, NODE_QUEUE_PREFIX, TaskRecord, record_of
 from schedulemaster.timeutil import parse_span
 from schedulemaster.notebook.lookup import STATUS_NAMES, HasId, read_spec, task_id_of
 
@@ -88,20 +88,19 @@ def _pages(conn: Connection, read: Callable[[int, int], list[Any]], size: int = 
 
 # ---- tasks ------------------------------------------------------------------------------
 
-def task_specs(conn: Connection | None = None) -> dict[str, dict[str, Any]]:
-    """Every task's spec by id (the ``task`` parameter of its deployment), with ``_status``."""
+def task_records(conn: Connection | None = None) -> dict[str, TaskRecord]:
+    """Every task by id, as its deployment says (spec and status)."""
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
     conn = _conn(conn)
     client = conn.prefect()
     flows = FlowFilter(name=FlowFilterName(any_=[FLOW_NAME]))
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, TaskRecord] = {}
     for page in _pages(conn, lambda limit, offset: client.read_deployments(flow_filter=flows, limit=limit,
                                                                            offset=offset)):
         for dep in page:
-            spec = dict((dep.parameters or {}).get("task") or {})
-            spec["_status"] = STATUS_NAMES[int(status_of(dep))]
-            out[str(dep.id)] = spec
+            if (rec := record_of(dep)) is not None:
+                out[str(dep.id)] = rec
     return out
 
 
@@ -110,25 +109,25 @@ def tasks(conn: Connection | None = None) -> pd.DataFrame:
     import json
 
     conn = _conn(conn)
-    specs = task_specs(conn)
+    records = task_records(conn)
     stats = {r["Id"]: r for r in conn.legacy.iter_tasks()}
     rows = []
-    for tid, s in specs.items():
-        st = stats.get(tid, {})
-        http = s.get("Http") or {}
+    for tid, rec in records.items():
+        s, st = rec.spec, stats.get(tid, {})
         try:
-            params = {p["ParamKey"]: p["ParamValue"] for p in json.loads(s.get("CustomParamsJson") or "[]")}
+            params = {p["ParamKey"]: p["ParamValue"] for p in json.loads(s.CustomParamsJson)}
         except (ValueError, TypeError, KeyError):
             params = {}
         rows.append({
-            "task_id": tid, "title": s.get("Title"), "type": "plugin" if s.get("MetaType") == 1 else "http",
-            "status": STATUS_NAMES.get(st.get("Status"), s["_status"]), "cron": s.get("CronExpression"),
-            "run_loop": bool(s.get("RunLoop")), "start_date": s.get("StartDate"), "end_date": s.get("EndDate"),
-            "executors": list(s.get("Executors") or []), "failover": s.get("FailoverPolicy") or DEFAULT_POLICY,
-            "keepers": list(s.get("Keepers") or []), "nexts": list(s.get("Nexts") or []), "params": params, "url": http.get("RequestUrl"),
-            "method": http.get("Method"), "module": s.get("AssemblyName"), "class_name": s.get("ClassName"),
-            "created": s.get("CreateTime"), "last_run": st.get("LastRunTime"), "next_run": st.get("NextRunTime"),
-            "total_runs": int(st.get("TotalRunCount") or 0), "remark": s.get("Remark")})
+            "task_id": tid, "title": s.Title, "type": "plugin" if s.is_plugin else "http",
+            "status": STATUS_NAMES.get(st.get("Status"), STATUS_NAMES[int(rec.status)]), "cron": s.CronExpression,
+            "run_loop": s.RunLoop, "start_date": s.StartDate, "end_date": s.EndDate,
+            "executors": list(s.Executors), "failover": s.FailoverPolicy,
+            "keepers": list(s.Keepers), "nexts": list(s.Nexts), "params": params,
+            "url": s.Http.RequestUrl if s.Http else None, "method": s.Http.Method if s.Http else None,
+            "module": s.AssemblyName, "class_name": s.ClassName,
+            "created": s.CreateTime, "last_run": st.get("LastRunTime"), "next_run": st.get("NextRunTime"),
+            "total_runs": int(st.get("TotalRunCount") or 0), "remark": s.Remark})
     df = pd.DataFrame(rows, columns=TASK_COLUMNS)
     tz = conn.timezone
     for col in ("start_date", "end_date", "created"):
@@ -256,11 +255,11 @@ def _titles(conn: Connection, task_id: str | None) -> dict[str, str]:
     """Task titles by id: of the one task asked about (one read, not every deployment: a
     notebook polls a task's runs), else of all."""
     if task_id is None:
-        return {tid: s.get("Title") for tid, s in task_specs(conn).items()}
+        return {tid: rec.spec.Title for tid, rec in task_records(conn).items()}
     from schedulemaster.notebook.legacy_client import LegacyNotFound
 
     try:
-        return {task_id: read_spec(conn, task_id).get("Title")}
+        return {task_id: read_spec(conn, task_id).Title}
     except LegacyNotFound:  # deleted: its runs remain, untitled
         return {}
 

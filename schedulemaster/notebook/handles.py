@@ -21,9 +21,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo
 
-from schedulemaster.deployments.tasks import DEFAULT_POLICY, POLICIES
+from schedulemaster.deployments.spec import TaskSpec
+from schedulemaster.deployments.tasks import POLICIES
 from schedulemaster.notebook.connection import Connection, current, prefect_errors
-from schedulemaster.notebook.frames import logs, node_names, runs, task_specs
+from schedulemaster.notebook.frames import logs, node_names, runs, task_records
 from schedulemaster.notebook.legacy_client import LegacyError, LegacyNotFound
 from schedulemaster.timeutil import parse_span
 from schedulemaster.notebook.lookup import STATUS_NAMES, find_task, read_spec
@@ -78,23 +79,23 @@ def check_executors(conn: Connection, executors: Iterable[str] | None) -> list[s
     return names
 
 
-def form_from_spec(spec: dict[str, Any]) -> dict[str, Any]:
+def form_from_spec(spec: TaskSpec) -> dict[str, Any]:
     """The ScheduleInfo form that re-creates ``spec`` (an Edit replaces every field)."""
-    form = {"Id": spec.get("Id"), "Title": spec.get("Title"), "MetaType": spec.get("MetaType"),
-            "Remark": spec.get("Remark"), "RunLoop": bool(spec.get("RunLoop")),
-            "CronExpression": spec.get("CronExpression"), "AssemblyName": spec.get("AssemblyName"),
-            "ClassName": spec.get("ClassName"), "CustomParamsJson": spec.get("CustomParamsJson") or "[]",
-            "StartDate": (spec.get("StartDate") or "").replace("T", " ") or None,
-            "EndDate": (spec.get("EndDate") or "").replace("T", " ") or None,
-            "Keepers": list(spec.get("Keepers") or []), "Nexts": list(spec.get("Nexts") or []),
-            "Executors": list(spec.get("Executors") or []), "NotifyBlocks": list(spec.get("NotifyBlocks") or []),
-            "FailoverPolicy": spec.get("FailoverPolicy") or DEFAULT_POLICY}
+    form = {"Id": spec.Id, "Title": spec.Title, "MetaType": spec.MetaType,
+            "Remark": spec.Remark, "RunLoop": spec.RunLoop,
+            "CronExpression": spec.CronExpression, "AssemblyName": spec.AssemblyName,
+            "ClassName": spec.ClassName, "CustomParamsJson": spec.CustomParamsJson,
+            "StartDate": (spec.StartDate or "").replace("T", " ") or None,
+            "EndDate": (spec.EndDate or "").replace("T", " ") or None,
+            "Keepers": list(spec.Keepers), "Nexts": list(spec.Nexts),
+            "Executors": list(spec.Executors), "NotifyBlocks": list(spec.NotifyBlocks),
+            "FailoverPolicy": spec.FailoverPolicy}
     for key, field in HTTP_FIELDS.items():
-        form[field] = (spec.get("Http") or {}).get(key)
+        form[field] = getattr(spec.Http, key) if spec.Http else None
     return form
 
 
-def _same(form: dict[str, Any], spec: dict[str, Any]) -> bool:
+def _same(form: dict[str, Any], spec: TaskSpec) -> bool:
     """Would ``form`` leave ``spec`` as it is? (then an upsert writes nothing)"""
     old = form_from_spec(spec)
     for key, value in form.items():
@@ -152,7 +153,8 @@ class Task:
         """``stopped``, ``running`` or ``paused``."""
         return self.detail()["StatusName"]
 
-    def spec(self) -> dict[str, Any]:
+    def spec(self) -> TaskSpec:
+        """The task as its nodes fire it (its deployment's ``task`` parameter), typed."""
         return read_spec(self.conn, self.id)
 
     def next_fires(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
@@ -163,7 +165,7 @@ class Task:
         if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= 10_000:
             raise ValueError(f"count must be a whole number from 1 to 10000, got {count!r}")
         spec = self.spec()
-        zone = ZoneInfo(spec.get("TimeZone") or self.conn.timezone)
+        zone = ZoneInfo(spec.TimeZone)
         start = after or datetime.now(timezone.utc)
         if start.tzinfo is None:
             start = start.replace(tzinfo=zone)
@@ -275,7 +277,7 @@ class Task:
             if not isinstance(child, Task):
                 raise TypeError(f"a child task must be a Task, got {type(child).__name__}")
         spec = self.spec()
-        nexts = list(spec.get("Nexts") or [])
+        nexts = list(spec.Nexts)
         new = [c.id for c in children if c.id not in nexts]
         if not new:
             return children[-1] if children else self
@@ -293,12 +295,12 @@ def _check_no_cycle(conn: Connection, parent: Task, children: list[str]) -> None
     parent is stopped for the edit (the server checks again when it writes), with the
     server's own words and search; one read of the tasks for all of them."""
     from schedulemaster.deployments.chain import find_cycle
-    specs = task_specs(conn)
-    graph = {tid: list(s.get("Nexts") or []) for tid, s in specs.items()}
+    records = task_records(conn)
+    graph = {tid: list(rec.spec.Nexts) for tid, rec in records.items()}
     graph[parent.id] = graph.get(parent.id, []) + children
     path = find_cycle(graph, parent.id)
     if path:
-        titles = {tid: s.get("Title") or tid for tid, s in specs.items()}
+        titles = {tid: rec.spec.Title or tid for tid, rec in records.items()}
         raise LegacyError("子任务形成循环：" + " → ".join(titles.get(p, p) for p in path))
 
 

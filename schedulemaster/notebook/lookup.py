@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 from uuid import UUID
 
+from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.notebook.connection import Connection, prefect_errors
 from schedulemaster.notebook.legacy_client import LegacyError, LegacyNotFound
 
@@ -23,7 +24,7 @@ def find_task(conn: Connection, title: str) -> dict[str, Any] | None:
     return rows[0] if rows else None
 
 
-def read_spec(conn: Connection, task_id: str) -> dict[str, Any]:
+def read_spec(conn: Connection, task_id: str) -> TaskSpec:
     """The task as the nodes see it: the ``task`` parameter of its Prefect deployment."""
     from prefect.exceptions import ObjectNotFound
 
@@ -32,7 +33,10 @@ def read_spec(conn: Connection, task_id: str) -> dict[str, Any]:
             dep = conn.prefect().read_deployment(UUID(task_id))
     except ObjectNotFound:
         raise LegacyNotFound("任务不存在!") from None
-    return dict((dep.parameters or {}).get("task") or {})
+    spec = spec_or_none((dep.parameters or {}).get("task"))
+    if spec is None:
+        raise LegacyNotFound("任务不存在!")
+    return spec
 
 
 class HasId(Protocol):
