@@ -48,6 +48,10 @@ class Status(IntEnum):
     Paused = 2
 
 
+#: each status as the notebook API and the CLI name it
+STATUS_NAMES = {Status.Deleted: "deleted", Status.Stop: "stopped", Status.Running: "running", Status.Paused: "paused"}
+
+
 @dataclass
 class TaskRecord:
     id: uuid.UUID

@@ -187,7 +187,8 @@ class System:
                "SM_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(p for p in (str(PLUGINS_DIR), os.environ.get("PYTHONPATH")) if p)}
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
-        with open(self.data_dir / "logs" / f"extra-{name}.log", "ab") as out:
+        log_path = self.data_dir / "logs" / f"extra-{name}.log"
+        with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:
             return subprocess.Popen([sys.executable, "-m", "schedulemaster.cli", "node", "--name", name, *args],
                                     stdout=out, stderr=subprocess.STDOUT, env=env)
 

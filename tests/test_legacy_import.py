@@ -1,4 +1,4 @@
-"""Importing an original ScheduleMaster database (issue 8): from the MariaDB of this machine
+"""Importing an original ScheduleMaster database: from the MariaDB of this machine
 (127.0.0.1:3306, root) with the original's MySQL types, and from its PostgreSQL, into a
 running system; every item checked through the legacy API and Prefect's API."""
 

@@ -163,7 +163,7 @@ def test_prefects_own_worker_command_starts_a_whole_node(api, system, receiver):
            "PYTHONUNBUFFERED": "1"}
     prefect_cli = os.path.join(os.path.dirname(sys.executable), "prefect")
     log_path = system.data_dir / "logs" / "extra-pf-node.log"
-    with open(log_path, "ab") as out:
+    with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as out:  # owner-only, as the system's own logs
         proc = subprocess.Popen([prefect_cli, "worker", "start", "--pool", "schedulemaster", "--type",
                                  "schedulemaster-node", "--name", "pf-node", "--limit", "4"],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)

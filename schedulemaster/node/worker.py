@@ -196,10 +196,10 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
         """Find due runs with a plain filtered read instead of Prefect's worker-poll endpoint.
 
         That endpoint also queues `mark_work_queues_ready` / `mark_deployments_ready`, which
-        take SQLite's write lock (BEGIN IMMEDIATE) on every poll: with a node polling each
-        second, task Creates were seen waiting the full 60 s busy timeout for the lock, and
-        none did without those polls. The claim is unchanged: the base class proposes Pending for each
-        run, and only one node's proposal wins.
+        take SQLite's write lock (BEGIN IMMEDIATE) on every poll: a node polling each second
+        keeps other writers, task Creates among them, waiting on that lock up to its busy
+        timeout. The claim is unchanged: the base class proposes Pending for each run, and only
+        one node's proposal wins.
         """
         from prefect.client.schemas.filters import (
             FlowRunFilter, FlowRunFilterExpectedStartTime, FlowRunFilterState, FlowRunFilterStateType,

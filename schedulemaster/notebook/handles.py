@@ -22,12 +22,12 @@ from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo
 
 from schedulemaster.deployments.spec import TaskSpec
-from schedulemaster.deployments.tasks import POLICIES
+from schedulemaster.deployments.tasks import POLICIES, STATUS_NAMES
 from schedulemaster.notebook.connection import Connection, current, prefect_errors
 from schedulemaster.notebook.frames import logs, node_names, runs, task_records
 from schedulemaster.notebook.legacy_client import LegacyError, LegacyNotFound
 from schedulemaster.timeutil import parse_span
-from schedulemaster.notebook.lookup import STATUS_NAMES, find_task, read_spec
+from schedulemaster.notebook.lookup import find_task, read_spec
 
 HTTP_FIELDS = {"RequestUrl": "HttpRequestUrl", "Method": "HttpMethod", "ContentType": "HttpContentType",
                "Headers": "HttpHeaders", "Body": "HttpBody"}

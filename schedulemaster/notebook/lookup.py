@@ -11,8 +11,6 @@ from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.notebook.connection import Connection, prefect_errors
 from schedulemaster.notebook.legacy_client import LegacyError, LegacyNotFound
 
-STATUS_NAMES = {-1: "deleted", 0: "stopped", 1: "running", 2: "paused"}
-
 
 def find_task(conn: Connection, title: str) -> dict[str, Any] | None:
     """The task titled exactly ``title``; ValueError when several are (the legacy API and
