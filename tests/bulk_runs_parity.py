@@ -34,7 +34,8 @@ async def main() -> dict:
             name="parity-pool", type="schedulemaster"))
         dep = await models.deployments.create_deployment(s, schemas.core.Deployment(
             name="parity-task", flow_id=flow.id, tags=["sm:http", "t1"], labels={"team": "ops"}, version="7",
-            work_queue_name="default", work_queue_id=pool.default_queue_id, parameters={"task": {"Title": "x"}}))
+            work_queue_name="default", work_queue_id=pool.default_queue_id, parameters={"task": {
+                "Id": "x", "Title": "x", "MetaType": 2, "Http": {"RequestUrl": "http://127.0.0.1:9/"}}}))
     failures = []
     at = datetime(2026, 12, 1, 8, 0, 0, tzinfo=timezone.utc)
 
@@ -90,7 +91,7 @@ async def main() -> dict:
     many = [record(f"many-{k}", k % 3 != 0) for k in range(120)]
     out["many"] = {"recorded": (await record_api.record_firings(many)).recorded,
                    "snapshots": [await snapshot(db, r.firing_id, []) for r in many[:3]]}
-    out["failure_mails"] = [[spec.get("Title"), msg, detail] for spec, msg, detail in failures]
+    out["failure_mails"] = [[spec.Title, msg, detail] for spec, msg, detail in failures]
     return out
 
 
