@@ -1,4 +1,4 @@
-"""Run by tests/test_bulk_runs.py in its own process (Prefect's settings are read once per
+"""Run by tests/master/test_bulk_runs.py in its own process (Prefect's settings are read once per
 process): the same finished firing written by Prefect's ``create_flow_run`` and by the
 master's record path (schedulemaster/master/bulk_runs.py), on the database in PREFECT_API_DATABASE_CONNECTION_URL.
 Prints one JSON object: both versions of the run's row, its state rows, its event, its logs."""

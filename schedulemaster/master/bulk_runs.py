@@ -11,7 +11,7 @@ name and timestamp; its end time), so this module writes the same
 columns in a few statements per batch: the runs, their states, the runs' state ids, and the
 same ``prefect.flow-run.<State>`` events Prefect's InstrumentFlowRunStateTransitions emits
 (built by Prefect's own ``flow_run_state_change_event``; only the lookups it does per run are
-done here once per deployment). tests/test_bulk_runs.py checks the rows and the event against
+done here once per deployment). tests/master/test_bulk_runs.py checks the rows and the event against
 what ``create_flow_run`` writes for the same input, so a Prefect upgrade that changes either
 shows up there (the project pins prefect==3.8.8).
 """

@@ -19,7 +19,7 @@ from schedulemaster.notebook.legacy_client import LegacyClient
 
 pytestmark = pytest.mark.e2e
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

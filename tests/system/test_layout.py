@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: where each package of the installed `schedulemaster` lives in this tree (pyproject's package-dir)
 PACKAGE_DIRS = {"schedulemaster": ROOT / "schedulemaster", "schedulemaster.flows": ROOT / "flows",
                 "schedulemaster.deployments": ROOT / "deployments", "schedulemaster.ms_compat": ROOT / "ms_compat",

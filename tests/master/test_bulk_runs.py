@@ -17,7 +17,7 @@ import pytest
 
 from helpers import PG, drop_databases, require_postgres
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1]  # tests/, where the parity script lives
 pytestmark = pytest.mark.e2e  # Prefect's database, migrated in a subprocess (and PostgreSQL)
 
 
