@@ -24,6 +24,8 @@ from typing import Any
 from schedulemaster.coordination.client import MasterClient
 from schedulemaster.coordination.wire import NodeRow
 from schedulemaster.deployments.spec import TaskSpec
+from schedulemaster.deployments.variables import read_disabled
+from schedulemaster.deployments.tasks import DEFAULT_QUEUE, NODE_QUEUE_PREFIX, Status, record_of
 
 log = logging.getLogger("schedulemaster.chain")
 
@@ -86,7 +88,6 @@ def online(workers, disabled: set[str] | frozenset[str] = frozenset()) -> list[s
 
 async def live_nodes(client, work_pool: str) -> list[str]:
     """The nodes that may fire tasks now: alive (Prefect's heartbeats) and enabled."""
-    from schedulemaster.deployments.variables import read_disabled
 
     try:
         return online(await client.read_workers_for_work_pool(work_pool), await read_disabled(client))
@@ -118,7 +119,6 @@ async def owning_node(client, work_pool: str, task_id: uuid.UUID, spec: TaskSpec
 async def queue_for(client, work_pool: str, task_id: uuid.UUID, spec: TaskSpec) -> str:
     """The queue of the node that fires this task; with no live node allowed, the first
     executor's queue (or the shared one)."""
-    from schedulemaster.deployments.tasks import DEFAULT_QUEUE, NODE_QUEUE_PREFIX
 
     allowed = spec.Executors
     node = await owning_node(client, work_pool, task_id, spec) or (allowed[0] if allowed else None)
@@ -128,8 +128,6 @@ async def queue_for(client, work_pool: str, task_id: uuid.UUID, spec: TaskSpec) 
 async def running_child(client, child_id: uuid.UUID):
     """The child's record when it is Running, else None (a stopped or paused child does not run)."""
     from prefect.exceptions import ObjectNotFound
-
-    from schedulemaster.deployments.tasks import Status, record_of
 
     try:
         rec = record_of(await client.read_deployment(child_id))

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
 from schedulemaster.deployments.spec import TaskSpec
+from schedulemaster.deployments.quartz import CronError, parse
 
 SLUG = "quartz"  # + the expression: "quartz 0/10 * * * * ?"
 CHECK_COUNT = 40  # fire times compared between the two evaluators
@@ -28,7 +29,6 @@ _PLAIN = re.compile(r"^[0-9A-Za-z*,/\-?]+$")
 
 def croniter_expression(quartz: str) -> str | None:
     """Quartz → Prefect cron text, or None where the dialects differ (W, L in dow, #, year)."""
-    from schedulemaster.deployments.quartz import CronError, parse
 
     try:
         parsed = parse(quartz)
@@ -77,8 +77,6 @@ def _exact_expression(quartz: str, tz: str, minute: datetime) -> str | None:
     minute on, else None. Cached per minute: comparing 2 × 40 fire times was a third of the
     cost of creating a task, and an import (or a client) creates many with the same cron."""
     from prefect.server.schemas.schedules import CronSchedule
-
-    from schedulemaster.deployments.quartz import parse
 
     expr = croniter_expression(quartz)
     if expr is None:

@@ -18,6 +18,10 @@ from schedulemaster.deployments import chain
 from schedulemaster.deployments.spec import HTTP, TaskSpec, spec_of
 from schedulemaster.deployments.variables import read_node_settings
 from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
+from schedulemaster.coordination.client import MasterClient
+from schedulemaster.coordination.wire import RunFailure
+from schedulemaster.node import plugins
+from schedulemaster.settings import Settings
 
 FLOW_NAME = "schedulemaster-task"
 async def _report_failure(flow_obj, run, state) -> None:
@@ -29,8 +33,6 @@ async def _report_failure(flow_obj, run, state) -> None:
     params = run.parameters or {}
     if run.deployment_id is None or params.get("action") == "start" or params.get("fire") is not None:
         return
-    from schedulemaster.coordination.client import MasterClient
-    from schedulemaster.coordination.wire import RunFailure
 
     try:
         async with get_client() as client:
@@ -89,8 +91,6 @@ async def _run_plugin(task: TaskSpec, action: str | None, previous_result: Any, 
     node's firing loop shares: a Start loads and initializes it here, on the node that will
     fire the task, so a plugin that cannot start fails the Start with its reason logged."""
 
-    from schedulemaster.node import plugins
-
     logger = get_run_logger()
     host = plugins.host()
     task_id = _deployment_id()
@@ -119,8 +119,6 @@ async def _trigger_children(task: TaskSpec, result: Any) -> None:
     shows the chain as Prefect shows any subflow."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import arun_deployment
-
-    from schedulemaster.settings import Settings
 
     parent_id = _deployment_id()
     children = chain.child_ids(task, parent_id)

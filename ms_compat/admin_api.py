@@ -21,7 +21,8 @@ from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat import roles
 from schedulemaster.store import audit as audit_store
 from schedulemaster.ms_compat.binding import F, FormValues, id_from_form_or_query, page_bounds
-from schedulemaster.store.db import DEFAULT_ADMIN, Store, SystemUser
+from schedulemaster.store.db import DEFAULT_ADMIN, Store, SystemUser, md5_hex
+from schedulemaster.flows.targets import networks
 
 USER_LIST = [F("pageNumber", "int"), F("pageSize", "int"), F("name", max_length=50)]
 USER_CREATE = [F("UserName", required=True, max_length=50), F("RealName", required=True, max_length=50),
@@ -43,8 +44,6 @@ MIN_PASSWORD = 6
 # settings whose values must parse, and how (the original accepted anything and failed later)
 _INT = re.compile(r"^\d{1,9}$")
 def _networks_ok(value: str) -> bool:
-    from schedulemaster.flows.targets import networks
-
     try:
         networks(value)
         return len(value) <= 1000
@@ -163,8 +162,6 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
     @app.post("/api/account/resetpwd")
     async def account_reset(request: Request):
         async def act(m, _user):
-            from schedulemaster.store.db import md5_hex
-
             if not await asyncio.to_thread(store.update_user, m["id"], password=md5_hex(DEFAULT_ADMIN[1])):
                 return R.failed("账号不存在!")
             return R.ok(f"密码已重置为 {DEFAULT_ADMIN[1]}!")
@@ -176,8 +173,6 @@ def add_admin_routes(app: FastAPI, store: Store, guarded, form_of: Callable[[Req
     async def account_change_password(request: Request):
         async def act(m, user: SystemUser):
             import hmac
-
-            from schedulemaster.store.db import md5_hex
 
             if not hmac.compare_digest(md5_hex(m["OldPassword"]), user.password):
                 return R.failed("原密码错误!")

@@ -33,6 +33,7 @@ from schedulemaster.ms_compat.binding import (ID_ONLY, QUERY_LIST, SCHEDULE_INFO
                                               id_from_form_or_query)
 from schedulemaster.store.db import Store
 from schedulemaster.ms_compat.task_api import SERVICE_ERROR, TaskError, TaskService
+from schedulemaster.deployments.variables import mirror_settings
 
 log = logging.getLogger("schedulemaster.api")
 
@@ -258,7 +259,6 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
 
     async def settings_saved() -> None:
         """Nodes read the settings from a Prefect Variable: refresh it on every save."""
-        from schedulemaster.deployments.variables import mirror_settings
 
         delayed_configs.invalidate()
         state["service"].configs.invalidate()

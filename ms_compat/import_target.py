@@ -38,11 +38,16 @@ from zoneinfo import ZoneInfo
 from sqlmodel import Session, select
 
 from schedulemaster.deployments.spec import TaskSpec
-from schedulemaster.ms_compat.delayed_api import to_utc
+from schedulemaster.ms_compat.delayed_api import TEXT_FIELDS, to_utc, unsendable
 from schedulemaster.ms_compat.legacy_import import source_fingerprint
 from schedulemaster.timeutil import MAX_SPAN_SECONDS, utcnow_naive
-from schedulemaster.store.db import Store, SystemUser
+from schedulemaster.store.db import Store, SystemConfig, SystemUser
 from schedulemaster.store.ledger import ImportLedger, fingerprint
+from schedulemaster.master import bulk_runs
+from schedulemaster.store.delayed_store import T, host_of, ready_row
+from schedulemaster.ms_compat.admin_api import CONFIG_RULES
+from schedulemaster.deployments.tasks import Status, TaskRecord
+from schedulemaster.ms_compat.task_api import TaskError
 
 log = logging.getLogger("schedulemaster.import")
 
@@ -145,8 +150,6 @@ class ImportTarget:
 
     # ---- settings ---------------------------------------------------------------------
     async def settings(self, items: list[dict[str, Any]], opts: Options) -> list[Outcome]:
-        from schedulemaster.ms_compat.admin_api import CONFIG_RULES
-
         async with self._lock:
             current = await asyncio.to_thread(self.store.configs)
             ledger = await asyncio.to_thread(self._ledger, "setting", [i["key"] for i in items])
@@ -169,8 +172,6 @@ class ImportTarget:
                 if action == "update" and not opts.dry_run:
                     def write(key=key, value=value, fp=fp):
                         with Session(self.store.engine) as s:
-                            from schedulemaster.store.db import SystemConfig
-
                             row = s.get(SystemConfig, key)
                             row.value, row.updateusername = value, "import"
                             row.updatetime = datetime.now(timezone.utc)
@@ -306,9 +307,6 @@ class ImportTarget:
 
     async def _task(self, service, item: dict[str, Any], ledger: ImportLedger | None, opts: Options,
                     records: dict[str, Any], remember: list[tuple[str, str, str, str, str]]) -> Outcome:
-        from schedulemaster.deployments.tasks import Status, TaskRecord
-        from schedulemaster.ms_compat.task_api import TaskError
-
         task_id = uuid.UUID(str(item["id"]))
         key = str(task_id)
         if _has_nul(item):
@@ -418,8 +416,6 @@ class ImportTarget:
             return out
 
     def _existing_delayed(self, ids: list[str]) -> set[str]:
-        from schedulemaster.store.delayed_store import T
-
         with self.store.engine.connect() as conn:
             return set(conn.execute(select(T.c.id).where(T.c.id.in_(ids))).scalars())
 
@@ -514,8 +510,6 @@ async def write_history(runs: list[HistoricalRun]) -> tuple[set[str], set[uuid.U
     from prefect.server import models, schemas
     from prefect.server.database import provide_database_interface
 
-    from schedulemaster.master import bulk_runs
-
     db = provide_database_interface()
     async with db.session_context(begin_transaction=True, with_for_update=True) as session:
         # the columns a run copies from its deployment, for the whole batch in one query
@@ -552,8 +546,6 @@ async def write_history(runs: list[HistoricalRun]) -> tuple[set[str], set[uuid.U
 
 def delayed_row(item: dict[str, Any], tz: str) -> dict[str, Any]:
     """The store row of a pending delayed task of the original (times given in ``tz``)."""
-    from schedulemaster.ms_compat.delayed_api import TEXT_FIELDS, unsendable
-    from schedulemaster.store.delayed_store import host_of, ready_row
 
     url = (item.get("notifyurl") or "").strip()
     problem = unsendable(url, item.get("notifydatatype") or "", item.get("notifybody") or "",

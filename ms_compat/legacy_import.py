@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from schedulemaster.store.ledger import fingerprint
+from schedulemaster.deployments import quartz
 
 # The original's tables and the columns this import reads (its EF model). A source missing one
 # of them is "a schema of a different version", reported before anything else happens.
@@ -253,8 +254,6 @@ def _executors(snap: Snapshot) -> dict[str | None, list[str]]:
 
 
 def _plan_tasks(snap: Snapshot, plan: Plan, start: bool) -> None:
-    from schedulemaster.deployments import quartz
-
     users = {u["id"] for u in snap.rows["systemusers"] if u["status"] != -1}
     http = {_guid(h["scheduleid"]): h for h in snap.rows["schedulehttpoptions"]}
     keepers: dict[str | None, list[int]] = {}

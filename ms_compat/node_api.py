@@ -19,6 +19,8 @@ from fastapi import FastAPI, Request
 from schedulemaster.store import claims
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.binding import F, FormValues
+from schedulemaster.deployments.chain import is_online
+from schedulemaster.deployments.variables import read_disabled, set_disabled
 
 NAME_FIELD: list[F] = [F("name", "str", required=True, max_length=100)]
 EDIT_FIELDS: list[F] = NAME_FIELD + [F("priority", "int"), F("maxConcurrency", "int")]
@@ -26,8 +28,6 @@ STATUS_TEXT = {0: "下线", 1: "空闲", 2: "运行"}
 
 
 def node_row(worker, disabled: set[str], fmt_date: Callable, info=None, running: int = 0) -> dict[str, Any]:
-    from schedulemaster.deployments.chain import is_online
-
     status = 0 if not is_online(worker) else 1 if worker.name in disabled else 2
     return {"NodeName": worker.name, "NodeType": "worker", "Status": status, "StatusText": STATUS_TEXT[status],
             "Enabled": worker.name not in disabled,
@@ -54,8 +54,6 @@ def add_node_routes(app: FastAPI, guarded, form_of, service) -> None:
 
     @app.get("/api/node/querylist")
     async def query_list(request: Request):
-        from schedulemaster.deployments.variables import read_disabled
-
         async def act(_m, _user):
             disabled = await read_disabled(service().client)
             engine = service().store.engine
@@ -69,8 +67,6 @@ def add_node_routes(app: FastAPI, guarded, form_of, service) -> None:
 
     def toggle(disable: bool):
         async def endpoint(request: Request):
-            from schedulemaster.deployments.variables import set_disabled
-
             async def act(m, _user):
                 name = m["name"].strip()
                 if await find(name) is None:
@@ -106,9 +102,6 @@ def add_node_routes(app: FastAPI, guarded, form_of, service) -> None:
 
     @app.post("/api/node/delete")
     async def delete(request: Request):
-        from schedulemaster.deployments.chain import is_online
-        from schedulemaster.deployments.variables import set_disabled
-
         async def act(m, _user):
             name = m["name"].strip()
             s = service()

@@ -26,6 +26,7 @@ from schedulemaster.flows.http_task import HttpTaskError, parse_params
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.binding import page_bounds
 from schedulemaster.store.db import Configs, Store, SystemUser
+from schedulemaster.store import claims
 
 log = logging.getLogger("schedulemaster.api")
 
@@ -230,7 +231,6 @@ class TaskService:
         that never comes. Not checked on import: an original database names its own nodes."""
         if not executors:
             return
-        from schedulemaster.store import claims
 
         known = {w.name for w in await self.client.read_workers_for_work_pool(self.work_pool)}
         known |= set(await asyncio.to_thread(claims.nodes, self.store.engine))

@@ -23,6 +23,7 @@ from fastapi import APIRouter, Body, HTTPException, Request
 from schedulemaster.coordination.wire import (NODE_TOKEN_HEADER, ClaimRequest, ClaimResult, LatestRequest,
                                               NodeRegistration, NodeRow, Registered, Released)
 from schedulemaster.store import claims
+from schedulemaster.deployments.chain import is_online
 
 log = logging.getLogger("schedulemaster.claims")
 
@@ -203,8 +204,6 @@ async def pool_workers(pool_name: str) -> list:
 
 def live_workers_of(pool_name: str) -> LiveWorkers:
     async def live() -> dict[str, float]:
-        from schedulemaster.deployments.chain import is_online
-
         now = datetime.now(timezone.utc)
         return {w.name: (now - w.last_heartbeat_time).total_seconds() if w.last_heartbeat_time else 0.0
                 for w in await pool_workers(pool_name) if is_online(w)}

@@ -31,8 +31,11 @@ from uuid import UUID
 from schedulemaster.deployments import chain
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.store import claims
-from schedulemaster.deployments.tasks import DEFAULT_POLICY, INCARNATION_LABEL, POLICIES
+from schedulemaster.deployments.tasks import DEFAULT_POLICY, INCARNATION_LABEL, POLICIES, Status, record_of
 from schedulemaster.timeutil import utcnow
+from schedulemaster.master.coordination_api import pool_workers
+from schedulemaster.coordination.wire import Firing
+from schedulemaster.master.record_api import record_firings
 
 log = logging.getLogger("schedulemaster.failover")
 
@@ -79,8 +82,6 @@ class Failover:
                 log.warning("failover check failed: %s", exc)
 
     async def tick(self) -> None:
-        from schedulemaster.master.coordination_api import pool_workers
-
         workers = await pool_workers(self.work_pool)
         online = {w.name for w in workers if chain.is_online(w)}
         beats = {w.name: w.last_heartbeat_time for w in workers}
@@ -147,7 +148,6 @@ class Failover:
         except ObjectNotFound:
             await asyncio.to_thread(claims.finish, self.engine, [c.firing_id], "dropped")
             return
-        from schedulemaster.deployments.tasks import Status, record_of
 
         rec = record_of(deployment)
         spec = rec.spec if rec is not None else None
@@ -173,8 +173,6 @@ class Failover:
 
     async def _record(self, items: list[tuple[claims.FiringClaim, TaskSpec | None, bool, str]]) -> None:
         """Record firings in Prefect on the nodes' behalf: (claim, task spec, ok, message)."""
-        from schedulemaster.coordination.wire import Firing
-        from schedulemaster.master.record_api import record_firings
 
         now = utcnow()
         records = [Firing(UUID(c.task_id), c.firing_id, spec.Title if spec else "", c.scheduled,

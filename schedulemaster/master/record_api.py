@@ -27,6 +27,8 @@ from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
 from schedulemaster.coordination.wire import MAX_RECORDS, FiringRecord, KnownTask, RecordResult, RunFailure
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.master.coordination_api import node_caller
+from schedulemaster.master import bulk_runs
+from schedulemaster.store import claims
 
 TRANSACTION_SIZE = 50  # firings per IMMEDIATE transaction (see record_firings)
 
@@ -56,8 +58,6 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
     import sqlalchemy as sa
     from prefect.server import models, schemas
     from prefect.server.database import provide_database_interface
-
-    from schedulemaster.master import bulk_runs
 
     db = provide_database_interface()
     recorded, unknown, firings = 0, set(), {}
@@ -202,8 +202,6 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
         async with recording:
             result = await record_firings(records, on_failure)
         if store_engine is not None:  # a recorded firing's claim is done (schedulemaster/store/claims.py)
-            from schedulemaster.store import claims
-
             await asyncio.to_thread(claims.finish, store_engine, [r.firing_id for r in records], "recorded")
         return result
 

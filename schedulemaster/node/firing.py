@@ -44,6 +44,7 @@ from schedulemaster.node.recorder import Recorder
 from schedulemaster.deployments.tasks import Status
 from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
 from schedulemaster.timeutil import utcnow
+from schedulemaster.deployments.variables import read_disabled, read_node_settings
 
 log = logging.getLogger("schedulemaster.node")
 
@@ -167,9 +168,6 @@ class FiringLoop:
             await self.http.close()
 
     async def refresh_nodes(self) -> None:
-        from schedulemaster.deployments.variables import read_disabled
-        from schedulemaster.deployments.variables import read_node_settings
-
         try:
             disabled = await read_disabled(self.client)
         except Exception as exc:

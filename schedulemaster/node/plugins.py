@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from schedulemaster.deployments.spec import TaskSpec
-from schedulemaster.sdk import FunctionTask, TaskBase, TaskContext
+from schedulemaster.sdk import CancellationToken, FunctionTask, TaskBase, TaskContext
+from schedulemaster.flows.http_task import HttpTaskError, parse_params
+from schedulemaster.packages import PackageError, check_name, safe_extract
 
 log = logging.getLogger("schedulemaster.plugins")
 
@@ -60,7 +62,6 @@ class PluginOutcome:
 
 def params_of(spec: TaskSpec) -> dict[str, str]:
     """The task's custom parameters (captured at Start) as ParamKey -> ParamValue."""
-    from schedulemaster.flows.http_task import HttpTaskError, parse_params
 
     try:
         return dict(parse_params(spec.CustomParamsJson))
@@ -192,7 +193,6 @@ class PluginHost:
 
     async def _unpack(self, assembly: str, task_dir: Path) -> Path | None:
         """The task's copy of its uploaded package (fetched anew at every Start), or None."""
-        from schedulemaster.packages import PackageError, check_name, safe_extract
 
         if self.fetch is None or not assembly:
             return None
@@ -229,8 +229,6 @@ class PluginHost:
     def resume(self, task_id: uuid.UUID) -> None:
         loaded = self.loaded.get(task_id)
         if loaded is not None and loaded.instance.cancellation_token.is_cancellation_requested:
-            from schedulemaster.sdk import CancellationToken
-
             loaded.instance.cancellation_token = CancellationToken()
 
     async def stop(self, task_id: uuid.UUID) -> None:
@@ -290,7 +288,6 @@ class PluginHost:
 
 def _unpacked_name(marker: Path) -> str | None:
     """The AssemblyName of the package a task directory holds (its marker names the file)."""
-    from schedulemaster.packages import PackageError, check_name
 
     try:
         return check_name(marker.read_text())[0]

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 from schedulemaster.notebook.legacy_client import DEFAULT_URL, LegacyClient, LegacyUnavailable
+from schedulemaster.credentials import client_auth_string
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "0.0.0.0", "::1", ""}
 
@@ -102,7 +103,6 @@ def connect(url: str | None = None, user: str | None = None, password: str | Non
     API (default ``$PREFECT_API_AUTH_STRING``, else the one a system on this machine keeps in its
     data directory: ``$SM_DATA_DIR``, or ``.schedulemaster`` in this directory or above).
     """
-    from schedulemaster.credentials import client_auth_string
 
     global _current
     url = url or os.environ.get("SM_API") or DEFAULT_URL

@@ -18,6 +18,7 @@ from schedulemaster.notebook.connection import Connection, current, prefect_erro
 from schedulemaster.deployments.tasks import FLOW_NAME, NODE_QUEUE_PREFIX, STATUS_NAMES, Status, TaskRecord, record_of
 from schedulemaster.timeutil import parse_span
 from schedulemaster.notebook.lookup import HasId, read_spec, task_id_of
+from schedulemaster.notebook.legacy_client import LegacyNotFound
 
 TASK_STATUSES = [STATUS_NAMES[s] for s in (Status.Stop, Status.Running, Status.Paused)]
 TASK_TYPES = ["plugin", "http"]
@@ -256,7 +257,6 @@ def _titles(conn: Connection, task_id: str | None) -> dict[str, str]:
     notebook polls a task's runs), else of all."""
     if task_id is None:
         return {tid: rec.spec.Title for tid, rec in task_records(conn).items()}
-    from schedulemaster.notebook.legacy_client import LegacyNotFound
 
     try:
         return {task_id: read_spec(conn, task_id).Title}

@@ -28,6 +28,10 @@ from schedulemaster.notebook.frames import logs, node_names, runs, task_records
 from schedulemaster.notebook.legacy_client import LegacyError, LegacyNotFound
 from schedulemaster.timeutil import parse_span
 from schedulemaster.notebook.lookup import find_task, read_spec
+from schedulemaster.deployments import plan, quartz
+from schedulemaster.deployments.chain import find_cycle
+from schedulemaster.notebook import shipping
+from schedulemaster.coordination.client import package_exists
 
 HTTP_FIELDS = {"RequestUrl": "HttpRequestUrl", "Method": "HttpMethod", "ContentType": "HttpContentType",
                "Headers": "HttpHeaders", "Body": "HttpBody"}
@@ -49,7 +53,6 @@ def params_json(params: dict[str, Any] | None) -> str:
 
 def check_cron(cron: str | None) -> None:
     """The server's own Quartz parser, with its message, before anything is sent."""
-    from schedulemaster.deployments import quartz
 
     if cron is None:
         return
@@ -160,7 +163,6 @@ class Task:
     def next_fires(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
         """The next ``count`` instants this task fires at if it runs (StartDate, EndDate and
         RunLoop included), in the task's zone: the same Quartz evaluation the nodes use."""
-        from schedulemaster.deployments import plan
 
         if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= 10_000:
             raise ValueError(f"count must be a whole number from 1 to 10000, got {count!r}")
@@ -294,7 +296,6 @@ def _check_no_cycle(conn: Connection, parent: Task, children: list[str]) -> None
     """Refuse new ``children`` of ``parent`` when one already leads back to it, before the
     parent is stopped for the edit (the server checks again when it writes), with the
     server's own words and search; one read of the tasks for all of them."""
-    from schedulemaster.deployments.chain import find_cycle
     records = task_records(conn)
     graph = {tid: list(rec.spec.Nexts) for tid, rec in records.items()}
     graph[parent.id] = graph.get(parent.id, []) + children
@@ -452,8 +453,6 @@ def task(cron: str | Callable[..., Any] | None = None, *, title: str | None = No
         return task()(cron)
 
     def decorate(fn: Callable[..., Any]) -> ScheduledFunction:
-        from schedulemaster.notebook import shipping
-
         name = title or getattr(fn, "__name__", None) or ""
         if name == "<lambda>":
             raise ValueError("a lambda has no name to title its task by: pass title=...")
@@ -476,7 +475,6 @@ def task(cron: str | Callable[..., Any] | None = None, *, title: str | None = No
 
 def _package_stored(conn: Connection, name: str) -> bool:
     """Whether the master holds the package ``name`` (what the nodes fetch)."""
-    from schedulemaster.coordination.client import package_exists
 
     with prefect_errors(conn.prefect_url):
         return package_exists(conn.prefect(), name)

@@ -26,6 +26,9 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
+from schedulemaster import packages
+from schedulemaster.sdk import TaskBase
+
 PICKLE_FILE = "function.pkl"
 META_FILE = "shipped.json"
 CLASS_NAME = "run"  # the task's ClassName: the package's module-level ``run``
@@ -250,8 +253,6 @@ def package(fn: Callable[..., Any], title: str) -> tuple[str, bytes]:
     """(file name, zip bytes) of the plugin package that runs ``fn`` as the task ``title``."""
     import cloudpickle
 
-    from schedulemaster.sdk import TaskBase
-
     if inspect.isclass(fn) and not issubclass(fn, TaskBase):
         raise UnshippableError(f"{_name(fn)} is a class but not a TaskBase subclass")
     context = True if inspect.isclass(fn) else takes_context(fn)
@@ -275,11 +276,10 @@ def package(fn: Callable[..., Any], title: str) -> tuple[str, bytes]:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, content)
-    from schedulemaster.packages import MAX_PACKAGE_BYTES
 
-    if buf.tell() > MAX_PACKAGE_BYTES:
+    if buf.tell() > packages.MAX_PACKAGE_BYTES:
         raise UnshippableError(f"{_name(fn)} pickles to {buf.tell():,} bytes, more than the "
-                               f"{MAX_PACKAGE_BYTES:,} a plugin package may have: load big data inside the "
+                               f"{packages.MAX_PACKAGE_BYTES:,} a plugin package may have: load big data inside the "
                                "function (from a file or a database) instead of capturing it")
     return f"{name}.zip", buf.getvalue()
 

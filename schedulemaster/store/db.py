@@ -17,6 +17,8 @@ from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from schedulemaster.ms_compat import roles
 from schedulemaster.ms_compat.secret import md5_hex  # noqa: F401  (re-exported: the store hashes passwords)
+from schedulemaster.store.delayed_store import POSTGRES_CONNECT_ARGS, DelayedStore
+from schedulemaster.store import audit, claims, delayed_store, ledger  # noqa: F401  (their tables)
 
 log = logging.getLogger("schedulemaster.store")
 
@@ -158,7 +160,6 @@ class Store:
         self.url = url
         self._delayed = None
         self.user_version = 0  # bumped on every account change made through this process
-        from schedulemaster.store.delayed_store import POSTGRES_CONNECT_ARGS
 
         connect_args = ({"check_same_thread": False, "timeout": 30} if url.startswith("sqlite")
                         else POSTGRES_CONNECT_ARGS)
@@ -172,14 +173,11 @@ class Store:
     def delayed(self):
         """The delayed tasks' reads and writes (schedulemaster/store/delayed_store.py)."""
         if self._delayed is None:
-            from schedulemaster.store.delayed_store import DelayedStore
-
             self._delayed = DelayedStore(self.engine, self.url)
         return self._delayed
 
     def init(self) -> None:
         """Create the tables and seed the default account and settings (idempotent)."""
-        from schedulemaster.store import audit, claims, delayed_store, ledger  # noqa: F401  (their tables)
 
         from sqlalchemy import text
 

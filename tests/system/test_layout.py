@@ -101,3 +101,33 @@ def test_a_process_entry_module_does_not_import_prefect():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+#: the modules that import project modules inside functions, and why (everywhere else such an
+#: import goes at the top, where a reader sees what a module depends on)
+LAZY_IMPORTERS = {
+    "schedulemaster.cli.main": "`--help` and quick commands must not load what a process needs",
+    "schedulemaster.cli.import_cli": "the same: the import's reader loads only when it runs",
+    "schedulemaster.cli.admin_cli": "the same",
+    "schedulemaster.master.process": "Prefect's settings (environment) are set before its first import",
+    "schedulemaster.node.process": "the same",
+    "schedulemaster.dispatcher.process": "the same",
+    "schedulemaster.supervisor": "the same, for `up`'s children",
+    "schedulemaster.settings": "every process reads its settings before anything else loads",
+    "schedulemaster.node.worker": "Prefect imports the worker type in every process that loads its collections",
+    "schedulemaster.deployments.pool": "imported by process modules before Prefect's settings are set",
+}
+
+
+def test_imports_inside_functions_only_where_start_up_needs_them():
+    lazy = set()
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    module = (node.module if isinstance(node, ast.ImportFrom) else
+                              node.names[0].name if isinstance(node, ast.Import) else None)
+                    if module and module.startswith("schedulemaster"):
+                        lazy.add(name)
+    assert lazy <= set(LAZY_IMPORTERS), sorted(lazy - set(LAZY_IMPORTERS))
