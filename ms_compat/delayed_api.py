@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Request
 
-from schedulemaster.flows import delayed_callback as cb
+from schedulemaster.dispatcher import callback as cb
 from schedulemaster.flows import targets
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.binding import F, FormValues, bind, id_from_form_or_query, page_bounds

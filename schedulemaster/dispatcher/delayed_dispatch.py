@@ -30,7 +30,7 @@ from typing import Any, Awaitable, Callable
 
 import aiohttp
 
-from schedulemaster.flows import delayed_callback as cb
+from schedulemaster.dispatcher import callback as cb
 from schedulemaster.store.delayed_store import (LATE_AFTER, Claimed, DelayedStore, DelayStatus, Outcome,
                                                     Settled)
 from schedulemaster.timeutil import utcnow_naive

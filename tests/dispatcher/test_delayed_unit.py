@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from helpers import serve_aiohttp
-from schedulemaster.flows import delayed_callback as cb
+from schedulemaster.dispatcher import callback as cb
 from schedulemaster.ms_compat.delayed_api import Refused, form_of_json, row_for_create
 from schedulemaster.store.delayed_store import DelayStatus, DuplicateIds, Outcome
 from schedulemaster.timeutil import utcnow_naive

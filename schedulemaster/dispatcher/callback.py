@@ -7,7 +7,7 @@ POST NotifyUrl; the body is NotifyBody without CR-LF pairs. For
 ``success`` (case-sensitive). Every attempt carries ``Idempotency-Key: <task id>``.
 
 Sent with aiohttp, as the node's firings are (flows/http_task.py says why: a tenth of
-httpx's client CPU per request, which matters at 1,000 callbacks a second).
+httpx's client CPU per request).
 """
 
 from __future__ import annotations
