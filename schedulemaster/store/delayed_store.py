@@ -114,13 +114,23 @@ class DelayedAttempt(SQLModel, table=True):
     dispatcher: Optional[str] = Field(default=None, max_length=64)
 
 
+#: each column's default, from the model (read once: instantiating a table model per row cost
+#: more than inserting it)
+_DEFAULTS = {name: (int(f.default) if isinstance(f.default, IntEnum) else f.default)
+             for name, f in ScheduleDelayed.model_fields.items() if not f.is_required()}
+_REQUIRED = {name for name, f in ScheduleDelayed.model_fields.items() if f.is_required()}
+
+
 def ready_row(**fields: Any) -> dict[str, Any]:
     """A new delayed task waiting for its callback, as the row to insert: the model's defaults
     (Ready, unclaimed, no attempts yet) for every column ``fields`` leaves out, and ``dueat``
     its first due time. The legacy API's Create and the import both build rows here."""
-    fields.setdefault("dueat", fields.get("delayabsolutetime"))
-    row = ScheduleDelayed(**fields).model_dump()
-    row["status"] = int(row["status"])
+    unknown, missing = set(fields) - set(ScheduleDelayed.model_fields), _REQUIRED - set(fields)
+    if unknown or missing:
+        raise TypeError(f"a delayed task row: unknown columns {sorted(unknown)}, missing {sorted(missing)}")
+    row = {**_DEFAULTS, **fields}
+    if row["dueat"] is None:
+        row["dueat"] = row["delayabsolutetime"]
     return row
 
 

@@ -348,3 +348,17 @@ def test_a_claim_handed_straight_back_keeps_the_dead_owner(store):
     assert d.hand_back("next", [c]) == 1
     [again] = claim_all(d, "next", seq=2)
     assert again.recovered and again.previous_owner == "dead"
+
+
+def test_a_new_row_takes_the_models_defaults_and_refuses_unknown_or_missing_columns():
+    from schedulemaster.store.delayed_store import DelayStatus, ready_row
+
+    now = utcnow_naive()
+    base = dict(id="x", sourceapp="a", topic="t", contentkey="k", delayabsolutetime=now, createtime=now,
+                notifyurl="http://127.0.0.1:9/", notifydatatype="application/json", notifybody="{}")
+    row = ready_row(**base)
+    assert (row["status"], row["dueat"], row["attempts"], row["claimedby"]) == (DelayStatus.Ready, now, 0, None)
+    with pytest.raises(TypeError, match="unknown columns \\['colour'\\]"):
+        ready_row(**base, colour="red")
+    with pytest.raises(TypeError, match="missing \\['topic'\\]"):
+        ready_row(**{k: v for k, v in base.items() if k != "topic"})
