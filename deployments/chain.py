@@ -24,8 +24,8 @@ from typing import Any
 from schedulemaster.coordination.client import MasterClient
 from schedulemaster.coordination.wire import NodeRow
 from schedulemaster.deployments.spec import TaskSpec
-from schedulemaster.deployments.variables import read_disabled
 from schedulemaster.deployments.tasks import DEFAULT_QUEUE, NODE_QUEUE_PREFIX, Status, record_of
+from schedulemaster.deployments.variables import read_disabled
 
 log = logging.getLogger("schedulemaster.chain")
 
@@ -48,7 +48,6 @@ def owner(task_id: uuid.UUID, nodes: list[str], weights: dict[str, int] | None =
         return w[n] / -math.log((h + 0.5) / 2 ** 64)
 
     return max(sorted(nodes), key=score)
-
 
 
 def child_firing_id(child_id: uuid.UUID, parent_firing_id: str) -> str:

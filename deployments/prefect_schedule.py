@@ -19,8 +19,8 @@ import re
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
-from schedulemaster.deployments.spec import TaskSpec
 from schedulemaster.deployments.quartz import CronError, parse
+from schedulemaster.deployments.spec import TaskSpec
 
 SLUG = "quartz"  # + the expression: "quartz 0/10 * * * * ?"
 CHECK_COUNT = 40  # fire times compared between the two evaluators

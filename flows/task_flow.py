@@ -14,16 +14,18 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from schedulemaster.coordination.client import MasterClient
+from schedulemaster.coordination.wire import RunFailure
 from schedulemaster.deployments import chain
 from schedulemaster.deployments.spec import HTTP, TaskSpec, spec_of
 from schedulemaster.deployments.variables import read_node_settings
 from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
-from schedulemaster.coordination.client import MasterClient
-from schedulemaster.coordination.wire import RunFailure
 from schedulemaster.node import plugins
 from schedulemaster.settings import Settings
 
 FLOW_NAME = "schedulemaster-task"
+
+
 async def _report_failure(flow_obj, run, state) -> None:
     """A failed worker-path run reaches the master's keeper mailer (a Start is not a run)."""
     from datetime import datetime, timezone

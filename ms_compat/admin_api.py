@@ -17,12 +17,12 @@ from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Request
 
+from schedulemaster.flows.targets import networks
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat import roles
-from schedulemaster.store import audit as audit_store
 from schedulemaster.ms_compat.binding import F, FormValues, id_from_form_or_query, page_bounds
+from schedulemaster.store import audit as audit_store
 from schedulemaster.store.db import DEFAULT_ADMIN, Store, SystemUser, md5_hex
-from schedulemaster.flows.targets import networks
 
 USER_LIST = [F("pageNumber", "int"), F("pageSize", "int"), F("name", max_length=50)]
 USER_CREATE = [F("UserName", required=True, max_length=50), F("RealName", required=True, max_length=50),
@@ -43,6 +43,8 @@ MIN_PASSWORD = 6
 
 # settings whose values must parse, and how (the original accepted anything and failed later)
 _INT = re.compile(r"^\d{1,9}$")
+
+
 def _networks_ok(value: str) -> bool:
     try:
         networks(value)

@@ -22,9 +22,9 @@ from schedulemaster.dispatcher import callback as cb
 from schedulemaster.flows import targets
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.binding import F, FormValues, bind, id_from_form_or_query, page_bounds
+from schedulemaster.store.db import Configs, Store, SystemUser
 from schedulemaster.store.delayed_store import LATE_AFTER, STATUS_TEXT, DuplicateIds, host_of, ready_row
 from schedulemaster.timeutil import MAX_SPAN_SECONDS, utcnow_naive
-from schedulemaster.store.db import Configs, Store, SystemUser
 
 MAX_BATCH_ITEMS = 10_000
 BATCH_PATH = "/api/delaytask/createbatch"

@@ -38,16 +38,16 @@ from zoneinfo import ZoneInfo
 from sqlmodel import Session, select
 
 from schedulemaster.deployments.spec import TaskSpec
+from schedulemaster.deployments.tasks import Status, TaskRecord
+from schedulemaster.master import bulk_runs
+from schedulemaster.ms_compat.admin_api import CONFIG_RULES
 from schedulemaster.ms_compat.delayed_api import TEXT_FIELDS, to_utc, unsendable
 from schedulemaster.ms_compat.legacy_import import source_fingerprint
-from schedulemaster.timeutil import MAX_SPAN_SECONDS, utcnow_naive
-from schedulemaster.store.db import Store, SystemConfig, SystemUser
-from schedulemaster.store.ledger import ImportLedger, fingerprint
-from schedulemaster.master import bulk_runs
-from schedulemaster.store.delayed_store import T, host_of, ready_row
-from schedulemaster.ms_compat.admin_api import CONFIG_RULES
-from schedulemaster.deployments.tasks import Status, TaskRecord
 from schedulemaster.ms_compat.task_api import TaskError
+from schedulemaster.store.db import Store, SystemConfig, SystemUser
+from schedulemaster.store.delayed_store import T, host_of, ready_row
+from schedulemaster.store.ledger import ImportLedger, fingerprint
+from schedulemaster.timeutil import MAX_SPAN_SECONDS, utcnow_naive
 
 log = logging.getLogger("schedulemaster.import")
 

@@ -21,8 +21,8 @@ from sqlalchemy import bindparam, create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from schedulemaster.store.ledger import fingerprint
 from schedulemaster.deployments import quartz
+from schedulemaster.store.ledger import fingerprint
 
 # The original's tables and the columns this import reads (its EF model). A source missing one
 # of them is "a schema of a different version", reported before anything else happens.
@@ -146,7 +146,6 @@ def read_source(url: str, timeout: int = 10) -> Snapshot:
     finally:
         engine.dispose()
     return snap
-
 
 
 @dataclass

@@ -16,11 +16,11 @@ from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 
-from schedulemaster.store import claims
-from schedulemaster.ms_compat import responses as R
-from schedulemaster.ms_compat.binding import F, FormValues
 from schedulemaster.deployments.chain import is_online
 from schedulemaster.deployments.variables import read_disabled, set_disabled
+from schedulemaster.ms_compat import responses as R
+from schedulemaster.ms_compat.binding import F, FormValues
+from schedulemaster.store import claims
 
 NAME_FIELD: list[F] = [F("name", "str", required=True, max_length=100)]
 EDIT_FIELDS: list[F] = NAME_FIELD + [F("priority", "int"), F("maxConcurrency", "int")]

@@ -25,8 +25,8 @@ from schedulemaster.flows import targets
 from schedulemaster.flows.http_task import HttpTaskError, parse_params
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.binding import page_bounds
-from schedulemaster.store.db import Configs, Store, SystemUser
 from schedulemaster.store import claims
+from schedulemaster.store.db import Configs, Store, SystemUser
 
 log = logging.getLogger("schedulemaster.api")
 

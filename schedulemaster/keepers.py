@@ -19,8 +19,8 @@ from email.message import EmailMessage
 from email.utils import formataddr
 from typing import Any
 
-from schedulemaster.mail import smtp_send
 from schedulemaster.deployments.spec import TaskSpec
+from schedulemaster.mail import smtp_send
 
 log = logging.getLogger("schedulemaster.keepers")
 

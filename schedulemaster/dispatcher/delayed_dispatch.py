@@ -40,7 +40,6 @@ log = logging.getLogger("schedulemaster.delayed")
 MAX_PENDING_MAILS = 200  # creators' failure mails queued at once; beyond it they are logged, not sent
 
 
-
 @dataclass
 class Window:
     """What happened since the last report (the dispatcher's run log and artifact)."""

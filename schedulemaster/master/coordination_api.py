@@ -22,8 +22,8 @@ from fastapi import APIRouter, Body, HTTPException, Request
 
 from schedulemaster.coordination.wire import (NODE_TOKEN_HEADER, ClaimRequest, ClaimResult, LatestRequest,
                                               NodeRegistration, NodeRow, Registered, Released)
-from schedulemaster.store import claims
 from schedulemaster.deployments.chain import is_online
+from schedulemaster.store import claims
 
 log = logging.getLogger("schedulemaster.claims")
 

@@ -28,14 +28,14 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+from schedulemaster.coordination.wire import Firing
 from schedulemaster.deployments import chain
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
-from schedulemaster.store import claims
 from schedulemaster.deployments.tasks import DEFAULT_POLICY, INCARNATION_LABEL, POLICIES, Status, record_of
-from schedulemaster.timeutil import utcnow
 from schedulemaster.master.coordination_api import pool_workers
-from schedulemaster.coordination.wire import Firing
 from schedulemaster.master.record_api import record_firings
+from schedulemaster.store import claims
+from schedulemaster.timeutil import utcnow
 
 log = logging.getLogger("schedulemaster.failover")
 
@@ -49,8 +49,6 @@ START_GRACE = timedelta(seconds=30)  # a node just registered may not have heart
 def policy_of(spec: TaskSpec | None) -> str:
     value = (spec.FailoverPolicy if spec is not None else DEFAULT_POLICY).strip().lower()
     return value if value in POLICIES else DEFAULT_POLICY
-
-
 
 
 class Failover:

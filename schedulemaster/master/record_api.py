@@ -26,8 +26,8 @@ from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
 
 from schedulemaster.coordination.wire import MAX_RECORDS, FiringRecord, KnownTask, RecordResult, RunFailure
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
-from schedulemaster.master.coordination_api import node_caller
 from schedulemaster.master import bulk_runs
+from schedulemaster.master.coordination_api import node_caller
 from schedulemaster.store import claims
 
 TRANSACTION_SIZE = 50  # firings per IMMEDIATE transaction (see record_firings)

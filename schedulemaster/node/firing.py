@@ -36,15 +36,15 @@ from pydantic import ValidationError
 from schedulemaster.coordination.client import MasterClient
 from schedulemaster.coordination.wire import Firing
 from schedulemaster.deployments import chain, plan, quartz
+from schedulemaster.deployments import tasks as dep
 from schedulemaster.deployments.spec import TaskSpec, spec_of
+from schedulemaster.deployments.tasks import Status
+from schedulemaster.deployments.variables import read_disabled, read_node_settings
+from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
 from schedulemaster.node import plugins
 from schedulemaster.node.node_claims import AHEAD, Claimer, Superseded
-from schedulemaster.deployments import tasks as dep
 from schedulemaster.node.recorder import Recorder
-from schedulemaster.deployments.tasks import Status
-from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
 from schedulemaster.timeutil import utcnow
-from schedulemaster.deployments.variables import read_disabled, read_node_settings
 
 log = logging.getLogger("schedulemaster.node")
 
@@ -55,8 +55,6 @@ NODES_SECONDS = float(os.environ.get("SM_NODES_REFRESH_SECONDS") or 5.0)
 READY_SECONDS = 30.0  # under the foreman's 60 s "deployment not polled" timeout
 FULL_SYNC_SECONDS = 30.0
 MISFIRE_THRESHOLD = timedelta(seconds=60)  # Quartz's default; later than this is skipped
-
-
 
 
 def firing_id(task_id: uuid.UUID, at: datetime) -> str:

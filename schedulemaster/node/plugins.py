@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from schedulemaster.deployments.spec import TaskSpec
-from schedulemaster.sdk import CancellationToken, FunctionTask, TaskBase, TaskContext
 from schedulemaster.flows.http_task import HttpTaskError, parse_params
 from schedulemaster.packages import PackageError, check_name, safe_extract
+from schedulemaster.sdk import CancellationToken, FunctionTask, TaskBase, TaskContext
 
 log = logging.getLogger("schedulemaster.plugins")
 

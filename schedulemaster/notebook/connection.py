@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-from schedulemaster.notebook.legacy_client import DEFAULT_URL, LegacyClient, LegacyUnavailable
 from schedulemaster.credentials import client_auth_string
+from schedulemaster.notebook.legacy_client import DEFAULT_URL, LegacyClient, LegacyUnavailable
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "0.0.0.0", "::1", ""}
 

@@ -14,11 +14,11 @@ from uuid import UUID
 
 import pandas as pd
 
-from schedulemaster.notebook.connection import Connection, current, prefect_errors
 from schedulemaster.deployments.tasks import FLOW_NAME, NODE_QUEUE_PREFIX, STATUS_NAMES, Status, TaskRecord, record_of
-from schedulemaster.timeutil import parse_span
-from schedulemaster.notebook.lookup import HasId, read_spec, task_id_of
+from schedulemaster.notebook.connection import Connection, current, prefect_errors
 from schedulemaster.notebook.legacy_client import LegacyNotFound
+from schedulemaster.notebook.lookup import HasId, read_spec, task_id_of
+from schedulemaster.timeutil import parse_span
 
 TASK_STATUSES = [STATUS_NAMES[s] for s in (Status.Stop, Status.Running, Status.Paused)]
 TASK_TYPES = ["plugin", "http"]

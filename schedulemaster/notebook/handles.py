@@ -21,20 +21,22 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 from zoneinfo import ZoneInfo
 
+from schedulemaster.coordination.client import package_exists
+from schedulemaster.deployments import plan, quartz
+from schedulemaster.deployments.chain import find_cycle
 from schedulemaster.deployments.spec import TaskSpec
 from schedulemaster.deployments.tasks import POLICIES, STATUS_NAMES
+from schedulemaster.notebook import shipping
 from schedulemaster.notebook.connection import Connection, current, prefect_errors
 from schedulemaster.notebook.frames import logs, node_names, runs, task_records
 from schedulemaster.notebook.legacy_client import LegacyError, LegacyNotFound
-from schedulemaster.timeutil import parse_span
 from schedulemaster.notebook.lookup import find_task, read_spec
-from schedulemaster.deployments import plan, quartz
-from schedulemaster.deployments.chain import find_cycle
-from schedulemaster.notebook import shipping
-from schedulemaster.coordination.client import package_exists
+from schedulemaster.timeutil import parse_span
 
 HTTP_FIELDS = {"RequestUrl": "HttpRequestUrl", "Method": "HttpMethod", "ContentType": "HttpContentType",
                "Headers": "HttpHeaders", "Body": "HttpBody"}
+
+
 def params_json(params: dict[str, Any] | None) -> str:
     """Custom parameters as the original's CustomParamsJson (values as text, as it stored them)."""
     if not params:

@@ -56,8 +56,6 @@ STATUS_TEXT = {0: "已作废", 1: "已创建", 2: "已就绪", 3: "执行成功"
 STATUS_NAMES = {0: "voided", 1: "created", 2: "ready", 3: "succeeded", 4: "failed"}
 
 
-
-
 class ScheduleDelayed(SQLModel, table=True):
     __tablename__ = "scheduledelayeds"
     __table_args__ = (
