@@ -10,22 +10,12 @@ import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
-import psycopg
 import pytest
 
 from schedulemaster.node.firing import firing_id
 
 from failover_cluster import every_second, stop_all, unfinished_claims
 from helpers import wait_until
-
-
-def orphaned_claims(system) -> int:
-    """Unfinished claims of node processes that are gone (not the incarnation now registered
-    under their node's name)."""
-    with psycopg.connect(system.store_url) as conn:
-        return conn.execute(
-            "SELECT count(*) FROM sm_firing_claims c LEFT JOIN sm_nodes n ON n.name = c.node "
-            "WHERE c.finished_at IS NULL AND (n.incarnation IS NULL OR n.incarnation <> c.incarnation)").fetchone()[0]
 
 
 @pytest.mark.e2e
@@ -48,13 +38,11 @@ def test_chaos_random_kills_lose_and_duplicate_nothing(cluster, receiver):
                 kills += 1
             time.sleep(rng.uniform(3, 8))
             s.nodes[victim] = s.start_node(victim, "--wait-for-name", "60")
-        # the last kill's firings are taken over while the tasks still run (a firing of a
-        # stopped task is recorded failed, not re-run): both nodes back, the dead processes'
-        # claims handed over, and time for the re-runs
-        for n in ("worker2", "worker3"):
-            s.wait_node(n, timeout=120)
-        wait_until(lambda: orphaned_claims(s) == 0, timeout=120, interval=1)
-        time.sleep(15)  # the re-runs just handed over run (a worker poll, then the request)
+        # The last kill's firings are taken over while the tasks still run (a firing of a stopped
+        # task is recorded failed, not re-run). Not a condition: until the dead process counts as
+        # offline (~25 s), Prefect still shows its name ONLINE and its claims look like a live
+        # node's, so nothing observable here says the hand-over is done.
+        time.sleep(45)
     finally:
         end = datetime.now(timezone.utc)
         stop_all(s, ids)
@@ -73,7 +61,7 @@ def test_chaos_random_kills_lose_and_duplicate_nothing(cluster, receiver):
         reruns = {(r["parameters"].get("rerun") or {}).get("idempotency_key")
                   for r in s.flow_runs(t, 200) if "sm:rerun" in r["tags"]}
         unmarked += [k for k, n in keys.items() if n > 1 and k not in reruns]
-    # not asserted (yet): a run of this test once found a re-run still not final 120 s after the kills
+    # printed, not asserted: runs of a dead node's firings left Scheduled, Pending or Running
     unfinished = [r["state_type"] for t in ids for r in s.flow_runs(t, 200) if "sm:rerun" in r["tags"]
                   and r["state_type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")]
     print(f"chaos: {kills} kills, {arrivals} arrivals, {len(lost)} lost, {len(unmarked)} unmarked duplicates, "
