@@ -87,7 +87,6 @@ def online(workers, disabled: set[str] | frozenset[str] = frozenset()) -> list[s
 
 async def live_nodes(client, work_pool: str) -> list[str]:
     """The nodes that may fire tasks now: alive (Prefect's heartbeats) and enabled."""
-
     try:
         return online(await client.read_workers_for_work_pool(work_pool), await read_disabled(client))
     except Exception:
@@ -118,7 +117,6 @@ async def owning_node(client, work_pool: str, task_id: uuid.UUID, spec: TaskSpec
 async def queue_for(client, work_pool: str, task_id: uuid.UUID, spec: TaskSpec) -> str:
     """The queue of the node that fires this task; with no live node allowed, the first
     executor's queue (or the shared one)."""
-
     allowed = spec.Executors
     node = await owning_node(client, work_pool, task_id, spec) or (allowed[0] if allowed else None)
     return DEFAULT_QUEUE if node is None else NODE_QUEUE_PREFIX + node

@@ -29,7 +29,6 @@ _PLAIN = re.compile(r"^[0-9A-Za-z*,/\-?]+$")
 
 def croniter_expression(quartz: str) -> str | None:
     """Quartz → Prefect cron text, or None where the dialects differ (W, L in dow, #, year)."""
-
     try:
         parsed = parse(quartz)
     except CronError:

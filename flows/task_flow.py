@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from schedulemaster.coordination.client import MasterClient
 from schedulemaster.coordination.wire import RunFailure
 from schedulemaster.deployments import chain
-from schedulemaster.deployments.spec import HTTP, TaskSpec, spec_of
+from schedulemaster.deployments.spec import TaskSpec, spec_of
 from schedulemaster.deployments.variables import read_node_settings
 from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
 from schedulemaster.node import plugins
@@ -68,8 +68,6 @@ async def run_task(task: dict[str, Any], fire: dict[str, Any] | None = None, act
         return {"started": True}
     settings = await read_node_settings()
     async with new_session(10) as client:
-        if spec.MetaType != HTTP or spec.Http is None:
-            raise RuntimeError("an HTTP task without its request (Http)")
         out = await perform_http(client, spec.Http, settings=settings, idempotency_key=key)
     for level, msg, _ts in out.logs:
         logger.log(level, msg)

@@ -20,19 +20,19 @@ from starlette.responses import Response
 
 from schedulemaster.body_limit import BodyAborted, BodyStalled, BodyTooLarge, bounded, declared_too_large
 from schedulemaster.deployments.spec import TaskSpec
+from schedulemaster.deployments.variables import mirror_settings
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat import roles
 from schedulemaster.ms_compat.admin_api import add_admin_routes, add_audit_route
 from schedulemaster.ms_compat.audit import AUDITED, AuditTrail
 from schedulemaster.ms_compat.auth import Authenticator
+from schedulemaster.ms_compat.binding import (ID_ONLY, QUERY_LIST, SCHEDULE_INFO, FormValues, bind,
+                                              id_from_form_or_query)
 from schedulemaster.ms_compat.delayed_api import BATCH_LIMIT, BATCH_PATH, add_delayed_routes
 from schedulemaster.ms_compat.history_api import add_history_routes
 from schedulemaster.ms_compat.node_api import add_node_routes
-from schedulemaster.packages import MAX_PACKAGE_BYTES, PackageError
-from schedulemaster.ms_compat.binding import (ID_ONLY, QUERY_LIST, SCHEDULE_INFO, FormValues, bind,
-                                              id_from_form_or_query)
-from schedulemaster.deployments.variables import mirror_settings
 from schedulemaster.ms_compat.task_api import SERVICE_ERROR, TaskError, TaskService
+from schedulemaster.packages import MAX_PACKAGE_BYTES, PackageError
 from schedulemaster.store.db import Store
 
 log = logging.getLogger("schedulemaster.api")
@@ -259,7 +259,6 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
 
     async def settings_saved() -> None:
         """Nodes read the settings from a Prefect Variable: refresh it on every save."""
-
         delayed_configs.invalidate()
         state["service"].configs.invalidate()
         await mirror_settings(state["service"].client, store)

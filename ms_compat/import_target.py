@@ -546,7 +546,6 @@ async def write_history(runs: list[HistoricalRun]) -> tuple[set[str], set[uuid.U
 
 def delayed_row(item: dict[str, Any], tz: str) -> dict[str, Any]:
     """The store row of a pending delayed task of the original (times given in ``tz``)."""
-
     url = (item.get("notifyurl") or "").strip()
     problem = unsendable(url, item.get("notifydatatype") or "", item.get("notifybody") or "",
                          list(item.get("executors") or []), {k: item.get(k.lower()) for k in TEXT_FIELDS})

@@ -171,7 +171,6 @@ class Failover:
 
     async def _record(self, items: list[tuple[claims.FiringClaim, TaskSpec | None, bool, str]]) -> None:
         """Record firings in Prefect on the nodes' behalf: (claim, task spec, ok, message)."""
-
         now = utcnow()
         records = [Firing(UUID(c.task_id), c.firing_id, spec.Title if spec else "", c.scheduled,
                           max(c.claimed_at, c.scheduled), c.finished_at or now, ok, message, c.node,

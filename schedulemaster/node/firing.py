@@ -31,13 +31,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from pydantic import ValidationError
-
 from schedulemaster.coordination.client import MasterClient
 from schedulemaster.coordination.wire import Firing
 from schedulemaster.deployments import chain, plan, quartz
 from schedulemaster.deployments import tasks as dep
-from schedulemaster.deployments.spec import TaskSpec, spec_of
+from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.deployments.tasks import Status
 from schedulemaster.deployments.variables import read_disabled, read_node_settings
 from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
@@ -216,11 +214,8 @@ class FiringLoop:
 
     def owns_run(self, flow_run) -> bool:
         """Whether a flow run of a task (e.g. started from the UI) is this node's to run."""
-        try:
-            spec = spec_of((flow_run.parameters or {}).get("task") or {})
-        except ValidationError:
-            return False
-        return flow_run.deployment_id is not None and self.mine(spec, flow_run.deployment_id)
+        spec = spec_or_none((flow_run.parameters or {}).get("task"))
+        return spec is not None and flow_run.deployment_id is not None and self.mine(spec, flow_run.deployment_id)
 
     def mine(self, spec: TaskSpec, task_id: uuid.UUID) -> bool:
         allowed = spec.Executors

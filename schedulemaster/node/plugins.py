@@ -62,7 +62,6 @@ class PluginOutcome:
 
 def params_of(spec: TaskSpec) -> dict[str, str]:
     """The task's custom parameters (captured at Start) as ParamKey -> ParamValue."""
-
     try:
         return dict(parse_params(spec.CustomParamsJson))
     except HttpTaskError:
@@ -193,7 +192,6 @@ class PluginHost:
 
     async def _unpack(self, assembly: str, task_dir: Path) -> Path | None:
         """The task's copy of its uploaded package (fetched anew at every Start), or None."""
-
         if self.fetch is None or not assembly:
             return None
         marker = task_dir / ".package"
@@ -288,7 +286,6 @@ class PluginHost:
 
 def _unpacked_name(marker: Path) -> str | None:
     """The AssemblyName of the package a task directory holds (its marker names the file)."""
-
     try:
         return check_name(marker.read_text())[0]
     except (PackageError, OSError):

@@ -103,7 +103,6 @@ def connect(url: str | None = None, user: str | None = None, password: str | Non
     API (default ``$PREFECT_API_AUTH_STRING``, else the one a system on this machine keeps in its
     data directory: ``$SM_DATA_DIR``, or ``.schedulemaster`` in this directory or above).
     """
-
     global _current
     url = url or os.environ.get("SM_API") or DEFAULT_URL
     legacy = LegacyClient(url, user or os.environ.get("SM_USER") or "admin",

@@ -55,7 +55,6 @@ def params_json(params: dict[str, Any] | None) -> str:
 
 def check_cron(cron: str | None) -> None:
     """The server's own Quartz parser, with its message, before anything is sent."""
-
     if cron is None:
         return
     if not isinstance(cron, str):
@@ -165,7 +164,6 @@ class Task:
     def next_fires(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
         """The next ``count`` instants this task fires at if it runs (StartDate, EndDate and
         RunLoop included), in the task's zone: the same Quartz evaluation the nodes use."""
-
         if not isinstance(count, int) or isinstance(count, bool) or not 0 < count <= 10_000:
             raise ValueError(f"count must be a whole number from 1 to 10000, got {count!r}")
         spec = self.spec()

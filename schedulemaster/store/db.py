@@ -178,7 +178,6 @@ class Store:
 
     def init(self) -> None:
         """Create the tables and seed the default account and settings (idempotent)."""
-
         from sqlalchemy import text
 
         ensure_database(self.url)

@@ -116,14 +116,15 @@ class DelayedAttempt(SQLModel, table=True):
 #: more than inserting it)
 _DEFAULTS = {name: (int(f.default) if isinstance(f.default, IntEnum) else f.default)
              for name, f in ScheduleDelayed.model_fields.items() if not f.is_required()}
-_REQUIRED = {name for name, f in ScheduleDelayed.model_fields.items() if f.is_required()}
+_REQUIRED = frozenset(name for name, f in ScheduleDelayed.model_fields.items() if f.is_required())
+_COLUMNS = frozenset(ScheduleDelayed.model_fields)
 
 
 def ready_row(**fields: Any) -> dict[str, Any]:
     """A new delayed task waiting for its callback, as the row to insert: the model's defaults
     (Ready, unclaimed, no attempts yet) for every column ``fields`` leaves out, and ``dueat``
     its first due time. The legacy API's Create and the import both build rows here."""
-    unknown, missing = set(fields) - set(ScheduleDelayed.model_fields), _REQUIRED - set(fields)
+    unknown, missing = fields.keys() - _COLUMNS, _REQUIRED - fields.keys()
     if unknown or missing:
         raise TypeError(f"a delayed task row: unknown columns {sorted(unknown)}, missing {sorted(missing)}")
     row = {**_DEFAULTS, **fields}

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from pydantic import ValidationError
 
-from schedulemaster.deployments.spec import TaskSpec, spec_of, spec_or_none
+from schedulemaster.deployments.spec import spec_of, spec_or_none
 from schedulemaster.deployments.tasks import TAG, Status, record_of
 
 HTTP = {"Id": "a", "Title": "ping", "MetaType": 2, "RunLoop": True, "CronExpression": "0/5 * * * * ?",

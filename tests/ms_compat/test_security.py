@@ -31,6 +31,7 @@ PROJECT_ENDPOINTS = [
     ("POST", "/schedulemaster/claims/release", {}),
     ("POST", "/schedulemaster/claims/latest", {"task_ids": []}),
     ("GET", "/schedulemaster/plugins/anything", None),
+    ("HEAD", "/schedulemaster/plugins/anything", None),
 ]
 
 
