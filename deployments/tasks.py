@@ -192,6 +192,90 @@ class TaskRepository:
                 session=session, deployment_filter=flt, sort=schemas.sorting.DeploymentSort.CREATED_DESC)
             return [r for r in (record_of(d) for d in deps) if r is not None]
 
+    async def page(self, title: str | None, offset: int, limit: int) -> tuple[int, list[TaskRecord]]:
+        """(how many tasks match, one page of them newest first): counted, filtered and cut in
+        SQL, reading only the columns a task needs, so a page costs the same at 10 tasks and
+        at 10,000. ``title``: a case-sensitive substring of the Title, as the original's
+        QueryList matched it."""
+        import sqlalchemy as sa
+
+        D = self.db.Deployment
+        where = [self._tagged()]
+        if title:
+            where.append(self._title_contains(title))
+        async with self._read() as session:
+            total = (await session.execute(sa.select(sa.func.count()).select_from(D).where(*where))).scalar_one()
+            rows = (await session.execute(sa.select(*self._columns()).where(*where)
+                                          .order_by(D.created.desc(), D.id.desc())
+                                          .offset(offset).limit(limit))).all()
+        return total, [r for r in (record_of(row) for row in rows) if r is not None]
+
+    async def versions(self, since: datetime | None) -> tuple[int, list[tuple[uuid.UUID, datetime]]]:
+        """(how many tasks exist, (id, updated) of those updated at or after ``since``): what a
+        node needs to keep its task book, through the index on ``updated``."""
+        import sqlalchemy as sa
+
+        D = self.db.Deployment
+        changed = [self._tagged()] + ([D.updated >= since] if since is not None else [])
+        async with self._read() as session:
+            count = (await session.execute(sa.select(sa.func.count()).select_from(D).where(self._tagged()))).scalar_one()
+            rows = (await session.execute(sa.select(D.id, D.updated).where(*changed))).all()
+        return count, [(row.id, row.updated) for row in rows]
+
+    async def chains(self, among: list[uuid.UUID] | None = None) -> dict[str, tuple[str, list[str]]]:
+        """{task id: (Title, Nexts)} of the tasks that have children, plus those in ``among``
+        (children to check): what a cycle check needs, without reading every task."""
+        import sqlalchemy as sa
+
+        wanted = self._has_children()
+        if among:
+            wanted = sa.or_(wanted, self.db.Deployment.id.in_(among))
+        return {str(r.id): (r.spec.Title, list(r.spec.Nexts)) for r in await self._records(wanted)}
+
+    async def parents_of(self, task_id: uuid.UUID) -> list[TaskRecord]:
+        """The tasks whose Nexts name this one."""
+        return [r for r in await self._records(self._has_children()) if str(task_id) in r.spec.Nexts]
+
+    async def _records(self, *where) -> list[TaskRecord]:
+        import sqlalchemy as sa
+
+        async with self._read() as session:
+            rows = (await session.execute(sa.select(*self._columns()).where(self._tagged(), *where))).all()
+        return [r for r in (record_of(row) for row in rows) if r is not None]
+
+    def _columns(self):
+        D = self.db.Deployment
+        return (D.id, D.name, D.tags, D.paused, D.parameters, D.created, D.updated)
+
+    def _has_children(self):
+        import sqlalchemy as sa
+
+        D = self.db.Deployment
+        if self.db.dialect.name == "postgresql":
+            return sa.func.jsonb_array_length(D.parameters.op("#>")(sa.literal("{task,Nexts}"))) > 0
+        return sa.func.json_array_length(sa.func.json_extract(D.parameters, "$.task.Nexts")) > 0
+
+    def _tagged(self):
+        """Deployments that are tasks, as record_of tells them: tagged, with a ``task`` object
+        among their parameters (the dispatcher's own deployment is tagged too, and has none)."""
+        import sqlalchemy as sa
+
+        D = self.db.Deployment
+        if self.db.dialect.name == "postgresql":
+            return sa.and_(D.tags.op("@>")(sa.cast([TAG], D.tags.type)),
+                           sa.func.jsonb_typeof(D.parameters.op("->")("task")) == "object")
+        return sa.and_(sa.exists(sa.select(1).select_from(sa.func.json_each(D.tags).table_valued("value"))
+                                 .where(sa.literal_column("value") == TAG)),
+                       sa.func.json_type(D.parameters, "$.task") == "object")
+
+    def _title_contains(self, title: str):
+        import sqlalchemy as sa
+
+        D = self.db.Deployment
+        if self.db.dialect.name == "postgresql":
+            return sa.func.strpos(D.parameters.op("#>>")(sa.literal("{task,Title}")), title) > 0
+        return sa.func.instr(sa.func.json_extract(D.parameters, "$.task.Title"), title) > 0
+
     async def write(self, task_id: uuid.UUID, spec: TaskSpec, status: Status,
                     rename: bool = False) -> None:
         import sqlalchemy as sa
@@ -229,6 +313,21 @@ class TaskRepository:
                                    parent.status)
             return await models.deployments.delete_deployment(session=session, deployment_id=task_id)
 
+    async def run_stats_of(self, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[int, datetime | None]]:
+        """(TotalRunCount, LastRunTime) of many tasks in one grouped query (a QueryList page)."""
+        import sqlalchemy as sa
+        from prefect.server.schemas.states import StateType
+
+        F = self.db.FlowRun
+        if not task_ids:
+            return {}
+        async with self._read() as session:
+            rows = (await session.execute(
+                sa.select(F.deployment_id, sa.func.count(), sa.func.max(F.end_time))
+                .where(F.deployment_id.in_(task_ids), F.state_type == StateType.COMPLETED)
+                .group_by(F.deployment_id))).all()
+        return {row[0]: (row[1], row[2]) for row in rows}
+
     async def run_stats(self, task_id: uuid.UUID) -> tuple[int, datetime | None]:
         """(TotalRunCount, LastRunTime): successful runs, from Prefect's own run records."""
         from prefect.server import models, schemas
@@ -245,22 +344,3 @@ class TaskRepository:
                 session=session, deployment_filter=dflt, flow_run_filter=fflt,
                 sort=schemas.sorting.FlowRunSort.END_TIME_DESC, limit=1)
             return count, (runs[0].end_time if runs else None)
-
-
-# ---- what executor nodes read, through the Prefect client --------------------------------
-
-async def list_tasks(client) -> list[TaskRecord]:
-    """Every task, newest first, through Prefect's HTTP API (for nodes; paged by 200)."""
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
-
-    out: list[TaskRecord] = []
-    offset = 0
-    flt = DeploymentFilter(tags=DeploymentFilterTags(all_=[TAG]))
-    while True:
-        page = await client.read_deployments(deployment_filter=flt, limit=200, offset=offset)
-        out += [r for r in (record_of(d) for d in page) if r is not None]
-        if len(page) < 200:
-            break
-        offset += 200
-    out.sort(key=lambda r: r.created, reverse=True)
-    return out

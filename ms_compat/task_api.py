@@ -99,10 +99,10 @@ class TaskService:
             "NextFireTimes": [R.fmt_date(self.to_local(f)) for f in fires],
         }
 
-    async def list_row(self, rec: TaskRecord) -> dict[str, Any]:
+    def list_row(self, rec: TaskRecord, count: int, last: datetime | None) -> dict[str, Any]:
         """A QueryList row: only these fields were populated by the original."""
         s = rec.spec
-        count, last = await self.stats(rec)
+        last = self.to_local(last)
         return {
             "Id": str(rec.id), "Title": s.Title, "MetaType": 0, "RunLoop": s.RunLoop,
             "CronExpression": None, "Remark": None, "StartDate": R.fmt_nullable_date(_d(s.StartDate)),
@@ -258,14 +258,16 @@ class TaskService:
                           records: dict[str, TaskRecord] | None = None) -> None:
         if not nexts:
             return
-        if records is None:
-            records = {str(r.id): r for r in await self.repo.list()}
-        missing = [n for n in nexts if n not in records]
+        if records is not None:
+            known = {tid: (r.spec.Title, list(r.spec.Nexts)) for tid, r in records.items()}
+        else:
+            known = await self.repo.chains([uuid.UUID(str(task_id)), *(uuid.UUID(n) for n in nexts if _is_uuid(n))])
+        missing = [n for n in nexts if n not in known]
         if missing:
             raise TaskError(f"子任务不存在：{', '.join(missing)}")
-        graph = {tid: list(r.spec.Nexts) for tid, r in records.items()}
+        graph = {tid: children for tid, (_title, children) in known.items()}
         graph[str(task_id)] = nexts
-        title = {tid: r.spec.Title for tid, r in records.items()}
+        title = {tid: t for tid, (t, _children) in known.items()}
         title.setdefault(str(task_id), "(本任务)")
         path = chain.find_cycle(graph, str(task_id))
         if path:
@@ -421,7 +423,7 @@ class TaskService:
             return R.failed("当前任务状态下不能删除!")
         try:
             # The original also dropped references in both directions.
-            parents = [o for o in await self.repo.list() if str(task_id) in o.spec.Nexts]
+            parents = await self.repo.parents_of(task_id)
             await self.repo.delete(task_id, parents)
         except Exception:
             log.exception("delete failed")
@@ -430,15 +432,22 @@ class TaskService:
 
     async def query_list(self, name: str | None, page: int, size: int):
         page, size = page_bounds(page, size, 10)
-        records = await self.repo.list()
-        if name:
-            records = [r for r in records if name in r.spec.Title]
-        rows = [await self.list_row(r) for r in records[(page - 1) * size: page * size]]
-        return R.json_response({"total": len(records), "rows": rows})
+        total, records = await self.repo.page(name or None, (page - 1) * size, size)
+        stats = await self.repo.run_stats_of([r.id for r in records])
+        rows = [self.list_row(r, *stats.get(r.id, (0, None))) for r in records]
+        return R.json_response({"total": total, "rows": rows})
 
     async def query_detail(self, task_id: uuid.UUID | None):
         rec = await self.repo.read(task_id) if task_id else None
         return R.ok("请求数据成功", await self.entity(rec) if rec else None)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _d(value: str | None) -> datetime | None:

@@ -1,4 +1,4 @@
-"""The two changes this project makes to Prefect's behaviour inside its own processes.
+"""The changes this project makes to Prefect's behaviour inside its own processes.
 
 1. Prefect 3.8.8 validates every schedule's time zone against ``get_timezones()``, which lists
 the whole tz database from disk on each call (``zoneinfo.available_timezones()``: 5 ms
@@ -13,6 +13,15 @@ a guard against concurrent SQLite writes). Node coordination (firing claims, the
 table: schedulemaster/master/coordination_api.py) never touches Prefect's database, yet it queued
 behind requests waiting up to 60 s for SQLite's write lock: claims took 37 s and every
 firing of those seconds was late. Those paths skip the limiter; everything else keeps it.
+
+3. On SQLite, Prefect opens its explicit transactions DEFERRED unless the caller asked for
+``with_for_update``: the write lock is taken at the first write. When another connection
+committed after this transaction's first read, SQLite refuses the upgrade at once
+(SQLITE_BUSY_SNAPSHOT: "database is locked", no waiting), so under concurrent writers
+Prefect's own services failed now and then (seen: the worker channel's heartbeat, which
+then closed the node's channel; the triggers service). Every explicit transaction here
+starts IMMEDIATE: it waits its turn for the write lock at BEGIN, and nothing after BEGIN
+can be refused. Reads outside a transaction (Prefect's read endpoints) are untouched.
 """
 
 from __future__ import annotations
@@ -26,6 +35,28 @@ UNLIMITED_PREFIXES = ("/api/schedulemaster/claims", "/api/schedulemaster/nodes")
 def apply() -> None:
     _cache_timezones()
     _exempt_coordination_from_request_limit()
+    _immediate_sqlite_transactions()
+
+
+def _immediate_sqlite_transactions() -> None:
+    from contextlib import asynccontextmanager
+
+    from prefect.server.database.configurations import SQLITE_BEGIN_MODE, AioSqliteConfiguration
+
+    if getattr(AioSqliteConfiguration, "_schedulemaster_immediate", False):
+        return
+
+    @asynccontextmanager
+    async def begin_transaction(self, session, with_for_update: bool = False):
+        token = SQLITE_BEGIN_MODE.set("IMMEDIATE")
+        try:
+            async with session.begin() as transaction:
+                yield transaction
+        finally:
+            SQLITE_BEGIN_MODE.reset(token)
+
+    AioSqliteConfiguration.begin_transaction = begin_transaction
+    AioSqliteConfiguration._schedulemaster_immediate = True
 
 
 def _exempt_coordination_from_request_limit() -> None:

@@ -15,10 +15,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 
+from schedulemaster.coordination import wire
 from schedulemaster.settings import Settings
 
 PR_SET_PDEATHSIG = 1
@@ -52,16 +54,27 @@ class Child:
         self.started_at = time.monotonic()
 
 
-def wait_ready(settings: Settings, timeout: float = 180.0) -> bool:
-    """Both doors answer: Prefect's API and the legacy API's health check."""
+def wait_ready(settings: Settings, node: str | None = None, auth: str | None = None,
+               timeout: float = 180.0, since: datetime | None = None) -> bool:
+    """Both doors answer (Prefect's API and the legacy API's health check) and ``node`` has
+    registered with the master, so a task started now fires (a system that said "up" while
+    its node was still starting let the first firings pass with no node). ``since``: a
+    registration older than this is a previous run's."""
     deadline = time.monotonic() + timeout
     urls = [f"http://127.0.0.1:{settings.prefect_port}/api/health",
             f"http://127.0.0.1:{settings.api_port}/api/health"]
+    nodes_url = f"http://127.0.0.1:{settings.prefect_port}/api{wire.NODES_PATH}"
+    basic = tuple(auth.split(":", 1)) if auth and ":" in auth else None
     while time.monotonic() < deadline:
         try:
             if all(httpx.get(u, timeout=2).status_code == 200 for u in urls):
-                return True
-        except httpx.HTTPError:
+                if node is None:
+                    return True
+                r = httpx.get(nodes_url, timeout=5, auth=basic)
+                rows = [wire.NodeRow.model_validate(row) for row in r.json()] if r.status_code == 200 else []
+                if any(row.name == node and (since is None or row.started_at >= since) for row in rows):
+                    return True
+        except (httpx.HTTPError, ValueError):
             pass
         time.sleep(0.25)
     return False
@@ -110,10 +123,10 @@ def run_up(settings: Settings, node_name: str = "worker1", maxc: int = 20, echo=
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    t0 = time.monotonic()
+    t0, started = time.monotonic(), datetime.now(timezone.utc)
     for c in children:
         c.start()
-    if wait_ready(settings):
+    if wait_ready(settings, node_name, auth, since=started):
         host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "") else settings.api_host
         echo(f"ScheduleMaster is up in {time.monotonic() - t0:.1f} s  (data: {settings.data_dir.resolve()})")
         echo(f"  Prefect UI     http://127.0.0.1:{settings.prefect_port}/")

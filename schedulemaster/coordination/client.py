@@ -45,6 +45,12 @@ class MasterClient:
     async def nodes(self) -> list[wire.NodeRow]:
         return _NODE_ROWS.validate_json((await self._call("GET", wire.NODES_PATH)).content)
 
+    # ---- the task book -------------------------------------------------------------------
+    async def task_versions(self, since: datetime | None) -> wire.TaskVersions:
+        """(id, updated) of the tasks changed since ``since`` (all of them when None) and the count."""
+        return wire.TaskVersions.model_validate_json(
+            (await self._call("POST", wire.TASK_VERSIONS_PATH, wire.VersionsRequest(since=since))).content)
+
     # ---- claims -----------------------------------------------------------------------
     async def claim(self, request: wire.ClaimRequest) -> wire.ClaimResult:
         return wire.ClaimResult.model_validate_json((await self._call("POST", wire.CLAIMS_PATH, request)).content)

@@ -23,6 +23,7 @@ LATEST_PATH = PREFIX + "/claims/latest"
 FIRINGS_PATH = PREFIX + "/firings"
 FAILURES_PATH = PREFIX + "/failures"
 PACKAGE_PATH = PREFIX + "/plugins/{name}"
+TASK_VERSIONS_PATH = PREFIX + "/tasks/versions"
 
 NODE_TOKEN_HEADER = "x-sm-node-token"  # the secret a node was given at registration
 NAME = r"^[^/%\s][^/%]{0,98}[^/%\s]$|^[^/%\s]$"  # a node name (also a work-queue suffix)
@@ -56,6 +57,28 @@ class NodeRow(BaseModel):
     host: str = ""
     started_at: datetime
     running: int = 0
+
+
+# ---- the task book -------------------------------------------------------------------------
+
+class VersionsRequest(BaseModel):
+    """Which tasks changed: those updated at or after ``since``; every task when None."""
+
+    since: datetime | None = None
+
+
+class TaskVersion(BaseModel):
+    id: UUID
+    updated: datetime
+
+
+class TaskVersions(BaseModel):
+    """``as_of``: the master's clock before it looked (the next ``since``, less an overlap);
+    ``count``: how many tasks exist, so a node notices deletions without reading them all."""
+
+    as_of: datetime
+    count: int
+    tasks: list[TaskVersion]
 
 
 # ---- claims -----------------------------------------------------------------------------

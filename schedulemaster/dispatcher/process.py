@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from schedulemaster import prefect_patches
+from schedulemaster import prefect_patches, stall_watch
 from schedulemaster.settings import Settings
 
 log = logging.getLogger("schedulemaster.dispatcher")
@@ -86,6 +86,7 @@ async def serve_dispatcher(settings: Settings, name: str, max_held: int = 5000, 
     dispatcher = Dispatcher(store.delayed, name, configs.get, max_held=max_held, per_host=per_host,
                             lease=lease, single=single, on_final_failure=mail_creator)
     loop = asyncio.get_running_loop()
+    stall_watch.start(loop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, dispatcher.stop)
     log.info("dispatcher %s started on %s store (%s)", dispatcher.me, "SQLite" if single else "PostgreSQL",

@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 
-from schedulemaster import prefect_patches
+from schedulemaster import prefect_patches, stall_watch
 from schedulemaster.deployments.pool import ensure_infrastructure, wait_for_prefect
 from schedulemaster.deployments.variables import mirror_settings
 from schedulemaster.settings import Settings
@@ -167,6 +167,7 @@ async def serve_master(settings: Settings) -> None:
                _Server(legacy_app, settings.api_host, settings.api_port, settings.trusted_proxies)]
 
     loop = asyncio.get_running_loop()
+    stall_watch.start(loop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: [s.stop() for s in servers])
     # The legacy API's lifespan waits for Prefect's; start Prefect first.

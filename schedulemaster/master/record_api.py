@@ -18,17 +18,19 @@ run's idempotency key is the firing id, so recording a firing twice leaves one r
 from __future__ import annotations
 
 import asyncio
-
 from datetime import datetime, timedelta
 from typing import Callable
 
 from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
 
-from schedulemaster.coordination.wire import MAX_RECORDS, FiringRecord, KnownTask, RecordResult, RunFailure
+from schedulemaster.coordination.wire import (MAX_RECORDS, FiringRecord, KnownTask, RecordResult, RunFailure,
+                                              TaskVersion, TaskVersions, VersionsRequest)
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
+from schedulemaster.deployments.tasks import TaskRepository
 from schedulemaster.master import bulk_runs
 from schedulemaster.master.coordination_api import node_caller
 from schedulemaster.store import claims
+from schedulemaster.timeutil import utcnow
 
 TRANSACTION_SIZE = 50  # firings per IMMEDIATE transaction (see record_firings)
 
@@ -204,6 +206,13 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
         if store_engine is not None:  # a recorded firing's claim is done (schedulemaster/store/claims.py)
             await asyncio.to_thread(claims.finish, store_engine, [r.firing_id for r in records], "recorded")
         return result
+
+    @router.post("/tasks/versions")
+    async def task_versions(body: VersionsRequest) -> TaskVersions:
+        """What changed in the task book (schedulemaster/node/firing.py keeps it in sync)."""
+        as_of = utcnow()
+        count, rows = await TaskRepository().versions(body.since)
+        return TaskVersions(as_of=as_of, count=count, tasks=[TaskVersion(id=i, updated=u) for i, u in rows])
 
     @router.post("/failures")
     async def post_failure(failure: RunFailure) -> KnownTask:

@@ -47,11 +47,14 @@ from schedulemaster.timeutil import utcnow
 log = logging.getLogger("schedulemaster.node")
 
 SYNC_SECONDS = 1.0
+#: how far before the last look a sync asks again: a write whose transaction committed
+#: after a later one was seen still arrives
+VERSION_OVERLAP = timedelta(seconds=5)
+RECONCILE_SECONDS = 120.0  # every task's version compared (see sync)
 #: how often the live nodes, their weights and the disabled list are re-read; SM_NODES_REFRESH_SECONDS
 #: overrides (the tests use 1 s instead of waiting out 5)
 NODES_SECONDS = float(os.environ.get("SM_NODES_REFRESH_SECONDS") or 5.0)
 READY_SECONDS = 30.0  # under the foreman's 60 s "deployment not polled" timeout
-FULL_SYNC_SECONDS = 30.0
 MISFIRE_THRESHOLD = timedelta(seconds=60)  # Quartz's default; later than this is skipped
 
 
@@ -116,8 +119,13 @@ class FiringLoop:
         self._inflight: set[asyncio.Task] = set()
         self.fired = 0
         self.skipped = 0
-        self._last_change: Any = None
+        #: every task's `updated` as last read, and its record (None: not a valid task); the
+        #: records of tasks other nodes own are kept too, so a change of nodes needs no reads
+        self.versions: dict[uuid.UUID, datetime] = {}
+        self.records: dict[uuid.UUID, dep.TaskRecord | None] = {}
+        self._as_of: datetime | None = None  # the master's clock at the last look
         self._last_full = 0.0
+        self._reapply = False  # the live nodes changed: every known task is re-applied
 
     # ---- loops --------------------------------------------------------------------
     async def run(self) -> None:
@@ -230,61 +238,45 @@ class FiringLoop:
                 # starts after the last claimed instant (catch_up), so dropping them loses them
                 self.handed_off[tid] = (entry, utcnow())
                 self.plugin_wanted.discard(tid)  # its instance goes at the next full sync
-        self._last_change = None
+        self._reapply = True
 
     async def sync(self) -> None:
-        """Bring the task book up to date with Prefect's deployments.
+        """Bring the task book up to date with the task deployments.
 
-        Cheap when nothing changed (a count and the newest `updated`); incremental when
-        tasks were created or edited (only deployments updated since the last look, newest
-        first); a full read when tasks vanished, and every FULL_SYNC_SECONDS anyway.
-        Reading every deployment each second would starve the master with 1,000 tasks.
+        The master says which tasks changed since the last look (``updated`` is indexed, so
+        that costs what changed, not how many tasks there are) and how many exist; only the
+        changed ones are read. Every version is compared when the count does not add up (a
+        task went, or one committed late with an older ``updated``), and every
+        RECONCILE_SECONDS anyway: a few bytes per task, for an edit that committed more than
+        VERSION_OVERLAP after its timestamp.
         """
-        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
-        from prefect.client.schemas.sorting import DeploymentSort
-
-        flt = DeploymentFilter(tags=DeploymentFilterTags(all_=[dep.TAG]))
-        count = (await self.client.request("POST", "/deployments/count",
-                                           json={"deployments": flt.model_dump(mode="json")})).json()
-        latest = await self.client.read_deployments(deployment_filter=flt, sort=DeploymentSort.UPDATED_DESC,
-                                                    limit=1)
-        newest = latest[0].updated if latest else None
         loop_time = asyncio.get_running_loop().time()
-        last_count, last_newest = self._last_change or (None, None)
-        # New tasks and edits bump `updated`, so they come incrementally; only a vanished
-        # task (the count went down) needs a full read to notice.
-        if (last_count is None or count < last_count or last_newest is None or newest is None
-                or loop_time - self._last_full >= FULL_SYNC_SECONDS):
-            records = await dep.list_tasks(self.client)
-            self._last_full = loop_time
-            full = True
-        elif newest > last_newest:
-            # newest first, and usually only a few are new: a first page of 10, then pages of
-            # 200 (Prefect cannot filter on `updated`; reading 200 deployments a second while
-            # an import or a client created tasks kept the master's CPU busy)
-            records, offset, size = [], 0, 10
-            while True:
-                page = await self.client.read_deployments(deployment_filter=flt, sort=DeploymentSort.UPDATED_DESC,
-                                                          limit=size, offset=offset)
-                fresh = [d for d in page if d.updated > last_newest]
-                records += [r for r in (dep.record_of(d) for d in fresh) if r is not None]
-                if len(fresh) < len(page) or len(page) < size:
-                    break
-                offset += size
-                size = 200
-            full = False
-        else:
-            return
-        self._last_change = (count, newest)
-        now = utcnow()
-        seen: set[uuid.UUID] = set()
-        for rec in records:
-            if await self._apply(rec, now):
-                seen.add(rec.id)
+        full = self._as_of is None or loop_time - self._last_full >= RECONCILE_SECONDS
+        answer = await self.master.task_versions(None if full else self._as_of - VERSION_OVERLAP)
+        if not full and answer.count != len(self.versions) + len({v.id for v in answer.tasks} - self.versions.keys()):
+            answer, full = await self.master.task_versions(None), True
         if full:
-            for tid in set(self.book) - seen:
-                del self.book[tid]
-            self.plugin_wanted &= {r.id for r in records}
+            self._last_full = loop_time
+        self._as_of = answer.as_of
+        stale = [v for v in answer.tasks if self.versions.get(v.id) != v.updated]
+        fresh = await self._read_records([v.id for v in stale])
+        for v in stale:
+            self.versions[v.id] = v.updated
+            self.records[v.id] = fresh.get(v.id)  # None: not a valid task (logged by record_of)
+        gone = set(self.versions) - {v.id for v in answer.tasks} if full else set()
+        gone |= {v.id for v in stale if v.id not in fresh}  # deleted between the two reads
+        for tid in gone:
+            self.versions.pop(tid, None)
+            self.records.pop(tid, None)
+            self.book.pop(tid, None)
+            self.plugin_wanted.discard(tid)
+        now = utcnow()
+        todo = self.records.values() if self._reapply else (fresh[v.id] for v in stale if v.id in fresh)
+        self._reapply = False
+        for rec in list(todo):
+            if rec is not None:
+                await self._apply(rec, now)
+        if gone:
             for tid in self.plugins.stale(self.plugin_wanted):
                 await self.plugins.stop(tid)
         if self._arrived:
@@ -294,6 +286,18 @@ class FiringLoop:
             except BaseException:
                 self._arrived = arrived + self._arrived  # caught up at the next sync instead
                 raise
+
+    async def _read_records(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, dep.TaskRecord | None]:
+        """The task records of these deployments, 200 per call; an id absent from the answer
+        was deleted, one mapped to None is not a valid task."""
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+        out: dict[uuid.UUID, dep.TaskRecord | None] = {}
+        for i in range(0, len(ids), 200):
+            page = await self.client.read_deployments(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids[i:i + 200])), limit=200)
+            out.update((d.id, dep.record_of(d)) for d in page)
+        return out
 
     async def catch_up(self, entries: list[Entry], now: datetime) -> None:
         """Tasks that just became this node's: fire the instants since the task's last

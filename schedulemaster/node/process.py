@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 
-from schedulemaster import prefect_patches
+from schedulemaster import prefect_patches, stall_watch
 from schedulemaster.settings import Settings
 
 log = logging.getLogger("schedulemaster.node")
@@ -23,6 +23,7 @@ async def serve_node(settings: Settings, name: str, priority: int, max_concurren
     worker = NodeWorker(settings.work_pool, name=name, limit=max_concurrency, priority=priority,
                         settings=settings, wait_for_name=wait_for_name, connect_timeout=connect_timeout)
     loop = asyncio.get_running_loop()
+    stall_watch.start(loop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, worker.stop)
     try:

@@ -1,0 +1,154 @@
+"""Say who is stuck when a process stalls: its event loop blocked, or a database write
+transaction held open.
+
+SQLite has one write lock per file and Prefect's server waits up to 60 s for it, so one
+transaction left open while its owner waits on something else stalls every writer of the
+process (and the nodes behind it) for a minute with nothing in the logs but a later
+"database is locked". A watcher thread looks once a second and logs, once per stall, the
+stack of whoever holds things up: the loop's thread when the loop does not turn, the
+asyncio task (or thread) that opened a write transaction more than ``TRANSACTION_SECONDS``
+ago. Cheap enough to run always: a transaction costs two dict operations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+log = logging.getLogger("schedulemaster.stall")
+
+LOOP_SECONDS = 5.0
+TRANSACTION_SECONDS = 10.0
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "BEGIN IMMEDIATE", "BEGIN EXCLUSIVE")
+
+
+@dataclass
+class _Open:
+    since: float
+    task: asyncio.Task | None
+    thread: int
+    wrote: bool = False
+    reported: bool = False
+    statement: str = ""
+
+
+@dataclass
+class StallWatch:
+    """One per process: ``watch(loop)`` once the loop runs; ``stop()`` at exit."""
+
+    loop_seconds: float = LOOP_SECONDS
+    transaction_seconds: float = TRANSACTION_SECONDS
+    stalls: int = 0  #: stalls reported so far (read by tests and the status endpoint)
+    _open: dict[int, _Open] = field(default_factory=dict)
+    _beat: float = field(default_factory=time.monotonic)
+    _loop_thread: int | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop_thread = threading.get_ident()
+        self._listen()
+        threading.Thread(target=self._run, args=(loop,), name="stall-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for name, fn in self._listeners():
+            if event.contains(Engine, name, fn):
+                event.remove(Engine, name, fn)
+
+    def _listeners(self):
+        return (("begin", self._begin), ("commit", self._end), ("rollback", self._end),
+                ("before_cursor_execute", self._statement))
+
+    # ---- transactions ---------------------------------------------------------------
+    def _listen(self) -> None:
+        for name, fn in self._listeners():
+            if not event.contains(Engine, name, fn):
+                event.listen(Engine, name, fn)
+
+    def _begin(self, conn) -> None:
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # a thread without a loop (the store's engines in to_thread)
+            task = None
+        self._open[id(conn)] = _Open(time.monotonic(), task, threading.get_ident())
+
+    def _end(self, conn) -> None:
+        held = self._open.pop(id(conn), None)
+        if held is not None and held.reported:
+            log.warning("the write transaction reported above ended after %.1f s",
+                        time.monotonic() - held.since)
+
+    def _statement(self, conn, _cursor, statement: str, *_args) -> None:
+        held = self._open.get(id(conn))
+        if held is not None and not held.wrote and statement.lstrip()[:15].upper().startswith(_WRITES):
+            held.wrote = True
+            held.statement = statement.strip().splitlines()[0][:120]
+
+    # ---- the watcher ----------------------------------------------------------------
+    def _run(self, loop: asyncio.AbstractEventLoop) -> None:
+        blocked_since: float | None = None
+        asked = time.monotonic()
+        self._beat = asked
+        loop.call_soon_threadsafe(self._tick)
+        while not self._stop.wait(1.0):
+            if loop.is_closed():
+                return
+            now = time.monotonic()
+            # the tick asked for at the last look has not run: the loop has not turned since
+            late = now - asked if self._beat < asked else 0.0
+            if late == 0.0:
+                asked = now
+                try:
+                    loop.call_soon_threadsafe(self._tick)
+                except RuntimeError:  # the loop closed between the check and the call
+                    return
+            if late > self.loop_seconds and blocked_since is None:
+                blocked_since = asked
+                self.stalls += 1
+                log.warning("event loop blocked for %.1f s; its thread is at:\n%s", late,
+                            self._thread_stack(self._loop_thread))
+            elif late <= self.loop_seconds and blocked_since is not None:
+                log.warning("event loop turned again after %.1f s", now - blocked_since)
+                blocked_since = None
+            for held in list(self._open.values()):
+                if held.wrote and not held.reported and now - held.since > self.transaction_seconds:
+                    held.reported = True
+                    self.stalls += 1
+                    log.warning("a write transaction has been open %.1f s (%s); its owner is at:\n%s",
+                                now - held.since, held.statement, self._owner_stack(held))
+
+    def _tick(self) -> None:
+        self._beat = time.monotonic()
+
+    def _owner_stack(self, held: _Open) -> str:
+        if held.task is not None:
+            out = io.StringIO()
+            held.task.print_stack(limit=40, file=out)
+            return out.getvalue()
+        return f"thread {held.thread}:\n{self._thread_stack(held.thread)}"
+
+    @staticmethod
+    def _thread_stack(ident: int | None) -> str:
+        frame = sys._current_frames().get(ident) if ident is not None else None
+        return "".join(traceback.format_stack(frame, limit=40)) if frame is not None else "(gone)"
+
+
+_WATCH: StallWatch | None = None
+
+
+def start(loop: asyncio.AbstractEventLoop | None = None) -> StallWatch:
+    """Start this process's watcher (once; later calls return the same one)."""
+    global _WATCH
+    if _WATCH is None:
+        _WATCH = StallWatch()
+        _WATCH.watch(loop or asyncio.get_running_loop())
+    return _WATCH

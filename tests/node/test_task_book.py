@@ -1,0 +1,91 @@
+"""The scale paths of the task book against a real system with a few hundred tasks: the
+master's versions endpoint (what changed since when), QueryList paged and filtered in the
+database, and a node noticing a task deleted behind the legacy API's back."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from helpers import FAST_REFRESH, System
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+TASKS = 150
+VERSIONS = "/schedulemaster/tasks/versions"
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory):
+    """A system of its own holding TASKS stopped tasks titled book-000 .. book-149, oldest first."""
+    s = System(tmp_path_factory.mktemp("sm-book"), env=FAST_REFRESH).start()
+    try:
+        ids = [s.create_http("http://127.0.0.1:9/never", Title=f"book-{i:03d}") for i in range(TASKS)]
+        yield s, ids
+    finally:
+        s.stop()
+
+
+def test_versions_need_the_prefect_credential(book):
+    system, _ids = book
+    r = httpx.post(f"{system.prefect}{VERSIONS}", json={}, timeout=30)
+    assert r.status_code == 401
+
+
+def test_versions_say_what_changed_since_a_look(book):
+    system, ids = book
+    every = system.pf("POST", VERSIONS, json={"since": None}).json()
+    assert every["count"] == TASKS and {t["id"] for t in every["tasks"]} == set(ids)
+    nothing = system.pf("POST", VERSIONS, json={"since": every["as_of"]}).json()
+    assert nothing["tasks"] == [] and nothing["count"] == TASKS
+
+    edited = ids[7]
+    detail = system.detail(edited)
+    form = {"Id": edited, "Title": "book-007 edited", "MetaType": "2", "RunLoop": "true",
+            "CronExpression": detail["CronExpression"], "HttpRequestUrl": "http://127.0.0.1:9/other",
+            "HttpMethod": "POST", "HttpContentType": "application/json", "HttpBody": "{}"}
+    assert system.post("Edit", data=form).json()["Success"]
+    changed = system.pf("POST", VERSIONS, json={"since": every["as_of"]}).json()
+    assert [t["id"] for t in changed["tasks"]] == [edited]
+    system.post("Edit", data={**form, "Title": "book-007"})  # as it was, for the other tests
+
+
+@pytest.mark.parametrize("since", ["yesterday", {"at": 1}, [], "2026-13-40T00:00:00Z"])
+def test_versions_refuse_a_malformed_since(book, since):
+    system, _ids = book
+    assert system.pf("POST", VERSIONS, json={"since": since}).status_code == 422
+
+
+def test_query_list_pages_and_filters_in_the_database(book):
+    system, ids = book
+    page = system.get("QueryList", {"pageNumber": "2", "pageSize": "50"}).json()
+    assert page["total"] == TASKS
+    newest_first = list(reversed(ids))
+    assert [r["Id"] for r in page["rows"]] == newest_first[50:100]
+
+    tens = system.get("QueryList", {"pageNumber": "1", "pageSize": "100", "name": "book-01"}).json()
+    assert tens["total"] == 10
+    assert [r["Title"] for r in tens["rows"]] == [f"book-{i:03d}" for i in range(19, 9, -1)]
+    # the filter is a literal, case-sensitive substring (SQL wildcards match nothing here)
+    for literal in ("%", "_", "BOOK"):
+        assert system.get("QueryList", {"pageNumber": "1", "pageSize": "10", "name": literal}).json()["total"] == 0
+    beyond = system.get("QueryList", {"pageNumber": "1000000", "pageSize": "1000"}).json()
+    assert beyond == {"total": TASKS, "rows": []}
+
+
+def test_a_task_deleted_in_prefect_stops_firing(book, receiver):
+    system, _ids = book
+    tid = system.create_http(receiver.url("/book-deleted"), cron="* * * * * ?", Title="deleted behind its back",
+                             RunNow="true")
+    receiver.wait_for("/book-deleted", 2, timeout=30)
+    assert system.pf("DELETE", f"/deployments/{tid}").status_code == 204  # as the Prefect UI deletes
+    # the node notices through the count of tasks and drops it: a 4 s stretch with no firing
+    deadline = time.monotonic() + 25
+    while True:
+        before = len(receiver.at("/book-deleted"))
+        time.sleep(4)
+        if len(receiver.at("/book-deleted")) == before:
+            break
+        assert time.monotonic() < deadline, "still firing 25 s after its deployment was deleted"

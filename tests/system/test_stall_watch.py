@@ -1,0 +1,73 @@
+"""The stall watcher names who holds a process up: a blocked loop, a long write transaction."""
+
+import asyncio
+import logging
+import time
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from schedulemaster.stall_watch import StallWatch
+
+
+async def _wait_for(predicate, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "the watcher said nothing"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.timeout(30)
+def test_a_blocked_loop_is_reported_with_where_it_is_stuck(caplog):
+    caplog.set_level(logging.WARNING, "schedulemaster.stall")
+
+    def blocking_call_in_the_loop():
+        time.sleep(2.5)
+
+    async def main():
+        watch = StallWatch(loop_seconds=1.0)
+        watch.watch(asyncio.get_running_loop())
+        try:
+            await asyncio.sleep(1.2)  # the watcher's first beat
+            blocking_call_in_the_loop()
+            await _wait_for(lambda: "turned again" in caplog.text)
+        finally:
+            watch.stop()
+        return watch
+
+    watch = asyncio.run(main())
+    assert watch.stalls == 1
+    assert "event loop blocked" in caplog.text and "blocking_call_in_the_loop" in caplog.text
+
+
+@pytest.mark.timeout(30)
+def test_a_write_transaction_held_open_names_its_task(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, "schedulemaster.stall")
+    engine = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER)"))
+
+    async def holds_the_lock_while_waiting():
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES (1)"))
+            await asyncio.sleep(2.5)  # e.g. waiting on a second connection that waits on this one
+
+    async def reads_only():
+        with engine.connect() as conn:
+            conn.execute(text("SELECT count(*) FROM t"))
+            await asyncio.sleep(2.5)
+
+    async def main():
+        watch = StallWatch(transaction_seconds=1.0)
+        watch.watch(asyncio.get_running_loop())
+        try:
+            await asyncio.gather(holds_the_lock_while_waiting(), reads_only())
+            await _wait_for(lambda: "ended after" in caplog.text)
+        finally:
+            watch.stop()
+        return watch
+
+    watch = asyncio.run(main())
+    assert watch.stalls == 1  # the reader is not reported
+    assert "INSERT INTO t" in caplog.text and "holds_the_lock_while_waiting" in caplog.text
+    engine.dispose()
