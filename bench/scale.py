@@ -22,7 +22,8 @@ timestamps each arrival. In order:
    (paused, so its scheduler adds no load), created through Prefect's client, --concurrency
    at once: the rate.
 
-Prints one table (measured, goal) and writes bench/results/scale-<timestamp>.json.
+Prints one table (measured, goal) and writes bench/results/scale-<timestamp>.json, with the
+system's logs beside it (scale-<timestamp>-logs/).
 """
 
 from __future__ import annotations
@@ -156,16 +157,14 @@ async def count_runs(session, system: System, w0: float, w1: float) -> int:
         "after_": datetime.fromtimestamp(w0 - 0.5, timezone.utc).isoformat(),
         "before_": datetime.fromtimestamp(w1 - 0.5, timezone.utc).isoformat()},
         "state": {"type": {"any_": ["COMPLETED", "FAILED"]}}}}
-    async with session.post(f"{system.prefect}/flow_runs/count", json=body,
-                            auth=_basic(system)) as r:
+    async with session.post(f"{system.prefect}/flow_runs/count", json=body, headers=_basic(system)) as r:
         return await r.json()
 
 
-def _basic(system: System):
-    import aiohttp
+def _basic(system: System) -> dict[str, str]:
+    import base64
 
-    user, password = system.prefect_auth
-    return aiohttp.BasicAuth(user, password)
+    return {"Authorization": "Basic " + base64.b64encode(system.auth_string.encode()).decode()}
 
 
 async def latencies(session, system: System, ids: dict[int, str], tag: str) -> dict:
@@ -334,6 +333,10 @@ def main() -> int:
         finally:
             system.stop()
             rx.close()
+            import shutil  # the system's logs outlive its temporary data dir
+
+            shutil.copytree(Path(tmp) / "logs", ROOT / "bench" / "results" / f"scale-{stamp}-logs",
+                            dirs_exist_ok=True)
             if args.postgres:
                 _drop(env["SM_DATABASE_URL"])
     lines = table(res)

@@ -87,6 +87,12 @@ def record_of(deployment: Any) -> TaskRecord | None:
                       deployment.created, deployment.updated)
 
 
+def _schedule_changed(previous: TaskSpec | None, spec: TaskSpec) -> bool:
+    """Whether the deployment's display schedule (deployments/prefect_schedule.py) may differ."""
+    return previous is None or ((previous.RunLoop, previous.CronExpression, previous.TimeZone)
+                                != (spec.RunLoop, spec.CronExpression, spec.TimeZone))
+
+
 def tags_for(spec: TaskSpec, status: Status) -> list[str]:
     tags = [TAG]
     if status == Status.Stop:
@@ -139,30 +145,55 @@ class TaskRepository:
         return self.db.session_context()
 
     async def create(self, task_id: uuid.UUID, spec: TaskSpec, work_pool: str,
-                     parameter_schema: dict[str, Any]) -> None:
-        """Create the deployment of a new task, keeping the id the caller chose."""
+                     parameter_schema: dict[str, Any], status: Status = Status.Stop) -> None:
+        """Create the deployment of a new task, keeping the id the caller chose (Running at
+        once for a Create with RunNow: one transaction instead of a create and a start)."""
+        import sqlalchemy as sa
         from prefect.server import models, schemas
-        from prefect.server.api.workers import WorkerLookups
 
         async with self._write() as session:
-            flow = await models.flows.create_flow(session=session, flow=schemas.core.Flow(name=FLOW_NAME))
-            queue_id = await WorkerLookups()._get_work_queue_id_from_name(
-                session=session, work_pool_name=work_pool, work_queue_name=TASKS_QUEUE,
-                create_queue_if_not_found=True)
-            if await models.deployments.read_deployment(session=session, deployment_id=task_id):
+            flow_id, queue_id = await self._flow_and_queue(session, work_pool)
+            D = self.db.Deployment
+            if (await session.execute(sa.select(D.id).where(D.id == task_id))).first() is not None:
                 raise ValueError(f"a task with id {task_id} already exists")
-            name = await self._unique_name(session, flow.id, spec.Title, task_id)
+            name = await self._unique_name(session, flow_id, spec.Title, task_id)
             dep = schemas.core.Deployment(
-                id=task_id, name=name, flow_id=flow.id, paused=True,
-                parameters={"task": spec.wire()}, tags=tags_for(spec, Status.Stop),
+                id=task_id, name=name, flow_id=flow_id, paused=status != Status.Running,
+                parameters={"task": spec.wire()}, tags=tags_for(spec, status),
                 description=description_for(spec), entrypoint=ENTRYPOINT,
                 work_queue_name=TASKS_QUEUE, work_queue_id=queue_id,
                 parameter_openapi_schema=parameter_schema, enforce_parameter_schema=False,
             )
-            await models.deployments.create_deployment(session=session, deployment=dep)
+            dep.labels = await models.deployments.with_system_labels_for_deployment(session, dep)
+            # The rows Prefect's create_deployment writes, inserted directly: the id is new, so
+            # its upsert, the schedule and run cleanup of an existing deployment and the ORM
+            # reloads (29 of a Create's 39 ms here) have nothing to do. Its event too.
+            await session.execute(sa.insert(D).values(**dep.model_dump_for_orm(exclude_unset=True)))
             if (shown := display_schedule(spec)) is not None:
-                await models.deployments.create_deployment_schedules(
-                    session=session, deployment_id=task_id, schedules=[shown])
+                await session.execute(sa.insert(self.db.DeploymentSchedule).values(
+                    deployment_id=task_id, schedule=shown.schedule, active=False, slug=shown.slug,
+                    parameters={}))
+            await models.deployments.emit_deployment_created_event(session=session, deployment=dep)
+
+    async def _flow_and_queue(self, session, work_pool: str) -> tuple[uuid.UUID, uuid.UUID]:
+        """The task flow's id and the tasks queue's, made when missing (two indexed reads;
+        Prefect's upsert and lookup helpers cost 8 ms a Create)."""
+        import sqlalchemy as sa
+        from prefect.server import models, schemas
+        from prefect.server.api.workers import WorkerLookups
+
+        db = self.db
+        flow_id = (await session.execute(sa.select(db.Flow.id).where(db.Flow.name == FLOW_NAME))).scalar()
+        if flow_id is None:
+            flow_id = (await models.flows.create_flow(session=session, flow=schemas.core.Flow(name=FLOW_NAME))).id
+        queue_id = (await session.execute(
+            sa.select(db.WorkQueue.id).join(db.WorkPool, db.WorkQueue.work_pool_id == db.WorkPool.id)
+            .where(db.WorkPool.name == work_pool, db.WorkQueue.name == TASKS_QUEUE))).scalar()
+        if queue_id is None:
+            queue_id = await WorkerLookups()._get_work_queue_id_from_name(
+                session=session, work_pool_name=work_pool, work_queue_name=TASKS_QUEUE,
+                create_queue_if_not_found=True)
+        return flow_id, queue_id
 
     async def _unique_name(self, session, flow_id: uuid.UUID, title: str, task_id: uuid.UUID) -> str:
         """Deployments are upserted by (flow, name): a clash would overwrite another task."""
@@ -277,11 +308,14 @@ class TaskRepository:
         return sa.func.instr(sa.func.json_extract(D.parameters, "$.task.Title"), title) > 0
 
     async def write(self, task_id: uuid.UUID, spec: TaskSpec, status: Status,
-                    rename: bool = False) -> None:
+                    rename: bool = False, previous: TaskSpec | None = None) -> None:
+        """Store a task's spec and status. ``previous``: its spec before, when the caller has
+        it; its schedule is then rewritten only if the cron changed (Prefect rewrites a
+        deployment's schedules in several ORM round trips: most of a Start or a Pause)."""
         import sqlalchemy as sa
 
         async with self._write() as session:
-            await self._update(session, task_id, spec, status)
+            await self._update(session, task_id, spec, status, _schedule_changed(previous, spec))
             if rename:  # Prefect's API cannot rename a deployment; the title is its name
                 flow_id = (await session.execute(sa.select(self.db.Deployment.flow_id).where(
                     self.db.Deployment.id == task_id))).scalar_one()
@@ -289,18 +323,48 @@ class TaskRepository:
                 await session.execute(sa.update(self.db.Deployment).where(
                     self.db.Deployment.id == task_id).values(name=name))
 
-    async def _update(self, session, task_id: uuid.UUID, spec: TaskSpec, status: Status) -> None:
+    async def _update(self, session, task_id: uuid.UUID, spec: TaskSpec, status: Status,
+                      schedule: bool = True) -> None:
         from prefect.server import models, schemas
 
+        values = {"parameters": {"task": spec.wire()}, "tags": tags_for(spec, status),
+                  "paused": status != Status.Running, "description": description_for(spec)}
+        if not schedule:
+            return await self._update_fields(session, task_id, values)
         shown = display_schedule(spec)
         ok = await models.deployments.update_deployment(
             session=session, deployment_id=task_id, deployment=schemas.actions.DeploymentUpdate(
-                parameters={"task": spec.wire()}, tags=tags_for(spec, status),
-                paused=status != Status.Running, description=description_for(spec),
-                schedules=[] if shown is None else [schemas.actions.DeploymentScheduleUpdate(
+                **values, schedules=[] if shown is None else [schemas.actions.DeploymentScheduleUpdate(
                     schedule=shown.schedule, active=False, slug=shown.slug)]))
         if not ok:
             raise LookupError(f"task {task_id} not found")
+
+    async def _update_fields(self, session, task_id: uuid.UUID, values: dict[str, Any]) -> None:
+        """What Prefect's update_deployment writes when the schedule stays (a Start, Pause,
+        Resume, Stop, or an edit of anything but the cron): one UPDATE and the
+        ``prefect.deployment.updated`` event. Its ORM reads before and after cost 15 of a
+        status change's 23 ms; the fields the event names are read here in one query."""
+        from types import SimpleNamespace
+
+        import sqlalchemy as sa
+        from prefect.server.events.clients import PrefectServerEventsClient
+        from prefect.server.models.events import deployment_updated_event
+        from prefect.types._datetime import now
+
+        D = self.db.Deployment
+        before = (await session.execute(sa.select(D.id, D.name, D.flow_id, D.work_queue_id, D.storage_document_id,
+                                                   D.infrastructure_document_id, D.concurrency_limit_id,
+                                                   *(getattr(D, f) for f in values))
+                                        .where(D.id == task_id))).first()
+        if before is None:
+            raise LookupError(f"task {task_id} not found")
+        await session.execute(sa.update(D).where(D.id == task_id).values(**values))
+        changed = {f: {"from": getattr(before, f), "to": v} for f, v in values.items() if getattr(before, f) != v}
+        if changed:
+            async with PrefectServerEventsClient() as events:
+                await events.emit(await deployment_updated_event(
+                    session=session, deployment=SimpleNamespace(**before._mapping), changed_fields=changed,
+                    occurred=now("UTC")))
 
     async def delete(self, task_id: uuid.UUID, parents: list[TaskRecord]) -> bool:
         """Delete a task and drop it from its parents' Nexts, in one transaction."""
@@ -310,7 +374,7 @@ class TaskRepository:
             for parent in parents:
                 nexts = [n for n in parent.spec.Nexts if n != str(task_id)]
                 await self._update(session, parent.id, parent.spec.model_copy(update={"Nexts": nexts}),
-                                   parent.status)
+                                   parent.status, schedule=False)
             return await models.deployments.delete_deployment(session=session, deployment_id=task_id)
 
     async def run_stats_of(self, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[int, datetime | None]]:

@@ -357,7 +357,8 @@ class ImportTarget:
         elif action == "update":
             rec = await service.repo.read(task_id) or rec  # a Start or Edit made meanwhile stays
             spec = spec.model_copy(update={"StartedAt": rec.spec.StartedAt})
-            await service.repo.write(task_id, spec, rec.status, rename=spec.Title != rec.spec.Title)
+            await service.repo.write(task_id, spec, rec.status, rename=spec.Title != rec.spec.Title,
+                                     previous=rec.spec)
             records[key] = TaskRecord(task_id, spec.Title, spec, rec.status, rec.created, rec.updated)
         if action != "keep" or ledger is None:  # see _users: a keep moves no ledger row
             written = spec if action != "keep" else rec.spec

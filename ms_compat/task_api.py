@@ -280,14 +280,20 @@ class TaskService:
         self.check_fires(m, spec)
         await self.check_executors(spec.Executors)
         self.check_keepers(spec.Keepers)
+        # RunNow of an HTTP task that can start: created Running in one transaction (a plugin
+        # task's Start waits for its node to load the plugin, so it goes the long way)
+        run_now = bool(m.get("RunNow"))
+        at_once = run_now and not spec.is_plugin and self._cannot_start(task_id, spec) is None
+        if at_once:
+            spec = self._started(spec)
         try:
-            await self.repo.create(task_id, spec, self.work_pool, self.parameter_schema)
+            await self.repo.create(task_id, spec, self.work_pool, self.parameter_schema,
+                                   Status.Running if at_once else Status.Stop)
         except Exception:
             log.exception("create failed")
             return R.failed("数据保存失败!")
-        if m.get("RunNow"):
-            started = await self.start(task_id)
-            ok = json.loads(started.body)["Success"]
+        if run_now:
+            ok = at_once or json.loads((await self.start(task_id)).body)["Success"]
             return R.ok(f"任务创建成功！启动状态为：{'成功' if ok else '失败'}", str(task_id))
         return R.ok("任务创建成功!", str(task_id))
 
@@ -304,7 +310,7 @@ class TaskService:
         await self.check_executors([e for e in spec.Executors if e not in rec.spec.Executors])
         self.check_keepers(spec.Keepers)
         try:
-            await self.repo.write(task_id, spec, Status.Stop, rename=spec.Title != rec.spec.Title)
+            await self.repo.write(task_id, spec, Status.Stop, rename=spec.Title != rec.spec.Title, previous=rec.spec)
         except Exception:
             log.exception("edit failed")
             return R.failed("任务编辑失败!")
@@ -312,7 +318,7 @@ class TaskService:
 
     async def _set(self, rec: TaskRecord, spec: TaskSpec, status: Status) -> bool:
         try:
-            await self.repo.write(rec.id, spec, status)
+            await self.repo.write(rec.id, spec, status, previous=rec.spec)
             return True
         except Exception:
             log.exception("status update failed")
@@ -324,21 +330,31 @@ class TaskService:
             return R.failed("任务信息不能为空！")
         if rec.status != Status.Stop:
             return R.failed("任务在停止状态下才能启动！")
-        end = plan.local_to_utc(rec.spec.EndDate, rec.spec.TimeZone)
-        if end is not None and end < datetime.now(timezone.utc):
-            return R.failed("任务结束时间不能小于当前时间！")
-        if rec.spec.RunLoop:
-            try:
-                quartz.parse(rec.spec.CronExpression or "")
-            except quartz.CronError as exc:
-                log.error("task %s: cron表达式验证失败 %s", task_id, exc)
-                return R.failed("任务启动失败!")
-        spec = rec.spec.model_copy(update={"StartedAt": self.now_local().isoformat()})
+        refusal = self._cannot_start(task_id, rec.spec)
+        if refusal is not None:
+            return R.failed(refusal)
+        spec = self._started(rec.spec)
         if spec.is_plugin and not await self.start_plugin(task_id, spec):
             return R.failed("任务启动失败!")
         if not await self._set(rec, spec, Status.Running):
             return R.failed("更新任务状态失败!")
         return R.ok("任务启动成功!")
+
+    def _cannot_start(self, task_id: uuid.UUID, spec: TaskSpec) -> str | None:
+        """Why a Start is refused (the original's message), or None."""
+        end = plan.local_to_utc(spec.EndDate, spec.TimeZone)
+        if end is not None and end < datetime.now(timezone.utc):
+            return "任务结束时间不能小于当前时间！"
+        if spec.RunLoop:
+            try:
+                quartz.parse(spec.CronExpression or "")
+            except quartz.CronError as exc:
+                log.error("task %s: cron表达式验证失败 %s", task_id, exc)
+                return "任务启动失败!"
+        return None
+
+    def _started(self, spec: TaskSpec) -> TaskSpec:
+        return spec.model_copy(update={"StartedAt": self.now_local().isoformat()})
 
     async def start_plugin(self, task_id: uuid.UUID, spec: TaskSpec) -> bool:
         """Have the node that will fire the task load and initialize its plugin, and wait.

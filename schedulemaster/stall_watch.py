@@ -13,8 +13,8 @@ ago. Cheap enough to run always: a transaction costs two dict operations.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
+import sqlite3
 import sys
 import threading
 import time
@@ -36,9 +36,15 @@ class _Open:
     since: float
     task: asyncio.Task | None
     thread: int
+    sqlite: sqlite3.Connection | None  # None: another database (its locks are per row)
     wrote: bool = False
     reported: bool = False
     statement: str = ""
+
+    def holds_lock(self) -> bool:
+        """Wrote, and (on SQLite) the connection is inside a transaction: Prefect runs
+        SQLite in autocommit outside explicit transactions, where a write holds no lock."""
+        return self.wrote and (self.sqlite is None or self.sqlite.in_transaction)
 
 
 @dataclass
@@ -79,7 +85,7 @@ class StallWatch:
             task = asyncio.current_task()
         except RuntimeError:  # a thread without a loop (the store's engines in to_thread)
             task = None
-        self._open[id(conn)] = _Open(time.monotonic(), task, threading.get_ident())
+        self._open[id(conn)] = _Open(time.monotonic(), task, threading.get_ident(), _sqlite_of(conn))
 
     def _end(self, conn) -> None:
         held = self._open.pop(id(conn), None)
@@ -120,7 +126,7 @@ class StallWatch:
                 log.warning("event loop turned again after %.1f s", now - blocked_since)
                 blocked_since = None
             for held in list(self._open.values()):
-                if held.wrote and not held.reported and now - held.since > self.transaction_seconds:
+                if not held.reported and now - held.since > self.transaction_seconds and held.holds_lock():
                     held.reported = True
                     self.stalls += 1
                     log.warning("a write transaction has been open %.1f s (%s); its owner is at:\n%s",
@@ -131,15 +137,36 @@ class StallWatch:
 
     def _owner_stack(self, held: _Open) -> str:
         if held.task is not None:
-            out = io.StringIO()
-            held.task.print_stack(limit=40, file=out)
-            return out.getvalue()
+            return f"task {held.task.get_name()}:\n{_await_chain(held.task)}"
         return f"thread {held.thread}:\n{self._thread_stack(held.thread)}"
 
     @staticmethod
     def _thread_stack(ident: int | None) -> str:
         frame = sys._current_frames().get(ident) if ident is not None else None
         return "".join(traceback.format_stack(frame, limit=40)) if frame is not None else "(gone)"
+
+
+def _sqlite_of(conn) -> sqlite3.Connection | None:
+    """The sqlite3 connection under a SQLAlchemy connection (pysqlite, or aiosqlite's adapter)."""
+    raw = getattr(getattr(conn, "connection", None), "dbapi_connection", None)
+    for attr in ("_connection", "_conn"):  # aiosqlite's adapter -> aiosqlite.Connection -> sqlite3
+        if isinstance(raw, sqlite3.Connection):
+            break
+        raw = getattr(raw, attr, None)
+    return raw if isinstance(raw, sqlite3.Connection) else None
+
+
+def _await_chain(task: asyncio.Task) -> str:
+    """Where a suspended task waits, coroutine by coroutine (Task.get_stack shows only the
+    outermost frame of a coroutine task)."""
+    lines, coro = [], task.get_coro()
+    for _ in range(60):
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is None:
+            break
+        lines.append(f'  File "{frame.f_code.co_filename}", line {frame.f_lineno}, in {frame.f_code.co_name}')
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
+    return "\n".join(lines) or "(no frames)"
 
 
 _WATCH: StallWatch | None = None

@@ -52,6 +52,13 @@ def test_a_write_transaction_held_open_names_its_task(tmp_path, caplog):
             conn.execute(text("INSERT INTO t VALUES (1)"))
             await asyncio.sleep(2.5)  # e.g. waiting on a second connection that waits on this one
 
+    autocommit = create_engine(f"sqlite:///{tmp_path / 'x.db'}", isolation_level="AUTOCOMMIT")
+
+    async def writes_in_autocommit():  # as Prefect's sessions outside a transaction: no lock kept
+        with autocommit.begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES (2)"))
+            await asyncio.sleep(2.5)
+
     async def reads_only():
         with engine.connect() as conn:
             conn.execute(text("SELECT count(*) FROM t"))
@@ -62,12 +69,14 @@ def test_a_write_transaction_held_open_names_its_task(tmp_path, caplog):
         watch.watch(asyncio.get_running_loop())
         try:
             await asyncio.gather(holds_the_lock_while_waiting(), reads_only())
+            await writes_in_autocommit()
             await _wait_for(lambda: "ended after" in caplog.text)
         finally:
             watch.stop()
         return watch
 
     watch = asyncio.run(main())
-    assert watch.stalls == 1  # the reader is not reported
+    assert watch.stalls == 1  # neither the reader nor the autocommit writer is reported
     assert "INSERT INTO t" in caplog.text and "holds_the_lock_while_waiting" in caplog.text
     engine.dispose()
+    autocommit.dispose()
