@@ -150,6 +150,7 @@ class TaskRepository:
         once for a Create with RunNow: one transaction instead of a create and a start)."""
         import sqlalchemy as sa
         from prefect.server import models, schemas
+        from prefect.server.schemas.statuses import DeploymentStatus
 
         async with self._write() as session:
             flow_id, queue_id = await self._flow_and_queue(session, work_pool)
@@ -168,12 +169,32 @@ class TaskRepository:
             # The rows Prefect's create_deployment writes, inserted directly: the id is new, so
             # its upsert, the schedule and run cleanup of an existing deployment and the ORM
             # reloads (29 of a Create's 39 ms here) have nothing to do. Its event too.
-            await session.execute(sa.insert(D).values(**dep.model_dump_for_orm(exclude_unset=True)))
+            await session.execute(sa.insert(D).values(**dep.model_dump_for_orm(exclude_unset=True),
+                                                      status=DeploymentStatus.READY))
             if (shown := display_schedule(spec)) is not None:
                 await session.execute(sa.insert(self.db.DeploymentSchedule).values(
                     deployment_id=task_id, schedule=shown.schedule, active=False, slug=shown.slug,
                     parameters={}))
             await models.deployments.emit_deployment_created_event(session=session, deployment=dep)
+
+    async def mark_ready(self) -> int:
+        """Every task deployment READY, never polled: how Prefect's UI shows a deployment that
+        can run. A task is fired by its node, not by a worker polling its queue; Prefect's
+        foreman only turns deployments NOT_READY that were polled once (``last_polled``), and
+        the poll that keeps them READY rewrote every task deployment under SQLite's write lock
+        and emitted one event per deployment inside that transaction (6 ms each: minutes of
+        lock with thousands of tasks). Run at the master's start, for deployments an earlier
+        version polled; returns how many changed."""
+        import sqlalchemy as sa
+        from prefect.server.schemas.statuses import DeploymentStatus
+
+        D = self.db.Deployment
+        async with self._write() as session:
+            result = await session.execute(
+                sa.update(D).where(self._tagged(), sa.or_(D.status != DeploymentStatus.READY,
+                                                          D.last_polled.isnot(None)))
+                .values(status=DeploymentStatus.READY, last_polled=None, updated=D.updated))
+        return result.rowcount
 
     async def _flow_and_queue(self, session, work_pool: str) -> tuple[uuid.UUID, uuid.UUID]:
         """The task flow's id and the tasks queue's, made when missing (two indexed reads;

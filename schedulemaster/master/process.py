@@ -148,6 +148,8 @@ async def serve_master(settings: Settings) -> None:
         await mirror_settings(client, store)
         schema = parameter_schema(run_task).model_dump_for_openapi()
         services["task"] = TaskService(store, client, settings.timezone, settings.work_pool, schema)
+        if changed := await services["task"].repo.mark_ready():
+            log.info("%d task deployments marked ready (never polled: nodes fire them)", changed)
         return services["task"]
 
     async def close() -> None:

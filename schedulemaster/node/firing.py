@@ -54,7 +54,6 @@ RECONCILE_SECONDS = 120.0  # every task's version compared (see sync)
 #: how often the live nodes, their weights and the disabled list are re-read; SM_NODES_REFRESH_SECONDS
 #: overrides (the tests use 1 s instead of waiting out 5)
 NODES_SECONDS = float(os.environ.get("SM_NODES_REFRESH_SECONDS") or 5.0)
-READY_SECONDS = 30.0  # under the foreman's 60 s "deployment not polled" timeout
 MISFIRE_THRESHOLD = timedelta(seconds=60)  # Quartz's default; later than this is skipped
 
 
@@ -137,7 +136,6 @@ class FiringLoop:
                 log.warning("%s failed at start: %s; retrying", first.__name__, exc)
         await asyncio.gather(self._every(SYNC_SECONDS, self.sync),
                              self._every(NODES_SECONDS, self.refresh_nodes),
-                             self._every(READY_SECONDS, self.keep_tasks_ready),
                              self._every(AHEAD / 4, self.claim_ahead),
                              self.timer(), self.recorder.run())
 
@@ -208,17 +206,6 @@ class FiringLoop:
                 self.max_concurrency = row.max_concurrency
                 self.slots = asyncio.Semaphore(self.max_concurrency)  # firings in flight keep the old one
         return {row.name: row.priority for row in rows}
-
-    async def keep_tasks_ready(self) -> None:
-        """Poll the tasks queue once, as a worker would, so the UI shows task deployments
-        Ready instead of "Not Ready" (Prefect marks a deployment ready when a worker polls
-        its queue). Only the first live node does it, every READY_SECONDS: each poll
-        rewrites every task deployment under SQLite's write lock, which is why the worker
-        itself does not poll this queue each second (schedulemaster/node/worker.py)."""
-        if self.live_nodes and self.live_nodes[0] != self.node:
-            return
-        await self.client.get_scheduled_flow_runs_for_work_pool(
-            self.work_pool, work_queue_names=[dep.TASKS_QUEUE], scheduled_before=utcnow())
 
     def owns_run(self, flow_run) -> bool:
         """Whether a flow run of a task (e.g. started from the UI) is this node's to run."""

@@ -54,7 +54,7 @@ def test_http_task_fires_on_its_cron_and_pause_resume_stop_work(system, receiver
     schedules = system.pf("GET", f"/deployments/{tid}").json()["schedules"]
     assert [(x["slug"], x["active"], x["schedule"]["cron"]) for x in schedules] == [
         ("quartz 0/2 * * * * ?", False, "* * * * * 0/2")]  # shown in the UI, never run by Prefect's scheduler
-    # a node polls the tasks queue now and then, so the UI does not call the task "Not Ready"
+    # created READY and never polled, so the foreman never turns the task "Not Ready"
     wait_until(lambda: system.pf("GET", f"/deployments/{tid}").json()["status"] == "READY", timeout=45)
 
     d = system.detail(tid)
