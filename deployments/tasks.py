@@ -236,13 +236,19 @@ class TaskRepository:
 
     async def list(self) -> list[TaskRecord]:
         """Every task, newest first."""
-        from prefect.server import models, schemas
+        return sorted(await self._records(), key=lambda r: (r.created, r.id), reverse=True)
 
-        flt = schemas.filters.DeploymentFilter(tags=schemas.filters.DeploymentFilterTags(all_=[TAG]))
+    async def rows(self, ids: list[uuid.UUID] | None, offset: int, limit: int) -> tuple[int, list[Any]]:
+        """(how many tasks exist, rows of the columns a TaskRecord needs): the tasks ``ids``,
+        or a page of all of them newest first."""
+        import sqlalchemy as sa
+
+        D = self.db.Deployment
         async with self._read() as session:
-            deps = await models.deployments.read_deployments(
-                session=session, deployment_filter=flt, sort=schemas.sorting.DeploymentSort.CREATED_DESC)
-            return [r for r in (record_of(d) for d in deps) if r is not None]
+            total = (await session.execute(sa.select(sa.func.count()).select_from(D).where(self._tagged()))).scalar_one()
+            q = sa.select(*self._columns()).where(self._tagged())
+            q = q.where(D.id.in_(ids)) if ids is not None else q.order_by(D.created.desc(), D.id.desc()).offset(offset).limit(limit)
+            return total, list((await session.execute(q)).all())
 
     async def page(self, title: str | None, offset: int, limit: int) -> tuple[int, list[TaskRecord]]:
         """(how many tasks match, one page of them newest first): counted, filtered and cut in

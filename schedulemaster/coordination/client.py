@@ -51,6 +51,11 @@ class MasterClient:
         return wire.TaskVersions.model_validate_json(
             (await self._call("POST", wire.TASK_VERSIONS_PATH, wire.VersionsRequest(since=since))).content)
 
+    async def read_tasks(self, request: wire.TasksRequest) -> wire.TasksPage:
+        """Task deployments' own columns, read in SQL by the master: Prefect's deployment
+        endpoints build a full response per deployment (8 ms each on the master)."""
+        return wire.TasksPage.model_validate_json((await self._call("POST", wire.TASKS_READ_PATH, request)).content)
+
     # ---- claims -----------------------------------------------------------------------
     async def claim(self, request: wire.ClaimRequest) -> wire.ClaimResult:
         return wire.ClaimResult.model_validate_json((await self._call("POST", wire.CLAIMS_PATH, request)).content)

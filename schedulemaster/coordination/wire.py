@@ -24,6 +24,7 @@ FIRINGS_PATH = PREFIX + "/firings"
 FAILURES_PATH = PREFIX + "/failures"
 PACKAGE_PATH = PREFIX + "/plugins/{name}"
 TASK_VERSIONS_PATH = PREFIX + "/tasks/versions"
+TASKS_READ_PATH = PREFIX + "/tasks/read"
 
 NODE_TOKEN_HEADER = "x-sm-node-token"  # the secret a node was given at registration
 NAME = r"^[^/%\s][^/%]{0,98}[^/%\s]$|^[^/%\s]$"  # a node name (also a work-queue suffix)
@@ -79,6 +80,31 @@ class TaskVersions(BaseModel):
     as_of: datetime
     count: int
     tasks: list[TaskVersion]
+
+
+class TasksRequest(BaseModel):
+    """These tasks (``ids``), or a page of every task, newest first."""
+
+    ids: list[UUID] | None = Field(default=None, max_length=1000)
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=200, ge=1, le=1000)
+
+
+class TaskRow(BaseModel):
+    """A task deployment's columns that make its TaskRecord (deployments/tasks.record_of)."""
+
+    id: UUID
+    name: str
+    tags: list[str]
+    paused: bool
+    parameters: dict
+    created: datetime
+    updated: datetime
+
+
+class TasksPage(BaseModel):
+    total: int
+    rows: list[TaskRow]
 
 
 # ---- claims -----------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from typing import Callable
 from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
 
 from schedulemaster.coordination.wire import (MAX_RECORDS, FiringRecord, KnownTask, RecordResult, RunFailure,
-                                              TaskVersion, TaskVersions, VersionsRequest)
+                                              TaskRow, TasksPage, TasksRequest, TaskVersion, TaskVersions,
+                                              VersionsRequest)
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.deployments.tasks import TaskRepository
 from schedulemaster.master import bulk_runs
@@ -213,6 +214,12 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
         as_of = utcnow()
         count, rows = await TaskRepository().versions(body.since)
         return TaskVersions(as_of=as_of, count=count, tasks=[TaskVersion(id=i, updated=u) for i, u in rows])
+
+    @router.post("/tasks/read")
+    async def read_tasks(body: TasksRequest) -> TasksPage:
+        """Task deployments' own columns (the node's sync, the notebook's task list)."""
+        total, rows = await TaskRepository().rows(body.ids, body.offset, body.limit)
+        return TasksPage(total=total, rows=[TaskRow.model_validate(row, from_attributes=True) for row in rows])
 
     @router.post("/failures")
     async def post_failure(failure: RunFailure) -> KnownTask:

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from schedulemaster.coordination.client import MasterClient
-from schedulemaster.coordination.wire import Firing
+from schedulemaster.coordination.wire import Firing, TasksRequest
 from schedulemaster.deployments import chain, plan, quartz
 from schedulemaster.deployments import tasks as dep
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
@@ -275,15 +275,12 @@ class FiringLoop:
                 raise
 
     async def _read_records(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, dep.TaskRecord | None]:
-        """The task records of these deployments, 200 per call; an id absent from the answer
+        """The task records of these deployments, 1,000 per call; an id absent from the answer
         was deleted, one mapped to None is not a valid task."""
-        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
         out: dict[uuid.UUID, dep.TaskRecord | None] = {}
-        for i in range(0, len(ids), 200):
-            page = await self.client.read_deployments(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=ids[i:i + 200])), limit=200)
-            out.update((d.id, dep.record_of(d)) for d in page)
+        for i in range(0, len(ids), 1000):
+            page = await self.master.read_tasks(TasksRequest(ids=ids[i:i + 1000]))
+            out.update((row.id, dep.record_of(row)) for row in page.rows)
         return out
 
     async def catch_up(self, entries: list[Entry], now: datetime) -> None:

@@ -14,6 +14,7 @@ from uuid import UUID
 
 import pandas as pd
 
+from schedulemaster.coordination import wire
 from schedulemaster.deployments.tasks import FLOW_NAME, NODE_QUEUE_PREFIX, STATUS_NAMES, Status, TaskRecord, record_of
 from schedulemaster.notebook.connection import Connection, current, prefect_errors
 from schedulemaster.notebook.legacy_client import LegacyNotFound
@@ -90,18 +91,21 @@ def _pages(conn: Connection, read: Callable[[int, int], list[Any]], size: int = 
 # ---- tasks ------------------------------------------------------------------------------
 
 def task_records(conn: Connection | None = None) -> dict[str, TaskRecord]:
-    """Every task by id, as its deployment says (spec and status)."""
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-
+    """Every task by id, as its deployment says (spec and status), read through the master's
+    task endpoint (Prefect's deployment list builds a full response per deployment: seconds
+    for a thousand tasks)."""
     conn = _conn(conn)
     client = conn.prefect()
-    flows = FlowFilter(name=FlowFilterName(any_=[FLOW_NAME]))
     out: dict[str, TaskRecord] = {}
-    for page in _pages(conn, lambda limit, offset: client.read_deployments(flow_filter=flows, limit=limit,
-                                                                           offset=offset)):
-        for dep in page:
-            if (rec := record_of(dep)) is not None:
-                out[str(dep.id)] = rec
+
+    def read(limit: int, offset: int) -> list[wire.TaskRow]:
+        body = wire.TasksRequest(offset=offset, limit=limit).model_dump(mode="json")
+        return wire.TasksPage.model_validate_json(client.request("POST", wire.TASKS_READ_PATH, json=body).content).rows
+
+    for page in _pages(conn, read, size=1000):
+        for row in page:
+            if (rec := record_of(row)) is not None:
+                out[str(row.id)] = rec
     return out
 
 

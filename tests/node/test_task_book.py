@@ -15,6 +15,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 TASKS = 150
 VERSIONS = "/schedulemaster/tasks/versions"
+READ = "/schedulemaster/tasks/read"
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +29,27 @@ def book(tmp_path_factory):
         s.stop()
 
 
-def test_versions_need_the_prefect_credential(book):
+@pytest.mark.parametrize("path", [VERSIONS, READ])
+def test_the_task_endpoints_need_the_prefect_credential(book, path):
     system, _ids = book
-    r = httpx.post(f"{system.prefect}{VERSIONS}", json={}, timeout=30)
+    r = httpx.post(f"{system.prefect}{path}", json={}, timeout=30)
     assert r.status_code == 401
+
+
+def test_read_gives_the_rows_asked_for_or_a_page(book):
+    system, ids = book
+    some = system.pf("POST", READ, json={"ids": ids[:3] + ["00000000-0000-0000-0000-000000000000"]}).json()
+    assert some["total"] == TASKS and sorted(r["id"] for r in some["rows"]) == sorted(ids[:3])
+    assert {r["parameters"]["task"]["Title"] for r in some["rows"]} == {"book-000", "book-001", "book-002"}
+    page = system.pf("POST", READ, json={"offset": 140, "limit": 100}).json()
+    assert [r["id"] for r in page["rows"]] == list(reversed(ids))[140:]
+
+
+@pytest.mark.parametrize("body", [{"limit": 0}, {"limit": 1001}, {"offset": -1}, {"ids": "all"},
+                                  {"ids": ["00000000-0000-0000-0000-000000000000"] * 1001}, {"ids": ["nope"]}])
+def test_read_refuses_bad_bounds_and_ids(book, body):
+    system, _ids = book
+    assert system.pf("POST", READ, json=body).status_code == 422
 
 
 def test_versions_say_what_changed_since_a_look(book):
