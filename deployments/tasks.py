@@ -228,11 +228,8 @@ class TaskRepository:
         return f"{name} ({str(task_id)[:8]})"
 
     async def read(self, task_id: uuid.UUID) -> TaskRecord | None:
-        from prefect.server import models
-
-        async with self._read() as session:
-            dep = await models.deployments.read_deployment(session=session, deployment_id=task_id)
-            return record_of(dep) if dep is not None else None
+        found = await self._records(self.db.Deployment.id == task_id)
+        return found[0] if found else None
 
     async def list(self) -> list[TaskRecord]:
         """Every task, newest first."""
@@ -421,17 +418,4 @@ class TaskRepository:
 
     async def run_stats(self, task_id: uuid.UUID) -> tuple[int, datetime | None]:
         """(TotalRunCount, LastRunTime): successful runs, from Prefect's own run records."""
-        from prefect.server import models, schemas
-
-        f = schemas.filters
-        dflt = f.DeploymentFilter(id=f.DeploymentFilterId(any_=[task_id]))
-        fflt = f.FlowRunFilter(state=f.FlowRunFilterState(type=f.FlowRunFilterStateType(any_=["COMPLETED"])))
-        async with self._read() as session:
-            count = await models.flow_runs.count_flow_runs(session=session, deployment_filter=dflt,
-                                                           flow_run_filter=fflt)
-            if not count:
-                return 0, None
-            runs = await models.flow_runs.read_flow_runs(
-                session=session, deployment_filter=dflt, flow_run_filter=fflt,
-                sort=schemas.sorting.FlowRunSort.END_TIME_DESC, limit=1)
-            return count, (runs[0].end_time if runs else None)
+        return (await self.run_stats_of([task_id])).get(task_id, (0, None))
