@@ -21,7 +21,15 @@ committed after this transaction's first read, SQLite refuses the upgrade at onc
 Prefect's own services failed now and then (seen: the worker channel's heartbeat, which
 then closed the node's channel; the triggers service). Every explicit transaction here
 starts IMMEDIATE: it waits its turn for the write lock at BEGIN, and nothing after BEGIN
-can be refused. Reads outside a transaction (Prefect's read endpoints) are untouched.
+can be refused. Reads outside a transaction (Prefect's read endpoints) are untouched. Those
+transactions also take turns inside the master's process (``_writer_turn``).
+
+4. ``prefect.settings`` provides its legacy ``PREFECT_*`` names through a module
+``__getattr__`` that builds a Setting object on every access, and the server imports one
+inside a validator of every event (``from prefect.settings import ...`` in
+``_validate_event_name_length``): 8 % of the master's CPU while recording 33 firings a
+second (py-spy). That Setting object is made once and put in the module (it still reads the
+current settings when asked for its value).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ UNLIMITED_PREFIXES = ("/api/schedulemaster/claims", "/api/schedulemaster/nodes")
 
 
 def apply() -> None:
+    _materialize_legacy_settings()
     _cache_timezones()
     _exempt_coordination_from_request_limit()
     _immediate_sqlite_transactions()
@@ -107,6 +116,18 @@ def _exempt_coordination_from_request_limit() -> None:
 
     limited.__call__ = call
     limited._schedulemaster_exempt = True
+
+
+#: legacy setting names Prefect's server imports inside functions on hot paths
+HOT_SETTINGS = ("PREFECT_SERVER_EVENTS_MAXIMUM_EVENT_NAME_LENGTH",)
+
+
+def _materialize_legacy_settings() -> None:
+    from prefect import settings
+
+    for name in HOT_SETTINGS:
+        if name not in vars(settings):
+            setattr(settings, name, getattr(settings, name))
 
 
 def _cache_timezones() -> None:
