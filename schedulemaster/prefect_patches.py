@@ -37,6 +37,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
+
+log = logging.getLogger("schedulemaster.prefect_patches")
 
 
 UNLIMITED_PREFIXES = ("/api/schedulemaster/claims", "/api/schedulemaster/nodes")
@@ -72,6 +75,7 @@ def _immediate_sqlite_transactions() -> None:
 
 
 _TURNS: dict = {}  # event loop -> (asyncio.Lock, the task holding it)
+TURN_WAIT_SECONDS = 30.0
 
 
 @contextlib.asynccontextmanager
@@ -93,12 +97,21 @@ async def _writer_turn():
     if owner is not None and owner is me:
         yield
         return
-    async with lock:
-        _TURNS[loop] = (lock, me)
-        try:
-            yield
-        finally:
-            _TURNS[loop] = (lock, None)
+    try:
+        await asyncio.wait_for(lock.acquire(), TURN_WAIT_SECONDS)
+    except asyncio.TimeoutError:
+        # A holder waiting on something that needs a turn itself would otherwise wait forever:
+        # go on to SQLite, whose busy timeout bounds it as it did before the queue
+        log.warning("no turn for a Prefect write transaction in %.0f s (held by %s); going on without",
+                    TURN_WAIT_SECONDS, _TURNS[loop][1].get_name() if _TURNS[loop][1] else "?")
+        yield
+        return
+    _TURNS[loop] = (lock, me)
+    try:
+        yield
+    finally:
+        _TURNS[loop] = (lock, None)
+        lock.release()
 
 
 def _exempt_coordination_from_request_limit() -> None:

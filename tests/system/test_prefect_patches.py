@@ -57,3 +57,33 @@ def test_explicit_transactions_wait_for_the_write_lock_instead_of_failing(tmp_pa
         asyncio.run(_interleave(AioSqliteConfiguration(url.format("deferred")), "DEFERRED"))
     # Patched: the same interleaving, both writes land (B waited for A's commit).
     assert asyncio.run(_interleave(AioSqliteConfiguration(url.format("patched")), None)) == ["a", "b"]
+
+
+@pytest.mark.timeout(30)
+def test_a_writer_waits_its_turn_but_not_forever(monkeypatch, caplog):
+    """Writers queue in the process; one kept waiting past TURN_WAIT_SECONDS goes on to SQLite
+    (whose busy timeout then bounds it) instead of hanging on a holder that waits for it."""
+    monkeypatch.setattr(prefect_patches, "TURN_WAIT_SECONDS", 0.5)
+    order = []
+
+    async def writer(name, hold):
+        async with prefect_patches._writer_turn():
+            order.append(f"{name} in")
+            async with prefect_patches._writer_turn():  # the same task again: no second wait
+                await asyncio.sleep(hold)
+            order.append(f"{name} out")
+
+    async def main():
+        first = asyncio.create_task(writer("a", 0.2))
+        await asyncio.sleep(0.05)
+        await asyncio.gather(first, writer("b", 0))  # b waits for a
+        stuck = asyncio.create_task(writer("c", 1.5))
+        await asyncio.sleep(0.05)
+        await writer("d", 0)  # gives up waiting after 0.5 s, while c still holds the turn
+        order.append("d done while c holds" if not stuck.done() else "c released first")
+        await stuck
+
+    asyncio.run(main())
+    assert order[:4] == ["a in", "a out", "b in", "b out"]
+    assert order[4:7] == ["c in", "d in", "d out"] and "d done while c holds" in order
+    assert "no turn for a Prefect write transaction" in caplog.text
