@@ -235,34 +235,28 @@ class TaskRepository:
         """Every task, newest first."""
         return sorted(await self._records(), key=lambda r: (r.created, r.id), reverse=True)
 
-    async def rows(self, ids: list[uuid.UUID] | None, offset: int, limit: int) -> tuple[int, list[Any]]:
-        """(how many tasks exist, rows of the columns a TaskRecord needs): the tasks ``ids``,
-        or a page of all of them newest first."""
+    async def rows(self, ids: list[uuid.UUID] | None, offset: int = 0, limit: int = 200,
+                   title: str | None = None) -> tuple[int, list[Any]]:
+        """(how many tasks match, rows of the columns a TaskRecord needs): the tasks ``ids``,
+        or one page newest first, counted, filtered and cut in SQL so a page costs the same at
+        10 tasks and at 10,000. ``title``: a case-sensitive substring of the Title, as the
+        original's QueryList matched it."""
         import sqlalchemy as sa
 
         D = self.db.Deployment
+        where = [self._tagged()] + ([self._title_contains(title)] if title else [])
+        q = sa.select(*self._columns()).where(*where)
+        if ids is not None:
+            q = q.where(D.id.in_(ids))
+        else:
+            q = q.order_by(D.created.desc(), D.id.desc()).offset(offset).limit(limit)
         async with self._read() as session:
-            total = (await session.execute(sa.select(sa.func.count()).select_from(D).where(self._tagged()))).scalar_one()
-            q = sa.select(*self._columns()).where(self._tagged())
-            q = q.where(D.id.in_(ids)) if ids is not None else q.order_by(D.created.desc(), D.id.desc()).offset(offset).limit(limit)
+            total = (await session.execute(sa.select(sa.func.count()).select_from(D).where(*where))).scalar_one()
             return total, list((await session.execute(q)).all())
 
     async def page(self, title: str | None, offset: int, limit: int) -> tuple[int, list[TaskRecord]]:
-        """(how many tasks match, one page of them newest first): counted, filtered and cut in
-        SQL, reading only the columns a task needs, so a page costs the same at 10 tasks and
-        at 10,000. ``title``: a case-sensitive substring of the Title, as the original's
-        QueryList matched it."""
-        import sqlalchemy as sa
-
-        D = self.db.Deployment
-        where = [self._tagged()]
-        if title:
-            where.append(self._title_contains(title))
-        async with self._read() as session:
-            total = (await session.execute(sa.select(sa.func.count()).select_from(D).where(*where))).scalar_one()
-            rows = (await session.execute(sa.select(*self._columns()).where(*where)
-                                          .order_by(D.created.desc(), D.id.desc())
-                                          .offset(offset).limit(limit))).all()
+        """A QueryList page: how many tasks match, and those of the page as records."""
+        total, rows = await self.rows(None, offset, limit, title)
         return total, [r for r in (record_of(row) for row in rows) if r is not None]
 
     async def versions(self, since: datetime | None) -> tuple[int, list[tuple[uuid.UUID, datetime]]]:
