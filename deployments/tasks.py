@@ -301,7 +301,7 @@ class TaskRepository:
 
         D = self.db.Deployment
         if self.db.dialect.name == "postgresql":
-            return sa.func.jsonb_array_length(D.parameters.op("#>")(sa.literal("{task,Nexts}"))) > 0
+            return sa.func.jsonb_array_length(D.parameters.op("#>")(sa.literal_column("'{task,Nexts}'"))) > 0
         return sa.func.json_array_length(sa.func.json_extract(D.parameters, "$.task.Nexts")) > 0
 
     def _tagged(self):
@@ -312,7 +312,7 @@ class TaskRepository:
         D = self.db.Deployment
         if self.db.dialect.name == "postgresql":
             return sa.and_(D.tags.op("@>")(sa.cast([TAG], D.tags.type)),
-                           sa.func.jsonb_typeof(D.parameters.op("->")("task")) == "object")
+                           sa.func.jsonb_typeof(D.parameters.op("->")(sa.literal_column("'task'"))) == "object")
         return sa.and_(sa.exists(sa.select(1).select_from(sa.func.json_each(D.tags).table_valued("value"))
                                  .where(sa.literal_column("value") == TAG)),
                        sa.func.json_type(D.parameters, "$.task") == "object")
@@ -322,7 +322,7 @@ class TaskRepository:
 
         D = self.db.Deployment
         if self.db.dialect.name == "postgresql":
-            return sa.func.strpos(D.parameters.op("#>>")(sa.literal("{task,Title}")), title) > 0
+            return sa.func.strpos(D.parameters.op("#>>")(sa.literal_column("'{task,Title}'")), title) > 0
         return sa.func.instr(sa.func.json_extract(D.parameters, "$.task.Title"), title) > 0
 
     async def write(self, task_id: uuid.UUID, spec: TaskSpec, status: Status,

@@ -224,7 +224,7 @@ class FiringLoop:
                 # firings it already claimed are still this node's to run: the new owner
                 # starts after the last claimed instant (catch_up), so dropping them loses them
                 self.handed_off[tid] = (entry, utcnow())
-                self.plugin_wanted.discard(tid)  # its instance goes at the next full sync
+                self.plugin_wanted.discard(tid)  # its instance goes when the records are re-applied
         self._reapply = True
 
     async def sync(self) -> None:
@@ -263,7 +263,7 @@ class FiringLoop:
         for rec in list(todo):
             if rec is not None:
                 await self._apply(rec, now)
-        if gone:
+        if gone or full:  # instances of tasks no longer wanted here (also those a Start loaded)
             for tid in self.plugins.stale(self.plugin_wanted):
                 await self.plugins.stop(tid)
         if self._arrived:

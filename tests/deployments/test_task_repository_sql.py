@@ -1,0 +1,92 @@
+"""The task repository's SQL (deployments/tasks.py) on both databases Prefect runs on: each
+dialect has its own JSON operators, and a wrong one fails only there (PostgreSQL's master
+refused to start once). In-process against Prefect's own schema, no live system."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from helpers import PG, drop_databases, require_postgres
+
+SCRIPT = r'''
+import asyncio, os, sys, tempfile, uuid
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp()
+os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = sys.argv[1]
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+from schedulemaster import prefect_patches
+prefect_patches.apply()
+from prefect.server import models, schemas
+from prefect.server.database import provide_database_interface
+from prefect.utilities.callables import parameter_schema
+from schedulemaster.deployments.spec import spec_of
+from schedulemaster.deployments.tasks import Status, TaskRepository
+from schedulemaster.flows.task_flow import run_task
+
+
+def spec(title, nexts=()):
+    return spec_of({"Id": str(uuid.uuid4()), "Title": title, "MetaType": 2, "RunLoop": True,
+                    "CronExpression": "0 * * * * ?", "Nexts": list(nexts),
+                    "Http": {"RequestUrl": "http://127.0.0.1:9/x", "Method": "POST"}, "TimeZone": "UTC"})
+
+
+async def main():
+    db = provide_database_interface()
+    await db.create_db()
+    async with db.session_context(begin_transaction=True) as s:
+        await models.workers.create_work_pool(session=s, work_pool=schemas.actions.WorkPoolCreate(
+            name="schedulemaster", type="schedulemaster-node"))
+        # a tagged deployment that is not a task (as the dispatcher's): never counted
+        flow = await models.flows.create_flow(session=s, flow=schemas.core.Flow(name="other"))
+        await models.deployments.create_deployment(session=s, deployment=schemas.core.Deployment(
+            name="dispatcher", flow_id=flow.id, tags=["schedulemaster", "delayed"]))
+    repo = TaskRepository()
+    schema = parameter_schema(run_task).model_dump_for_openapi()
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    await repo.create(a, spec("alpha 100%"), "schedulemaster", schema, Status.Running)
+    await repo.create(b, spec("beta", [str(a)]), "schedulemaster", schema)
+    await repo.create(c, spec("Alpha"), "schedulemaster", schema)
+    total, page = await repo.page("alpha", 0, 10)
+    assert total == 1 and [r.id for r in page] == [a], (total, page)
+    assert (await repo.page("100%", 0, 10))[0] == 1 and (await repo.page("_", 0, 10))[0] == 0
+    assert [r.id for r in (await repo.page(None, 1, 1))[1]] == [b]  # newest first: c, b, a
+    assert set(await repo.chains([a])) == {str(a), str(b)}
+    assert [p.id for p in await repo.parents_of(a)] == [b]
+    count, versions = await repo.versions(None)
+    assert count == 3 and {i for i, _ in versions} == {a, b, c}
+    assert (await repo.rows([a, uuid.uuid4()]))[1][0].id == a
+    assert await repo.mark_ready() == 0  # created READY and never polled
+    await repo.write(a, spec("alpha 100%"), Status.Paused, previous=spec("alpha 100%"))
+    assert (await repo.read(a)).status == Status.Paused
+    assert await repo.run_stats_of([a]) == {}
+    print("ok")
+
+
+asyncio.run(main())
+'''
+
+
+def _run(url: str) -> None:
+    r = subprocess.run([sys.executable, "-c", SCRIPT, url], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
+
+
+@pytest.mark.timeout(300)
+def test_the_repository_sql_on_sqlite(tmp_path):
+    _run(f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}")
+
+
+@pytest.mark.timeout(300)
+def test_the_repository_sql_on_postgresql():
+    require_postgres()
+    name = f"sm_repo_{uuid.uuid4().hex[:8]}"
+    from schedulemaster.store.db import ensure_database
+
+    ensure_database(f"{PG.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}")
+    try:
+        _run(f"{PG.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}")
+    finally:
+        drop_databases(name)
