@@ -53,7 +53,7 @@ class StallWatch:
 
     loop_seconds: float = LOOP_SECONDS
     transaction_seconds: float = TRANSACTION_SECONDS
-    stalls: int = 0  #: stalls reported so far (read by tests and the status endpoint)
+    stalls: int = 0  #: stalls reported so far (the tests read it)
     _open: dict[int, _Open] = field(default_factory=dict)
     _beat: float = field(default_factory=time.monotonic)
     _loop_thread: int | None = None
