@@ -17,7 +17,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
+from types import SimpleNamespace
 from typing import Any
+
+import sqlalchemy as sa
 
 from schedulemaster.deployments.prefect_schedule import display_schedule
 from schedulemaster.deployments.spec import TaskSpec, spec_of
@@ -148,7 +151,6 @@ class TaskRepository:
                      parameter_schema: dict[str, Any], status: Status = Status.Stop) -> None:
         """Create the deployment of a new task, keeping the id the caller chose (Running at
         once for a Create with RunNow: one transaction instead of a create and a start)."""
-        import sqlalchemy as sa
         from prefect.server import models, schemas
         from prefect.server.schemas.statuses import DeploymentStatus
 
@@ -185,7 +187,6 @@ class TaskRepository:
         and emitted one event per deployment inside that transaction (6 ms each: minutes of
         lock with thousands of tasks). Run at the master's start, for deployments an earlier
         version polled; returns how many changed."""
-        import sqlalchemy as sa
         from prefect.server.schemas.statuses import DeploymentStatus
 
         D = self.db.Deployment
@@ -199,7 +200,6 @@ class TaskRepository:
     async def _flow_and_queue(self, session, work_pool: str) -> tuple[uuid.UUID, uuid.UUID]:
         """The task flow's id and the tasks queue's, made when missing (two indexed reads;
         Prefect's upsert and lookup helpers cost 8 ms a Create)."""
-        import sqlalchemy as sa
         from prefect.server import models, schemas
         from prefect.server.api.workers import WorkerLookups
 
@@ -218,8 +218,6 @@ class TaskRepository:
 
     async def _unique_name(self, session, flow_id: uuid.UUID, title: str, task_id: uuid.UUID) -> str:
         """Deployments are upserted by (flow, name): a clash would overwrite another task."""
-        import sqlalchemy as sa
-
         name = clean_name(title)
         row = (await session.execute(sa.select(self.db.Deployment.id).where(
             self.db.Deployment.flow_id == flow_id, self.db.Deployment.name == name))).scalar_one_or_none()
@@ -241,18 +239,15 @@ class TaskRepository:
         or one page newest first, counted, filtered and cut in SQL so a page costs the same at
         10 tasks and at 10,000. ``title``: a case-sensitive substring of the Title, as the
         original's QueryList matched it."""
-        import sqlalchemy as sa
-
         D = self.db.Deployment
-        where = [self._tagged()] + ([self._title_contains(title)] if title else [])
-        q = sa.select(*self._columns()).where(*where)
+        where = [self._title_contains(title)] if title else []
+        q = self._select(*where)
         if ids is not None:
             q = q.where(D.id.in_(ids))
         else:
             q = q.order_by(D.created.desc(), D.id.desc()).offset(offset).limit(limit)
         async with self._read() as session:
-            total = (await session.execute(sa.select(sa.func.count()).select_from(D).where(*where))).scalar_one()
-            return total, list((await session.execute(q)).all())
+            return await self._count(session, *where), list((await session.execute(q)).all())
 
     async def page(self, title: str | None, offset: int, limit: int) -> tuple[int, list[TaskRecord]]:
         """A QueryList page: how many tasks match, and those of the page as records."""
@@ -262,20 +257,16 @@ class TaskRepository:
     async def versions(self, since: datetime | None) -> tuple[int, list[tuple[uuid.UUID, datetime]]]:
         """(how many tasks exist, (id, updated) of those updated at or after ``since``): what a
         node needs to keep its task book, through the index on ``updated``."""
-        import sqlalchemy as sa
-
         D = self.db.Deployment
         changed = [self._tagged()] + ([D.updated >= since] if since is not None else [])
         async with self._read() as session:
-            count = (await session.execute(sa.select(sa.func.count()).select_from(D).where(self._tagged()))).scalar_one()
+            count = await self._count(session)
             rows = (await session.execute(sa.select(D.id, D.updated).where(*changed))).all()
         return count, [(row.id, row.updated) for row in rows]
 
     async def chains(self, among: list[uuid.UUID] | None = None) -> dict[str, tuple[str, list[str]]]:
         """{task id: (Title, Nexts)} of the tasks that have children, plus those in ``among``
         (children to check): what a cycle check needs, without reading every task."""
-        import sqlalchemy as sa
-
         wanted = self._has_children()
         if among:
             wanted = sa.or_(wanted, self.db.Deployment.id.in_(among))
@@ -286,19 +277,21 @@ class TaskRepository:
         return [r for r in await self._records(self._has_children()) if str(task_id) in r.spec.Nexts]
 
     async def _records(self, *where) -> list[TaskRecord]:
-        import sqlalchemy as sa
-
         async with self._read() as session:
-            rows = (await session.execute(sa.select(*self._columns()).where(self._tagged(), *where))).all()
+            rows = (await session.execute(self._select(*where))).all()
         return [r for r in (record_of(row) for row in rows) if r is not None]
 
-    def _columns(self):
+    def _select(self, *where):
+        """The columns a TaskRecord needs, of the task deployments that also match ``where``."""
         D = self.db.Deployment
-        return (D.id, D.name, D.tags, D.paused, D.parameters, D.created, D.updated)
+        return sa.select(D.id, D.name, D.tags, D.paused, D.parameters, D.created, D.updated).where(
+            self._tagged(), *where)
+
+    async def _count(self, session, *where) -> int:
+        return (await session.execute(sa.select(sa.func.count()).select_from(self.db.Deployment)
+                                      .where(self._tagged(), *where))).scalar_one()
 
     def _has_children(self):
-        import sqlalchemy as sa
-
         D = self.db.Deployment
         if self.db.dialect.name == "postgresql":
             return sa.func.jsonb_array_length(D.parameters.op("#>")(sa.literal_column("'{task,Nexts}'"))) > 0
@@ -307,8 +300,6 @@ class TaskRepository:
     def _tagged(self):
         """Deployments that are tasks, as record_of tells them: tagged, with a ``task`` object
         among their parameters (the dispatcher's own deployment is tagged too, and has none)."""
-        import sqlalchemy as sa
-
         D = self.db.Deployment
         if self.db.dialect.name == "postgresql":
             return sa.and_(D.tags.op("@>")(sa.cast([TAG], D.tags.type)),
@@ -318,8 +309,6 @@ class TaskRepository:
                        sa.func.json_type(D.parameters, "$.task") == "object")
 
     def _title_contains(self, title: str):
-        import sqlalchemy as sa
-
         D = self.db.Deployment
         if self.db.dialect.name == "postgresql":
             return sa.func.strpos(D.parameters.op("#>>")(sa.literal_column("'{task,Title}'")), title) > 0
@@ -330,8 +319,6 @@ class TaskRepository:
         """Store a task's spec and status. ``previous``: its spec before, when the caller has
         it; its schedule is then rewritten only if the cron changed (Prefect rewrites a
         deployment's schedules in several ORM round trips: most of a Start or a Pause)."""
-        import sqlalchemy as sa
-
         async with self._write() as session:
             await self._update(session, task_id, spec, status, _schedule_changed(previous, spec))
             if rename:  # Prefect's API cannot rename a deployment; the title is its name
@@ -362,9 +349,6 @@ class TaskRepository:
         Resume, Stop, or an edit of anything but the cron): one UPDATE and the
         ``prefect.deployment.updated`` event. Its ORM reads before and after cost 15 of a
         status change's 23 ms; the fields the event names are read here in one query."""
-        from types import SimpleNamespace
-
-        import sqlalchemy as sa
         from prefect.server.events.clients import PrefectServerEventsClient
         from prefect.server.models.events import deployment_updated_event
         from prefect.types._datetime import now
@@ -397,7 +381,6 @@ class TaskRepository:
 
     async def run_stats_of(self, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[int, datetime | None]]:
         """(TotalRunCount, LastRunTime) of many tasks in one grouped query (a QueryList page)."""
-        import sqlalchemy as sa
         from prefect.server.schemas.states import StateType
 
         F = self.db.FlowRun

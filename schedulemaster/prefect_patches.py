@@ -53,14 +53,12 @@ def apply() -> None:
 
 
 def _immediate_sqlite_transactions() -> None:
-    from contextlib import asynccontextmanager
-
     from prefect.server.database.configurations import SQLITE_BEGIN_MODE, AioSqliteConfiguration
 
     if getattr(AioSqliteConfiguration, "_schedulemaster_immediate", False):
         return
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def begin_transaction(self, session, with_for_update: bool = False):
         async with _writer_turn():
             token = SQLITE_BEGIN_MODE.set("IMMEDIATE")

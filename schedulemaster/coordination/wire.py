@@ -31,6 +31,7 @@ NAME = r"^[^/%\s][^/%]{0,98}[^/%\s]$|^[^/%\s]$"  # a node name (also a work-queu
 MAX_CLAIMS = 1000  # claims or reports per call
 MAX_RECORDS = 1000  # firing records per call
 MAX_LOGS_PER_FIRING = 50
+MAX_TASKS = 1000  # task rows per read (ids asked for, or a page)
 
 
 # ---- nodes ------------------------------------------------------------------------------
@@ -85,9 +86,9 @@ class TaskVersions(BaseModel):
 class TasksRequest(BaseModel):
     """These tasks (``ids``), or a page of every task, newest first."""
 
-    ids: list[UUID] | None = Field(default=None, max_length=1000)
+    ids: list[UUID] | None = Field(default=None, max_length=MAX_TASKS)
     offset: int = Field(default=0, ge=0)
-    limit: int = Field(default=200, ge=1, le=1000)
+    limit: int = Field(default=200, ge=1, le=MAX_TASKS)
 
 
 class TaskRow(BaseModel):

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from schedulemaster.coordination.client import MasterClient
-from schedulemaster.coordination.wire import Firing, TasksRequest
+from schedulemaster.coordination.wire import MAX_TASKS, Firing, TasksRequest
 from schedulemaster.deployments import chain, plan, quartz
 from schedulemaster.deployments import tasks as dep
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
@@ -275,11 +275,11 @@ class FiringLoop:
                 raise
 
     async def _read_records(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, dep.TaskRecord | None]:
-        """The task records of these deployments, 1,000 per call; an id absent from the answer
-        was deleted, one mapped to None is not a valid task."""
+        """The task records of these deployments, MAX_TASKS per call; an id absent from the
+        answer was deleted, one mapped to None is not a valid task."""
         out: dict[uuid.UUID, dep.TaskRecord | None] = {}
-        for i in range(0, len(ids), 1000):
-            page = await self.master.read_tasks(TasksRequest(ids=ids[i:i + 1000]))
+        for i in range(0, len(ids), MAX_TASKS):
+            page = await self.master.read_tasks(TasksRequest(ids=ids[i:i + MAX_TASKS]))
             out.update((row.id, dep.record_of(row)) for row in page.rows)
         return out
 

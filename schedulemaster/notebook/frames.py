@@ -102,7 +102,7 @@ def task_records(conn: Connection | None = None) -> dict[str, TaskRecord]:
         body = wire.TasksRequest(offset=offset, limit=limit).model_dump(mode="json")
         return wire.TasksPage.model_validate_json(client.request("POST", wire.TASKS_READ_PATH, json=body).content).rows
 
-    for page in _pages(conn, read, size=1000):
+    for page in _pages(conn, read, size=wire.MAX_TASKS):
         for row in page:
             if (rec := record_of(row)) is not None:
                 out[str(row.id)] = rec
