@@ -44,7 +44,7 @@ async def main() -> dict:
             task_id=dep.id, firing_id=fid, name=f"run-{fid}", scheduled=at, started=at + timedelta(seconds=1),
             finished=at + timedelta(seconds=3), ok=ok, message="" if ok else "HTTP 500",
             fire={"node": "w1", "firing_id": fid}, parent_firing_id=parent,
-            logs=[{"level": 20, "message": "POST /x", "timestamp": at + timedelta(seconds=1)},
+            logs=[{"level": 20, "message": "POST /x\x00 (a NUL byte from the receiver)", "timestamp": at + timedelta(seconds=1)},
                   {"level": 40, "message": "HTTP 500", "timestamp": at + timedelta(seconds=3)}])
 
     out = {}
@@ -104,10 +104,10 @@ async def snapshot(db, firing_id: str, events: list) -> dict:
         run = dict(runs[0])
         states = (await s.execute(sa.select(db.FlowRunState.__table__).where(
             db.FlowRunState.flow_run_id == run["id"]))).mappings().all()
-        logs = (await s.execute(sa.select(db.Log.message, db.Log.level).where(
-            db.Log.flow_run_id == run["id"]).order_by(db.Log.timestamp))).all()
+        logs = (await s.execute(sa.select(db.Log.__table__).where(
+            db.Log.flow_run_id == run["id"]).order_by(db.Log.timestamp))).mappings().all()
     return json.loads(json.dumps({"runs": len(runs), "run": run, "states": [dict(x) for x in states],
-                                  "events": events, "logs": [list(x) for x in logs]}, default=str))
+                                  "events": events, "logs": [dict(x) for x in logs]}, default=str))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ refused most batches and the node's backlog grew without bound. Here one batch i
 IMMEDIATE transaction (the write lock first, then the reads), so nothing is refused. The
 runs of a transaction are written together (schedulemaster/master/bulk_runs.py: the same rows, state
 rows and state-change events Prefect's ``create_flow_run`` writes, in a few statements
-instead of ~10 round trips per run); log lines through ``models.logs.create_logs``.
+instead of ~10 round trips per run, and the log lines in one statement).
 
 A run gets the firing's real times: ``expected_start_time`` = the scheduled instant,
 ``start_time`` = when the request left, the terminal state stamped when it ended; the
@@ -59,7 +59,7 @@ async def record_firings(records: list[FiringRecord], on_failure: OnFailure | No
 
 async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure | None) -> RecordResult:
     import sqlalchemy as sa
-    from prefect.server import models, schemas
+    from prefect.server import schemas
     from prefect.server.database import provide_database_interface
 
     db = provide_database_interface()
@@ -112,11 +112,9 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
                 runs.append(run)
                 firings[run.id] = r
             inserted += await bulk_runs.insert_finished_runs(session, runs, labels)
-        logs = [schemas.actions.LogCreate(
-            name="schedulemaster.node", level=entry.level, message=entry.message,
-            timestamp=entry.timestamp, flow_run_id=run.id) for run in inserted for entry in firings[run.id].logs]
-        if logs:
-            await models.logs.create_logs(session, logs)
+        await bulk_runs.insert_logs(session, [
+            {"name": "schedulemaster.node", "level": entry.level, "message": entry.message,
+             "timestamp": entry.timestamp, "flow_run_id": run.id} for run in inserted for entry in firings[run.id].logs])
         events = await bulk_runs.state_change_events(session, inserted)
         failed = [run for run in inserted if not firings[run.id].ok]
         specs = {}

@@ -32,10 +32,12 @@ def parity(tmp_path: Path, url: str) -> dict:
 
 def normalized(snap: dict, firing_id: str) -> str:
     """The snapshot with what differs by nature (ids, names, write times) replaced by tokens."""
-    run, states = dict(snap["run"]), [dict(s) for s in snap["states"]]
-    for row in (run, *states):
+    run, states, logs = dict(snap["run"]), [dict(s) for s in snap["states"]], [dict(x) for x in snap["logs"]]
+    for row in (run, *states, *logs):
         row.pop("created"), row.pop("updated")
-    text = json.dumps({**snap, "run": run, "states": states}, sort_keys=True)
+    for row in logs:
+        row.pop("id")
+    text = json.dumps({**snap, "run": run, "states": states, "logs": logs}, sort_keys=True)
     for value, token in ((run["id"], "<run>"), (run["state_id"], "<state>"),
                          (run["parent_task_run_id"], "<parent-task-run>"), (firing_id, "<firing>")):
         if value:
