@@ -28,6 +28,9 @@ def local_timezone() -> str:
         return "UTC"
 
 
+RUN_EVENTS = ("all", "failed")
+
+
 @dataclass
 class Settings:
     data_dir: Path = field(default_factory=lambda: Path(".schedulemaster"))
@@ -40,6 +43,10 @@ class Settings:
     #: proxies whose X-Forwarded-For the legacy API believes (comma-separated addresses or
     #: networks; none by default)
     trusted_proxies: str = ""
+    #: which recorded firings publish Prefect's ``prefect.flow-run.<State>`` event: ``all``
+    #: (as Prefect does for every run) or ``failed``. An event costs about as much master CPU
+    #: as the rest of the firing's recording (README: Many tasks)
+    run_events: str = "all"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -53,6 +60,9 @@ class Settings:
         s.timezone = e.get("SM_TIMEZONE", s.timezone)
         s.work_pool = e.get("SM_WORK_POOL", s.work_pool)
         s.trusted_proxies = e.get("SM_TRUSTED_PROXIES", s.trusted_proxies).strip()
+        s.run_events = e.get("SM_RUN_EVENTS", s.run_events).strip().lower()
+        if s.run_events not in RUN_EVENTS:
+            raise ValueError(f"SM_RUN_EVENTS must be one of {', '.join(RUN_EVENTS)}, not {s.run_events[:40]!r}")
         return s
 
     def to_env(self) -> dict[str, str]:
@@ -66,6 +76,7 @@ class Settings:
             "SM_TIMEZONE": self.timezone,
             "SM_WORK_POOL": self.work_pool,
             "SM_TRUSTED_PROXIES": self.trusted_proxies,
+            "SM_RUN_EVENTS": self.run_events,
         }
 
     @property

@@ -91,6 +91,12 @@ async def main() -> dict:
     many = [record(f"many-{k}", k % 3 != 0) for k in range(120)]
     out["many"] = {"recorded": (await record_api.record_firings(many)).recorded,
                    "snapshots": [await snapshot(db, r.firing_id, []) for r in many[:3]]}
+    # SM_RUN_EVENTS=failed: every firing a run, only the failed ones an event
+    emitted.clear()
+    quiet = [record(f"quiet-{k}", k != 1) for k in range(3)]
+    out["failed_only"] = {"recorded": (await record_api.record_firings(quiet, run_events="failed")).recorded,
+                          "runs": sum([(await snapshot(db, r.firing_id, []))["runs"] for r in quiet]),
+                          "events": [e.event for e in emitted]}
     out["failure_mails"] = [[spec.Title, msg, detail] for spec, msg, detail in failures]
     return out
 

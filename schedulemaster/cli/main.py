@@ -24,7 +24,10 @@ TimeZone = typer.Option(None, "--timezone", help="zone cron is evaluated in [def
 
 def _settings(data_dir: Optional[Path], api_port: Optional[int], prefect_port: Optional[int],
               tz: Optional[str]) -> Settings:
-    s = Settings.from_env()
+    try:
+        s = Settings.from_env()
+    except ValueError as exc:  # an SM_* variable that cannot be right
+        raise typer.BadParameter(str(exc)) from None
     if data_dir is not None:
         s.data_dir = data_dir
     if api_port is not None:

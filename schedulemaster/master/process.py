@@ -48,7 +48,7 @@ class _Server:
 
 
 def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None, store_engine=None,
-                     coordination=None) -> None:
+                     coordination=None, run_events: str = "all") -> None:
     """Nodes record firings at ``/api/schedulemaster/firings`` (see schedulemaster/master/record_api.py);
     ``schedulemaster import`` writes at ``/api/schedulemaster/import/*`` (ms_compat/import_api.py).
 
@@ -64,7 +64,7 @@ def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None,
 
         api_app.router.routes.append(Mount("/schedulemaster/import", app=create_import_app(importer)))
     api_app.router.routes.append(Mount("/schedulemaster", app=create_record_app(
-        on_failure, packages, store_engine, coordination)))
+        on_failure, packages, store_engine, coordination, run_events)))
 
 
 def _version() -> str:
@@ -162,7 +162,8 @@ async def serve_master(settings: Settings) -> None:
                             lambda: mirror_settings(client, store))
     activity = NodeActivity()  # who claims firings: failover's second proof of life
     coordination = create_coordination_router(store.engine, live_workers_of(settings.work_pool), activity)
-    mount_record_api(prefect_app, mailer.task_failed, packages, importer, store.engine, coordination)
+    mount_record_api(prefect_app, mailer.task_failed, packages, importer, store.engine, coordination,
+                     settings.run_events)
     legacy_app = create_legacy_app(store, make_service, close, packages, info={
         "PrefectApiUrl": settings.prefect_api_url, "Version": _version()})
     servers = [_Server(prefect_app, settings.prefect_host, settings.prefect_port),

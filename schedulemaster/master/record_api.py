@@ -41,23 +41,26 @@ TRANSACTION_SIZE = 50  # firings per IMMEDIATE transaction (see record_firings)
 OnFailure = Callable[[TaskSpec, datetime, str, str, str], None]
 
 
-async def record_firings(records: list[FiringRecord], on_failure: OnFailure | None = None) -> RecordResult:
+async def record_firings(records: list[FiringRecord], on_failure: OnFailure | None = None,
+                         run_events: str = "all") -> RecordResult:
     """Write the firings as flow runs of their tasks' deployments, TRANSACTION_SIZE per transaction.
 
     SQLite has one write lock, and Prefect's own services (marking deployments ready,
     worker health) give up after waiting 60 s for it: a transaction must hold it briefly.
     Written in bulk (bulk_runs.py) a firing costs a few milliseconds, so TRANSACTION_SIZE
     firings hold the lock a fraction of a second and every other writer gets in between.
+    ``run_events``: "all" publishes each run's state-change event, "failed" only failed runs'.
     """
     recorded, unknown = 0, []
     for i in range(0, len(records), TRANSACTION_SIZE):
-        part = await _record_transaction(records[i:i + TRANSACTION_SIZE], on_failure)
+        part = await _record_transaction(records[i:i + TRANSACTION_SIZE], on_failure, run_events)
         recorded += part.recorded
         unknown += part.unknown_tasks
     return RecordResult(recorded=recorded, unknown_tasks=sorted(set(unknown)))
 
 
-async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure | None) -> RecordResult:
+async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure | None,
+                              run_events: str) -> RecordResult:
     import sqlalchemy as sa
     from prefect.server import schemas
     from prefect.server.database import provide_database_interface
@@ -115,7 +118,8 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
         await bulk_runs.insert_logs(session, [
             {"name": "schedulemaster.node", "level": entry.level, "message": entry.message,
              "timestamp": entry.timestamp, "flow_run_id": run.id} for run in inserted for entry in firings[run.id].logs])
-        events = await bulk_runs.state_change_events(session, inserted)
+        events = await bulk_runs.state_change_events(
+            session, inserted if run_events == "all" else [run for run in inserted if not firings[run.id].ok])
         failed = [run for run in inserted if not firings[run.id].ok]
         specs = {}
         if failed and on_failure is not None:  # the keepers' mail needs the task's spec
@@ -182,7 +186,7 @@ async def report_failure(failure: RunFailure, on_failure: OnFailure | None) -> b
 
 
 def create_record_app(on_failure: OnFailure | None = None, packages=None, store_engine=None,
-                      coordination: APIRouter | None = None) -> FastAPI:
+                      coordination: APIRouter | None = None, run_events: str = "all") -> FastAPI:
     """Mounted at ``/schedulemaster`` inside Prefect's own API app on the master, so Prefect's
     auth middleware (PREFECT_SERVER_API_AUTH_STRING) guards it like every Prefect endpoint:
     nodes record firings and report failures here, fetch plugin packages, and (through
@@ -201,7 +205,7 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
         if caller is not None and await caller(request) is None:
             raise HTTPException(403, "only a registered node records firings (its token is missing or wrong)")
         async with recording:
-            result = await record_firings(records, on_failure)
+            result = await record_firings(records, on_failure, run_events)
         if store_engine is not None:  # a recorded firing's claim is done (schedulemaster/store/claims.py)
             await asyncio.to_thread(claims.finish, store_engine, [r.firing_id for r in records], "recorded")
         return result

@@ -59,6 +59,7 @@ def check(out: dict) -> None:
     for k, snap in enumerate(many["snapshots"]):
         assert snap["runs"] == 1 and len(snap["states"]) == 1 and snap["run"]["state_id"] == snap["states"][0]["id"]
         assert snap["run"]["state_type"] == ("FAILED" if k % 3 == 0 else "COMPLETED") and len(snap["logs"]) == 2
+    assert out["failed_only"] == {"recorded": 3, "runs": 3, "events": ["prefect.flow-run.Failed"]}
     # one keeper mail for the one failed firing, with its message and its error log lines
     assert out["failure_mails"] == [["x", "HTTP 500", "HTTP 500"]]
 

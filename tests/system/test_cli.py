@@ -1,5 +1,6 @@
 """`schedulemaster cron` and the CLI's input checks, run as a user runs them."""
 
+import os
 import subprocess
 import sys
 
@@ -53,6 +54,14 @@ def test_cron_bad_options_exit_2(args):
 def test_bad_process_options_are_refused_before_anything_starts(args):
     r = sm(*args)
     assert r.returncode == 2, (r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize("value", ["some", "", "ALL; rm -rf /", "x" * 10_000])
+def test_a_bad_run_events_setting_is_refused_before_anything_starts(value):
+    r = subprocess.run([sys.executable, "-m", "schedulemaster.cli", "master"], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "SM_RUN_EVENTS": value})
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "SM_RUN_EVENTS must be one of all, failed" in r.stderr and len(r.stderr) < 2000
 
 
 @pytest.mark.parametrize("cmd", [["--help"], ["up", "--help"], ["master", "--help"], ["node", "--help"],
