@@ -32,11 +32,10 @@ second (py-spy). That Setting object is made once and put in the module (it stil
 current settings when asked for its value).
 
 5. On SQLite, Prefect's event persister writes each batch of events and their resources as
-multi-row VALUES statements, whose SQL text depends on the batch's size, so SQLAlchemy
-compiles a statement of thousands of parameters for every flush: with the master recording
-200 firings a second (one state-change event each, ~7 resource rows) that compile was most
-of the persister's CPU (py-spy). The same rows go in as one executemany per table
-(PostgreSQL's writer already does so).
+multi-row VALUES statements, which SQLAlchemy compiles afresh for every flush (a statement
+of thousands of parameters): with the master recording 200 firings a second, one event each,
+that compile was most of the persister's CPU (py-spy). The same rows go in through
+schedulemaster/sqlite_rows.py, whose statement text is made once per shape.
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ def apply() -> None:
     _cache_timezones()
     _exempt_coordination_from_request_limit()
     _immediate_sqlite_transactions()
-    _sqlite_events_executemany()
+    _sqlite_events_without_compiling()
 
 
 def _immediate_sqlite_transactions() -> None:
@@ -120,7 +119,7 @@ async def _writer_turn():
         lock.release()
 
 
-def _sqlite_events_executemany() -> None:
+def _sqlite_events_without_compiling() -> None:
     from prefect.server.events.storage import database
 
     if getattr(database._write_sqlite_events, "_schedulemaster", False):
@@ -128,21 +127,20 @@ def _sqlite_events_executemany() -> None:
 
     async def write_sqlite_events(session, events) -> None:
         """Prefect's ``_write_sqlite_events``: events already stored are skipped, the rest
-        written with their resources, as executemany instead of multi-row VALUES."""
+        written with their resources."""
         import sqlalchemy as sa
         from prefect.server.database import provide_database_interface
+
+        from schedulemaster.sqlite_rows import insert_rows
 
         db = provide_database_interface()
         for batch in database._in_safe_batches(events):  # keeps the IN list below bounded
             stored = set((await session.scalars(
                 sa.select(db.Event.id).where(db.Event.id.in_({event.id for event in batch})))).all())
             todo = [event for event in batch if event.id not in stored]
-            if not todo:
-                continue
-            await session.execute(sa.insert(db.Event.__table__), [event.as_database_row() for event in todo])
-            resources = [row for event in todo for row in event.as_database_resource_rows()]
-            if resources:
-                await session.execute(sa.insert(db.EventResource.__table__), resources)
+            await insert_rows(session, db.Event.__table__, [event.as_database_row() for event in todo])
+            await insert_rows(session, db.EventResource.__table__,
+                              [row for event in todo for row in event.as_database_resource_rows()])
 
     write_sqlite_events._schedulemaster = True  # type: ignore[attr-defined]
     database._write_sqlite_events = write_sqlite_events

@@ -89,6 +89,8 @@ class TasksRequest(BaseModel):
     ids: list[UUID] | None = Field(default=None, max_length=MAX_TASKS)
     offset: int = Field(default=0, ge=0)
     limit: int = Field(default=200, ge=1, le=MAX_TASKS)
+    #: also each task's successful runs and the end of the last one (QueryList's numbers)
+    stats: bool = False
 
 
 class TaskRow(BaseModel):
@@ -101,6 +103,8 @@ class TaskRow(BaseModel):
     parameters: dict
     created: datetime
     updated: datetime
+    total_runs: int | None = None  # with ``stats``
+    last_run: datetime | None = None
 
 
 class TasksPage(BaseModel):

@@ -18,11 +18,16 @@ shows up there (the project pins prefect==3.8.8).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from types import SimpleNamespace
 from uuid import UUID
 
+from schedulemaster.sqlite_rows import insert_rows
+
 log = logging.getLogger("schedulemaster.record")
+
+# On SQLite each write of a batch is one statement: schedulemaster/sqlite_rows.py says why.
 
 #: what create_flow_run leaves out of the run's row (computed fields; the state is its own row)
 _NOT_COLUMNS = {"created", "state", "estimated_run_time", "estimated_start_time_delta"}
@@ -53,10 +58,17 @@ async def insert_finished_runs(session, runs: list, labels: dict[UUID, dict]) ->
         row.update(id=run.id, created=created, state_type=state.type, state_name=state.name,
                    state_timestamp=state.timestamp, end_time=state.timestamp)
         rows.append(row)
-    insert = db.queries.insert(db.FlowRun).on_conflict_do_nothing(
-        index_elements=db.orm.flow_run_unique_upsert_columns).returning(db.FlowRun.id)
-    inserted = set((await session.execute(insert, rows)).scalars())
-    done = [run for run in runs if run.id in inserted]
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    if sqlite:
+        # one statement, no RETURNING (schedulemaster/sqlite_rows.py); the caller dropped the firings
+        # already recorded while holding SQLite's write lock, so every row goes in
+        await insert_rows(session, db.FlowRun.__table__, rows, " ON CONFLICT DO NOTHING")
+        done = runs
+    else:
+        insert = db.queries.insert(db.FlowRun).on_conflict_do_nothing(
+            index_elements=db.orm.flow_run_unique_upsert_columns).returning(db.FlowRun.id)
+        inserted = set((await session.execute(insert, rows)).scalars())
+        done = [run for run in runs if run.id in inserted]
     if not done:
         return []
     states = []
@@ -67,6 +79,16 @@ async def insert_finished_runs(session, runs: list, labels: dict[UUID, dict]) ->
         payload = run.state.model_dump_for_orm()
         payload.pop("data", None)  # finished firings carry no result
         states.append({**payload, "flow_run_id": run.id})
+    table = db.FlowRun.__table__
+    if sqlite:
+        await insert_rows(session, db.FlowRunState.__table__, states)
+        await session.execute(sa.update(table).where(table.c.id.in_([run.id for run in done])).values(
+            # typed binds: a bare uuid.UUID would be bound as SQLAlchemy's own Uuid (hex
+            # without dashes), not as Prefect's UUID column type
+            state_id=sa.case(*[(table.c.id == run.id, sa.literal(run.state.id, table.c.state_id.type))
+                               for run in done]),
+            updated=created))
+        return done
     await session.execute(sa.insert(db.FlowRunState), states)
     # `updated` given, so SQLAlchemy applies no onupdate default: Prefect's SQLite now()
     # expression cannot go into an executemany
@@ -77,10 +99,7 @@ async def insert_finished_runs(session, runs: list, labels: dict[UUID, dict]) ->
 
 async def insert_logs(session, logs: list[dict]) -> None:
     """Insert log lines (dicts of name, level, message, timestamp, flow_run_id) as Prefect's
-    ``models.logs.create_logs`` does, in one executemany. Why not create_logs: it validates
-    each line through three pydantic models and sends one multi-row VALUES statement, which
-    SQLAlchemy compiles afresh for every batch (its size is in the SQL text); recording 200
-    firings a second, that compile alone took a tenth of the master's CPU (py-spy)."""
+    ``models.logs.create_logs`` does, without its three pydantic models per line."""
     import uuid
 
     import sqlalchemy as sa
@@ -97,7 +116,10 @@ async def insert_logs(session, logs: list[dict]) -> None:
              # what create_logs strips (PostgreSQL refuses a NUL in text)
              "name": line["name"].replace("\x00", ""), "message": line["message"].replace("\x00", "")}
             for line in logs]
-    await session.execute(sa.insert(db.Log.__table__), rows)  # Core: no ORM bookkeeping per row
+    if session.get_bind().dialect.name == "sqlite":  # schedulemaster/sqlite_rows.py
+        await insert_rows(session, db.Log.__table__, rows)
+    else:
+        await session.execute(sa.insert(db.Log.__table__), rows)
     if get_current_settings().server.logs.stream_publishing_enabled:  # off unless configured
         from prefect.server.schemas.core import Log
 
@@ -146,14 +168,43 @@ async def state_change_events(session, runs: list) -> list:
     return events
 
 
+#: Prefect's in-memory messaging drops a message for a consumer already this far behind
+#: (``Subscription``: a queue of 10,000, not configurable); see ``_room_for``
+CONSUMER_QUEUE = 10_000
+ROOM_WAIT_SECONDS = 30.0
+
+
+async def _room_for(count: int) -> None:
+    """Wait until every consumer of Prefect's events topic has room for ``count`` more.
+
+    With the embedded (in-memory) messaging a consumer that falls 10,000 events behind loses
+    the next ones with a warning each: seen at 10,000 tasks (167 firings/s with an event each,
+    the master's CPU saturated), 157,237 warnings in a few minutes. Waiting here slows the
+    recording, whose firings wait safely on the nodes, instead. Bounded: after
+    ROOM_WAIT_SECONDS it publishes anyway. Other brokers (Redis) have their own limits."""
+    from prefect.server.utilities.messaging import memory
+
+    topic = memory.Topic._topics.get("events")
+    if topic is None:
+        return
+    deadline = asyncio.get_running_loop().time() + ROOM_WAIT_SECONDS
+    while max((sub._queue.qsize() for sub in topic._subscriptions), default=0) + count > CONSUMER_QUEUE * 0.8:
+        if asyncio.get_running_loop().time() > deadline:
+            log.warning("Prefect's event consumers are %d events behind after %.0f s; publishing %d more",
+                        max(sub._queue.qsize() for sub in topic._subscriptions), ROOM_WAIT_SECONDS, count)
+            return
+        await asyncio.sleep(0.2)
+
+
 async def emit(events: list) -> None:
-    """Publish events as Prefect's orchestration does (its in-process messaging). The runs are
-    committed by now: a publishing failure is logged, it does not fail the recording (the
-    node would only send the same firings again)."""
+    """Publish events as Prefect's orchestration does (its in-process messaging), once its
+    consumers have room for them. The runs are committed by now: a publishing failure is
+    logged, it does not fail the recording (the node would only send the same firings again)."""
     from prefect.server.events.clients import PrefectServerEventsClient
 
     if not events:
         return
+    await _room_for(len(events))
     try:
         async with PrefectServerEventsClient() as client:
             for event in events:

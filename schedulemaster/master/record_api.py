@@ -220,8 +220,14 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
     @router.post("/tasks/read")
     async def read_tasks(body: TasksRequest) -> TasksPage:
         """Task deployments' own columns (the node's sync, the notebook's task list)."""
-        total, rows = await TaskRepository().rows(body.ids, body.offset, body.limit)
-        return TasksPage(total=total, rows=[TaskRow.model_validate(row, from_attributes=True) for row in rows])
+        repo = TaskRepository()
+        total, rows = await repo.rows(body.ids, body.offset, body.limit)
+        page = [TaskRow.model_validate(row, from_attributes=True) for row in rows]
+        if body.stats:
+            stats = await repo.run_stats_of([row.id for row in page])
+            for row in page:
+                row.total_runs, row.last_run = stats.get(row.id, (0, None))
+        return TasksPage(total=total, rows=page)
 
     @router.post("/failures")
     async def post_failure(failure: RunFailure) -> KnownTask:

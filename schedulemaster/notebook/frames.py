@@ -94,51 +94,59 @@ def task_records(conn: Connection | None = None) -> dict[str, TaskRecord]:
     """Every task by id, as its deployment says (spec and status), read through the master's
     task endpoint (Prefect's deployment list builds a full response per deployment: seconds
     for a thousand tasks)."""
-    conn = _conn(conn)
+    return {str(row.id): rec for row, rec in _task_rows(_conn(conn), stats=False)}
+
+
+def _task_rows(conn: Connection, stats: bool) -> Iterator[tuple[wire.TaskRow, TaskRecord]]:
+    """Each task's row and record, MAX_TASKS per call (with its run numbers when ``stats``)."""
     client = conn.prefect()
-    out: dict[str, TaskRecord] = {}
 
     def read(limit: int, offset: int) -> list[wire.TaskRow]:
-        body = wire.TasksRequest(offset=offset, limit=limit).model_dump(mode="json")
+        body = wire.TasksRequest(offset=offset, limit=limit, stats=stats).model_dump(mode="json")
         return wire.TasksPage.model_validate_json(client.request("POST", wire.TASKS_READ_PATH, json=body).content).rows
 
     for page in _pages(conn, read, size=wire.MAX_TASKS):
         for row in page:
             if (rec := record_of(row)) is not None:
-                out[str(row.id)] = rec
-    return out
+                yield row, rec
 
 
 def tasks(conn: Connection | None = None) -> pd.DataFrame:
-    """Every task: its definition, status and run counts (QueryList's numbers)."""
+    """Every task: its definition, status and run counts (QueryList's numbers), in one read
+    per thousand tasks; the next run is computed here, as QueryList does on the master."""
     import json
 
+    from schedulemaster.deployments import plan, quartz
+
     conn = _conn(conn)
-    records = task_records(conn)
-    stats = {r["Id"]: r for r in conn.legacy.iter_tasks()}
+    now = datetime.now(timezone.utc)
     rows = []
-    for tid, rec in records.items():
-        s, st = rec.spec, stats.get(tid, {})
+    for row, rec in _task_rows(conn, stats=True):
+        s = rec.spec
         try:
             params = {p["ParamKey"]: p["ParamValue"] for p in json.loads(s.CustomParamsJson)}
         except (ValueError, TypeError, KeyError):
             params = {}
+        try:
+            next_run = plan.next_fire(s, now) if rec.status == Status.Running else None
+        except quartz.CronError:
+            next_run = None
         rows.append({
-            "task_id": tid, "title": s.Title, "type": "plugin" if s.is_plugin else "http",
-            "status": STATUS_NAMES.get(st.get("Status"), STATUS_NAMES[int(rec.status)]), "cron": s.CronExpression,
+            "task_id": str(rec.id), "title": s.Title, "type": "plugin" if s.is_plugin else "http",
+            "status": STATUS_NAMES[int(rec.status)], "cron": s.CronExpression,
             "run_loop": s.RunLoop, "start_date": s.StartDate, "end_date": s.EndDate,
             "executors": list(s.Executors), "failover": s.FailoverPolicy,
             "keepers": list(s.Keepers), "nexts": list(s.Nexts), "params": params,
             "url": s.Http.RequestUrl if s.Http else None, "method": s.Http.Method if s.Http else None,
             "module": s.AssemblyName, "class_name": s.ClassName,
-            "created": s.CreateTime, "last_run": st.get("LastRunTime"), "next_run": st.get("NextRunTime"),
-            "total_runs": int(st.get("TotalRunCount") or 0), "remark": s.Remark})
+            "created": s.CreateTime, "last_run": row.last_run, "next_run": next_run,
+            "total_runs": int(row.total_runs or 0), "remark": s.Remark})
     df = pd.DataFrame(rows, columns=TASK_COLUMNS)
     tz = conn.timezone
     for col in ("start_date", "end_date", "created"):
         df[col] = _local_times(df[col], tz)
-    for col in ("last_run", "next_run"):
-        df[col] = _local_times(df[col], tz)
+    for col in ("last_run", "next_run"):  # aware UTC instants
+        df[col] = _times(df[col], tz)
     df["type"] = _category(df["type"], TASK_TYPES)
     df["status"] = _category(df["status"], TASK_STATUSES)
     df["run_loop"] = df["run_loop"].astype(bool)

@@ -465,6 +465,12 @@ def test_frames_have_typed_columns(conn, receiver):
     assert (mine["type"], mine["status"], mine["url"], mine["method"], mine["params"]) == (
         "http", "running", receiver.url("/py-frames"), "POST", {"p": "1"})
     assert mine["total_runs"] >= 2 and mine["last_run"].tzinfo is not None
+    # the next run is the cron's next even second, computed where the frame is built
+    now = pd.Timestamp.now(tz=tz)
+    assert now < mine["next_run"] <= now + pd.Timedelta(seconds=2.5) and mine["next_run"].second % 2 == 0
+    assert mine["last_run"] <= now
+    legacy = next(conn.legacy.iter_tasks(name=title))  # QueryList's numbers for the same task
+    assert legacy["TotalRunCount"] >= mine["total_runs"] >= 2
 
     r = sm.runs(task=title, since="10m")
     assert list(r.columns) == ["run_id", "task_id", "task", "name", "kind", "state", "message", "node",
