@@ -147,7 +147,11 @@ async def fire_window(session, system: System, rx: Receiver, pids, ids: dict[int
     await asyncio.sleep(max(0.0, w1 + 60 - time.time()))
     recorded = await count_runs(session, system, w0, w1)
     return {"minutes": minutes, "expected": len(expected), "delivered": delivered,
-            "lost": len(expected) - delivered, "duplicates": sum(v - 1 for v in keys.values() if v > 1),
+            "lost": len(expected) - delivered,
+            # which, to look them up in the logs kept beside the results
+            "lost_examples": [[ids[i], datetime.fromtimestamp(at, timezone.utc).isoformat()]
+                              for i, at in sorted(expected - set(got))[:20]],
+            "duplicates": sum(v - 1 for v in keys.values() if v > 1),
             "p50_s": round(pct(late, 50), 3) if late else None, "p99_s": round(pct(late, 99), 3) if late else None,
             "recorded_60s": recorded, "cpu": cpu, "rss_mb": rss}
 
