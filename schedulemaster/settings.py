@@ -45,7 +45,7 @@ class Settings:
     trusted_proxies: str = ""
     #: which recorded firings publish Prefect's ``prefect.flow-run.<State>`` event: ``all``
     #: (as Prefect does for every run) or ``failed``. An event costs about as much master CPU
-    #: as the rest of the firing's recording (README: Many tasks)
+    #: as the rest of the firing's recording (README: Benchmark, Recording firings in Prefect)
     run_events: str = "all"
 
     @classmethod

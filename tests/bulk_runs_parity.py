@@ -97,7 +97,53 @@ async def main() -> dict:
     out["failed_only"] = {"recorded": (await record_api.record_firings(quiet, run_events="failed")).recorded,
                           "runs": sum([(await snapshot(db, r.firing_id, []))["runs"] for r in quiet]),
                           "events": [e.event for e in emitted]}
+    out["persisted_events"] = await persisted_events_both_ways(db)
     out["failure_mails"] = [[spec.Title, msg, detail] for spec, msg, detail in failures]
+    return out
+
+
+async def persisted_events_both_ways(db) -> list | None:
+    """SQLite: the same event stored by Prefect's event writer and by the master's patched one
+    (schedulemaster/prefect_patches.py, #5): their rows in events and event_resources."""
+    import uuid
+
+    import sqlalchemy as sa
+    from prefect.server.events.schemas.events import Event
+    from prefect.server.events.storage import database
+    from prefect.types._datetime import now
+
+    from schedulemaster import prefect_patches
+
+    if db.dialect.name != "sqlite":
+        return None
+    original = database._write_sqlite_events
+    event = Event(id=uuid.uuid4(), occurred=now("UTC"), event="prefect.flow-run.Completed", payload={"k": [1, 2.0, None]},
+                  resource={"prefect.resource.id": f"prefect.flow-run.{uuid.uuid4()}", "prefect.resource.name": "r"},
+                  related=[{"prefect.resource.id": f"prefect.flow.{uuid.uuid4()}", "prefect.resource.role": "flow",
+                            "prefect.resource.name": "f"}, {"prefect.resource.id": "prefect.tag.t1",
+                                                            "prefect.resource.role": "tag"}])
+    copies = [event.model_copy(update={"id": uuid.uuid4()}).receive() for _ in range(2)]
+    prefect_patches._sqlite_events_without_compiling()
+    try:
+        # ours is given the same event again (a redelivery) and stores it once; Prefect's own
+        # writer, given a batch of only stored events, inserts an empty row (values([])), so once
+        for write, copy, times in zip((original, database._write_sqlite_events), copies, (1, 2)):
+            for _ in range(times):
+                async with db.session_context(begin_transaction=True) as s:
+                    await write(s, [copy])
+    finally:
+        database._write_sqlite_events = original
+    out = []
+    async with db.session_context() as s:
+        for copy in copies:
+            rows = [dict(r) for r in (await s.execute(sa.select(db.Event.__table__).where(
+                db.Event.id == copy.id))).mappings()]
+            resources = [dict(r) for r in (await s.execute(sa.select(db.EventResource.__table__).where(
+                db.EventResource.event_id == copy.id).order_by(db.EventResource.resource_id))).mappings()]
+            for row in rows + resources:
+                for key in ("id", "event_id", "created", "updated", "recorded", "received"):
+                    row.pop(key, None)
+            out.append(json.loads(json.dumps({"events": rows, "resources": resources}, default=str)))
     return out
 
 
