@@ -17,12 +17,12 @@ SQLITE_MAX_PARAMETERS = 32_766  # in one statement
 
 
 @functools.lru_cache(maxsize=64)
-def _values_sql(table: str, columns: tuple[str, ...], rows: int, suffix: str) -> str:
+def _values_sql(table: str, columns: tuple[str, ...], rows: int) -> str:
     row = "(" + ", ".join("?" * len(columns)) + ")"
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * rows)}{suffix}"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * rows)}"
 
 
-async def insert_rows(session, table, rows: list[dict], suffix: str = "") -> None:
+async def insert_rows(session, table, rows: list[dict]) -> None:
     """Insert ``rows`` (dicts with the same keys) into ``table`` in the session's transaction,
     each value through its column type's bind processing and the columns left out given their
     Python-side defaults, as SQLAlchemy would. Why by hand: SQLAlchemy compiles a multi-row
@@ -48,4 +48,4 @@ async def insert_rows(session, table, rows: list[dict], suffix: str = "") -> Non
         part = rows[i:i + step]
         params = tuple(value if proc is None else proc(value)
                        for row in part for proc, value in zip(processors, (row[name] for name in columns)))
-        await conn.exec_driver_sql(_values_sql(table.name, columns, len(part), suffix), params)
+        await conn.exec_driver_sql(_values_sql(table.name, columns, len(part)), params)

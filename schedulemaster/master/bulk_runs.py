@@ -60,10 +60,14 @@ async def insert_finished_runs(session, runs: list, labels: dict[UUID, dict]) ->
         rows.append(row)
     sqlite = session.get_bind().dialect.name == "sqlite"
     if sqlite:
-        # one statement, no RETURNING (schedulemaster/sqlite_rows.py); the caller dropped the firings
-        # already recorded while holding SQLite's write lock, so every row goes in
-        await insert_rows(session, db.FlowRun.__table__, rows, " ON CONFLICT DO NOTHING")
-        done = runs
+        # one statement, no RETURNING (schedulemaster/sqlite_rows.py): the runs already there are
+        # found first, which is exact because the caller holds SQLite's write lock
+        there = set((await session.execute(sa.select(db.FlowRun.flow_id, db.FlowRun.idempotency_key).where(
+            db.FlowRun.flow_id.in_({run.flow_id for run in runs}),
+            db.FlowRun.idempotency_key.in_([run.idempotency_key for run in runs])))).tuples())
+        done = [run for run in runs if (run.flow_id, run.idempotency_key) not in there]
+        await insert_rows(session, db.FlowRun.__table__,
+                          [row for run, row in zip(runs, rows) if (run.flow_id, run.idempotency_key) not in there])
     else:
         insert = db.queries.insert(db.FlowRun).on_conflict_do_nothing(
             index_elements=db.orm.flow_run_unique_upsert_columns).returning(db.FlowRun.id)
