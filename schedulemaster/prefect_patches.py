@@ -45,6 +45,8 @@ import contextlib
 import functools
 import logging
 
+from schedulemaster.sqlite_rows import insert_rows
+
 log = logging.getLogger("schedulemaster.prefect_patches")
 
 
@@ -130,8 +132,6 @@ def _sqlite_events_without_compiling() -> None:
         written with their resources."""
         import sqlalchemy as sa
         from prefect.server.database import provide_database_interface
-
-        from schedulemaster.sqlite_rows import insert_rows
 
         db = provide_database_interface()
         for batch in database._in_safe_batches(events):  # keeps the IN list below bounded

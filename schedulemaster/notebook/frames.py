@@ -15,6 +15,7 @@ from uuid import UUID
 import pandas as pd
 
 from schedulemaster.coordination import wire
+from schedulemaster.deployments import plan, quartz
 from schedulemaster.deployments.tasks import FLOW_NAME, NODE_QUEUE_PREFIX, STATUS_NAMES, Status, TaskRecord, record_of
 from schedulemaster.notebook.connection import Connection, current, prefect_errors
 from schedulemaster.notebook.legacy_client import LegacyNotFound
@@ -115,8 +116,6 @@ def tasks(conn: Connection | None = None) -> pd.DataFrame:
     """Every task: its definition, status and run counts (QueryList's numbers), in one read
     per thousand tasks; the next run is computed here, as QueryList does on the master."""
     import json
-
-    from schedulemaster.deployments import plan, quartz
 
     conn = _conn(conn)
     now = datetime.now(timezone.utc)
