@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 from helpers import AUTH, PG, System, bench_credential, drop_databases  # noqa: E402
 from lateness import call, create_tasks  # noqa: E402
-from record import records  # noqa: E402
+from record import as_node, records  # noqa: E402
 
 bench_credential()
 BATCH = 1000  # records per call: the endpoint's most
@@ -63,9 +63,7 @@ def main() -> None:
         start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=args.runs + 86400)
         t0 = time.monotonic()
         with httpx.Client(base_url=s.prefect, auth=s.prefect_auth, timeout=600) as c:
-            c.headers["x-sm-node-token"] = c.post("/schedulemaster/nodes/register", json={
-                "name": "bench-history", "priority": 0, "max_concurrency": 1,
-                "incarnation": str(uuid.uuid4())}).raise_for_status().json()["token"]
+            as_node(c, "bench-history")
             for i in range(0, args.runs, BATCH):
                 body = records([heavy], min(BATCH, args.runs - i), start + timedelta(seconds=i))
                 c.post("/schedulemaster/firings", json=body).raise_for_status()

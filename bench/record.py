@@ -70,6 +70,13 @@ def master_pid(system: System) -> int | None:
     return None
 
 
+def as_node(client: httpx.Client, name: str) -> None:
+    """Only a registered node records firings: register this client (on Prefect's API) as one."""
+    client.headers["x-sm-node-token"] = client.post("/schedulemaster/nodes/register", json={
+        "name": name, "priority": 0, "max_concurrency": 1,
+        "incarnation": str(uuid.uuid4())}).raise_for_status().json()["token"]
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time the process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -122,10 +129,7 @@ def main() -> None:
         calls = []
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         with httpx.Client(base_url=s.prefect, auth=s.prefect_auth, timeout=600) as c:
-            # only a registered node records firings: register this client as one
-            c.headers["x-sm-node-token"] = c.post("/schedulemaster/nodes/register", json={
-                "name": "bench-recorder", "priority": 0, "max_concurrency": 1,
-                "incarnation": str(uuid.uuid4())}).raise_for_status().json()["token"]
+            as_node(c, "bench-recorder")
             for i in range(0, len(body), args.batch):
                 t = time.monotonic()
                 r = c.post("/schedulemaster/firings", json=body[i:i + args.batch])

@@ -65,9 +65,9 @@ async def insert_finished_runs(session, runs: list, labels: dict[UUID, dict]) ->
         there = set((await session.execute(sa.select(db.FlowRun.flow_id, db.FlowRun.idempotency_key).where(
             db.FlowRun.flow_id.in_({run.flow_id for run in runs}),
             db.FlowRun.idempotency_key.in_([run.idempotency_key for run in runs])))).tuples())
-        done = [run for run in runs if (run.flow_id, run.idempotency_key) not in there]
-        await insert_rows(session, db.FlowRun.__table__,
-                          [row for run, row in zip(runs, rows) if (run.flow_id, run.idempotency_key) not in there])
+        new = [(run, row) for run, row in zip(runs, rows) if (run.flow_id, run.idempotency_key) not in there]
+        done = [run for run, _ in new]
+        await insert_rows(session, db.FlowRun.__table__, [row for _, row in new])
     else:
         insert = db.queries.insert(db.FlowRun).on_conflict_do_nothing(
             index_elements=db.orm.flow_run_unique_upsert_columns).returning(db.FlowRun.id)
@@ -191,11 +191,13 @@ async def _room_for(count: int) -> None:
     topic = memory.Topic._topics.get("events")
     if topic is None:
         return
-    deadline = asyncio.get_running_loop().time() + ROOM_WAIT_SECONDS
-    while max((sub._queue.qsize() for sub in topic._subscriptions), default=0) + count > CONSUMER_QUEUE * 0.8:
-        if asyncio.get_running_loop().time() > deadline:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ROOM_WAIT_SECONDS
+    while (behind := max((sub._queue.qsize() for sub in topic._subscriptions), default=0)) + count \
+            > CONSUMER_QUEUE * 0.8:
+        if loop.time() > deadline:
             log.warning("Prefect's event consumers are %d events behind after %.0f s; publishing %d more",
-                        max(sub._queue.qsize() for sub in topic._subscriptions), ROOM_WAIT_SECONDS, count)
+                        behind, ROOM_WAIT_SECONDS, count)
             return
         await asyncio.sleep(0.2)
 
