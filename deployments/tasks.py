@@ -126,6 +126,15 @@ def clean_name(title: str) -> str:
 
 # ---- in-process access (the legacy API runs inside the Prefect server process) ----------
 
+#: {database interface: ((deployments, newest updated), tasks)}: see TaskRepository._task_count
+_TASK_COUNTS: dict[int, tuple[tuple, int]] = {}
+
+
+def _token_of(probe: tuple) -> str:
+    count, newest = probe
+    return f"{count}/{newest.isoformat() if newest is not None else '-'}"
+
+
 class TaskRepository:
     """Task reads and writes inside the master process, through ``prefect.server.models``.
 
@@ -254,15 +263,44 @@ class TaskRepository:
         total, rows = await self.rows(None, offset, limit, title)
         return total, [r for r in (record_of(row) for row in rows) if r is not None]
 
-    async def versions(self, since: datetime | None) -> tuple[int, list[tuple[uuid.UUID, datetime]]]:
-        """(how many tasks exist, (id, updated) of those updated at or after ``since``): what a
-        node needs to keep its task book, through the index on ``updated``."""
+    async def versions(self, since: datetime | None) -> tuple[int, list[tuple[uuid.UUID, datetime]], str]:
+        """(how many tasks exist, (id, updated) of those updated at or after ``since``, the
+        change token): what a node needs to keep its task book, through the index on ``updated``.
+        The token is read first, so a change it does not show is one the node has not seen."""
         D = self.db.Deployment
         changed = [self._tagged()] + ([D.updated >= since] if since is not None else [])
         async with self._read() as session:
-            count = await self._count(session)
+            probe = await self._probe(session)
+            count = await self._task_count(session, probe)
             rows = (await session.execute(sa.select(D.id, D.updated).where(*changed))).all()
-        return count, [(row.id, row.updated) for row in rows]
+        return count, [(row.id, row.updated) for row in rows], _token_of(probe)
+
+    @property
+    def tokens_follow_commits(self) -> bool:
+        """Whether every committed change of a task moves the change token (see
+        schedulemaster/master/task_changes.py): on SQLite, whose writers take turns."""
+        return self.db.dialect.name == "sqlite"
+
+    async def change_token(self) -> str:
+        """A token that moves when a deployment is created, changed or deleted."""
+        async with self._read() as session:
+            return _token_of(await self._probe(session))
+
+    async def _probe(self, session) -> tuple:
+        """(how many deployments, the newest ``updated``): both read from indexes."""
+        D = self.db.Deployment
+        return tuple((await session.execute(sa.select(sa.func.count(), sa.func.max(D.updated))
+                                            .select_from(D))).one())
+
+    async def _task_count(self, session, probe: tuple) -> int:
+        """How many tasks exist, counted again only when the probe moved: counting tasks
+        reads every deployment's tags and parameters, and nodes look each second."""
+        memo = _TASK_COUNTS.get(id(self.db))
+        if memo is not None and memo[0] == probe:
+            return memo[1]
+        count = await self._count(session)
+        _TASK_COUNTS[id(self.db)] = (probe, count)
+        return count
 
     async def chains(self, among: list[uuid.UUID] | None = None) -> dict[str, tuple[str, list[str]]]:
         """{task id: (Title, Nexts)} of the tasks that have children, plus those in ``among``

@@ -48,11 +48,16 @@ async def set_disabled(client, name: str, disabled: bool) -> bool:
     return True
 
 
-async def read_node_settings() -> dict[str, Any]:
-    """The settings as the master last mirrored them (empty until it has)."""
-    from prefect.variables import Variable
+async def read_node_settings(client=None) -> dict[str, Any]:
+    """The settings as the master last mirrored them (empty until it has). A long-lived
+    caller passes its client: ``Variable.aget`` opens a new one (and a new TLS context) per call."""
+    if client is None:
+        from prefect.variables import Variable
 
-    value = await Variable.aget(SETTINGS_VARIABLE, default={})
+        value = await Variable.aget(SETTINGS_VARIABLE, default={})
+    else:
+        variable = await client.read_variable_by_name(SETTINGS_VARIABLE)
+        value = variable.value if variable is not None else {}
     return value if isinstance(value, dict) else {}
 
 

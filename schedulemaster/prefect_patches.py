@@ -36,6 +36,12 @@ multi-row VALUES statements, which SQLAlchemy compiles afresh for every flush (a
 of thousands of parameters): with the master recording 200 firings a second, one event each,
 that compile was most of the persister's CPU (py-spy). The same rows go in through
 schedulemaster/sqlite_rows.py, whose statement text is made once per shape.
+
+6. Prefect's background services run on a docket worker over the in-process ``memory://``
+backend, whose defaults wake it four times a second (a scheduler script and a stream read
+every 250 ms) to start services that run every few seconds at the most: about a tenth of an
+idle master's CPU (py-spy). It wakes once a second instead; a service starts up to a second
+later.
 """
 
 from __future__ import annotations
@@ -44,13 +50,15 @@ import asyncio
 import contextlib
 import functools
 import logging
+from datetime import timedelta
 
 from schedulemaster.sqlite_rows import insert_rows
 
 log = logging.getLogger("schedulemaster.prefect_patches")
 
 
-UNLIMITED_PREFIXES = ("/api/schedulemaster/claims", "/api/schedulemaster/nodes")
+#: also the nodes' wait for a change of the task book (a read, held up to 30 s)
+UNLIMITED_PREFIXES = ("/api/schedulemaster/claims", "/api/schedulemaster/nodes", "/api/schedulemaster/tasks/changes")
 
 
 def apply() -> None:
@@ -59,6 +67,7 @@ def apply() -> None:
     _exempt_coordination_from_request_limit()
     _immediate_sqlite_transactions()
     _sqlite_events_without_compiling()
+    _docket_worker_once_a_second()
 
 
 def _immediate_sqlite_transactions() -> None:
@@ -144,6 +153,27 @@ def _sqlite_events_without_compiling() -> None:
 
     write_sqlite_events._schedulemaster = True  # type: ignore[attr-defined]
     database._write_sqlite_events = write_sqlite_events
+
+
+DOCKET_WAKE = timedelta(seconds=1)
+
+
+def _docket_worker_once_a_second() -> None:
+    from prefect.server.api import background_workers
+
+    base = background_workers.Worker
+    if getattr(base, "_schedulemaster_wake", None):
+        return
+
+    class Worker(base):  # type: ignore[misc, valid-type]
+        _schedulemaster_wake = DOCKET_WAKE
+
+        def __init__(self, docket, *args, **kwargs):
+            kwargs.setdefault("minimum_check_interval", DOCKET_WAKE)
+            kwargs.setdefault("scheduling_resolution", DOCKET_WAKE)
+            super().__init__(docket, *args, **kwargs)
+
+    background_workers.Worker = Worker
 
 
 def _exempt_coordination_from_request_limit() -> None:

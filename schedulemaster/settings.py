@@ -129,6 +129,12 @@ class Settings:
             # next loop: within ~20 s (schedulemaster/master/failover.py; Prefect's defaults: ~90 s).
             "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
             "PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS": "5",
+            # Services that matter little here run less often than Prefect's 5 s (idle CPU):
+            # runs marked Late (only worker-path runs: RunOnce, runs started in the UI), paused
+            # flow runs expiring (none here), the worker channel's cleanup leases.
+            "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "15",
+            "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS": "30",
+            "PREFECT_SERVER_SERVICES_CLEANUP_RECONCILER_LOOP_SECONDS": "30",
             "PREFECT_CLIENT_MAX_RETRIES": "8",
             # Browsers may call Prefect's API only from the UI's own origins (Prefect's default: any).
             "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": ",".join(self.ui_origins()),

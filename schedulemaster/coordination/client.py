@@ -51,6 +51,11 @@ class MasterClient:
         return wire.TaskVersions.model_validate_json(
             (await self._call("POST", wire.TASK_VERSIONS_PATH, wire.VersionsRequest(since=since))).content)
 
+    async def wait_for_change(self, token: str, wait: float) -> str:
+        """The task book's change token, once it differs from ``token`` or after ``wait`` seconds."""
+        return wire.ChangeToken.model_validate_json((await self._call(
+            "POST", wire.TASK_CHANGES_PATH, wire.ChangesRequest(token=token, wait=wait))).content).token
+
     async def read_tasks(self, request: wire.TasksRequest) -> wire.TasksPage:
         """Task deployments' own columns, read in SQL by the master: Prefect's deployment
         endpoints build a full response per deployment (8 ms each on the master)."""

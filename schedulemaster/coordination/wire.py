@@ -25,6 +25,7 @@ FAILURES_PATH = PREFIX + "/failures"
 PACKAGE_PATH = PREFIX + "/plugins/{name}"
 TASK_VERSIONS_PATH = PREFIX + "/tasks/versions"
 TASKS_READ_PATH = PREFIX + "/tasks/read"
+TASK_CHANGES_PATH = PREFIX + "/tasks/changes"
 
 NODE_TOKEN_HEADER = "x-sm-node-token"  # the secret a node was given at registration
 NAME = r"^[^/%\s][^/%]{0,98}[^/%\s]$|^[^/%\s]$"  # a node name (also a work-queue suffix)
@@ -32,6 +33,7 @@ MAX_CLAIMS = 1000  # claims or reports per call
 MAX_RECORDS = 1000  # firing records per call
 MAX_LOGS_PER_FIRING = 50
 MAX_TASKS = 1000  # task rows per read (ids asked for, or a page)
+MAX_CHANGE_WAIT = 30.0  # seconds a node may wait for a change of the task book
 
 
 # ---- nodes ------------------------------------------------------------------------------
@@ -81,6 +83,20 @@ class TaskVersions(BaseModel):
     as_of: datetime
     count: int
     tasks: list[TaskVersion]
+    #: the task book's change token as of this answer (ChangesRequest)
+    token: str = ""
+
+
+class ChangesRequest(BaseModel):
+    """Answer once the task book's change token differs from ``token`` (at once when it
+    already does), or after ``wait`` seconds (schedulemaster/master/task_changes.py)."""
+
+    token: str = Field(max_length=100)
+    wait: float = Field(ge=0, le=MAX_CHANGE_WAIT)
+
+
+class ChangeToken(BaseModel):
+    token: str
 
 
 class TasksRequest(BaseModel):

@@ -19,6 +19,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -98,6 +99,7 @@ class Dispatcher:
         self.held: dict[str, Claimed] = {}
         self.host_held: dict[str, int] = defaultdict(int)
         self.outcomes: list[Outcome] = []
+        self._has_outcomes = asyncio.Event()
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.sending: set[asyncio.Task] = set()
         self.seq = 0
@@ -163,6 +165,7 @@ class Dispatcher:
                 await asyncio.wait(self.sending, timeout=min(self.timeout, 15.0))
             for t in self.sending:  # still in flight: their outcome is unknown (re-sent as recovered)
                 t.cancel()
+            self._has_outcomes.set()
             await asyncio.gather(parts[1], return_exceptions=True)   # ends after its current batch
             for part in parts[2:]:
                 part.cancel()
@@ -203,6 +206,8 @@ class Dispatcher:
 
     async def _claim(self, limit: int) -> int:
         now = utcnow_naive()
+        if self.store.nothing_due(now + self.lookahead):  # a pragma, no thread hop (SQLite, idle)
+            return 0
         busy = {h for h, n in self.host_held.items() if n >= self.host_cap}
         self.seq += 1
         claimed = await self._db(self.store.claim, self.me, self.seq, now + self.lookahead, now,
@@ -300,10 +305,16 @@ class Dispatcher:
                                f"(it fell due while no dispatcher ran)", None, c.id))
         self.outcomes.append(Outcome(c, fired, answer.success, answer.status, answer.excerpt, answer.error,
                                      answer.elapsed_ms))
+        self._has_outcomes.set()
 
     async def _settle_loop(self) -> None:
         while not (self._closing and not self.sending):
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # outcomes arriving together are written together
+            if not self.outcomes and not self._closing:  # idle: wait for one, not 20 wake-ups a second
+                self._has_outcomes.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._has_outcomes.wait(), 1.0)
+                continue
             try:
                 await self._settle_all()
             except Exception as exc:  # never let this loop die: held rows would never be released

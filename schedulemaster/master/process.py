@@ -48,7 +48,7 @@ class _Server:
 
 
 def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None, store_engine=None,
-                     coordination=None, run_events: str = "all") -> None:
+                     coordination=None, run_events: str = "all", changes=None) -> None:
     """Nodes record firings at ``/api/schedulemaster/firings`` (see schedulemaster/master/record_api.py);
     ``schedulemaster import`` writes at ``/api/schedulemaster/import/*`` (ms_compat/import_api.py).
 
@@ -64,7 +64,7 @@ def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None,
 
         api_app.router.routes.append(Mount("/schedulemaster/import", app=create_import_app(importer)))
     api_app.router.routes.append(Mount("/schedulemaster", app=create_record_app(
-        on_failure, packages, store_engine, coordination, run_events)))
+        on_failure, packages, store_engine, coordination, run_events, changes)))
 
 
 def _version() -> str:
@@ -134,6 +134,7 @@ async def serve_master(settings: Settings) -> None:
     from schedulemaster.ms_compat.task_api import TaskService
 
     from schedulemaster.ms_compat.import_target import ImportTarget
+    from schedulemaster.master.task_changes import TaskChanges
 
     store = Store(settings.store_url)
     store.init()
@@ -162,8 +163,9 @@ async def serve_master(settings: Settings) -> None:
                             lambda: mirror_settings(client, store))
     activity = NodeActivity()  # who claims firings: failover's second proof of life
     coordination = create_coordination_router(store.engine, live_workers_of(settings.work_pool), activity)
+    changes = TaskChanges()  # nodes wait on it between two looks at the task book
     mount_record_api(prefect_app, mailer.task_failed, packages, importer, store.engine, coordination,
-                     settings.run_events)
+                     settings.run_events, changes)
     legacy_app = create_legacy_app(store, make_service, close, packages, info={
         "PrefectApiUrl": settings.prefect_api_url, "Version": _version()})
     servers = [_Server(prefect_app, settings.prefect_host, settings.prefect_port),
@@ -172,7 +174,7 @@ async def serve_master(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     stall_watch.start(loop)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: [s.stop() for s in servers])
+        loop.add_signal_handler(sig, lambda: [changes.release(), *(s.stop() for s in servers)])
     # The legacy API's lifespan waits for Prefect's; start Prefect first.
     tasks = [asyncio.create_task(servers[0].serve())]
     mailing = asyncio.create_task(mailer.run(), name="keeper-mail")

@@ -23,13 +23,14 @@ from typing import Callable
 
 from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
 
-from schedulemaster.coordination.wire import (MAX_RECORDS, FiringRecord, KnownTask, RecordResult, RunFailure,
-                                              TaskRow, TasksPage, TasksRequest, TaskVersion, TaskVersions,
-                                              VersionsRequest)
+from schedulemaster.coordination.wire import (MAX_RECORDS, ChangesRequest, ChangeToken, FiringRecord, KnownTask,
+                                              RecordResult, RunFailure, TaskRow, TasksPage, TasksRequest,
+                                              TaskVersion, TaskVersions, VersionsRequest)
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.deployments.tasks import TaskRepository
 from schedulemaster.master import bulk_runs
 from schedulemaster.master.coordination_api import node_caller
+from schedulemaster.master.task_changes import TaskChanges
 from schedulemaster.store import claims
 from schedulemaster.timeutil import utcnow
 
@@ -186,7 +187,8 @@ async def report_failure(failure: RunFailure, on_failure: OnFailure | None) -> b
 
 
 def create_record_app(on_failure: OnFailure | None = None, packages=None, store_engine=None,
-                      coordination: APIRouter | None = None, run_events: str = "all") -> FastAPI:
+                      coordination: APIRouter | None = None, run_events: str = "all",
+                      changes: TaskChanges | None = None) -> FastAPI:
     """Mounted at ``/schedulemaster`` inside Prefect's own API app on the master, so Prefect's
     auth middleware (PREFECT_SERVER_API_AUTH_STRING) guards it like every Prefect endpoint:
     nodes record firings and report failures here, fetch plugin packages, and (through
@@ -197,6 +199,7 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
     # heaviest work, and nodes' claims (which firings wait for) must get the CPU in between.
     recording = asyncio.Semaphore(1)
     caller = node_caller(store_engine) if store_engine is not None else None
+    changes = changes or TaskChanges()
 
     @router.post("/firings")
     async def post_firings(request: Request,
@@ -214,8 +217,14 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
     async def task_versions(body: VersionsRequest) -> TaskVersions:
         """What changed in the task book (schedulemaster/node/firing.py keeps it in sync)."""
         as_of = utcnow()
-        count, rows = await TaskRepository().versions(body.since)
-        return TaskVersions(as_of=as_of, count=count, tasks=[TaskVersion(id=i, updated=u) for i, u in rows])
+        count, rows, token = await TaskRepository().versions(body.since)
+        return TaskVersions(as_of=as_of, count=count, tasks=[TaskVersion(id=i, updated=u) for i, u in rows],
+                            token=token)
+
+    @router.post("/tasks/changes")
+    async def task_changes(body: ChangesRequest) -> ChangeToken:
+        """Answers when the task book changed, or after the wait asked for (task_changes.py)."""
+        return ChangeToken(token=await changes.wait(body.token, body.wait))
 
     @router.post("/tasks/read")
     async def read_tasks(body: TasksRequest) -> TasksPage:

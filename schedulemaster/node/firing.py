@@ -47,6 +47,7 @@ from schedulemaster.timeutil import utcnow
 log = logging.getLogger("schedulemaster.node")
 
 SYNC_SECONDS = 1.0
+SYNC_WAIT = 20.0  # seconds the master may hold a wait for a change (schedulemaster/master/task_changes.py)
 #: how far before the last look a sync asks again: a write whose transaction committed
 #: after a later one was seen still arrives
 VERSION_OVERLAP = timedelta(seconds=5)
@@ -125,6 +126,8 @@ class FiringLoop:
         self._as_of: datetime | None = None  # the master's clock at the last look
         self._last_full = 0.0
         self._reapply = False  # the live nodes changed: every known task is re-applied
+        self._change_token: str | None = None  # the task book's, as of the last sync
+        self._look_again = asyncio.Event()  # sync now, without waiting for the master
 
     # ---- loops --------------------------------------------------------------------
     async def run(self) -> None:
@@ -134,10 +137,41 @@ class FiringLoop:
                 await first()
             except Exception as exc:  # e.g. the master is busy: the loops below try again
                 log.warning("%s failed at start: %s; retrying", first.__name__, exc)
-        await asyncio.gather(self._every(SYNC_SECONDS, self.sync),
+        await asyncio.gather(self._sync_loop(),
                              self._every(NODES_SECONDS, self.refresh_nodes),
                              self._every(AHEAD / 4, self.claim_ahead),
                              self.timer(), self.recorder.run())
+
+    async def _sync_loop(self) -> None:
+        """Sync at most once every SYNC_SECONDS; in between, wait for the master to say the
+        task book changed (it answers after SYNC_WAIT seconds anyway) or for a reason of this
+        node's own (the live nodes changed)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await self._until_changed()
+            try:
+                await self.sync()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("sync failed: %s", exc)
+            await asyncio.sleep(max(0.0, SYNC_SECONDS - (loop.time() - started)))
+
+    async def _until_changed(self) -> None:
+        if self._change_token is None or self._reapply or self._arrived or self._look_again.is_set():
+            self._look_again.clear()
+            return
+        waiting = asyncio.ensure_future(self.master.wait_for_change(self._change_token, SYNC_WAIT))
+        woken = asyncio.ensure_future(self._look_again.wait())
+        try:
+            await asyncio.wait({waiting, woken}, timeout=SYNC_WAIT + 10, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+            woken.cancel()
+            self._look_again.clear()
+        if waiting.done() and not waiting.cancelled() and waiting.exception() is not None:
+            log.debug("waiting for a change of the task book failed: %s", waiting.exception())
 
     async def _every(self, seconds: float, fn) -> None:
         while True:
@@ -190,7 +224,7 @@ class FiringLoop:
         if live != self.live_nodes or weights != self.weights:
             self.live_nodes, self.weights = sorted(live), weights
             self._reassign()
-        self.settings = await read_node_settings()
+        self.settings = await read_node_settings(self.client)
 
     async def _read_node_table(self) -> dict[str, int]:
         """Every node's Priority, and this node's MaxConcurrency as the operator set it."""
@@ -226,6 +260,7 @@ class FiringLoop:
                 self.handed_off[tid] = (entry, utcnow())
                 self.plugin_wanted.discard(tid)  # its instance goes when the records are re-applied
         self._reapply = True
+        self._look_again.set()
 
     async def sync(self) -> None:
         """Bring the task book up to date with the task deployments.
@@ -245,6 +280,7 @@ class FiringLoop:
         if full:
             self._last_full = loop_time
         self._as_of = answer.as_of
+        self._change_token, token = None, answer.token or None  # kept once the answer is applied
         stale = [v for v in answer.tasks if self.versions.get(v.id) != v.updated]
         fresh = await self._read_records([v.id for v in stale])
         for v in stale:
@@ -273,6 +309,7 @@ class FiringLoop:
             except BaseException:
                 self._arrived = arrived + self._arrived  # caught up at the next sync instead
                 raise
+        self._change_token = token
 
     async def _read_records(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, dep.TaskRecord | None]:
         """The task records of these deployments, MAX_TASKS per call; an id absent from the

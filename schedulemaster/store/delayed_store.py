@@ -216,6 +216,50 @@ class _CreateRequest:
     future: Future = field(default_factory=Future)
 
 
+class _QuietWatch:
+    """Whether the dispatcher's claim can skip its query because nothing could be due yet:
+    no commit to the database since the last look found nothing due before ``wake``.
+
+    SQLite only. ``PRAGMA data_version`` on a connection held for the purpose changes when
+    any other connection (any process) commits, so a claim ten times a second costs one
+    pragma while nothing changes instead of a checkout, a compiled query and a read. Written
+    by hand: SQLAlchemy has no notion of "has anything been committed since".
+    """
+
+    #: look again at least this often (a lease of a dead dispatcher expiring needs no commit)
+    RECHECK = timedelta(seconds=5)
+
+    def __init__(self, engine: Engine | None):
+        self._engine = engine
+        self._conn = None
+        self._seen: tuple[int, datetime] | None = None  # (data_version, wake)
+
+    def version(self) -> int | None:
+        if self._engine is None:
+            return None
+        try:
+            if self._conn is None:
+                self._conn = self._engine.raw_connection()  # autocommit (write_engine's connect hook)
+            return self._conn.driver_connection.execute("PRAGMA data_version").fetchone()[0]
+        except Exception:  # a broken connection: no shortcut, and a new connection next time
+            self._conn, self._seen = None, None
+            return None
+
+    def note(self, version: int | None, horizon: datetime, first_due: datetime | None) -> None:
+        """The last look (taken after ``version`` was read) found nothing due by ``horizon``."""
+        wake = horizon + self.RECHECK
+        self._seen = None if version is None else (version, wake if first_due is None else min(first_due, wake))
+
+    def holds(self, horizon: datetime) -> bool:
+        if self._seen is None:
+            return False
+        version, wake = self._seen
+        if horizon >= wake or self.version() != version:
+            self._seen = None
+            return False
+        return True
+
+
 class DelayedStore:
     """Every read and write of delayed tasks. Blocking calls: use them from a thread."""
 
@@ -226,6 +270,7 @@ class DelayedStore:
         self._creates: queue_mod.Queue[_CreateRequest] = queue_mod.Queue()
         self._writer: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._quiet = _QuietWatch(None if self.postgres else self.wengine)
 
     # ---- creating: group commit -------------------------------------------------
     def create(self, rows: list[dict[str, Any]]) -> Future:
@@ -414,21 +459,31 @@ class DelayedStore:
         dispatcher, whose clock is the only one."""
         return func.timezone("UTC", func.now()) if self.postgres else fallback
 
+    def nothing_due(self, horizon: datetime) -> bool:
+        """True when the last claim found nothing due by ``horizon`` and nothing was committed
+        since (SQLite; a pragma on a held connection, cheap enough for the event loop)."""
+        return not self.postgres and self._quiet.holds(horizon)
+
     def claim(self, me: str, seq: int, horizon: datetime, now: datetime, lease: timedelta,
               limit: int, busy_hosts: set[str] | frozenset = frozenset()) -> list[Claimed]:
         """Take up to ``limit`` Ready rows due by ``horizon``, oldest first, whose lease is free.
 
         PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so dispatchers side by side never take the
         same row; SQLite: the transaction holds the write lock, one claim at a time."""
+        if self.nothing_due(horizon):
+            return []
         db_now = self._db_now(now)
-        due = (T.c.status == DelayStatus.Ready, T.c.dueat <= horizon,
-               or_(T.c.leaseuntil.is_(None), T.c.leaseuntil < db_now))
+        free = (T.c.status == DelayStatus.Ready, or_(T.c.leaseuntil.is_(None), T.c.leaseuntil < db_now))
+        due = (*free, T.c.dueat <= horizon)
         if not self.postgres:
             # SQLite: look first without the write lock (a WAL read waits for no one); the
             # dispatcher asks ten times a second and most of the time nothing is due
+            version = self._quiet.version()
             with self.engine.connect() as conn:
-                if conn.execute(select(T.c.id).where(*due).limit(1)).first() is None:
-                    return []
+                first = conn.execute(select(T.c.dueat).where(*free).order_by(T.c.dueat).limit(1)).first()
+            if first is None or first.dueat > horizon:
+                self._quiet.note(version, horizon, None if first is None else first.dueat)
+                return []
         with self.wengine.begin() as conn:
             q = (select(T.c.id, T.c.dueat, T.c.notifyurl, T.c.notifydatatype, T.c.notifybody, T.c.failedretrys,
                         T.c.attempts, T.c.manual, T.c.remark, T.c.createusername, T.c.sourceapp, T.c.topic,

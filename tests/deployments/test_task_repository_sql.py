@@ -55,8 +55,11 @@ async def main():
     assert [r.id for r in (await repo.page(None, 1, 1))[1]] == [b]  # newest first: c, b, a
     assert set(await repo.chains([a])) == {str(a), str(b)}
     assert [p.id for p in await repo.parents_of(a)] == [b]
-    count, versions = await repo.versions(None)
+    count, versions, token = await repo.versions(None)
     assert count == 3 and {i for i, _ in versions} == {a, b, c}
+    assert token == await repo.change_token()
+    await repo.delete(c, [])
+    assert (await repo.versions(None))[0] == 2 and await repo.change_token() != token  # the count is not kept
     assert (await repo.rows([a, uuid.uuid4()]))[1][0].id == a
     assert await repo.mark_ready() == 0  # created READY and never polled
     await repo.write(a, spec("alpha 100%"), Status.Paused, previous=spec("alpha 100%"))

@@ -221,6 +221,26 @@ def test_claim_takes_due_rows_oldest_first_once(store):
     assert not any(c.recovered for c in got)
 
 
+def test_an_idle_claim_skips_its_query_until_a_commit_or_a_row_comes_due(store, tmp_path):
+    """SQLite: after a claim found nothing due, the next ones cost a pragma until another
+    connection commits (here: another Store on the same file, as the master is) or the
+    first pending row falls due."""
+    d = store.delayed
+    now = utcnow_naive()
+    later = new_row(dueat=now + timedelta(seconds=3))
+    d.create([later]).result(10)
+    assert claim_all(d) == []
+    assert d._quiet.holds(now + timedelta(seconds=1))
+    other = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    due = new_row(dueat=now - timedelta(seconds=1))
+    other.delayed.create([due]).result(10)
+    assert [c.id for c in claim_all(d)] == [due["id"]]        # the commit was noticed at once
+    assert claim_all(d, seq=2) == []
+    assert not d._quiet.holds(now + timedelta(seconds=3))       # `later` is due by then
+    got = d.claim("d1", 3, now + timedelta(seconds=3), now, timedelta(seconds=30), 100)
+    assert [c.id for c in got] == [later["id"]]
+
+
 def test_claim_leaves_busy_receivers_for_later(store):
     d = store.delayed
     now = utcnow_naive()

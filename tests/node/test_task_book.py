@@ -5,6 +5,7 @@ database, and a node noticing a task deleted behind the legacy API's back."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 TASKS = 150
 VERSIONS = "/schedulemaster/tasks/versions"
 READ = "/schedulemaster/tasks/read"
+CHANGES = "/schedulemaster/tasks/changes"
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def book(tmp_path_factory):
         s.stop()
 
 
-@pytest.mark.parametrize("path", [VERSIONS, READ])
+@pytest.mark.parametrize("path", [VERSIONS, READ, CHANGES])
 def test_the_task_endpoints_need_the_prefect_credential(book, path):
     system, _ids = book
     r = httpx.post(f"{system.prefect}{path}", json={}, timeout=30)
@@ -74,6 +76,38 @@ def test_versions_say_what_changed_since_a_look(book):
 def test_versions_refuse_a_malformed_since(book, since):
     system, _ids = book
     assert system.pf("POST", VERSIONS, json={"since": since}).status_code == 422
+
+
+def test_a_wait_for_changes_answers_when_the_task_book_changes(book):
+    """What a node does between two looks: wait on the master with the token of its last look."""
+    system, ids = book
+    token = system.pf("POST", VERSIONS, json={"since": None}).json()["token"]
+    assert system.pf("POST", CHANGES, json={"token": "an older look", "wait": 25}).json()["token"] == token
+    assert system.pf("POST", CHANGES, json={"token": token, "wait": 1}).json()["token"] == token  # nothing moved
+    with ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        waiting = pool.submit(system.pf, "POST", CHANGES, json={"token": token, "wait": 25})
+        time.sleep(1)
+        assert not waiting.done()
+        detail = system.detail(ids[5])
+        form = {"Id": ids[5], "Title": "book-005 edited", "MetaType": "2", "RunLoop": "true",
+                "CronExpression": detail["CronExpression"], "HttpRequestUrl": "http://127.0.0.1:9/never",
+                "HttpMethod": "POST", "HttpContentType": "application/json", "HttpBody": "{}"}
+        assert system.post("Edit", data=form).json()["Success"]
+        answer = waiting.result(timeout=40).json()["token"]
+        waited = time.monotonic() - started
+    now = system.pf("POST", VERSIONS, json={"since": None}).json()["token"]
+    system.post("Edit", data={**form, "Title": "book-005"})  # as it was, for the other tests
+    assert answer != token and waited < 20, (answer, waited)
+    assert now == answer
+
+
+@pytest.mark.parametrize("body", [{}, {"token": "t"}, {"wait": 1}, {"token": "t", "wait": -1},
+                                  {"token": "t", "wait": 31}, {"token": "t" * 101, "wait": 1},
+                                  {"token": ["t"], "wait": 1}, {"token": "t", "wait": "soon"}])
+def test_changes_refuse_a_bad_token_or_wait(book, body):
+    system, _ids = book
+    assert system.pf("POST", CHANGES, json=body).status_code == 422
 
 
 def test_query_list_pages_and_filters_in_the_database(book):

@@ -87,3 +87,16 @@ def test_a_writer_waits_its_turn_but_not_forever(monkeypatch, caplog):
     assert order[:4] == ["a in", "a out", "b in", "b out"]
     assert order[4:7] == ["c in", "d in", "d out"] and "d done while c holds" in order
     assert "no turn for a Prefect write transaction" in caplog.text
+
+
+async def test_prefects_background_worker_wakes_once_a_second():
+    """The docket worker Prefect's server starts for its services (patch 6), as the server
+    makes it: ``Worker(docket)`` on the in-memory backend."""
+    from docket import Docket
+    from prefect.server.api import background_workers
+
+    prefect_patches.apply()
+    async with Docket(name="sm-test-patch", url="memory://sm-test-patch") as docket:
+        async with background_workers.Worker(docket) as worker:
+            assert worker.scheduling_resolution == prefect_patches.DOCKET_WAKE
+            assert worker.minimum_check_interval == prefect_patches.DOCKET_WAKE
