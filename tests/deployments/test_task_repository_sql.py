@@ -65,6 +65,13 @@ async def main():
     await repo.write(a, spec("alpha 100%"), Status.Paused, previous=spec("alpha 100%"))
     assert (await repo.read(a)).status == Status.Paused
     assert await repo.run_stats_of([a]) == {}
+    # the related resources of the deployment events, as Prefect lists them
+    from prefect.server.models.events import _deployment_related_resources
+    async with db.session_context() as s:
+        orm = await models.deployments.read_deployment(session=s, deployment_id=a)
+        theirs = [dict(r) for r in await _deployment_related_resources(s, orm)]
+        ours = await repo._related(s, orm.flow_id, orm.work_queue_id)
+    assert ours == theirs and len(ours) == 3, (ours, theirs)
     print("ok")
 
 

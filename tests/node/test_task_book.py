@@ -102,6 +102,34 @@ def test_a_wait_for_changes_answers_when_the_task_book_changes(book):
     assert now == answer
 
 
+def test_creating_and_editing_a_task_are_prefect_deployment_events(book):
+    """Both events name the deployment and relate its flow, work queue and work pool, as
+    Prefect's own create/update_deployment events do (the repository builds them itself)."""
+    system, ids = book
+    detail = system.detail(ids[11])
+    form = {"Id": ids[11], "Title": "book-011 edited", "MetaType": "2", "RunLoop": "true",
+            "CronExpression": detail["CronExpression"], "HttpRequestUrl": "http://127.0.0.1:9/never",
+            "HttpMethod": "POST", "HttpContentType": "application/json", "HttpBody": "{}"}
+    assert system.post("Edit", data=form).json()["Success"]
+    system.post("Edit", data={**form, "Title": "book-011"})
+    query = {"filter": {"any_resource": {"id": [f"prefect.deployment.{ids[11]}"]},
+                        "event": {"prefix": ["prefect.deployment."]}, "occurred": {"since": "2000-01-01T00:00:00Z"}},
+             "limit": 50}
+    deadline = time.monotonic() + 30  # the event persister writes every few seconds
+    while True:
+        events = system.pf("POST", "/events/filter", json=query).json()["events"]
+        names = {e["event"] for e in events}
+        if {"prefect.deployment.created", "prefect.deployment.updated"} <= names or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert {"prefect.deployment.created", "prefect.deployment.updated"} <= names, names
+    for e in events:
+        roles = {r["prefect.resource.role"] for r in e["related"]}
+        assert roles >= {"flow", "work-queue", "work-pool"}, e
+    updated = next(e for e in events if e["event"] == "prefect.deployment.updated")
+    assert "parameters" in updated["payload"]["updated_fields"]
+
+
 @pytest.mark.parametrize("body", [{}, {"token": "t"}, {"wait": 1}, {"token": "t", "wait": -1},
                                   {"token": "t", "wait": 31}, {"token": "t" * 101, "wait": 1},
                                   {"token": ["t"], "wait": 1}, {"token": "t", "wait": "soon"}])
