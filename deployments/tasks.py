@@ -125,6 +125,8 @@ def clean_name(title: str) -> str:
 
 # ---- in-process access (the legacy API runs inside the Prefect server process) ----------
 
+#: {(database interface, flow id, work queue id): related resources of a deployment event}
+_RELATED = None
 #: {(database interface, title filter): ((deployments, newest updated), tasks)}: TaskRepository._task_count
 _TASK_COUNTS: dict[tuple[int, str | None], tuple[tuple, int]] = {}
 
@@ -179,10 +181,13 @@ class TaskRepository:
             # The rows Prefect's create_deployment writes, inserted directly: the id is new, so
             # its upsert, the schedule and run cleanup of an existing deployment and the ORM
             # reloads (29 of a Create's 39 ms here) have nothing to do. Its event too.
-            await session.execute(sa.insert(D).values(**dep.model_dump_for_orm(exclude_unset=True),
-                                                      status=DeploymentStatus.READY))
+            # Core inserts of the tables with the row as parameters: the statement is the same
+            # every time (compiled once), where the ORM's insert(...).values(row) made a new
+            # cache key of every value, the JSON documents included (py-spy).
+            await session.execute(sa.insert(D.__table__), {**dep.model_dump_for_orm(exclude_unset=True),
+                                                           "status": DeploymentStatus.READY})
             if (shown := display_schedule(spec)) is not None:
-                await session.execute(sa.insert(self.db.DeploymentSchedule).values(
+                await session.execute(sa.insert(self.db.DeploymentSchedule.__table__), dict(
                     deployment_id=task_id, schedule=shown.schedule, active=False, slug=shown.slug,
                     parameters={}))
             await self._emit(session, "prefect.deployment.created", task_id, name, flow_id, queue_id)
@@ -420,7 +425,21 @@ class TaskRepository:
             await events.emit(event)
 
     async def _related(self, session, flow_id: uuid.UUID, queue_id: uuid.UUID | None) -> list[dict[str, str]]:
-        """What prefect.server.models.events._deployment_related_resources lists."""
+        """What prefect.server.models.events._deployment_related_resources lists, kept for
+        Prefect's related-resource cache TTL as Prefect keeps a flow run's (every task shares
+        its flow, queue and pool)."""
+        global _RELATED
+        if _RELATED is None:
+            from cachetools import TTLCache
+            from prefect.settings import PREFECT_API_EVENTS_RELATED_RESOURCE_CACHE_TTL
+
+            _RELATED = TTLCache(maxsize=1000, ttl=PREFECT_API_EVENTS_RELATED_RESOURCE_CACHE_TTL.value().total_seconds())
+        key = (id(self.db), flow_id, queue_id)
+        if (known := _RELATED.get(key)) is None:
+            known = _RELATED[key] = await self._read_related(session, flow_id, queue_id)
+        return [dict(r) for r in known]
+
+    async def _read_related(self, session, flow_id: uuid.UUID, queue_id: uuid.UUID | None) -> list[dict[str, str]]:
         F, Q, P = self.db.Flow, self.db.WorkQueue, self.db.WorkPool
         flow = (await session.execute(sa.select(F.id, F.name).where(F.id == flow_id))).first()
         related = [] if flow is None else [{"prefect.resource.id": f"prefect.flow.{flow.id}",

@@ -58,8 +58,10 @@ async def main():
     count, versions, token = await repo.versions(None)
     assert count == 3 and {i for i, _ in versions} == {a, b, c}
     assert token == await repo.change_token()
+    c2 = uuid.uuid4()
+    await repo.create(c2, spec("gamma"), "schedulemaster", schema)
     await repo.delete(c, [])
-    assert (await repo.versions(None))[0] == 2 and await repo.change_token() != token  # the count is not kept
+    assert (await repo.versions(None))[0] == 3 and await repo.change_token() != token  # the count is not kept
     assert (await repo.rows([a, uuid.uuid4()]))[1][0].id == a
     assert await repo.mark_ready() == 0  # created READY and never polled
     await repo.write(a, spec("alpha 100%"), Status.Paused, previous=spec("alpha 100%"))
@@ -72,6 +74,13 @@ async def main():
         theirs = [dict(r) for r in await _deployment_related_resources(s, orm)]
         ours = await repo._related(s, orm.flow_id, orm.work_queue_id)
     assert ours == theirs and len(ours) == 3, (ours, theirs)
+    # the rows a Create inserts read back through Prefect's own models
+    async with db.session_context() as s:
+        orm = await models.deployments.read_deployment(session=s, deployment_id=c2)
+        shown = schemas.responses.DeploymentResponse.model_validate(orm, from_attributes=True)
+    assert shown.name == "gamma" and shown.created and shown.updated and shown.status == "READY"
+    assert [(x.active, x.slug) for x in shown.schedules] == [(False, "quartz 0 * * * * ?")], shown.schedules
+    assert shown.labels.get("prefect.flow.id") == str(orm.flow_id), shown.labels
     print("ok")
 
 
