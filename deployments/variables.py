@@ -48,17 +48,21 @@ async def set_disabled(client, name: str, disabled: bool) -> bool:
     return True
 
 
-async def read_node_settings(client=None) -> dict[str, Any]:
-    """The settings as the master last mirrored them (empty until it has). A long-lived
-    caller passes its client: ``Variable.aget`` opens a new one (and a new TLS context) per call."""
-    if client is None:
-        from prefect.variables import Variable
+async def read_node_settings() -> dict[str, Any]:
+    """The settings as the master last mirrored them (empty until it has)."""
+    from prefect.variables import Variable
 
-        value = await Variable.aget(SETTINGS_VARIABLE, default={})
-    else:
-        variable = await client.read_variable_by_name(SETTINGS_VARIABLE)
-        value = variable.value if variable is not None else {}
+    value = await Variable.aget(SETTINGS_VARIABLE, default={})
     return value if isinstance(value, dict) else {}
+
+
+async def read_node_variables(client) -> tuple[set[str], dict[str, Any]]:
+    """(disabled node names, settings) in one call: what a node re-reads every few seconds."""
+    answer = await client.request("POST", "/variables/filter", json={
+        "variables": {"name": {"any_": [NODES_VARIABLE, SETTINGS_VARIABLE]}}, "limit": 2})
+    values = {v.get("name"): v.get("value") for v in answer.json() if isinstance(v, dict)}
+    settings = values.get(SETTINGS_VARIABLE)
+    return disabled_of(values.get(NODES_VARIABLE)), settings if isinstance(settings, dict) else {}
 
 
 async def mirror_settings(client, store) -> None:

@@ -37,7 +37,7 @@ from schedulemaster.deployments import chain, plan, quartz
 from schedulemaster.deployments import tasks as dep
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.deployments.tasks import Status
-from schedulemaster.deployments.variables import read_disabled, read_node_settings
+from schedulemaster.deployments.variables import read_node_variables
 from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
 from schedulemaster.node import plugins
 from schedulemaster.node.node_claims import AHEAD, Claimer, Superseded
@@ -205,10 +205,10 @@ class FiringLoop:
 
     async def refresh_nodes(self) -> None:
         try:
-            disabled = await read_disabled(self.client)
+            disabled, settings = await read_node_variables(self.client)
         except Exception as exc:
             log.warning("cannot read which nodes are disabled (%s); keeping the last answer", exc)
-            disabled = self.disabled
+            disabled, settings = self.disabled, self.settings
         if (self.node in disabled) != (self.node in self.disabled):
             log.warning("node %s %s", self.node,
                         "is disabled (休息): it fires nothing" if self.node in disabled else "is enabled again")
@@ -224,7 +224,7 @@ class FiringLoop:
         if live != self.live_nodes or weights != self.weights:
             self.live_nodes, self.weights = sorted(live), weights
             self._reassign()
-        self.settings = await read_node_settings(self.client)
+        self.settings = settings
 
     async def _read_node_table(self) -> dict[str, int]:
         """Every node's Priority, and this node's MaxConcurrency as the operator set it."""

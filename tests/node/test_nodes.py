@@ -12,7 +12,7 @@ import pytest
 
 import schedulemaster as sm
 from schedulemaster.deployments.chain import online
-from schedulemaster.deployments.variables import disabled_of
+from schedulemaster.deployments.variables import disabled_of, read_node_variables
 
 from helpers import wait_until
 
@@ -79,6 +79,18 @@ def test_a_disabled_node_fires_nothing_until_enabled(api, system, receiver):
 
 
 @pytest.mark.e2e
+async def test_a_node_reads_the_disabled_list_and_the_settings_in_one_call(api, system):
+    """What every node re-reads every few seconds (firing.refresh_nodes), from the real server."""
+    api.disable_node("worker1")
+    try:
+        async with httpx.AsyncClient(base_url=system.prefect, auth=system.prefect_auth, timeout=30) as client:
+            disabled, settings = await read_node_variables(client)
+    finally:
+        api.enable_node("worker1")
+    assert disabled == {"worker1"}
+    assert settings.get("Http_RequestTimeout") and not any(k.endswith("Pwd") for k in settings), settings
+
+
 def test_delete_only_an_offline_node(api, system):
     with pytest.raises(sm.LegacyError, match="节点在线，不能删除"):
         api.delete_node("worker1")
