@@ -100,3 +100,16 @@ async def test_prefects_background_worker_wakes_once_a_second():
         async with background_workers.Worker(docket) as worker:
             assert worker.scheduling_resolution == prefect_patches.DOCKET_WAKE
             assert worker.minimum_check_interval == prefect_patches.DOCKET_WAKE
+
+
+def test_prefects_api_compresses_at_the_cheapest_level():
+    """Patch 7, seen in the app Prefect's create_app builds: its API middleware stack."""
+    from prefect.server.api.server import create_app
+
+    prefect_patches.apply()
+    app = create_app(ephemeral=True, final=True)
+    api = next(r.app for r in app.routes if getattr(r, "name", None) == "api")
+    gzips = [m for m in api.user_middleware if "GZip" in m.cls.__name__]
+    assert gzips and all(m.cls._schedulemaster_level == prefect_patches.GZIP_LEVEL for m in gzips), gzips
+    built = gzips[0].cls(app=None)
+    assert built.compresslevel == prefect_patches.GZIP_LEVEL
