@@ -162,43 +162,37 @@ def _sqlite_events_without_compiling() -> None:
 
 
 DOCKET_WAKE = timedelta(seconds=1)
+GZIP_LEVEL = 1
 
 
 def _docket_worker_once_a_second() -> None:
     from prefect.server.api import background_workers
 
-    base = background_workers.Worker
-    if getattr(base, "_schedulemaster_wake", None):
-        return
-
-    class Worker(base):  # type: ignore[misc, valid-type]
-        _schedulemaster_wake = DOCKET_WAKE
-
-        def __init__(self, docket, *args, **kwargs):
-            kwargs.setdefault("minimum_check_interval", DOCKET_WAKE)
-            kwargs.setdefault("scheduling_resolution", DOCKET_WAKE)
-            super().__init__(docket, *args, **kwargs)
-
-    background_workers.Worker = Worker
-
-
-GZIP_LEVEL = 1
+    _with_defaults(background_workers, "Worker", minimum_check_interval=DOCKET_WAKE,
+                   scheduling_resolution=DOCKET_WAKE)
 
 
 def _cheaper_api_compression() -> None:
     from prefect.server.api import server
 
-    base = server.GZipMiddleware
-    if getattr(base, "_schedulemaster_level", None):
+    _with_defaults(server, "GZipMiddleware", compresslevel=GZIP_LEVEL)
+
+
+def _with_defaults(module, name: str, **defaults) -> None:
+    """Replace the class Prefect instantiates as ``module.name`` (without passing these
+    arguments) by a subclass whose keyword arguments default to ``defaults``; idempotent."""
+    base = getattr(module, name)
+    if getattr(base, "_schedulemaster_defaults", None) == defaults:
         return
 
-    class GZipMiddleware(base):  # type: ignore[misc, valid-type]
-        _schedulemaster_level = GZIP_LEVEL
+    class Patched(base):  # type: ignore[misc, valid-type]
+        _schedulemaster_defaults = defaults
 
-        def __init__(self, app, minimum_size: int = 500, compresslevel: int = GZIP_LEVEL, **kwargs):
-            super().__init__(app, minimum_size, compresslevel, **kwargs)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**defaults, **kwargs})
 
-    server.GZipMiddleware = GZipMiddleware
+    Patched.__name__ = Patched.__qualname__ = base.__name__
+    setattr(module, name, Patched)
 
 
 def _exempt_coordination_from_request_limit() -> None:
