@@ -271,14 +271,15 @@ class TaskRepository:
     async def versions(self, since: datetime | None) -> tuple[int, list[tuple[uuid.UUID, datetime]], str]:
         """(how many tasks exist, (id, updated) of those updated at or after ``since``, the
         change token): what a node needs to keep its task book, through the index on ``updated``.
-        The token is read first, so a change it does not show is one the node has not seen."""
+        The token is read first, so a change it does not show is one the node has not seen; it
+        is empty where tokens do not follow commits (PostgreSQL): the node then looks every second."""
         D = self.db.Deployment
         changed = [self._tagged()] + ([D.updated >= since] if since is not None else [])
         async with self._read() as session:
             probe = await self._probe(session)
             count = await self._task_count(session, probe)
             rows = (await session.execute(sa.select(D.id, D.updated).where(*changed))).all()
-        return count, [(row.id, row.updated) for row in rows], _token_of(probe)
+        return count, [(row.id, row.updated) for row in rows], _token_of(probe) if self.tokens_follow_commits else ""
 
     @property
     def tokens_follow_commits(self) -> bool:
