@@ -28,15 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 from helpers import AUTH, PG, System, bench_credential, drop_databases  # noqa: E402
-from lateness import call, create_tasks  # noqa: E402
-from record import as_node, records  # noqa: E402
+from lateness import create_tasks  # noqa: E402
+from record import as_node, records, run_count  # noqa: E402
 
 bench_credential()
 BATCH = 1000  # records per call: the endpoint's most
-
-
-def run_count(system: System, task_id: str) -> int:
-    return call("POST", f"{system.prefect}/flow_runs/count", json={"deployments": {"id": {"any_": [task_id]}}}).json()
 
 
 def timed(fn) -> tuple[float, object]:
@@ -70,7 +66,7 @@ def main() -> None:
                 if (i // BATCH) % 10 == 9:
                     print(f"  {i + BATCH:,} runs written ({(i + BATCH) / (time.monotonic() - t0):.0f}/s)",
                           flush=True)
-        written = run_count(s, heavy)
+        written = run_count(s, [heavy])
         print(f"{written:,} runs in Prefect after {time.monotonic() - t0:.0f} s", flush=True)
         result = {"database": "postgresql" if args.postgres else "sqlite", "runs": written}
         with httpx.Client(base_url=f"{s.api}/api", headers=AUTH, timeout=120) as api:

@@ -422,7 +422,7 @@ class TaskRepository:
         event = Event(occurred=now("UTC"), event=name, id=uuid7(),
                       resource={"prefect.resource.id": f"prefect.deployment.{task_id}",
                                 "prefect.resource.name": title},
-                      related=await self._related(session, flow_id, queue_id), **({"payload": payload} if payload else {}))
+                      related=await self._related(session, flow_id, queue_id), payload=payload or {})
         async with PrefectServerEventsClient() as events:
             await events.emit(event)
 

@@ -18,6 +18,7 @@ the API shows them in the system's zone as the original did.
 
 from __future__ import annotations
 
+import contextlib
 import queue as queue_mod
 import threading
 from collections import Counter
@@ -242,6 +243,9 @@ class _QuietWatch:
                 self._conn = self._engine.raw_connection()  # autocommit (write_engine's connect hook)
             return self._conn.driver_connection.execute("PRAGMA data_version").fetchone()[0]
         except Exception:  # a broken connection: no shortcut, and a new connection next time
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.invalidate()  # not kept by the pool either
             self._conn, self._seen = None, None
             return None
 
