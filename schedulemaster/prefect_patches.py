@@ -67,13 +67,21 @@ UNLIMITED_PREFIXES = ("/api/schedulemaster/claims", "/api/schedulemaster/nodes",
 
 
 def apply() -> None:
+    """Every change, for the process that serves Prefect's API (the master)."""
+    apply_client()
     _materialize_legacy_settings()
-    _cache_timezones()
     _exempt_coordination_from_request_limit()
     _immediate_sqlite_transactions()
     _sqlite_events_without_compiling()
     _docket_worker_once_a_second()
     _cheaper_api_compression()
+
+
+def apply_client() -> None:
+    """The changes a process that only talks to Prefect's API needs (a node, the dispatcher):
+    importing Prefect's server there would cost each such process seconds of CPU at start
+    and a hundred MB for code it never runs."""
+    _cache_timezones()
 
 
 def _immediate_sqlite_transactions() -> None:

@@ -65,18 +65,21 @@ def wait_ready(settings: Settings, node: str | None = None, auth: str | None = N
             f"http://127.0.0.1:{settings.api_port}/api/health"]
     nodes_url = f"http://127.0.0.1:{settings.prefect_port}/api{wire.NODES_PATH}"
     basic = tuple(auth.split(":", 1)) if auth and ":" in auth else None
-    while time.monotonic() < deadline:
-        try:
-            if all(httpx.get(u, timeout=2).status_code == 200 for u in urls):
-                if node is None:
-                    return True
-                r = httpx.get(nodes_url, timeout=5, auth=basic)
-                rows = [wire.NodeRow.model_validate(row) for row in r.json()] if r.status_code == 200 else []
-                if any(row.name == node and (since is None or row.started_at >= since) for row in rows):
-                    return True
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.25)
+    # one client for every look: a new one builds a TLS context each time, a tenth of a
+    # core here while the children start on the same cores
+    with httpx.Client(timeout=5) as client:
+        while time.monotonic() < deadline:
+            try:
+                if all(client.get(u, timeout=2).status_code == 200 for u in urls):
+                    if node is None:
+                        return True
+                    r = client.get(nodes_url, auth=basic)
+                    rows = [wire.NodeRow.model_validate(row) for row in r.json()] if r.status_code == 200 else []
+                    if any(row.name == node and (since is None or row.started_at >= since) for row in rows):
+                        return True
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.25)
     return False
 
 

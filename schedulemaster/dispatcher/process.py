@@ -52,7 +52,7 @@ def single_lock(store_url: str):
 async def serve_dispatcher(settings: Settings, name: str, max_held: int = 5000, per_host: int = 100,
                            lease: float = 30.0) -> int:
     settings.apply_prefect_env()
-    prefect_patches.apply()
+    prefect_patches.apply_client()
     from prefect.client.orchestration import get_client
 
     from schedulemaster.dispatcher.delayed_dispatch import Dispatcher

@@ -17,7 +17,7 @@ async def serve_node(settings: Settings, name: str, priority: int, max_concurren
     """Run until SIGTERM/SIGINT; the exit code is 1 when a part of the node failed, 2 when
     the master cannot be reached or the name is taken, 3 when another process took the name."""
     settings.apply_prefect_env()
-    prefect_patches.apply()
+    prefect_patches.apply_client()
     from schedulemaster.node.worker import NodeWorker, NotStarted
 
     worker = NodeWorker(settings.work_pool, name=name, limit=max_concurrency, priority=priority,

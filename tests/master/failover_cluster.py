@@ -4,6 +4,7 @@ fire every second."""
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime, timezone
 
 import psycopg
 
@@ -28,6 +29,21 @@ def unfinished_claims(system, node: str | None = None) -> int:
     with psycopg.connect(system.store_url) as conn:
         sql = "SELECT count(*) FROM sm_firing_claims WHERE finished_at IS NULL"
         return conn.execute(sql + (" AND node = %s" if node else ""), (node,) if node else ()).fetchone()[0]
+
+
+def handed_over(system, restarted: dict[str, datetime]) -> bool:
+    """Each restarted node's new process has registered (after ``restarted[name]``), and no
+    unfinished claim belongs to a process that is no longer its node's registered one: the
+    master has re-run or recorded what the dead processes held."""
+    with psycopg.connect(system.store_url) as conn:
+        started = dict(conn.execute("SELECT name, started_at FROM sm_nodes").fetchall())
+        stale = conn.execute("SELECT count(*) FROM sm_firing_claims c JOIN sm_nodes n ON n.name = c.node "
+                             "WHERE c.finished_at IS NULL AND c.incarnation <> n.incarnation").fetchone()[0]
+    return stale == 0 and all(name in started and _utc(started[name]) >= at for name, at in restarted.items())
+
+
+def _utc(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def held_runs(system, node: str) -> list[dict]:
