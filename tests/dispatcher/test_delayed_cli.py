@@ -1,4 +1,5 @@
-"""`schedulemaster delayed ...` run as a user runs it, against the whole system and a real receiver."""
+"""`schedulemaster delayed ...` against the whole system and a real receiver (through the CLI's
+app in this process: helpers.run_cli; the entry point itself once as a subprocess)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,13 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from helpers import AUTH, wait_until
+from helpers import AUTH, Ran, run_cli, wait_until
 
 COMMANDS = ["list", "show", "create", "create-batch", "void", "execute", "reset"]
 
 
-def sm(*args: str, api: str | None = None, timeout: float = 90) -> subprocess.CompletedProcess:
-    extra = ["--api", api] if api else []
-    return subprocess.run([sys.executable, "-m", "schedulemaster.cli", "delayed", *args, *extra],
-                          capture_output=True, text=True, timeout=timeout)
+def sm(*args: str, api: str | None = None, stdin: str | None = None) -> Ran:
+    return run_cli("delayed", *args, *(["--api", api] if api else []), stdin=stdin)
 
 
 def api(system, method: str, path: str, **kw) -> dict:
@@ -66,8 +65,7 @@ def shown_status(out: str) -> str:
 # ---- help ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cmd", [[], *[[c] for c in COMMANDS]])
 def test_help_of_the_group_and_every_command(cmd):
-    r = subprocess.run([sys.executable, "-m", "schedulemaster.cli", "delayed", *cmd, "--help"],
-                       capture_output=True, text=True, timeout=60)
+    r = sm(*cmd, "--help")
     assert r.returncode == 0 and "Usage" in r.stdout, r.stderr
     if not cmd:
         assert "延时任务" in r.stdout and all(c in r.stdout for c in COMMANDS)
@@ -214,9 +212,7 @@ def test_create_batch_from_json_lines_on_a_file_and_on_stdin(system, receiver, t
     r = sm("create-batch", str(f), api=system.api)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "created 3 delayed tasks"
-    r = subprocess.run([sys.executable, "-m", "schedulemaster.cli", "delayed", "create-batch", "-",
-                        "--api", system.api], input=json.dumps(items[3]) + "\n", capture_output=True, text=True,
-                       timeout=60)
+    r = sm("create-batch", "-", api=system.api, stdin=json.dumps(items[3]) + "\n")
     assert r.returncode == 0 and r.stdout.strip() == "created 1 delayed task", r.stderr
     assert listed(system, topic=topic)["total"] == 4
     void_topic(system, topic)

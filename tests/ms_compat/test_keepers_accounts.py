@@ -194,12 +194,9 @@ def test_unknown_or_malformed_notify_blocks_are_refused(system, value, message):
 
 
 def _cli(system, *args, env=None):
-    import os
-    import subprocess
-    import sys
+    from helpers import run_cli
 
-    return subprocess.run([sys.executable, "-m", "schedulemaster.cli", *args, "--api", system.api],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+    return run_cli(*args, "--api", system.api, env=env)
 
 
 def test_the_account_and_config_cli(system):

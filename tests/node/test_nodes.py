@@ -14,7 +14,7 @@ import schedulemaster as sm
 from schedulemaster.deployments.chain import online
 from schedulemaster.deployments.variables import disabled_of, read_node_variables
 
-from helpers import wait_until
+from helpers import run_cli, wait_until
 
 
 def test_the_disabled_list_is_read_defensively_and_filters_the_live_nodes():
@@ -132,8 +132,7 @@ def test_node_requests_with_bad_input_change_nothing(api, system):
 @pytest.mark.e2e
 def test_nodes_cli(api, system):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "schedulemaster.cli", "nodes", *args, "--api", system.api],
-                              capture_output=True, text=True, timeout=120)
+        return run_cli("nodes", *args, "--api", system.api)
 
     listed = run("list")
     assert listed.returncode == 0 and "worker1" in listed.stdout and "运行" in listed.stdout
