@@ -168,18 +168,24 @@ def run_up(settings: Settings, node_name: str = "worker1", maxc: int = 20, echo=
             time.sleep(0.2)
     finally:
         echo("stopping...")
-        # Node first, so its firings in flight are recorded while the master still listens.
-        for c in reversed(children):
-            _stop(c)
+        # The node and the dispatcher first (side by side), so the node's firings in flight
+        # are recorded while the master still listens; then the master.
+        master, *clients = children
+        _stop(clients)
+        _stop([master])
     return 0
 
 
-def _stop(c: Child, grace: float = 20.0) -> None:
-    if c.proc is None or c.proc.poll() is not None:
-        return
-    c.proc.terminate()
-    try:
-        c.proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        c.proc.kill()
-        c.proc.wait()
+def _stop(group: list[Child], grace: float = 20.0) -> None:
+    """SIGTERM to every process of ``group`` at once, then wait for each; SIGKILL for a
+    process still there ``grace`` seconds later."""
+    running = [c.proc for c in group if c.proc is not None and c.proc.poll() is None]
+    for proc in running:
+        proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in running:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -8,10 +8,11 @@ from helpers import FAST_REFRESH, Receiver, System
 LIVE_FIXTURES = {"system", "cluster", "target", "pg_target", "source", "pg_source"}
 
 
-#: files that take minutes, longest first: xdist (``--dist loadfile``) hands out files in
-#: collection order, and one of these started last would hold the whole run up
-LONG_FILES = ("master/test_failover_chaos.py", "master/test_failover.py", "ms_compat/test_legacy_import.py",
-              "system/test_up.py", "dispatcher/test_e2e_delayed.py", "dispatcher/test_delayed_postgres.py",
+#: the longest files, in the order xdist starts them (``--dist loadfile --no-loadscope-reorder``):
+#: each of the four workers gets two files at first, the 1st with the 5th, the 2nd with the 6th, ...,
+#: so a long one is paired with a shorter one; the rest go to whichever worker is free
+LONG_FILES = ("master/test_failover.py", "master/test_failover_chaos.py", "dispatcher/test_e2e_delayed.py",
+              "ms_compat/test_legacy_import.py", "system/test_up.py", "dispatcher/test_delayed_postgres.py",
               "notebook/test_notebooks.py", "notebook/test_python_api.py")
 
 

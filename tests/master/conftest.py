@@ -23,6 +23,9 @@ def cluster(tmp_path_factory):
             s.wait_node(n, timeout=120)
         yield s
     finally:
+        for p in s.nodes.values():  # side by side: each stop waits for its node's records
+            if p.poll() is None:
+                p.terminate()
         for p in s.nodes.values():
             s.stop_node(p)
         s.stop()
