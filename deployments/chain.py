@@ -24,7 +24,7 @@ from typing import Any
 from schedulemaster.coordination.client import MasterClient
 from schedulemaster.coordination.wire import NodeRow
 from schedulemaster.deployments.spec import TaskSpec
-from schedulemaster.deployments.tasks import DEFAULT_QUEUE, NODE_QUEUE_PREFIX, Status, record_of
+from schedulemaster.deployments.tasks import DEFAULT_QUEUE, NODE_QUEUE_PREFIX, Status, record_of, run_name
 from schedulemaster.deployments.variables import read_disabled
 
 log = logging.getLogger("schedulemaster.chain")
@@ -139,7 +139,8 @@ async def submit_child(client, work_pool: str, child, parent_firing_id: str, res
     queue = await queue_for(client, work_pool, child.id, child.spec)
     await client.create_flow_run_from_deployment(
         child.id, parameters={"task": child.spec.wire(), "previous_result": jsonable(result)},
-        work_queue_name=queue, tags=["sm:next"], name=f"next-{parent_firing_id[:8]}",
+        work_queue_name=queue, tags=["sm:next"],
+        name=run_name(child.spec.Title, f"next of {parent_title or parent_firing_id[:8]}"),
         idempotency_key=child_firing_id(child.id, parent_firing_id))
     log.info("child %s of %s submitted to %s", child.id, parent_title or parent_firing_id, queue)
 

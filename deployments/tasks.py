@@ -41,6 +41,21 @@ POLICIES = ("retry-elsewhere", "fail")
 DEFAULT_POLICY = "retry-elsewhere"
 #: the run label naming the node process (its incarnation) that took a worker-path run
 INCARNATION_LABEL = "schedulemaster.incarnation"
+#: a firing's run tags: the node that fired it, and an HTTP answer outside 2xx (counted a
+#: success unless Http_FailOnNon2xx), so both read in Prefect's run lists at a glance
+NODE_TAG = "node:"
+HTTP_TAG = "http:"
+#: what a run's name holds: the task's title first (every task runs the same flow, so lists,
+#: the dashboard and a parent's run graph read by title), then what the run is
+RUN_NAME_TITLE = 80
+
+
+def run_name(title: str, what: str) -> str:
+    """``<title> · <what>``, e.g. ``orders sync · 2026-12-07 08:00:00`` or ``orders sync · run once``."""
+    title = title.strip() or "task"
+    if len(title) > RUN_NAME_TITLE:
+        title = title[:RUN_NAME_TITLE - 1] + "…"
+    return f"{title} · {what}"
 
 
 class Status(IntEnum):

@@ -18,6 +18,7 @@ from schedulemaster.coordination.client import MasterClient
 from schedulemaster.coordination.wire import RunFailure
 from schedulemaster.deployments import chain
 from schedulemaster.deployments.spec import TaskSpec, spec_of
+from schedulemaster.deployments.tasks import run_name
 from schedulemaster.deployments.variables import read_node_settings
 from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
 from schedulemaster.node import plugins
@@ -136,6 +137,7 @@ async def _trigger_children(task: TaskSpec, result: Any) -> None:
                 queue = await chain.queue_for(client, pool, cid, rec.spec)
                 await arun_deployment(cid, client=client, timeout=0, as_subflow=True,
                                       parameters={"task": rec.spec.wire(), "previous_result": chain.jsonable(result)},
+                                      flow_run_name=run_name(rec.spec.Title, f"next of {task.Title}"),
                                       work_queue_name=queue, tags=["sm:next"],
                                       idempotency_key=chain.child_firing_id(cid, str(flow_run.get_id())))
                 logger.info("已触发子任务 %s [%s]", cid, rec.spec.Title)

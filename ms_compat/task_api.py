@@ -375,7 +375,7 @@ class TaskService:
         run = await self.client.create_flow_run_from_deployment(
             task_id, parameters={"task": spec.wire(), "action": "start"},
             work_queue_name=dep.NODE_QUEUE_PREFIX + node, tags=["sm:start"],
-            name=f"start-{self.now_local():%Y%m%d-%H%M%S}")
+            name=dep.run_name(spec.Title, f"start {self.now_local():%Y-%m-%d %H:%M:%S}"))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PLUGIN_START_TIMEOUT
         while loop.time() < deadline:
@@ -427,7 +427,8 @@ class TaskService:
             queue = await chain.queue_for(self.client, self.work_pool, rec.id, rec.spec)
             await self.client.create_flow_run_from_deployment(
                 rec.id, parameters={"task": rec.spec.wire()}, work_queue_name=queue,
-                tags=["sm:run-once"], name=f"runonce-{self.now_local():%Y%m%d-%H%M%S}")
+                tags=["sm:run-once"],
+                name=dep.run_name(rec.spec.Title, f"run once {self.now_local():%Y-%m-%d %H:%M:%S}"))
         except Exception:
             log.exception("run once failed")
             return R.failed("任务运行失败!")

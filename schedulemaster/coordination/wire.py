@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, Field
 
+from schedulemaster.deployments.tasks import run_name
+
 PREFIX = "/schedulemaster"  # relative to the Prefect API URL
 REGISTER_PATH = PREFIX + "/nodes/register"
 NODES_PATH = PREFIX + "/nodes"
@@ -234,7 +236,7 @@ class Firing:
         """What the master records; texts cut to what it takes."""
         return FiringRecord(
             task_id=self.task_id, firing_id=self.firing_id,
-            name=f"{self.scheduled.astimezone(ZoneInfo(self.zone)):%Y%m%d-%H%M%S}-{self.firing_id[:6]}",
+            name=run_name(self.title, f"{self.scheduled.astimezone(ZoneInfo(self.zone)):%Y-%m-%d %H:%M:%S}"),
             scheduled=self.scheduled, started=self.started, finished=self.finished, ok=self.ok,
             message=self.message[:2000],
             fire={"firing_id": self.firing_id, "node": self.node, "scheduled": self.scheduled.isoformat(),

@@ -31,7 +31,7 @@ from uuid import UUID
 from schedulemaster.coordination.wire import Firing
 from schedulemaster.deployments import chain
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
-from schedulemaster.deployments.tasks import DEFAULT_POLICY, INCARNATION_LABEL, POLICIES, Status, record_of
+from schedulemaster.deployments.tasks import DEFAULT_POLICY, INCARNATION_LABEL, POLICIES, Status, record_of, run_name
 from schedulemaster.master.coordination_api import pool_workers
 from schedulemaster.master.record_api import record_firings
 from schedulemaster.store import claims
@@ -206,7 +206,8 @@ class Failover:
         queue = await chain.queue_for(self.client, self.work_pool, task_id, spec)
         run = await self.client.create_flow_run_from_deployment(
             task_id, parameters={**(extra or {}), "task": spec.wire(), "rerun": {**rerun, "reason": reason}},
-            work_queue_name=queue, tags=["sm:rerun"], name=f"rerun-{key[:8]}", idempotency_key=f"rerun:{key}")
+            work_queue_name=queue, tags=["sm:rerun"], name=run_name(spec.Title, f"re-run of {key[:8]}"),
+            idempotency_key=f"rerun:{key}")
         self.handed_over += 1
         log.warning("%s; re-run as %s in queue %s (failover policy: retry-elsewhere)", reason, run.name, queue)
 

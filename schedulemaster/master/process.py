@@ -87,6 +87,17 @@ async def run_failover(settings: Settings, engine, on_failure, activity=None) ->
         await Failover(engine, client, settings.work_pool, on_failure, activity).run()
 
 
+async def run_queue_readiness(settings: Settings) -> None:
+    """Show the queues live nodes read as Ready (schedulemaster/master/queue_readiness.py)."""
+    from prefect.client.orchestration import get_client
+
+    from schedulemaster.master import queue_readiness
+
+    async with get_client() as client:
+        await wait_for_prefect(client, timeout=600)
+        await queue_readiness.run(client, settings.work_pool)
+
+
 def prepare_credentials(settings: Settings) -> None:
     """Owner-only files, and Prefect's API never served without an auth string (this
     process's server check and its own clients both use it)."""
@@ -179,6 +190,7 @@ async def serve_master(settings: Settings) -> None:
     tasks = [asyncio.create_task(servers[0].serve())]
     mailing = asyncio.create_task(mailer.run(), name="keeper-mail")
     failover = asyncio.create_task(run_failover(settings, store.engine, mailer.task_failed, activity), name="failover")
+    readiness = asyncio.create_task(run_queue_readiness(settings), name="queue-readiness")
     await asyncio.sleep(0)
     tasks.append(asyncio.create_task(servers[1].serve()))
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -187,6 +199,7 @@ async def serve_master(settings: Settings) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
     mailing.cancel()
     failover.cancel()
+    readiness.cancel()
     for t in done:
         if t.exception():
             raise t.exception()

@@ -27,7 +27,7 @@ from schedulemaster.coordination.wire import (MAX_RECORDS, ChangesRequest, Chang
                                               RecordResult, RunFailure, TaskRow, TasksPage, TasksRequest,
                                               TaskVersion, TaskVersions, VersionsRequest)
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
-from schedulemaster.deployments.tasks import TaskRepository
+from schedulemaster.deployments.tasks import HTTP_TAG, NODE_TAG, TaskRepository
 from schedulemaster.master import bulk_runs
 from schedulemaster.master.coordination_api import node_caller
 from schedulemaster.master.task_changes import TaskChanges
@@ -58,6 +58,25 @@ async def record_firings(records: list[FiringRecord], on_failure: OnFailure | No
         recorded += part.recorded
         unknown += part.unknown_tasks
     return RecordResult(recorded=recorded, unknown_tasks=sorted(set(unknown)))
+
+
+def run_tags(r: FiringRecord) -> list[str]:
+    """The firing's own tags beside its task's: its node, and an answer outside 2xx."""
+    tags = []
+    if node := str(r.fire.get("node") or "")[:100]:
+        tags.append(NODE_TAG + node)
+    code = r.fire.get("status_code")
+    if isinstance(code, int) and not 200 <= code < 300:
+        tags.append(f"{HTTP_TAG}{code}")
+    return tags
+
+
+def run_message(r: FiringRecord) -> str:
+    """The run's state message: where and how late it fired, then what the firing said."""
+    lateness = r.fire.get("lateness_ms")
+    where = [str(r.fire.get("node") or "")[:100],
+             f"{lateness / 1000:.2f} s late" if isinstance(lateness, (int, float)) else ""]
+    return " · ".join([p for p in where if p] + [r.message])[:2000]
 
 
 async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure | None,
@@ -101,13 +120,13 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
             runs = []
             for r, dep in ready:
                 final = (schemas.states.Completed if r.ok else schemas.states.Failed)(
-                    message=r.message, timestamp=r.finished)
+                    message=run_message(r), timestamp=r.finished)
                 link = await _link_to_parent(session, dep, r) if r.parent_firing_id else None
                 run = schemas.core.FlowRun(
                     parent_task_run_id=link,
                     name=r.name, flow_id=dep.flow_id, deployment_id=dep.id,
                     deployment_version=dep.version, parameters={"fire": r.fire},
-                    tags=list(dep.tags or []), idempotency_key=r.firing_id,
+                    tags=[*(dep.tags or []), *run_tags(r)], idempotency_key=r.firing_id,
                     work_queue_name=dep.work_queue_name, work_queue_id=dep.work_queue_id,
                     expected_start_time=r.scheduled, next_scheduled_start_time=r.scheduled,
                     start_time=r.started,

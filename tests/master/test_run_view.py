@@ -1,0 +1,86 @@
+"""What Prefect's UI reads about firings and queues (through Prefect's API, as the UI does): a
+firing's run named by its task's title and instant, its node and an answer outside 2xx as
+tags, its node and lateness in its state message; the queues a live node reads shown Ready."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+
+from schedulemaster.coordination.wire import Firing
+from schedulemaster.deployments.tasks import run_name
+from schedulemaster.master.queue_readiness import queues_read
+from schedulemaster.master.record_api import run_message, run_tags
+
+from helpers import wait_until
+
+INSTANT = re.compile(r" · \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
+
+
+def test_a_run_name_starts_with_the_title_and_stays_short():
+    assert run_name("orders sync", "run once") == "orders sync · run once"
+    assert run_name("  ", "x") == "task · x"
+    long = run_name("长" * 300, "2026-12-07 08:00:00")
+    assert long.startswith("长" * 79 + "…") and long.endswith(" · 2026-12-07 08:00:00") and len(long) < 110
+
+
+def test_a_firing_record_carries_its_node_lateness_and_odd_answers():
+    from datetime import datetime, timedelta, timezone
+
+    at = datetime(2026, 12, 7, 0, 0, 5, tzinfo=timezone.utc)
+    f = Firing(uuid.uuid4(), "fid", "夜间对账", at, at + timedelta(milliseconds=120), at + timedelta(seconds=1),
+               True, "HTTP 500 in 880 ms", "worker1", status_code=500, zone="Asia/Shanghai")
+    record = f.record()
+    assert record.name == "夜间对账 · 2026-12-07 08:00:05"
+    assert run_tags(record) == ["node:worker1", "http:500"]
+    assert run_message(record) == "worker1 · 0.12 s late · HTTP 500 in 880 ms"
+    ok = Firing(uuid.uuid4(), "fid2", "t", at, at, at, True, "HTTP 204 in 3 ms", "w2", status_code=204).record()
+    assert run_tags(ok) == ["node:w2"]
+    # a plugin firing has no status code; a hostile node name is cut, never an error
+    plugin = Firing(uuid.uuid4(), "fid3", "t", at, at, at, False, "boom", "n" * 500).record()
+    assert run_tags(plugin) == ["node:" + "n" * 100] and run_message(plugin).endswith(" · 0.00 s late · boom")
+
+
+def test_live_nodes_read_the_shared_queues_and_their_own():
+    assert queues_read([]) == set()
+    assert queues_read(["worker1", "worker2"]) == {"default", "tasks", "node-worker1", "node-worker2"}
+
+
+@pytest.mark.e2e
+def test_firing_runs_read_by_title_node_and_answer(system, receiver):
+    path = f"/view/{uuid.uuid4().hex[:8]}"
+    receiver.on(path, 500, "upstream broke")
+    title = f"视图 {uuid.uuid4().hex[:6]}"
+    task_id = system.create_http(receiver.url(path), cron="* * * * * ?", Title=title)
+    try:
+        assert system.post("Start", data={"id": task_id}).json()["Success"]
+        receiver.wait_for(path, 2, timeout=60)
+        runs = wait_until(lambda: [r for r in system.flow_runs(task_id, 20) if "sm:run-once" not in r["tags"]
+                                   and r["state_type"] == "COMPLETED"], timeout=60)
+        run = runs[0]
+        assert run["name"].startswith(f"{title} · ") and INSTANT.search(run["name"]), run["name"]
+        assert "node:worker1" in run["tags"] and "http:500" in run["tags"]  # a success, yet visibly odd
+        assert re.match(r"worker1 · -?\d+\.\d\d s late · HTTP 500 in \d+ ms$", run["state"]["message"])
+
+        assert system.post("RunOnce", data={"id": task_id}).json()["Success"]
+        once = wait_until(lambda: [r for r in system.flow_runs(task_id, 50) if "sm:run-once" in r["tags"]], timeout=30)
+        assert once[0]["name"].startswith(f"{title} · run once ")
+    finally:
+        system.post("Stop", data={"id": task_id})
+
+
+@pytest.mark.e2e
+def test_the_queues_a_live_node_reads_are_ready(system):
+    system.wait_node()
+
+    def statuses() -> dict[str, str]:
+        r = system.pf("POST", "/work_pools/schedulemaster/queues/filter", json={})
+        r.raise_for_status()
+        return {q["name"]: q["status"] for q in r.json()}
+
+    # every queue of the pool is read by the one live node (`tasks` exists once a task does)
+    ready = wait_until(lambda: (s := statuses()) and {"default", "node-worker1"} <= set(s)
+                       and set(s.values()) == {"READY"} and s, timeout=60)
+    assert set(ready) <= {"default", "tasks", "node-worker1"}
