@@ -3,7 +3,8 @@
 Executor nodes compute every fire time themselves (deployments/quartz.py): Prefect's
 scheduler creates one flow run per firing ahead of time, which a 1,200-firings-a-minute
 load cannot afford (docs/prefect-facts.md, What a run costs the server). The deployment still carries the schedule so
-the UI says when a task fires, but **inactive**, so Prefect's scheduler creates nothing.
+the UI says when a task fires, switched on exactly while the task is Running
+(deployments/tasks.py); Prefect's scheduler passes task deployments by (prefect_patches #8).
 
 Prefect's cron (its vendored croniter) puts seconds *last*, numbers days of the week 0-6
 from Sunday where Quartz uses 1-7, and has no ``W`` or year. The conversion therefore
@@ -54,7 +55,8 @@ def croniter_expression(quartz: str) -> str | None:
 
 
 def display_schedule(spec: TaskSpec, now: datetime | None = None):
-    """The inactive ``DeploymentScheduleCreate`` for a task, or None when none is exact."""
+    """The ``DeploymentScheduleCreate`` for a task (inactive: the repository switches it on
+    while the task runs), or None when none is exact."""
     from prefect.server.schemas.actions import DeploymentScheduleCreate
     from prefect.server.schemas.schedules import CronSchedule
 

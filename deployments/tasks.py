@@ -203,7 +203,7 @@ class TaskRepository:
                                                            "status": DeploymentStatus.READY})
             if (shown := display_schedule(spec)) is not None:
                 await session.execute(sa.insert(self.db.DeploymentSchedule.__table__), dict(
-                    deployment_id=task_id, schedule=shown.schedule, active=False, slug=shown.slug,
+                    deployment_id=task_id, schedule=shown.schedule, active=status == Status.Running, slug=shown.slug,
                     parameters={}))
             await self._emit(session, "prefect.deployment.created", task_id, name, flow_id, queue_id)
 
@@ -398,12 +398,16 @@ class TaskRepository:
         values = {"parameters": {"task": spec.wire()}, "tags": tags_for(spec, status),
                   "paused": status != Status.Running, "description": description_for(spec)}
         if not schedule:
-            return await self._update_fields(session, task_id, values)
+            await self._update_fields(session, task_id, values)
+            # the schedule Prefect's UI shows is switched on exactly while the task runs
+            await session.execute(sa.update(self.db.DeploymentSchedule).where(
+                self.db.DeploymentSchedule.deployment_id == task_id).values(active=status == Status.Running))
+            return
         shown = display_schedule(spec)
         ok = await models.deployments.update_deployment(
             session=session, deployment_id=task_id, deployment=schemas.actions.DeploymentUpdate(
                 **values, schedules=[] if shown is None else [schemas.actions.DeploymentScheduleUpdate(
-                    schedule=shown.schedule, active=False, slug=shown.slug)]))
+                    schedule=shown.schedule, active=status == Status.Running, slug=shown.slug)]))
         if not ok:
             raise LookupError(f"task {task_id} not found")
 

@@ -47,6 +47,12 @@ later.
 a page of 1,000 task rows (about 2 MB of JSON, what a node's sync and ``sm.tasks()`` read)
 cost the master more to compress than to read and build (py-spy). Level 1 (GZIP_LEVEL) is
 several times cheaper for a slightly larger answer.
+
+8. A task's deployment shows its Quartz schedule switched on while the task is Running, so the
+UI tells the truth, but its node fires it (deployments/prefect_schedule.py): Prefect's
+scheduler service passes deployments of this project's task flow by (entrypoint
+``ENTRYPOINT``), as it passes paused ones. Every other deployment on the server is scheduled
+as Prefect always does.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ import functools
 import logging
 from datetime import timedelta
 
+from schedulemaster.deployments.tasks import ENTRYPOINT
 from schedulemaster.sqlite_rows import insert_rows
 
 log = logging.getLogger("schedulemaster.prefect_patches")
@@ -75,6 +82,7 @@ def apply() -> None:
     _sqlite_events_without_compiling()
     _docket_worker_once_a_second()
     _cheaper_api_compression()
+    _scheduler_passes_task_deployments()
 
 
 def apply_client() -> None:
@@ -184,6 +192,22 @@ def _cheaper_api_compression() -> None:
     from prefect.server.api import server
 
     _with_defaults(server, "GZipMiddleware", compresslevel=GZIP_LEVEL)
+
+
+def _scheduler_passes_task_deployments() -> None:
+    from prefect.server.services import scheduler
+
+    for name in ("_get_select_deployments_to_schedule_query", "_get_select_recent_deployments_to_schedule_query"):
+        build = getattr(scheduler, name)
+        if getattr(build, "_schedulemaster", False):
+            continue
+
+        def passing(db, *args, _build=build, **kwargs):
+            # is_distinct_from: a deployment without an entrypoint is still scheduled
+            return _build(db, *args, **kwargs).where(db.Deployment.entrypoint.is_distinct_from(ENTRYPOINT))
+
+        passing._schedulemaster = True  # type: ignore[attr-defined]
+        setattr(scheduler, name, passing)
 
 
 def _with_defaults(module, name: str, **defaults) -> None:

@@ -63,13 +63,14 @@ async def main() -> dict:
             link = await record_api._link_to_parent(s, row, ref) if parent else None
             run = await models.flow_runs.create_flow_run(s, schemas.core.FlowRun(
                 parent_task_run_id=link, name=ref.name, flow_id=dep.flow_id, deployment_id=dep.id,
-                deployment_version=dep.version, parameters={"fire": ref.fire}, tags=list(dep.tags),
+                deployment_version=dep.version, parameters={"fire": ref.fire},
+                tags=[*dep.tags, *record_api.run_tags(ref)],
                 idempotency_key=ref.firing_id, work_queue_name=dep.work_queue_name,
                 work_queue_id=dep.work_queue_id, expected_start_time=ref.scheduled,
                 next_scheduled_start_time=ref.scheduled, start_time=ref.started,
                 total_run_time=ref.finished - ref.started,
                 state=(schemas.states.Completed if ok else schemas.states.Failed)(
-                    message=ref.message, timestamp=ref.finished)))
+                    message=record_api.run_message(ref), timestamp=ref.finished)))
             await models.logs.create_logs(s, [schemas.actions.LogCreate(
                 name="schedulemaster.node", level=e.level, message=e.message, timestamp=e.timestamp,
                 flow_run_id=run.id) for e in ref.logs])

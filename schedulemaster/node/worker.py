@@ -219,8 +219,8 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
                 expected_start_time=FlowRunFilterExpectedStartTime(before_=before)),
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
             sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=50)
-        # Auto-scheduled runs exist only if someone switched a task's display schedule on in
-        # the UI (deployments/prefect_schedule.py); the firing loop already fires those instants.
+        # Prefect's scheduler passes task deployments by (prefect_patches #8); an auto-scheduled
+        # run of a task (a server without that change) is skipped: the firing loop fires those instants.
         return [SimpleNamespace(flow_run=r) for r in runs
                 if r.work_queue_name != TASKS_QUEUE
                 or (not r.auto_scheduled and self._accepts_task_run(r))]

@@ -84,3 +84,37 @@ def test_the_queues_a_live_node_reads_are_ready(system):
     ready = wait_until(lambda: (s := statuses()) and {"default", "node-worker1"} <= set(s)
                        and set(s.values()) == {"READY"} and s, timeout=60)
     assert set(ready) <= {"default", "tasks", "node-worker1"}
+
+
+@pytest.mark.e2e
+def test_the_schedule_is_on_exactly_while_the_task_runs_and_prefect_creates_no_run_for_it(system, receiver):
+    def active(task_id: str) -> list[bool]:
+        return [s["active"] for s in system.pf("GET", f"/deployments/{task_id}").json()["schedules"]]
+
+    def scheduled(deployment_id: str) -> int:
+        r = system.pf("POST", "/flow_runs/count", json={
+            "deployments": {"id": {"any_": [deployment_id]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+        r.raise_for_status()
+        return r.json()
+
+    task_id = system.create_http(receiver.url("/view/schedule"), cron="0/10 * * * * ?", Title="schedule shown")
+    try:
+        assert active(task_id) == [False]
+        assert system.post("Start", data={"id": task_id}).json()["Success"]
+        assert active(task_id) == [True]
+        # a plain deployment with an active schedule on the same server: Prefect's scheduler
+        # runs and fills it with runs, and leaves the task's deployment alone
+        flow = system.pf("POST", "/flows/", json={"name": f"plain-{uuid.uuid4().hex[:6]}"}).json()
+        plain = system.pf("POST", "/deployments/", json={
+            "name": "plain", "flow_id": flow["id"], "schedules": [{"schedule": {"interval": 3600}, "active": True}]}).json()
+        wait_until(lambda: scheduled(plain["id"]) > 0, timeout=90, interval=1)
+        assert scheduled(task_id) == 0
+        assert system.post("Pause", data={"id": task_id}).json()["Success"]
+        assert active(task_id) == [False]
+        assert system.post("Resume", data={"id": task_id}).json()["Success"]
+        assert active(task_id) == [True]
+        assert system.post("Stop", data={"id": task_id}).json()["Success"]
+        assert active(task_id) == [False]
+        system.pf("DELETE", f"/deployments/{plain['id']}")
+    finally:
+        system.post("Stop", data={"id": task_id})

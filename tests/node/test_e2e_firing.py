@@ -53,7 +53,7 @@ def test_http_task_fires_on_its_cron_and_pause_resume_stop_work(system, receiver
 
     schedules = system.pf("GET", f"/deployments/{tid}").json()["schedules"]
     assert [(x["slug"], x["active"], x["schedule"]["cron"]) for x in schedules] == [
-        ("quartz 0/2 * * * * ?", False, "* * * * * 0/2")]  # shown in the UI, never run by Prefect's scheduler
+        ("quartz 0/2 * * * * ?", True, "* * * * * 0/2")]  # on while the task runs; never run by Prefect's scheduler
     # created READY and never polled, so the foreman never turns the task "Not Ready"
     wait_until(lambda: system.pf("GET", f"/deployments/{tid}").json()["status"] == "READY", timeout=45)
 
