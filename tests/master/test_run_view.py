@@ -118,3 +118,21 @@ def test_the_schedule_is_on_exactly_while_the_task_runs_and_prefect_creates_no_r
         system.pf("DELETE", f"/deployments/{plain['id']}")
     finally:
         system.post("Stop", data={"id": task_id})
+
+
+@pytest.mark.e2e
+def test_a_deleted_tasks_runs_are_found_by_its_title(system, receiver):
+    title = f"gone {uuid.uuid4().hex[:8]}"
+    task_id = system.create_http(receiver.url("/view/gone"), cron="* * * * * ?", Title=title, RunNow="true")
+    wait_until(lambda: system.flow_runs(task_id, 5), timeout=60)
+    system.post("Stop", data={"id": task_id})
+    assert system.post("Delete", data={"id": task_id}).json()["Success"]
+
+    def by_title() -> list[dict]:  # what the UI's "Search by flow run name" asks
+        r = system.pf("POST", "/flow_runs/filter", json={"flow_runs": {"name": {"like_": title}}, "limit": 50})
+        r.raise_for_status()
+        return r.json()
+
+    runs = wait_until(by_title, timeout=30)
+    assert all(r["name"].startswith(f"{title} · ") for r in runs)
+    assert system.pf("GET", f"/deployments/{task_id}").status_code == 404
