@@ -6,8 +6,9 @@
   died is marked Crashed by the next one). Its log has a line a minute (fired, failed,
   lateness p50/p99, backlog) and a line for each notable callback: sent late, sent again
   after a crash, failed for good;
-* a table artifact ``delayed-dispatcher`` (backlog by status, what falls due next, the last
-  minute's rates and lateness), a new version each minute;
+* a table artifact ``delayed-dispatcher`` per run (backlog by status, what falls due next, the
+  last minute's rates and lateness), updated in place each minute (one card per run, not one a
+  minute);
 * events: ``schedulemaster.delayed.stats`` each minute, and ``schedulemaster.delayed.failed``
   / ``.recovered`` per task, so Prefect automations can page someone on a failed callback.
 * "Run" on the deployment in the UI asks for a snapshot: the dispatcher completes that run
@@ -59,6 +60,7 @@ class Reporter:
         self.tz = ZoneInfo(tz)
         self.deployment_id = None
         self.run_id = None
+        self.artifact_id = None  # this run's artifact, updated in place
         self.run_started = 0.0
         self.run_opened = datetime.now(self.tz)
         self.hour = {"fired": 0, "succeeded": 0, "final_failures": 0, "late": 0, "recovered": 0}
@@ -101,6 +103,7 @@ class Reporter:
             self.deployment_id, state=Running(), name=f"{self.name}-{stamp}",
             tags=["schedulemaster", "delayed", f"dispatcher:{self.name}"])
         self.run_id, self.run_started, self.run_opened = run.id, time.monotonic(), datetime.now(self.tz)
+        self.artifact_id = None
         self.hour = dict.fromkeys(self.hour, 0)
         await self.logs([(logging.INFO, f"dispatcher {self.d.me} dispatching delayed tasks "
                                         f"(up to {self.d.max_held} held, {self.d.per_host} connections per receiver)")])
@@ -144,7 +147,10 @@ class Reporter:
             await self.client.request("POST", "/events", json=payload)  # one call for the batch
 
     async def artifact(self, window: dict[str, Any], run_id=None) -> None:
-        from prefect.client.schemas.actions import ArtifactCreate
+        """This run's artifact: created at its first report, then updated in place; a snapshot
+        run (``run_id``) gets its own."""
+        from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
+        from prefect.exceptions import PrefectHTTPStatusError
 
         counts = await asyncio.to_thread(self.store.counts)
         oldest = counts["oldest_due"]
@@ -157,10 +163,19 @@ class Reporter:
                  for k, v in window.items() if k != "seconds"]
         rows += [{"what": f"this run (since {self.run_opened:%H:%M}): {k.replace('_', ' ')}", "value": v}
                  for k, v in self.hour.items()]
-        await self.client.create_artifact(ArtifactCreate(
-            key=ARTIFACT_KEY, type="table", data=rows, flow_run_id=run_id or self.run_id,
-            description=f"Delayed tasks as seen by dispatcher {self.name} at "
-                        f"{datetime.now(self.tz):%Y-%m-%d %H:%M:%S}"))
+        description = f"Delayed tasks as seen by dispatcher {self.name} at {datetime.now(self.tz):%Y-%m-%d %H:%M:%S}"
+        if run_id is None and self.artifact_id is not None:
+            try:
+                await self.client.update_artifact(self.artifact_id, ArtifactUpdate(data=rows, description=description))
+                return
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code != 404:
+                    raise
+                self.artifact_id = None  # deleted in the UI: make a new one
+        created = await self.client.create_artifact(ArtifactCreate(
+            key=ARTIFACT_KEY, type="table", data=rows, flow_run_id=run_id or self.run_id, description=description))
+        if run_id is None:
+            self.artifact_id = created.id
 
     async def answer_snapshot_requests(self) -> None:
         """Runs of the deployment started from the UI: complete each with a snapshot."""

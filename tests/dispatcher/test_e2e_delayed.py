@@ -244,6 +244,15 @@ def test_the_dispatcher_is_one_deployment_with_a_running_run_and_an_artifact(sys
         "artifacts": {"key": {"any_": ["delayed-dispatcher"]}}}).json(), timeout=30)
     rows = json.loads(art[0]["data"]) if isinstance(art[0]["data"], str) else art[0]["data"]
     assert any("Ready" in r["what"] for r in rows)
+
+    # one card per run, updated in place at each report (every 5 s here), not one a report
+    def of_run() -> list[dict]:
+        return system.pf("POST", "/artifacts/filter", timeout=30, json={
+            "artifacts": {"flow_run_id": {"any_": [running[0]["id"]]}, "key": {"any_": ["delayed-dispatcher"]}}}).json()
+
+    first = wait_until(of_run, timeout=30)
+    later = wait_until(lambda: (a := of_run()) and a[0]["description"] != first[0]["description"] and a, timeout=30)
+    assert len(first) == 1 and len(later) == 1 and later[0]["id"] == first[0]["id"]
     wait_until(lambda: any(x.startswith("last ") and ("fired" in x or "nothing fell due" in x)
                            for x in dispatcher_log(system)), timeout=30)
 
