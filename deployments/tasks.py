@@ -411,6 +411,29 @@ class TaskRepository:
         if not ok:
             raise LookupError(f"task {task_id} not found")
 
+    async def follow_ui_switch(self, task_id: uuid.UUID, schedule_switched: bool) -> Status | None:
+        """After Prefect's UI changed a deployment (its pause switch, or its schedule's switch
+        when ``schedule_switched``), make the two agree for a task, the way the legacy API's
+        Pause and Resume leave them: the schedule's switch pauses or resumes the task; the
+        pause switch turns the schedule off or on. A Stopped task stays Stopped with its
+        schedule off (a Start is the legacy API's, with its plugin handshake). Returns the
+        task's status, or None for a deployment that is not a task."""
+        D, S = self.db.Deployment, self.db.DeploymentSchedule
+        async with self._write() as session:
+            row = (await session.execute(sa.select(D.paused, D.tags, D.entrypoint).where(D.id == task_id))).first()
+            if row is None or row.entrypoint != ENTRYPOINT or TAG not in (row.tags or []):
+                return None
+            status = Status.Stop if STOPPED_TAG in row.tags else Status.Paused if row.paused else Status.Running
+            if schedule_switched and status != Status.Stop:
+                on = (await session.execute(sa.select(sa.func.max(sa.cast(S.active, sa.Integer)))
+                                            .where(S.deployment_id == task_id))).scalar()
+                status = Status.Running if on else Status.Paused
+                if (status == Status.Paused) != row.paused:
+                    await self._update_fields(session, task_id, {"paused": status == Status.Paused})
+            await session.execute(sa.update(S).where(S.deployment_id == task_id, S.active != (status == Status.Running))
+                                  .values(active=status == Status.Running))
+            return status
+
     async def _update_fields(self, session, task_id: uuid.UUID, values: dict[str, Any]) -> None:
         """What Prefect's update_deployment writes when the schedule stays (a Start, Pause,
         Resume, Stop, or an edit of anything but the cron): one UPDATE and the

@@ -137,6 +137,7 @@ async def serve_master(settings: Settings) -> None:
 
     from schedulemaster.master.coordination_api import (NodeActivity, create_coordination_router,
                                                              live_workers_of)
+    from schedulemaster.master.ui_switches import FollowUiSwitches
     from schedulemaster.packages import PackageStore
     from schedulemaster.flows.task_flow import run_task
     from schedulemaster.ms_compat.app import create_app as create_legacy_app
@@ -179,7 +180,7 @@ async def serve_master(settings: Settings) -> None:
                      settings.run_events, changes)
     legacy_app = create_legacy_app(store, make_service, close, packages, info={
         "PrefectApiUrl": settings.prefect_api_url, "Version": _version()})
-    servers = [_Server(prefect_app, settings.prefect_host, settings.prefect_port),
+    servers = [_Server(FollowUiSwitches(prefect_app), settings.prefect_host, settings.prefect_port),
                _Server(legacy_app, settings.api_host, settings.api_port, settings.trusted_proxies)]
 
     loop = asyncio.get_running_loop()

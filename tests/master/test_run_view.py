@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import uuid
 
+import httpx
 import pytest
 
 from schedulemaster.coordination.wire import Firing
@@ -136,3 +137,43 @@ def test_a_deleted_tasks_runs_are_found_by_its_title(system, receiver):
     runs = wait_until(by_title, timeout=30)
     assert all(r["name"].startswith(f"{title} · ") for r in runs)
     assert system.pf("GET", f"/deployments/{task_id}").status_code == 404
+
+
+@pytest.mark.e2e
+def test_the_uis_pause_and_schedule_switches_agree_for_a_task(system, receiver):
+    """What the UI sends: PATCH the schedule's `active`, or the deployment's `paused`."""
+    task_id = system.create_http(receiver.url("/view/switch"), cron="0 0/5 * * * ?", Title="switched", RunNow="true")
+
+    def seen() -> tuple[int, bool, bool]:
+        dep = system.pf("GET", f"/deployments/{task_id}").json()
+        return system.detail(task_id)["Status"], dep["paused"], dep["schedules"][0]["active"]
+
+    def switch_schedule(on: bool) -> None:
+        schedule = system.pf("GET", f"/deployments/{task_id}").json()["schedules"][0]
+        r = system.pf("PATCH", f"/deployments/{task_id}/schedules/{schedule['id']}", json={
+            "slug": schedule["slug"], "schedule": schedule["schedule"], "active": on})
+        assert r.status_code == 204, r.text
+
+    def pause(paused: bool) -> None:
+        r = system.pf("PATCH", f"/deployments/{task_id}", json={"paused": paused})
+        assert r.status_code == 204, r.text
+
+    try:
+        assert seen() == (1, False, True)
+        switch_schedule(False)
+        assert seen() == (2, True, False)  # the schedule's switch paused the task
+        switch_schedule(True)
+        assert seen() == (1, False, True)
+        pause(True)
+        assert seen() == (2, True, False)  # the pause switch turned the schedule off
+        pause(False)
+        assert seen() == (1, False, True)
+        assert httpx.patch(f"{system.prefect}/deployments/{task_id}", json={"paused": True}).status_code == 401
+        assert seen() == (1, False, True)  # refused by Prefect's credential check: nothing followed
+        assert system.post("Stop", data={"id": task_id}).json()["Success"]
+        switch_schedule(True)
+        assert seen() == (0, True, False)  # a Stopped task is started by the API only
+        # a bad id or a deployment that is not a task: Prefect's answer, nothing else
+        assert system.pf("PATCH", f"/deployments/{uuid.uuid4()}", json={"paused": True}).status_code == 404
+    finally:
+        system.post("Stop", data={"id": task_id})

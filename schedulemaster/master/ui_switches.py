@@ -1,0 +1,46 @@
+"""Prefect's UI switches, followed for tasks: a deployment's pause switch and its schedule's.
+
+The UI pauses a deployment with ``PATCH /api/deployments/{id}`` (``paused``) and switches a
+schedule with ``PATCH /api/deployments/{id}/schedules/{schedule id}`` (``active``). For a task
+the two mean one thing, whether it runs, so after Prefect's own handler has answered 2xx (the
+caller passed Prefect's credential) the other one is made to agree
+(``TaskRepository.follow_ui_switch``). Any other request passes untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from schedulemaster.deployments.tasks import TaskRepository
+
+log = logging.getLogger("schedulemaster.ui_switches")
+
+_PATH = re.compile(r"/deployments/([0-9a-fA-F-]{36})(/schedules/[0-9a-fA-F-]{36})?/?$")
+
+
+class FollowUiSwitches:
+    """ASGI middleware around Prefect's app in the master."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        match = (_PATH.search(scope.get("path", "")) if scope.get("type") == "http" and scope.get("method") == "PATCH"
+                 else None)
+        if match is None:
+            return await self.app(scope, receive, send)
+        status: list[int] = []
+
+        async def observe(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            await send(message)
+
+        await self.app(scope, receive, observe)
+        if status and 200 <= status[0] < 300:
+            try:
+                await TaskRepository().follow_ui_switch(uuid.UUID(match.group(1)), bool(match.group(2)))
+            except Exception:  # the UI's own change stands; the next switch or API call mends it
+                log.exception("following a UI switch of deployment %s failed", match.group(1))
