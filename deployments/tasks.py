@@ -51,11 +51,12 @@ RUN_NAME_TITLE = 80
 
 
 def run_name(title: str, what: str) -> str:
-    """``<title> · <what>``, e.g. ``orders sync · 2026-12-07 08:00:00`` or ``orders sync · run once``."""
-    title = title.strip() or "task"
-    if len(title) > RUN_NAME_TITLE:
-        title = title[:RUN_NAME_TITLE - 1] + "…"
-    return f"{title} · {what}"
+    """``<title> · <what>``, e.g. ``orders sync · 2026-12-07 08:00:00`` or ``orders sync · run once``;
+    each part cut at RUN_NAME_TITLE characters (``what`` may hold another task's title)."""
+    def cut(text: str) -> str:
+        return text if len(text) <= RUN_NAME_TITLE else text[:RUN_NAME_TITLE - 1] + "…"
+
+    return f"{cut(title.strip() or 'task')} · {cut(what)}"
 
 
 class Status(IntEnum):
@@ -399,9 +400,7 @@ class TaskRepository:
                   "paused": status != Status.Running, "description": description_for(spec)}
         if not schedule:
             await self._update_fields(session, task_id, values)
-            # the schedule Prefect's UI shows is switched on exactly while the task runs
-            await session.execute(sa.update(self.db.DeploymentSchedule).where(
-                self.db.DeploymentSchedule.deployment_id == task_id).values(active=status == Status.Running))
+            await self._switch_schedule(session, task_id, status == Status.Running)
             return
         shown = display_schedule(spec)
         ok = await models.deployments.update_deployment(
@@ -428,11 +427,15 @@ class TaskRepository:
                 on = (await session.execute(sa.select(sa.func.max(sa.cast(S.active, sa.Integer)))
                                             .where(S.deployment_id == task_id))).scalar()
                 status = Status.Running if on else Status.Paused
-                if (status == Status.Paused) != row.paused:
-                    await self._update_fields(session, task_id, {"paused": status == Status.Paused})
-            await session.execute(sa.update(S).where(S.deployment_id == task_id, S.active != (status == Status.Running))
-                                  .values(active=status == Status.Running))
+            if (status != Status.Running) != row.paused:  # a Stopped task unpaused in the UI is paused again
+                await self._update_fields(session, task_id, {"paused": status != Status.Running})
+            await self._switch_schedule(session, task_id, status == Status.Running)
             return status
+
+    async def _switch_schedule(self, session, task_id: uuid.UUID, on: bool) -> None:
+        """The schedule Prefect's UI shows is switched on exactly while the task runs."""
+        S = self.db.DeploymentSchedule
+        await session.execute(sa.update(S).where(S.deployment_id == task_id, S.active != on).values(active=on))
 
     async def _update_fields(self, session, task_id: uuid.UUID, values: dict[str, Any]) -> None:
         """What Prefect's update_deployment writes when the schedule stays (a Start, Pause,

@@ -88,7 +88,7 @@ def apply() -> None:
 def apply_client() -> None:
     """The changes a process that only talks to Prefect's API needs (a node, the dispatcher):
     importing Prefect's server there would cost each such process seconds of CPU at start
-    and a hundred MB for code it never runs."""
+    and about 80 MB of memory for code it never runs."""
     _cache_timezones()
 
 

@@ -25,6 +25,7 @@ def test_a_run_name_starts_with_the_title_and_stays_short():
     assert run_name("  ", "x") == "task · x"
     long = run_name("长" * 300, "2026-12-07 08:00:00")
     assert long.startswith("长" * 79 + "…") and long.endswith(" · 2026-12-07 08:00:00") and len(long) < 110
+    assert len(run_name("child", "next of " + "p" * 500)) == len("child · ") + 80
 
 
 def test_a_firing_record_carries_its_node_lateness_and_odd_answers():
@@ -173,6 +174,8 @@ def test_the_uis_pause_and_schedule_switches_agree_for_a_task(system, receiver):
         assert system.post("Stop", data={"id": task_id}).json()["Success"]
         switch_schedule(True)
         assert seen() == (0, True, False)  # a Stopped task is started by the API only
+        pause(False)
+        assert seen() == (0, True, False)
         # a bad id or a deployment that is not a task: Prefect's answer, nothing else
         assert system.pf("PATCH", f"/deployments/{uuid.uuid4()}", json={"paused": True}).status_code == 404
     finally:
