@@ -111,12 +111,19 @@ def _schedule_changed(previous: TaskSpec | None, spec: TaskSpec) -> bool:
                                 != (spec.RunLoop, spec.CronExpression, spec.TimeZone))
 
 
+#: a task's status in words among its tags, so Prefect's deployments list and the task's page
+#: say it (the ``sm:stopped`` tag is also what makes a task Stopped: ``status_of``)
+STATUS_TAGS = {Status.Running: "sm:running", Status.Paused: "sm:paused", Status.Stop: STOPPED_TAG}
+
+
+def with_status(tags: list[str], status: Status) -> list[str]:
+    """``tags`` with ``status`` in words right after the project's tag, and no other status word."""
+    rest = [t for t in tags if t not in STATUS_TAGS.values() and t != TAG]
+    return [TAG, *([STATUS_TAGS[status]] if status in STATUS_TAGS else []), *rest]
+
+
 def tags_for(spec: TaskSpec, status: Status) -> list[str]:
-    tags = [TAG]
-    if status == Status.Stop:
-        tags.append(STOPPED_TAG)
-    tags += [f"{EXECUTOR_TAG}{e}" for e in spec.Executors]
-    return tags
+    return with_status([f"{EXECUTOR_TAG}{e}" for e in spec.Executors], status)
 
 
 def description_for(spec: TaskSpec) -> str:
@@ -225,6 +232,19 @@ class TaskRepository:
                                                           D.last_polled.isnot(None)))
                 .values(status=DeploymentStatus.READY, last_polled=None, updated=D.updated))
         return result.rowcount
+
+    async def mark_status_words(self) -> int:
+        """Every task's status in words among its tags (``with_status``), for tasks written
+        before they carried it. Run at the master's start; returns how many changed."""
+        D = self.db.Deployment
+        changed = 0
+        async with self._write() as session:
+            for row in (await session.execute(sa.select(D.id, D.tags, D.paused).where(self._tagged()))).all():
+                status = Status.Stop if STOPPED_TAG in row.tags else Status.Paused if row.paused else Status.Running
+                if (tags := with_status(row.tags, status)) != list(row.tags):
+                    await session.execute(sa.update(D).where(D.id == row.id).values(tags=tags))
+                    changed += 1
+        return changed
 
     async def _flow_and_queue(self, session, work_pool: str) -> tuple[uuid.UUID, uuid.UUID]:
         """The task flow's id and the tasks queue's, made when missing (two indexed reads;
@@ -427,8 +447,13 @@ class TaskRepository:
                 on = (await session.execute(sa.select(sa.func.max(sa.cast(S.active, sa.Integer)))
                                             .where(S.deployment_id == task_id))).scalar()
                 status = Status.Running if on else Status.Paused
+            values: dict[str, Any] = {}
             if (status != Status.Running) != row.paused:  # a Stopped task unpaused in the UI is paused again
-                await self._update_fields(session, task_id, {"paused": status != Status.Running})
+                values["paused"] = status != Status.Running
+            if (tags := with_status(row.tags, status)) != list(row.tags):
+                values["tags"] = tags
+            if values:
+                await self._update_fields(session, task_id, values)
             await self._switch_schedule(session, task_id, status == Status.Running)
             return status
 

@@ -163,6 +163,8 @@ async def serve_master(settings: Settings) -> None:
         services["task"] = TaskService(store, client, settings.timezone, settings.work_pool, schema)
         if changed := await services["task"].repo.mark_ready():
             log.info("%d task deployments marked ready (never polled: nodes fire them)", changed)
+        if changed := await services["task"].repo.mark_status_words():
+            log.info("%d task deployments given their status in words among their tags", changed)
         return services["task"]
 
     async def close() -> None:

@@ -1,10 +1,12 @@
 """Prefect's UI switches, followed for tasks: a deployment's pause switch and its schedule's.
 
 The UI pauses a deployment with ``PATCH /api/deployments/{id}`` (``paused``) and switches a
-schedule with ``PATCH /api/deployments/{id}/schedules/{schedule id}`` (``active``). For a task
-the two mean one thing, whether it runs, so after Prefect's own handler has answered 2xx (the
-caller passed Prefect's credential) the other one is made to agree
-(``TaskRepository.follow_ui_switch``). Any other request passes untouched.
+schedule with ``PATCH /api/deployments/{id}/schedules/{schedule id}`` (``active``); Prefect's
+CLI posts to ``/deployments/{id}/pause_deployment`` and ``resume_deployment``. For a task they
+all mean one thing, whether it runs, so after Prefect's own handler has answered 2xx (the
+caller passed Prefect's credential) the rest is made to agree: the schedule's switch, the
+pause flag and the status word among the tags (``TaskRepository.follow_ui_switch``). Any other
+request passes untouched.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from schedulemaster.deployments.tasks import TaskRepository
 log = logging.getLogger("schedulemaster.ui_switches")
 
 _PATH = re.compile(r"/deployments/([0-9a-fA-F-]{36})(/schedules/[0-9a-fA-F-]{36})?/?$")
+#: Prefect's older pause and resume endpoints (its CLI's ``deployment pause``)
+_POST_PATH = re.compile(r"/deployments/([0-9a-fA-F-]{36})/(?:pause|resume)_deployment/?$")
 
 
 class FollowUiSwitches:
@@ -27,8 +31,10 @@ class FollowUiSwitches:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        match = (_PATH.search(scope.get("path", "")) if scope.get("type") == "http" and scope.get("method") == "PATCH"
-                 else None)
+        method, path = scope.get("method"), scope.get("path", "")
+        match = None
+        if scope.get("type") == "http":
+            match = _PATH.search(path) if method == "PATCH" else _POST_PATH.search(path) if method == "POST" else None
         if match is None:
             return await self.app(scope, receive, send)
         status: list[int] = []
@@ -41,6 +47,7 @@ class FollowUiSwitches:
         await self.app(scope, receive, observe)
         if status and 200 <= status[0] < 300:
             try:
-                await TaskRepository().follow_ui_switch(uuid.UUID(match.group(1)), bool(match.group(2)))
+                schedule_switched = match.re is _PATH and bool(match.group(2))
+                await TaskRepository().follow_ui_switch(uuid.UUID(match.group(1)), schedule_switched)
             except Exception:  # the UI's own change stands; the next switch or API call mends it
                 log.exception("following a UI switch of deployment %s failed", match.group(1))

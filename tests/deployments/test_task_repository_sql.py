@@ -68,6 +68,15 @@ async def main():
     assert len({before, created, await repo.change_token()}) == 3
     assert (await repo.rows([a, uuid.uuid4()]))[1][0].id == a
     assert await repo.mark_ready() == 0  # created READY and never polled
+    # the status in words among the tags: written with the task, and added to one written without it
+    D = db.Deployment
+    import sqlalchemy as sa
+    async with db.session_context(begin_transaction=True) as s:
+        await s.execute(sa.update(D).where(D.id == b).values(tags=["schedulemaster", "sm:executor:w1", "mine"]))
+    assert await repo.mark_status_words() == 1 and await repo.mark_status_words() == 0
+    async with db.session_context() as s:
+        tags = dict((await s.execute(sa.select(D.id, D.tags).where(D.id.in_([a, b])))).all())
+    assert tags == {a: ["schedulemaster", "sm:running"], b: ["schedulemaster", "sm:paused", "sm:executor:w1", "mine"]}, tags
     await repo.write(a, spec("alpha 100%"), Status.Paused, previous=spec("alpha 100%"))
     assert (await repo.read(a)).status == Status.Paused
     assert await repo.run_stats_of([a]) == {}

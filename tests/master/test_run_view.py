@@ -145,9 +145,14 @@ def test_the_uis_pause_and_schedule_switches_agree_for_a_task(system, receiver):
     """What the UI sends: PATCH the schedule's `active`, or the deployment's `paused`."""
     task_id = system.create_http(receiver.url("/view/switch"), cron="0 0/5 * * * ?", Title="switched", RunNow="true")
 
+    words = {0: "sm:stopped", 1: "sm:running", 2: "sm:paused"}
+
     def seen() -> tuple[int, bool, bool]:
         dep = system.pf("GET", f"/deployments/{task_id}").json()
-        return system.detail(task_id)["Status"], dep["paused"], dep["schedules"][0]["active"]
+        status = system.detail(task_id)["Status"]
+        # the status in words among the tags, one word only, as Prefect's deployments list shows it
+        assert [t for t in dep["tags"] if t in words.values()] == [words[status]], dep["tags"]
+        return status, dep["paused"], dep["schedules"][0]["active"]
 
     def switch_schedule(on: bool) -> None:
         schedule = system.pf("GET", f"/deployments/{task_id}").json()["schedules"][0]
@@ -168,6 +173,11 @@ def test_the_uis_pause_and_schedule_switches_agree_for_a_task(system, receiver):
         pause(True)
         assert seen() == (2, True, False)  # the pause switch turned the schedule off
         pause(False)
+        assert seen() == (1, False, True)
+        # Prefect's CLI pauses and resumes through its older endpoints
+        assert system.pf("POST", f"/deployments/{task_id}/pause_deployment").status_code == 200
+        assert seen() == (2, True, False)
+        assert system.pf("POST", f"/deployments/{task_id}/resume_deployment").status_code == 200
         assert seen() == (1, False, True)
         assert httpx.patch(f"{system.prefect}/deployments/{task_id}", json={"paused": True}).status_code == 401
         assert seen() == (1, False, True)  # refused by Prefect's credential check: nothing followed
