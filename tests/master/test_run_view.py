@@ -88,6 +88,7 @@ def test_the_queues_a_live_node_reads_are_ready(system):
     assert set(ready) <= {"default", "tasks", "node-worker1"}
 
 
+
 @pytest.mark.e2e
 def test_the_schedule_is_on_exactly_while_the_task_runs_and_prefect_creates_no_run_for_it(system, receiver):
     def active(task_id: str) -> list[bool]:
