@@ -1,8 +1,9 @@
 """Prefect's UI switches, followed for tasks: a deployment's pause switch and its schedule's.
 
 The UI pauses a deployment with ``PATCH /api/deployments/{id}`` (``paused``) and switches a
-schedule with ``PATCH /api/deployments/{id}/schedules/{schedule id}`` (``active``); Prefect's
-CLI posts to ``/deployments/{id}/pause_deployment`` and ``resume_deployment``. For a task they
+schedule with ``PATCH /api/deployments/{id}/schedules/{schedule id}`` (``active``), as Prefect's
+client and CLI do; its older ``/deployments/{id}/pause_deployment`` and ``resume_deployment``
+endpoints do the same. For a task they
 all mean one thing, whether it runs, so after Prefect's own handler has answered 2xx (the
 caller passed Prefect's credential) the rest is made to agree: the schedule's switch, the
 pause flag and the status word among the tags (``TaskRepository.follow_ui_switch``). Any other
@@ -20,7 +21,7 @@ from schedulemaster.deployments.tasks import TaskRepository
 log = logging.getLogger("schedulemaster.ui_switches")
 
 _PATH = re.compile(r"/deployments/([0-9a-fA-F-]{36})(/schedules/[0-9a-fA-F-]{36})?/?$")
-#: Prefect's older pause and resume endpoints (its CLI's ``deployment pause``)
+#: Prefect's older pause and resume endpoints
 _POST_PATH = re.compile(r"/deployments/([0-9a-fA-F-]{36})/(?:pause|resume)_deployment/?$")
 
 

@@ -175,7 +175,7 @@ def test_the_uis_pause_and_schedule_switches_agree_for_a_task(system, receiver):
         assert seen() == (2, True, False)  # the pause switch turned the schedule off
         pause(False)
         assert seen() == (1, False, True)
-        # Prefect's CLI pauses and resumes through its older endpoints
+        # Prefect's older pause and resume endpoints
         assert system.pf("POST", f"/deployments/{task_id}/pause_deployment").status_code == 200
         assert seen() == (2, True, False)
         assert system.pf("POST", f"/deployments/{task_id}/resume_deployment").status_code == 200
