@@ -240,7 +240,7 @@ class TaskRepository:
         changed = 0
         async with self._write() as session:
             for row in (await session.execute(sa.select(D.id, D.tags, D.paused).where(self._tagged()))).all():
-                status = Status.Stop if STOPPED_TAG in row.tags else Status.Paused if row.paused else Status.Running
+                status = status_of(row)
                 if (tags := with_status(row.tags, status)) != list(row.tags):
                     await session.execute(sa.update(D).where(D.id == row.id).values(tags=tags))
                     changed += 1
@@ -442,7 +442,7 @@ class TaskRepository:
             row = (await session.execute(sa.select(D.paused, D.tags, D.entrypoint).where(D.id == task_id))).first()
             if row is None or row.entrypoint != ENTRYPOINT or TAG not in (row.tags or []):
                 return None
-            status = Status.Stop if STOPPED_TAG in row.tags else Status.Paused if row.paused else Status.Running
+            status = status_of(row)
             if schedule_switched and status != Status.Stop:
                 on = (await session.execute(sa.select(sa.func.max(sa.cast(S.active, sa.Integer)))
                                             .where(S.deployment_id == task_id))).scalar()
