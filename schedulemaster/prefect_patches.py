@@ -21,8 +21,9 @@ committed after this transaction's first read, SQLite refuses the upgrade at onc
 Prefect's own services failed now and then (seen: the worker channel's heartbeat, which
 then closed the node's channel; the triggers service). Every explicit transaction here
 starts IMMEDIATE: it waits its turn for the write lock at BEGIN, and nothing after BEGIN
-can be refused. Reads outside a transaction (Prefect's read endpoints) are untouched. Those
-transactions also take turns inside the master's process (``_writer_turn``).
+can be refused. Only that BEGIN is IMMEDIATE: reads outside a transaction (Prefect's read
+endpoints, and sessions Prefect opens inside a transaction) begin as before, without the
+lock. Those transactions also take turns inside the master's process (``_writer_turn``).
 
 4. ``prefect.settings`` provides its legacy ``PREFECT_*`` names through a module
 ``__getattr__`` that builds a Setting object on every access, and the server imports one
@@ -101,12 +102,18 @@ def _immediate_sqlite_transactions() -> None:
     @contextlib.asynccontextmanager
     async def begin_transaction(self, session, with_for_update: bool = False):
         async with _writer_turn():
-            token = SQLITE_BEGIN_MODE.set("IMMEDIATE")
-            try:
-                async with session.begin() as transaction:
-                    yield transaction
-            finally:
-                SQLITE_BEGIN_MODE.reset(token)
+            async with session.begin() as transaction:
+                # The mode is read when the connection emits its BEGIN, which happens here;
+                # kept set for the whole block, it would reach every session opened inside it
+                # (Prefect opens some: a work queue's status event reads its pool while the
+                # update's transaction holds the lock), whose BEGIN IMMEDIATE then waits on
+                # this transaction for SQLite's busy timeout, 60 s, and fails
+                token = SQLITE_BEGIN_MODE.set("IMMEDIATE")
+                try:
+                    await session.connection()
+                finally:
+                    SQLITE_BEGIN_MODE.reset(token)
+                yield transaction
 
     AioSqliteConfiguration.begin_transaction = begin_transaction
     AioSqliteConfiguration._schedulemaster_immediate = True

@@ -87,6 +87,15 @@ def test_the_queues_a_live_node_reads_are_ready(system):
                        and set(s.values()) == {"READY"} and s, timeout=60)
     assert set(ready) <= {"default", "tasks", "node-worker1"}
 
+    # pausing a queue in the UI is a PATCH whose transaction reads the pool for its event: it
+    # hung for SQLite's 60 s busy timeout (the client's 30 s ran out first); the master leaves
+    # a paused queue paused and marks it Ready again once resumed
+    queue = system.pf("GET", "/work_pools/schedulemaster/queues/default").json()
+    for paused, status in ((True, "PAUSED"), (False, "READY")):
+        r = system.pf("PATCH", f"/work_queues/{queue['id']}", json={"is_paused": paused}, timeout=30)
+        assert r.status_code == 204, r.text
+        wait_until(lambda: statuses()["default"] == status, timeout=30)
+
 
 
 @pytest.mark.e2e

@@ -59,6 +59,40 @@ def test_explicit_transactions_wait_for_the_write_lock_instead_of_failing(tmp_pa
     assert asyncio.run(_interleave(AioSqliteConfiguration(url.format("patched")), None)) == ["a", "b"]
 
 
+async def _read_inside_a_write(cfg):
+    """What Prefect's work queue update does: inside its write transaction, another session
+    of the same task reads (the queue's status event reads its pool)."""
+    engine = await cfg.engine()
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("CREATE TABLE IF NOT EXISTS t (who TEXT)"))
+    outer, inner = await cfg.session(engine), await cfg.session(engine)
+    try:
+        async with cfg.begin_transaction(outer):
+            await outer.execute(sa.text("INSERT INTO t VALUES ('outer')"))
+            # WAL lets a reader in beside the writer: it sees the last commit, not 'outer'
+            return (await inner.execute(sa.text("SELECT count(*) FROM t"))).scalar_one()
+    finally:
+        await inner.close()
+        await outer.close()
+        await engine.dispose()
+
+
+@pytest.mark.timeout(20)
+def test_a_session_opened_inside_a_write_transaction_reads_at_once(tmp_path):
+    """The IMMEDIATE mode is for the transaction's own BEGIN only: a session opened inside it
+    used to begin IMMEDIATE too and wait SQLite's busy timeout (60 s) for the lock its own
+    task held (PATCH of a work queue hung; the 60 s stalls of the embedded default)."""
+    from prefect.server.database.configurations import AioSqliteConfiguration
+
+    prefect_patches.apply()
+    cfg = AioSqliteConfiguration(f"sqlite+aiosqlite:///{tmp_path}/nested.db")
+
+    async def bounded():
+        return await asyncio.wait_for(_read_inside_a_write(cfg), 10)
+
+    assert asyncio.run(bounded()) == 0
+
+
 @pytest.mark.timeout(30)
 def test_a_writer_waits_its_turn_but_not_forever(monkeypatch, caplog):
     """Writers queue in the process; one kept waiting past TURN_WAIT_SECONDS goes on to SQLite
