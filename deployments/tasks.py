@@ -20,6 +20,7 @@ from enum import IntEnum
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from schedulemaster.deployments.prefect_schedule import display_schedule
 from schedulemaster.deployments.spec import TaskSpec, spec_of
@@ -283,25 +284,31 @@ class TaskRepository:
         return sorted(await self._records(), key=lambda r: (r.created, r.id), reverse=True)
 
     async def rows(self, ids: list[uuid.UUID] | None, offset: int = 0, limit: int = 200,
-                   title: str | None = None) -> tuple[int, list[Any]]:
+                   title: str | None = None, status: Status | None = None) -> tuple[int, list[Any]]:
         """(how many tasks match, rows of the columns a TaskRecord needs): the tasks ``ids``,
         or one page newest first, counted, filtered and cut in SQL so a page costs the same at
         10 tasks and at 10,000. ``title``: a case-sensitive substring of the Title, as the
-        original's QueryList matched it."""
+        original's QueryList matched it; ``status``: only tasks in it (the console's filter)."""
         D = self.db.Deployment
         where = [self._title_contains(title)] if title else []
+        if status is not None:
+            where.append(self._status_is(status))
         q = self._select(*where)
         if ids is not None:
             q = q.where(D.id.in_(ids))
         else:
             q = q.order_by(D.created.desc(), D.id.desc()).offset(offset).limit(limit)
         async with self._read() as session:
-            total = await self._task_count(session, await self._probe(session), title)
+            if status is None:
+                total = await self._task_count(session, await self._probe(session), title)
+            else:
+                total = await self._count(session, *where)
             return total, list((await session.execute(q)).all())
 
-    async def page(self, title: str | None, offset: int, limit: int) -> tuple[int, list[TaskRecord]]:
+    async def page(self, title: str | None, offset: int, limit: int,
+                   status: Status | None = None) -> tuple[int, list[TaskRecord]]:
         """A QueryList page: how many tasks match, and those of the page as records."""
-        total, rows = await self.rows(None, offset, limit, title)
+        total, rows = await self.rows(None, offset, limit, title, status)
         return total, [r for r in (record_of(row) for row in rows) if r is not None]
 
     async def versions(self, since: datetime | None) -> tuple[int, list[tuple[uuid.UUID, datetime]], str]:
@@ -391,6 +398,19 @@ class TaskRepository:
         return sa.and_(sa.exists(sa.select(1).select_from(sa.func.json_each(D.tags).table_valued("value"))
                                  .where(sa.literal_column("value") == TAG)),
                        sa.func.json_type(D.parameters, "$.task") == "object")
+
+    def _status_is(self, status: Status):
+        """Deployments whose task is in ``status``, as status_of reads it (the stopped tag
+        first, then the paused flag)."""
+        D = self.db.Deployment
+        if self.db.dialect.name == "postgresql":
+            stopped = D.tags.has_all(sa.cast(postgresql.array([STOPPED_TAG]), postgresql.ARRAY(sa.String())))
+        else:
+            tags = sa.func.json_each(D.tags).table_valued("value")
+            stopped = sa.exists().where(tags.c.value == STOPPED_TAG)
+        if status == Status.Stop:
+            return stopped
+        return sa.and_(sa.not_(stopped), D.paused == (status == Status.Paused))
 
     def _title_contains(self, title: str):
         D = self.db.Deployment

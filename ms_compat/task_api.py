@@ -38,7 +38,13 @@ PLUGIN_START_TIMEOUT = 60  # seconds a Start waits for the node to load and init
 
 
 class TaskError(Exception):
-    """A request the original would have refused or crashed on: answered Success:false."""
+    """A request the original would have refused or crashed on: answered Success:false.
+    ``field``: the form field at fault, when one is (the console shows the message beside it;
+    the API sends it as an ``X-SM-Field`` header, which legacy clients ignore)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class TaskService:
@@ -124,7 +130,7 @@ class TaskService:
         once instead of once per task)."""
         for key, value in m.items():
             if isinstance(value, str) and "\x00" in value:
-                raise TaskError(f"{key} 不能包含 NUL (\\0) 字符")
+                raise TaskError(f"{key} 不能包含 NUL (\\0) 字符", key)
         for key in ("CustomParamsJson", "HttpHeaders") + (
                 ("HttpBody",) if (m.get("HttpContentType") or "").strip().lower() == FORM else ()):
             try:
@@ -133,28 +139,28 @@ class TaskService:
                 raise TaskError(str(exc)) from None
         meta = m.get("MetaType") or 0
         if meta not in (1, 2):
-            raise TaskError(f"MetaType 必须是 1 (程序集任务) 或 2 (HTTP任务)，收到 {meta}")
+            raise TaskError(f"MetaType 必须是 1 (程序集任务) 或 2 (HTTP任务)，收到 {meta}", "MetaType")
         run_loop = bool(m.get("RunLoop"))
         cron = (m.get("CronExpression") or "").strip() or None
         if run_loop:
             if not cron:
-                raise TaskError("循环执行的任务必须填写 cron 表达式 (CronExpression)")
+                raise TaskError("循环执行的任务必须填写 cron 表达式 (CronExpression)", "CronExpression")
             try:
                 quartz.parse(cron)
             except quartz.CronError as exc:
-                raise TaskError(f"cron表达式验证失败：{exc}") from None
+                raise TaskError(f"cron表达式验证失败：{exc}", "CronExpression") from None
         start, end = m.get("StartDate"), m.get("EndDate")
         if start and end and end < start:
-            raise TaskError("结束时间不能早于开始时间 (EndDate < StartDate)")
+            raise TaskError("结束时间不能早于开始时间 (EndDate < StartDate)", "EndDate")
         params_json = _params_json(m)
         http = None
         if meta == 2:
             url = (m.get("HttpRequestUrl") or "").strip()
             if not url.lower().startswith(("http://", "https://")):
-                raise TaskError("HTTP任务的请求地址 (HttpRequestUrl) 必须是 http:// 或 https:// 开头的绝对地址")
+                raise TaskError("HTTP任务的请求地址 (HttpRequestUrl) 必须是 http:// 或 https:// 开头的绝对地址", "HttpRequestUrl")
             ctype = (m.get("HttpContentType") or "").strip()
             if _CONTROL.search(ctype):
-                raise TaskError("HttpContentType 不能包含控制字符 (CR/LF)")
+                raise TaskError("HttpContentType 不能包含控制字符 (CR/LF)", "HttpContentType")
             try:
                 policy = targets.NetworkPolicy.from_settings(await asyncio.to_thread(self.configs.get))
                 url = await targets.acheck_url(url, "HttpRequestUrl", policy)
@@ -166,24 +172,24 @@ class TaskService:
                 if ctype.lower() == FORM:
                     parse_params(m.get("HttpBody"))
             except HttpTaskError as exc:
-                raise TaskError(f"HttpHeaders / HttpBody 格式错误：{exc}") from None
+                raise TaskError(f"HttpHeaders / HttpBody 格式错误：{exc}", "HttpHeaders") from None
             except targets.TargetError as exc:
                 raise TaskError(str(exc)) from None
             http = HttpTarget(RequestUrl=url, Method=method, ContentType=ctype,
                               Headers=m.get("HttpHeaders"), Body=m.get("HttpBody"))
         else:
             if not m.get("AssemblyName") or not m.get("ClassName"):
-                raise TaskError("程序集任务必须填写 AssemblyName 和 ClassName")
+                raise TaskError("程序集任务必须填写 AssemblyName 和 ClassName", "AssemblyName")
         keepers = list(dict.fromkeys(m.get("Keepers") or []))
         nexts = [str(n) for n in dict.fromkeys(m.get("Nexts") or [])]
         await self.check_nexts(task_id, nexts, records)
         executors = [e.strip() for e in dict.fromkeys(m.get("Executors") or []) if e and e.strip()]
         for e in executors:
             if len(e) > 100 or any(c in e for c in "/%"):
-                raise TaskError(f"节点名称无效：{e[:100]}")
+                raise TaskError(f"节点名称无效：{e[:100]}", "Executors")
         policy = (m.get("FailoverPolicy") or (existing.FailoverPolicy if existing else DEFAULT_POLICY)).strip().lower()
         if policy not in POLICIES:
-            raise TaskError(f"FailoverPolicy '{policy[:20]}' 无效（可选：{' / '.join(POLICIES)}）")
+            raise TaskError(f"FailoverPolicy '{policy[:20]}' 无效（可选：{' / '.join(POLICIES)}）", "FailoverPolicy")
         blocks = [b.strip() for b in dict.fromkeys(m.get("NotifyBlocks") or []) if b and b.strip()]
         await self.check_blocks(blocks)
         try:
@@ -212,9 +218,9 @@ class TaskService:
         Not on import: an original's expired task comes over Stopped, as history."""
         for key in ("StartDate", "EndDate"):
             if m.get(key) is not None and m[key].year < MIN_YEAR:
-                raise TaskError(f"{key} 不能早于 {MIN_YEAR} 年")
+                raise TaskError(f"{key} 不能早于 {MIN_YEAR} 年", key)
         if spec.RunLoop and plan.next_fire(spec, datetime.now(timezone.utc), ignore_end=True) is None:
-            raise TaskError(f"cron表达式 '{spec.CronExpression}' 今后没有任何触发时间，任务永远不会执行")
+            raise TaskError(f"cron表达式 '{spec.CronExpression}' 今后没有任何触发时间，任务永远不会执行", "CronExpression")
 
     @staticmethod
     def check_keepers(keepers: list[int]) -> None:
@@ -223,7 +229,7 @@ class TaskService:
         a fresh install, where account 2 does not exist (such a keeper mails nobody)."""
         bad = [k for k in keepers if k < 1]
         if bad:
-            raise TaskError(f"Keepers 中的用户不存在：{', '.join(map(str, bad[:10]))}（用户 ID 从 1 开始）")
+            raise TaskError(f"Keepers 中的用户不存在：{', '.join(map(str, bad[:10]))}（用户 ID 从 1 开始）", "Keepers")
 
     async def check_executors(self, executors: list[str]) -> None:
         """Every executor a Create or Edit names must be a node this master knows (a worker
@@ -237,7 +243,7 @@ class TaskService:
         unknown = [e for e in executors if e not in known]
         if unknown:
             raise TaskError(f"节点不存在：{', '.join(u[:100] for u in unknown[:5])}"
-                            f"（已知节点：{', '.join(sorted(known)[:20]) or '无'}）")
+                            f"（已知节点：{', '.join(sorted(known)[:20]) or '无'}）", "Executors")
 
     async def check_blocks(self, blocks: list[str]) -> None:
         """Each NotifyBlocks entry must name an existing block document that can notify."""
@@ -245,14 +251,14 @@ class TaskService:
 
         for slug in blocks:
             if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,99}/[A-Za-z0-9][A-Za-z0-9_-]{0,99}", slug):
-                raise TaskError(f"通知块名称无效：{slug[:100]}（格式：块类型/名称，例如 slack-webhook/ops）")
+                raise TaskError(f"通知块名称无效：{slug[:100]}（格式：块类型/名称，例如 slack-webhook/ops）", "NotifyBlocks")
             block_type, name = slug.split("/", 1)
             try:
                 doc = await self.client.read_block_document_by_name(name=name, block_type_slug=block_type)
             except ObjectNotFound:
-                raise TaskError(f"通知块不存在：{slug}") from None
+                raise TaskError(f"通知块不存在：{slug}", "NotifyBlocks") from None
             if "notify" not in (doc.block_schema.capabilities if doc.block_schema else []):
-                raise TaskError(f"块 {slug} 不能发送通知（没有 notify 能力）")
+                raise TaskError(f"块 {slug} 不能发送通知（没有 notify 能力）", "NotifyBlocks")
 
     async def check_nexts(self, task_id: uuid.UUID, nexts: list[str],
                           records: dict[str, TaskRecord] | None = None) -> None:
@@ -264,14 +270,14 @@ class TaskService:
             known = await self.repo.chains([uuid.UUID(str(task_id)), *(uuid.UUID(n) for n in nexts if _is_uuid(n))])
         missing = [n for n in nexts if n not in known]
         if missing:
-            raise TaskError(f"子任务不存在：{', '.join(missing)}")
+            raise TaskError(f"子任务不存在：{', '.join(missing)}", "Nexts")
         graph = {tid: children for tid, (_title, children) in known.items()}
         graph[str(task_id)] = nexts
         title = {tid: t for tid, (t, _children) in known.items()}
         title.setdefault(str(task_id), "(本任务)")
         path = chain.find_cycle(graph, str(task_id))
         if path:
-            raise TaskError("子任务形成循环：" + " → ".join(title.get(p, p) for p in path))
+            raise TaskError("子任务形成循环：" + " → ".join(title.get(p, p) for p in path), "Nexts")
 
     # ---- actions ------------------------------------------------------------------
     async def create(self, m: dict[str, Any], user: SystemUser):

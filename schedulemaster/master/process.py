@@ -98,6 +98,12 @@ async def run_queue_readiness(settings: Settings) -> None:
         await queue_readiness.run(client, settings.work_pool)
 
 
+def prefect_ui_of(settings: Settings) -> str:
+    """Where the Prefect UI is, for the console's links: its API's URL without ``/api``."""
+    url = settings.prefect_api_url.rstrip("/")
+    return url[:-4] if url.endswith("/api") else url
+
+
 def prepare_credentials(settings: Settings) -> None:
     """Owner-only files, and Prefect's API never served without an auth string (this
     process's server check and its own clients both use it)."""
@@ -141,6 +147,7 @@ async def serve_master(settings: Settings) -> None:
     from schedulemaster.packages import PackageStore
     from schedulemaster.flows.task_flow import run_task
     from schedulemaster.ms_compat.app import create_app as create_legacy_app
+    from schedulemaster.console.app import Console
     from schedulemaster.keepers import KeeperMailer
     from schedulemaster.store.db import Store
     from schedulemaster.ms_compat.task_api import TaskService
@@ -183,7 +190,8 @@ async def serve_master(settings: Settings) -> None:
     legacy_app = create_legacy_app(store, make_service, close, packages, info={
         "PrefectApiUrl": settings.prefect_api_url, "Version": _version()})
     servers = [_Server(FollowUiSwitches(prefect_app), settings.prefect_host, settings.prefect_port),
-               _Server(legacy_app, settings.api_host, settings.api_port, settings.trusted_proxies)]
+               _Server(Console(legacy_app, store, lambda: services.get("task"), prefect_ui_of(settings)),
+                       settings.api_host, settings.api_port, settings.trusted_proxies)]
 
     loop = asyncio.get_running_loop()
     stall_watch.start(loop)

@@ -17,7 +17,7 @@ from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from schedulemaster.ms_compat import roles
 from schedulemaster.ms_compat.secret import md5_hex  # noqa: F401  (re-exported: the store hashes passwords)
-from schedulemaster.store import audit, claims, delayed_store, ledger  # noqa: F401  (their tables)
+from schedulemaster.store import audit, claims, console_sessions, delayed_store, ledger  # noqa: F401  (their tables)
 from schedulemaster.store.delayed_store import POSTGRES_CONNECT_ARGS, DelayedStore
 
 log = logging.getLogger("schedulemaster.store")
