@@ -53,6 +53,16 @@ class DelayStatus(IntEnum):
     Failed = 4     # 异常: retries used up
 
 
+#: the console's actions (void 作废, execute 执行, reset 重置) each status allows
+ACTIONS_BY_STATUS = {
+    DelayStatus.Deleted: ("reset",),
+    DelayStatus.Created: ("void", "execute", "reset"),
+    DelayStatus.Ready: ("void", "execute"),
+    DelayStatus.Successed: ("reset",),
+    DelayStatus.Failed: ("execute", "reset"),
+}
+
+
 STATUS_TEXT = {0: "已作废", 1: "已创建", 2: "已就绪", 3: "执行成功", 4: "异常"}
 STATUS_NAMES = {0: "voided", 1: "created", 2: "ready", 3: "succeeded", 4: "failed"}
 
@@ -427,18 +437,19 @@ class DelayedStore:
             before = dict(row)
             status = before["status"]
             release = {"claimedby": None, "leaseuntil": None}
+            if action not in ACTIONS_BY_STATUS.get(status, ()):
+                return "state", before
             if action == "void":
-                if status not in (DelayStatus.Created, DelayStatus.Ready):
-                    return "state", before
                 values = {"status": DelayStatus.Deleted, "dueat": None, "manual": False, **release}
             elif action == "execute":
-                if status not in (DelayStatus.Created, DelayStatus.Ready, DelayStatus.Failed):
-                    return "state", before
+                if before["claimedby"] is not None and before["dueat"] is not None and before["dueat"] <= now:
+                    # due and claimed: its dispatcher is sending it now, and that send is the
+                    # execution. Released, the row would be claimed and sent again (seen under load:
+                    # two callbacks 70 ms apart). A dead holder's lease runs out as for any claim.
+                    return "ok", before
                 values = {"status": DelayStatus.Ready, "dueat": now, "manual": status == DelayStatus.Failed,
                           **release}
             elif action == "reset":
-                if status == DelayStatus.Ready:
-                    return "state", before
                 if before["pattern"] == "Absolute":
                     due = max(now, before["delayabsolutetime"])
                 else:

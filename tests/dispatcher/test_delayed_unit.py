@@ -307,6 +307,24 @@ def test_console_transitions_follow_the_state_rules(store):
     assert d.transition(str(uuid.uuid4()), "void", now)[0] == "missing"
 
 
+def test_execute_on_a_row_being_sent_leaves_its_claim_so_it_is_sent_once(store):
+    """执行 while the dispatcher holds a due row (sending it): that send is the execution. A
+    claimed row not yet due is released to fire now (the dispatcher re-claims it)."""
+    d = store.delayed
+    due, later = new_row(dueat=utcnow_naive()), new_row(dueat=utcnow_naive() + timedelta(seconds=30))
+    d.create([due, later]).result(10)
+    now = utcnow_naive()
+    claims = {c.id: c for c in d.claim("d1", 1, now + timedelta(seconds=60), now, timedelta(seconds=30), 100)}
+    assert set(claims) == {due["id"], later["id"]}
+    assert d.transition(due["id"], "execute", utcnow_naive())[0] == "ok"
+    assert d.get(due["id"])["claimedby"] == "d1"                      # still the sender's
+    assert claim_all(d, seq=2) == []                                  # nobody claims it twice
+    assert settle_one(d, claims[due["id"]], True).status == DelayStatus.Successed
+    assert d.transition(later["id"], "execute", utcnow_naive())[0] == "ok"
+    got = d.get(later["id"])
+    assert got["claimedby"] is None and got["dueat"] <= utcnow_naive()
+
+
 def test_a_manual_execute_of_a_failed_task_is_one_try_and_marks_the_remark(store):
     d = store.delayed
     row = new_row(status=DelayStatus.Failed, dueat=None, failedretrys=3)
