@@ -40,8 +40,6 @@ log = logging.getLogger("schedulemaster.api")
 MAX_BODY_BYTES = 1024 * 1024
 UPLOAD_PATH = "/api/task/uploadplugin"
 UPLOAD_LIMIT = MAX_PACKAGE_BYTES + MAX_BODY_BYTES  # the package plus the multipart around it
-#: extension: the form field a refusal is about (the console puts the message beside it)
-FIELD_HEADER = "X-SM-Field"
 BODY_LIMITS = {UPLOAD_PATH: UPLOAD_LIMIT, BATCH_PATH: BATCH_LIMIT}
 BODY_TOTAL_SECONDS = 60.0  # ... or that is not complete after this long (1 MiB bodies)
 LARGE_BODY_TOTAL_SECONDS = 600.0  # ... an upload or a batch
@@ -178,9 +176,7 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
         try:
             response = await action(model, user)
         except TaskError as exc:
-            response = R.failed(str(exc))
-            if exc.field:
-                response.headers[FIELD_HEADER] = exc.field
+            response = R.failed_at(str(exc), exc.field)
         if audited:
             await audit_response(user, address, path, submitted, model, before, response)
         return response

@@ -55,7 +55,12 @@ ID_FIELD: list[F] = [F("id", "guid")]
 
 
 class Refused(Exception):
-    """A create the callback could never survive: answered Success:false, nothing written."""
+    """A create the callback could never survive: answered Success:false, nothing written.
+    ``field``: the form field at fault, when one is (sent as the X-SM-Field header)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 def to_utc(local: datetime, tz: str) -> datetime:
@@ -102,21 +107,21 @@ def row_for_create(m: dict[str, Any], user: SystemUser, tz: str, default_pattern
     """The row a bound ScheduleDelayedInfo becomes; raises Refused for what cannot run."""
     pattern = (m.get("DelayPattern") or default_pattern or "Relative").strip().capitalize()
     if pattern not in ("Relative", "Absolute"):
-        raise Refused(f"DelayPattern 只能是 Relative 或 Absolute，收到 {pattern[:10]}")
+        raise Refused(f"DelayPattern 只能是 Relative 或 Absolute，收到 {pattern[:10]}", "DelayPattern")
     span = m.get("DelayTimeSpan")
     if pattern == "Relative":
         if span is None or not 1 <= span <= MAX_SPAN_SECONDS:
-            raise Refused(f"DelayTimeSpan 必须是 1 到 {MAX_SPAN_SECONDS} 之间的秒数（相对模式），收到 {span}")
+            raise Refused(f"DelayTimeSpan 必须是 1 到 {MAX_SPAN_SECONDS} 之间的秒数（相对模式），收到 {span}", "DelayTimeSpan")
         due = now + timedelta(seconds=span)
     else:
         absolute = m.get("DelayAbsoluteTime")
         if absolute is None:
-            raise Refused("绝对模式必须给出 DelayAbsoluteTime")
+            raise Refused("绝对模式必须给出 DelayAbsoluteTime", "DelayAbsoluteTime")
         due = to_utc(absolute.replace(microsecond=0), tz)
         if due <= now:
-            raise Refused("任务启动失败！DelayAbsoluteTime 早于当前时间")
+            raise Refused("任务启动失败！DelayAbsoluteTime 早于当前时间", "DelayAbsoluteTime")
         if due > now + timedelta(seconds=MAX_SPAN_SECONDS):
-            raise Refused("DelayAbsoluteTime 不能晚于十年之后")
+            raise Refused("DelayAbsoluteTime 不能晚于十年之后", "DelayAbsoluteTime")
     executors = [e.strip() for e in m.get("Executors") or [] if e and e.strip()]
     problem = unsendable(m["NotifyUrl"], m["NotifyDataType"], m["NotifyBody"], executors,
                          {k: m.get(k) for k in TEXT_FIELDS}, policy)
@@ -197,7 +202,7 @@ def add_delayed_routes(app: FastAPI, store: Store, guarded, form_of, tz_of: Call
                                      utcnow_naive(), policy)
                 await targets.acheck_resolved(row["notifyurl"], "NotifyUrl", policy)
             except (Refused, targets.TargetError) as exc:
-                return R.failed(str(exc))
+                return R.failed_at(str(exc), exc.field if isinstance(exc, Refused) else "NotifyUrl")
             try:
                 await insert([row])
             except DuplicateIds:

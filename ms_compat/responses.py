@@ -50,6 +50,19 @@ def failed(message: str, data: Any = None) -> Response:
     return envelope(ResultStatus.Failed, message, data)
 
 
+#: extension: the form field a refusal is about (the console puts the message beside it;
+#: legacy clients ignore an unknown header)
+FIELD_HEADER = "X-SM-Field"
+
+
+def failed_at(message: str, field: str | None) -> Response:
+    """``failed``, naming the field at fault when there is one."""
+    response = failed(message)
+    if field:
+        response.headers[FIELD_HEADER] = field
+    return response
+
+
 def trace_id() -> str:
     return f"|{secrets.token_hex(4)}-{secrets.token_hex(6)}."
 

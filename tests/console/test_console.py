@@ -4,12 +4,13 @@ its forms (errors beside their field, nothing written), its escaping, and, in a 
 it and see Prefect report it paused."""
 
 import re
+import sqlite3
 import uuid
 
 import httpx
 import pytest
 
-from helpers import AUTH
+from helpers import AUTH, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -214,4 +215,162 @@ def test_an_operators_day_in_a_real_browser(system, receiver, browser):
     page.goto(f"{system.api}/tasks/{task_id}")
     assert page.locator("#task-status").inner_text() == "Paused"
     page.click("#lang")
+
+    # disable the node in the console: the API reports it disabled; enabled again at once
+    # (it is this system's only node)
+    page.goto(f"{system.api}/nodes")
+    try:
+        page.click('tr[data-node="worker1"] button.act-disable')
+        expect(page.locator('tr[data-node="worker1"] .nstatus')).to_have_attribute("data-enabled", "false")
+        nodes = httpx.get(f"{system.api}/api/Node/QueryList", headers=AUTH, timeout=30).json()["Data"]["rows"]
+        assert [n["Enabled"] for n in nodes if n["NodeName"] == "worker1"] == [False]
+    finally:
+        httpx.post(f"{system.api}/api/Node/Enable", headers=AUTH, data={"name": "worker1"}, timeout=30)
+
+    # a delayed task voided in the console is voided in the store
+    page.goto(f"{system.api}/delayed/new")
+    topic = f"浏览器-{uuid.uuid4().hex[:6]}"
+    page.fill("input[name=SourceApp]", "browser")
+    page.fill("input[name=Topic]", topic)
+    page.fill("input[name=ContentKey]", "k-1")
+    page.fill("input[name=DelayTimeSpan]", "3600")
+    page.fill("input[name=NotifyUrl]", receiver.url("/browser-delayed"))
+    page.click("#save")
+    page.wait_for_url(re.compile(r".*/delayed/[0-9a-f-]{36}$"))
+    delayed_id = page.url.rsplit("/", 1)[1]
+    assert page.locator("#delayed-status").get_attribute("data-status") == "2"
+    page.click("button.act-void")
+    expect(page.locator("#delayed-status")).to_have_attribute("data-status", "0")
+    assert delayed_status(system, delayed_id) == 0
     page.close()
+
+
+def delayed_form(receiver, topic: str, **extra) -> dict[str, str]:
+    return {"SourceApp": "console-test", "Topic": topic, "ContentKey": uuid.uuid4().hex[:10], "DelayTimeSpan": "3600",
+            "NotifyUrl": receiver.url(f"/delayed-{uuid.uuid4().hex[:8]}"), "NotifyDataType": "application/json",
+            "NotifyBody": '{"order": 1}', **extra}
+
+
+def delayed_status(system, delayed_id: str) -> int:
+    r = httpx.get(f"{system.api}/api/DelayTask/QueryDetail", params={"id": delayed_id}, headers=AUTH, timeout=30)
+    return r.json()["Data"]["Status"]
+
+
+def test_delayed_tasks_list_filter_show_their_attempts_and_refuse_bad_input(system, receiver):
+    client = sign_in(system)
+    csrf = csrf_of(client, "/delayed")
+    topic = f"topic-{uuid.uuid4().hex[:6]}"
+    path = f"/delayed-{uuid.uuid4().hex[:8]}"
+    soon = delayed_form(receiver, topic, DelayTimeSpan="1", NotifyUrl=receiver.url(path))
+    made = client.post("/delayed/new", data={"csrf": csrf, **soon})
+    assert made.status_code == 303, made.text
+    soon_id = made.headers["location"].rsplit("/", 1)[1]
+    later_id = client.post("/delayed/new", data={"csrf": csrf, **delayed_form(receiver, topic)}).headers[
+        "location"].rsplit("/", 1)[1]
+
+    def ids(**params) -> set[str]:
+        page = client.get("/delayed", params=params)
+        assert page.status_code == 200, page.text
+        return set(re.findall(r'<tr data-id="([0-9a-f-]{36})">', page.text))
+
+    assert ids(topic=topic) == {soon_id, later_id}
+    assert ids(topic=topic, contentKey=soon["ContentKey"]) == {soon_id}
+    # the callback lands at the receiver; the task's page shows the attempt and its answer
+    receiver.wait_for(path, 1, timeout=30)
+    wait_until(lambda: delayed_status(system, soon_id) == 3, timeout=30)
+    assert ids(topic=topic, status="3") == {soon_id}
+    page = client.get(f"/delayed/{soon_id}").text
+    assert re.search(r'<table id="attempts">.*?<td class="num">200</td>', page, re.S)
+
+    # bad input: a form error at its field, nothing written; a bad filter is said, not a 500
+    before = ids(topic=topic)
+    bad = client.post("/delayed/new", data={"csrf": csrf, **delayed_form(receiver, topic, DelayTimeSpan="-5")})
+    assert bad.status_code == 400 and re.search(r'id="field-DelayTimeSpan">.*?class="error"', bad.text, re.S)
+    assert client.post("/delayed/new", data=delayed_form(receiver, topic)).status_code == 403  # no CSRF token
+    assert ids(topic=topic) == before
+    assert client.get("/delayed", params={"startDate": "not-a-date"}).status_code == 400
+    assert client.get(f"/delayed/{uuid.uuid4()}").status_code == 404
+    assert client.post(f"/delayed/{later_id}/void", data={"csrf": "wrong"}).status_code == 403
+    assert delayed_status(system, later_id) == 2
+
+
+def test_a_viewer_cannot_void_a_delayed_task(system, receiver):
+    name = f"dviewer{uuid.uuid4().hex[:6]}"
+    assert httpx.post(f"{system.api}/api/Account/Create", headers=AUTH, timeout=30, data={
+        "UserName": name, "RealName": "看客", "Password": "viewer-pw-1", "Role": "viewer"}).json()["Success"]
+    admin = sign_in(system)
+    delayed_id = admin.post("/delayed/new", data={"csrf": csrf_of(admin, "/delayed"), **delayed_form(
+        receiver, "viewer-proof")}).headers["location"].rsplit("/", 1)[1]
+    viewer = sign_in(system, name, "viewer-pw-1")
+    page = viewer.get(f"/delayed/{delayed_id}").text
+    assert "act-void" not in page and 'id="new-delayed"' not in viewer.get("/delayed").text
+    assert viewer.post(f"/delayed/{delayed_id}/void", data={"csrf": csrf_of(viewer, "/delayed")}).status_code == 403
+    assert delayed_status(system, delayed_id) == 2
+
+
+def test_system_pages_need_a_session_and_their_token(system):
+    anonymous = httpx.Client(base_url=system.api, timeout=30)
+    for path in ("/nodes", "/accounts", "/settings", "/log", "/password", "/delayed", "/delayed/new"):
+        assert anonymous.get(path).status_code == 303, path
+    for path in ("/nodes/worker1/disable", "/nodes/worker1/edit", "/accounts/new", "/accounts/1/disable",
+                 "/accounts/1/edit", "/settings", "/password", "/delayed/new", f"/delayed/{uuid.uuid4()}/void"):
+        assert anonymous.post(path, data={"x": "1"}).status_code == 401, path
+    client = sign_in(system)
+    for path in ("/nodes/worker1/disable", "/accounts/1/disable", "/settings", "/password"):
+        assert client.post(path, data={"csrf": "wrong"}).status_code == 403, path
+    assert "worker1" in client.get("/nodes").text and 'data-enabled="true"' in client.get("/nodes").text
+    for hostile in ("/nodes/a%00b/disable", "/nodes/x/explode", "/accounts/1/explode"):
+        assert client.post(hostile, data={"csrf": csrf_of(client)}).status_code == 404, hostile
+
+
+def test_accounts_settings_log_and_ones_own_password(system, receiver):
+    admin = sign_in(system)
+    csrf = csrf_of(admin, "/accounts")
+    name = f"op{uuid.uuid4().hex[:6]}"
+    made = admin.post("/accounts/new", data={"csrf": csrf, "UserName": name, "RealName": "<i>操作员</i>",
+                                             "Password": "first-pw-1", "Role": "operator"})
+    assert made.status_code == 303
+    page = admin.get("/accounts").text
+    assert f'data-user="{name}"' in page and "&lt;i&gt;操作员&lt;/i&gt;" in page
+    refused = admin.post("/accounts/new", data={"csrf": csrf, "UserName": name, "RealName": "again", "Password": "x"})
+    assert refused.status_code == 303 and "sm_flash" in refused.cookies  # said on the next page
+    assert "密码至少" in admin.get("/accounts").text
+
+    # an operator sees no accounts or settings, and its own password change ends its session
+    operator = sign_in(system, name, "first-pw-1")
+    assert 'id="nav-accounts"' not in operator.get("/tasks").text
+    assert operator.get("/settings").status_code == 403 and operator.get("/accounts").status_code == 403
+    wrong = operator.post("/password", data={"csrf": csrf_of(operator), "OldPassword": "nope", "NewPassword": "second-pw-2"})
+    assert wrong.status_code == 400 and "原密码错误" in wrong.text
+    changed = operator.post("/password", data={"csrf": csrf_of(operator), "OldPassword": "first-pw-1",
+                                               "NewPassword": "second-pw-2"})
+    assert changed.status_code == 303 and changed.headers["location"] == "/login"
+    assert operator.get("/tasks").status_code == 303  # signed out by the change
+    sign_in(system, name, "second-pw-2")
+
+    # settings: a secret is shown masked and saving the mask leaves it as it was
+    before = {r["Key"]: r["Value"] for r in httpx.get(f"{system.api}/api/System/Configs", headers=AUTH,
+                                                      timeout=30).json()["Data"]}
+    store_path = system.data_dir / "schedulemaster.db"
+    assert store_path.exists()
+    secret = "s3cret-" + uuid.uuid4().hex[:6]
+    assert httpx.post(f"{system.api}/api/System/SaveConfig", headers=AUTH, timeout=30,
+                      data={"Email_FromAccountPwd": secret}).json()["Success"]
+    try:
+        page = admin.get("/settings").text
+        assert secret not in page and 'name="Email_FromAccountPwd" value="******"' in page
+        form = dict(re.findall(r'<input name="([A-Za-z_]+)" value="([^"]*)"', page))
+        saved = admin.post("/settings", data={"csrf": csrf_of(admin, "/settings"), **form})
+        assert saved.status_code == 303
+        bad = admin.post("/settings", data={"csrf": csrf_of(admin, "/settings"), "Http_RequestTimeout": "soon"})
+        assert bad.status_code == 303 and "Http_RequestTimeout" in admin.get("/settings").text
+        with sqlite3.connect(store_path) as db:
+            stored = dict(db.execute("SELECT key, value FROM systemconfigs").fetchall())
+        assert stored["Email_FromAccountPwd"] == secret and stored["Http_RequestTimeout"] == before["Http_RequestTimeout"]
+    finally:
+        httpx.post(f"{system.api}/api/System/SaveConfig", headers=AUTH, timeout=30,
+                   data={"Email_FromAccountPwd": before["Email_FromAccountPwd"] or ""})
+
+    # the system log lists run logs; a bad filter is said, not a 500
+    assert admin.get("/log").status_code == 200
+    assert admin.get("/log", params={"startDate": "yesterday"}).status_code == 400
