@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from schedulemaster.body_limit import BodyAborted
+from schedulemaster.body_limit import BodyAborted, BodyStalled, BodyTooLarge, bounded, declared_too_large
 from schedulemaster.console.delayed_pages import DelayedPages
 from schedulemaster.console.labels import DEFAULT_LANG, LANGS, translator
 from schedulemaster.console.system_pages import SystemPages
@@ -46,6 +46,7 @@ LOGIN_COOKIE = "sm_console_login"  # the sign-in form's double-submit token
 LANG_COOKIE = "sm_lang"
 MAX_FORM_FIELDS = 200
 MAX_FORM_BYTES = 256 * 1024  # a task's form is a few KiB; its longest fields are 20,000 characters
+FORM_SECONDS = 60.0  # ... and arrives within this long
 HERE = Path(__file__).parent
 
 
@@ -74,15 +75,17 @@ class Console:
             *DelayedPages(self).routes(),
             *SystemPages(self).routes(),
         ])
+        self.pages.add_exception_handler(BodyTooLarge, lambda _r, _e: Response("form too large", status_code=413))
+        self.pages.add_exception_handler(BodyStalled, lambda _r, _e: Response("form too slow", status_code=408))
         self.pages.add_exception_handler(Exception, self.failure)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan" or scope["path"].lower() == "/api" or scope["path"].lower().startswith("/api/"):
             return await self.legacy_app(scope, receive, send)
         if scope["type"] == "http" and scope["method"] == "POST":
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > MAX_FORM_BYTES):
+            if declared_too_large(scope, MAX_FORM_BYTES):
                 return await Response("form too large", status_code=413)(scope, receive, send)
+            receive = bounded(receive, MAX_FORM_BYTES, FORM_SECONDS)  # a body that lies about its size
         return await self.pages(scope, receive, send)
 
     # ---- plumbing ---------------------------------------------------------------

@@ -106,6 +106,14 @@ def test_a_form_error_shows_beside_its_field_and_writes_nothing(system, receiver
             assert f'value="{data["Title"]}"' in r.text
     oversized = client.post("/tasks/new", data={"csrf": csrf, **task_form(receiver, "big", Remark="x" * 300_000)})
     assert oversized.status_code == 413
+
+    def chunks():  # no Content-Length: the size shows only as it arrives
+        yield f"csrf={csrf}&Title=chunked&Remark=".encode()
+        for _ in range(40):
+            yield b"x" * 10_000
+
+    streamed = client.post("/tasks/new", content=chunks(), headers={"content-type": "application/x-www-form-urlencoded"})
+    assert streamed.status_code == 413
     malformed = client.post("/tasks/new", content=b"\xff\xfe not a form", headers={"content-type": "text/plain"})
     assert malformed.status_code == 403  # no form, no token
     assert count_tasks(system) == before
