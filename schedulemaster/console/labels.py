@@ -151,6 +151,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "password_page": ("修改密码", "Change password"),
     "old_password": ("原密码", "Current password"),
     "new_password": ("新密码", "New password"),
+    "logs": ("日志", "Logs"),
     "language": ("English", "中文"),
     "signed_in_as": ("当前用户", "Signed in as"),
     "result_0": ("运行中", "running"),

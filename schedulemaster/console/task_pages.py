@@ -3,6 +3,7 @@ actions, and the cron preview the form asks for as a cron is typed."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
@@ -23,7 +24,9 @@ TASK_ACTIONS = ("start", "pause", "resume", "stop", "runonce", "delete")
 TASK_FIELDS = ("Title", "MetaType", "RunLoop", "CronExpression", "StartDate", "EndDate", "Remark",
                "AssemblyName", "ClassName", "CustomParamsJson", "HttpRequestUrl", "HttpMethod",
                "HttpContentType", "HttpHeaders", "HttpBody", "Executors", "Keepers", "Nexts", "RunNow")
-LIST_FIELDS = ("Executors", "Keepers", "Nexts")  # one value per line in the form
+LIST_FIELDS = ("Executors",)  # one value per line in the form
+CHOSEN_FIELDS = ("Keepers", "Nexts")  # chosen by name: accounts' check boxes, a list of task titles
+NEXT_CHOICES = 500  # the newest tasks offered as children (plus those already chosen)
 
 
 class TaskPages:
@@ -38,6 +41,7 @@ class TaskPages:
             Route("/tasks/{id}", self.task_detail, methods=["GET"]),
             Route("/tasks/{id}/edit", self.task_form, methods=["GET"]),
             Route("/tasks/{id}/edit", self.task_save, methods=["POST"]),
+            Route("/tasks/{id}/runs/{trace}", self.run_logs, methods=["GET"]),
             Route("/tasks/{id}/{action}", self.task_action, methods=["POST"]),
             Route("/cron/preview", self.cron_preview, methods=["GET"]),
         ]
@@ -102,6 +106,23 @@ class TaskPages:
                            status=STATUS_WORDS.get(int(rec.status), "?"), may=self.may(visit),
                            prefect_ui=self.c.prefect_ui)
 
+    async def run_logs(self, request: Request) -> Response:
+        """One run's log lines, oldest first (the original's 运行记录 → 日志)."""
+        visit = await self.c.visit(request)
+        if visit is None:
+            return self.c.to_login(request)
+        task_id, trace_id = parse_uuid(request.path_params["id"]), parse_uuid(request.path_params["trace"])
+        if task_id is None or trace_id is None:
+            return Response(status_code=404)
+        answer = await self.c.caller.call(request, visit.user, "GET", "/api/Task/QueryTraceLogs",
+                                          params={"id": str(task_id), "traceId": str(trace_id)})
+        ok, message, _e = outcome(answer)
+        if message == "forbidden":
+            return self.c.forbidden(request, visit)
+        lines = (answer.json().get("Data") or []) if ok else []
+        return self.c.render("run_logs.html", request, visit.lang, visit=visit, task_id=str(task_id),
+                             trace_id=str(trace_id), lines=lines, prefect_ui=self.c.prefect_ui)
+
     async def task_form(self, request: Request, values: dict[str, str] | None = None,
                         errors: dict[str, list[str]] | None = None, message: str = "",
                         status_code: int = 200) -> Response:
@@ -117,8 +138,23 @@ class TaskPages:
                     return self.c.render("message.html", request, visit.lang, status_code=404, visit=visit,
                                        message=translator(visit.lang)("not_found"))
                 values = _form_values(rec.spec)
+        accounts, nexts = await self.choices(task_id, values.get("Nexts") or [])
         return self.c.render("task_form.html", request, visit.lang, status_code=status_code, visit=visit,
-                           task_id=task_id, v=values, errors=errors or {}, message=message)
+                             task_id=task_id, v=values, errors=errors or {}, message=message,
+                             accounts=accounts, next_choices=nexts)
+
+    async def choices(self, task_id: str | None, chosen: list[str]) -> tuple[list, list[tuple[str, str]]]:
+        """The accounts that may keep a task, and the tasks offered as its children: the newest
+        NEXT_CHOICES, plus the chosen ones further back (by title; a chosen id that is no task
+        stays offered as itself, so the form's refusal can name it)."""
+        accounts = [u for u in await asyncio.to_thread(self.c.store.list_users) if u.status == 1]
+        repo = self.c.service().repo
+        _total, newest = await repo.page(None, 0, NEXT_CHOICES)
+        offered = {str(r.id): r.spec.Title for r in newest if str(r.id) != task_id}
+        for missing in [c for c in chosen if c not in offered]:
+            rec = await repo.read(parse_uuid(missing)) if parse_uuid(missing) else None
+            offered[missing] = rec.spec.Title if rec else missing
+        return accounts, sorted(offered.items(), key=lambda item: item[1])
 
     async def task_save(self, request: Request) -> Response:
         signed = await self.c.signed_post(request)
@@ -128,12 +164,15 @@ class TaskPages:
         task_id = request.path_params.get("id")
         if task_id is not None and parse_uuid(task_id) is None:
             return Response(status_code=404)
-        values = {k: (form.get(k) or [""])[0] for k in TASK_FIELDS}
+        values: dict = {k: (form.get(k) or [""])[0] for k in TASK_FIELDS if k not in CHOSEN_FIELDS}
         values["RunLoop"] = "true" if values["RunLoop"] else "false"
         values["RunNow"] = "true" if values["RunNow"] else "false"
         fields = [(k, v) for k, v in values.items() if k not in LIST_FIELDS and v != ""]
         for k in LIST_FIELDS:
             fields += [(k, line.strip()) for line in values[k].splitlines() if line.strip()]
+        for k in CHOSEN_FIELDS:
+            values[k] = [v for v in form.get(k, []) if v][:1000]
+            fields += [(k, v) for v in values[k]]
         if task_id:
             fields.append(("Id", task_id))
         answer = await self.c.caller.call(request, visit.user, "POST", "/api/Task/Edit" if task_id else "/api/Task/Create",
@@ -175,7 +214,7 @@ def _form_values(spec) -> dict[str, str]:
         "HttpRequestUrl": http.RequestUrl if http else "", "HttpMethod": http.Method if http else "GET",
         "HttpContentType": http.ContentType if http else "", "HttpHeaders": (http.Headers or "") if http else "",
         "HttpBody": (http.Body or "") if http else "",
-        "Executors": "\n".join(spec.Executors), "Keepers": "\n".join(map(str, spec.Keepers)),
-        "Nexts": "\n".join(spec.Nexts), "RunNow": "false",
+        "Executors": "\n".join(spec.Executors), "Keepers": [str(k) for k in spec.Keepers],
+        "Nexts": list(spec.Nexts), "RunNow": "false",
     }
 

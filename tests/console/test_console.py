@@ -164,6 +164,13 @@ def test_the_task_list_filters_by_title_and_status(system, receiver):
     assert client.get("/tasks/not-a-guid").status_code == 404
     assert client.get(f"/tasks/{uuid.uuid4()}").status_code == 404
 
+    # the running task's runs are on its page, each with its log lines
+    page = wait_until(lambda: "run-logs" in (html := client.get(f"/tasks/{running}").text) and html, timeout=60)
+    logs_path = re.search(r'href="(/tasks/[0-9a-f-]{36}/runs/[0-9a-f-]{36})" class="run-logs"', page).group(1)
+    logs = wait_until(lambda: "<code>" in (html := client.get(logs_path).text) and html, timeout=60)
+    assert 'id="run-logs"' in logs
+    assert client.get(f"/tasks/{running}/runs/not-a-guid").status_code == 404
+
 
 def test_the_cron_preview_lists_the_next_five_fire_times(system):
     client = sign_in(system)
@@ -382,3 +389,27 @@ def test_accounts_settings_log_and_ones_own_password(system, receiver):
     # the system log lists run logs; a bad filter is said, not a 500
     assert admin.get("/log").status_code == 200
     assert admin.get("/log", params={"startDate": "yesterday"}).status_code == 400
+
+
+def test_keepers_and_children_are_chosen_by_name(system, receiver):
+    child_title = f"child {uuid.uuid4().hex[:6]}"
+    child = system.post("Create", data=task_form(receiver, child_title)).json()["Data"]
+    client = sign_in(system)
+    form = client.get("/tasks/new").text
+    assert re.search(rf'<option value="{child}"\s*>{child_title}</option>', form)
+    assert re.search(r'name="Keepers" value="1"\s*>\s*超级管理员 \(admin\)', form)
+    made = client.post("/tasks/new", data={"csrf": csrf_of(client), **task_form(receiver, "a parent"),
+                                           "Keepers": "1", "Nexts": child})
+    assert made.status_code == 303, made.text
+    parent = made.headers["location"].rsplit("/", 1)[1]
+    spec = system.pf("GET", f"/deployments/{parent}").json()["parameters"]["task"]
+    assert spec["Nexts"] == [child] and spec["Keepers"] == [1]
+    edit = client.get(f"/tasks/{parent}/edit").text
+    assert re.search(rf'<option value="{child}"\s*selected>', edit)
+    assert re.search(r'name="Keepers" value="1"\s*checked>', edit)
+    # a child that is no task is refused beside the field, nothing written
+    missing = str(uuid.uuid4())
+    bad = client.post("/tasks/new", data={"csrf": csrf_of(client), **task_form(receiver, "orphan parent"),
+                                          "Nexts": missing})
+    assert bad.status_code == 400
+    assert re.search(r'id="field-Nexts">.*?class="error">子任务不存在', bad.text, re.S)
