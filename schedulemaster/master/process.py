@@ -98,6 +98,17 @@ async def run_queue_readiness(settings: Settings) -> None:
         await queue_readiness.run(client, settings.work_pool)
 
 
+async def run_pool_nodes(settings: Settings, engine) -> None:
+    """Keep the nodes' table in the work pool's description (schedulemaster/master/pool_nodes.py)."""
+    from prefect.client.orchestration import get_client
+
+    from schedulemaster.master import pool_nodes
+
+    async with get_client() as client:
+        await wait_for_prefect(client, timeout=600)
+        await pool_nodes.run(client, settings.work_pool, engine)
+
+
 def prefect_ui_of(settings: Settings) -> str:
     """Where the Prefect UI is, for the console's links: its API's URL without ``/api``."""
     url = settings.prefect_api_url.rstrip("/")
@@ -202,6 +213,7 @@ async def serve_master(settings: Settings) -> None:
     mailing = asyncio.create_task(mailer.run(), name="keeper-mail")
     failover = asyncio.create_task(run_failover(settings, store.engine, mailer.task_failed, activity), name="failover")
     readiness = asyncio.create_task(run_queue_readiness(settings), name="queue-readiness")
+    pool_table = asyncio.create_task(run_pool_nodes(settings, store.engine), name="pool-nodes")
     await asyncio.sleep(0)
     tasks.append(asyncio.create_task(servers[1].serve()))
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -211,6 +223,7 @@ async def serve_master(settings: Settings) -> None:
     mailing.cancel()
     failover.cancel()
     readiness.cancel()
+    pool_table.cancel()
     for t in done:
         if t.exception():
             raise t.exception()

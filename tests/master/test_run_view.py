@@ -12,6 +12,7 @@ import pytest
 
 from schedulemaster.coordination.wire import Firing
 from schedulemaster.deployments.tasks import run_name
+from schedulemaster.master.pool_nodes import nodes_summary
 from schedulemaster.master.queue_readiness import queues_read
 from schedulemaster.master.record_api import run_message, run_tags
 
@@ -71,6 +72,30 @@ def test_firing_runs_read_by_title_node_and_answer(system, receiver):
         assert once[0]["name"].startswith(f"{title} · run once ")
     finally:
         system.post("Stop", data={"id": task_id})
+
+
+def test_the_nodes_summary_says_each_nodes_facts():
+    from types import SimpleNamespace as NS
+
+    workers = [NS(name="b;x\ny", status="ONLINE"), NS(name="a", status="OFFLINE")]
+    infos = {"a": NS(priority=3, max_concurrency=7, host="m1")}
+    assert nodes_summary(workers, {"a"}, infos, {"a": 2}).endswith(
+        ": a (offline, disabled (休息), priority 3, max concurrency 7, running firings 2, machine m1); "
+        "b,x y (online, enabled, running firings 0).")
+    assert nodes_summary([], set(), {}, {}).endswith("none has registered.")
+
+
+@pytest.mark.e2e
+def test_the_work_pools_page_lists_the_nodes(system):
+    """Prefect's Workers tab has no field for a node's priority, max concurrency, enabled flag or
+    running firings: the pool's description (shown on its page) has them."""
+    system.wait_node()
+
+    def description() -> str:
+        return system.pf("GET", "/work_pools/schedulemaster").json()["description"] or ""
+
+    text = wait_until(lambda: "worker1 (online, enabled, priority " in (d := description()) and d, timeout=60)
+    assert re.search(r"worker1 \(online, enabled, priority \d+, max concurrency \d+, running firings \d+", text)
 
 
 @pytest.mark.e2e
