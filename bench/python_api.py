@@ -68,13 +68,13 @@ def bench_decorations(n: int) -> dict[str, list[float]]:
 def plain_prefect_read(conn, page: int = 200) -> int:
     """Every run of the tasks' flow through Prefect's client: the same filter, sort and
     page size ``sm.runs()`` uses, without building a DataFrame."""
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterTags
     from prefect.client.schemas.sorting import FlowRunSort
 
     client = conn.prefect()
     n, offset = 0, 0
     while True:
-        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["schedulemaster-task"])),
+        runs = client.read_flow_runs(flow_filter=FlowFilter(tags=FlowFilterTags(all_=["schedulemaster"])),
                                      sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=page, offset=offset)
         n += len(runs)
         if len(runs) < page:

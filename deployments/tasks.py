@@ -27,6 +27,8 @@ from schedulemaster.deployments.spec import TaskSpec, spec_of
 
 TAG = "schedulemaster"
 STOPPED_TAG = "sm:stopped"
+#: the flow of a deleted task (kept with its runs)
+DELETED_TAG = "sm:deleted"
 EXECUTOR_TAG = "sm:executor:"
 FLOW_NAME = "schedulemaster-task"
 ENTRYPOINT = "schedulemaster.flows.task_flow.run_task"
@@ -46,8 +48,8 @@ INCARNATION_LABEL = "schedulemaster.incarnation"
 #: success unless Http_FailOnNon2xx), so both read in Prefect's run lists at a glance
 NODE_TAG = "node:"
 HTTP_TAG = "http:"
-#: what a run's name holds: the task's title first (every task runs the same flow, so lists,
-#: the dashboard and a parent's run graph read by title), then what the run is
+#: what a run's name holds: the task's title first (lists and a parent's run graph read by
+#: title), then what the run is
 RUN_NAME_TITLE = 80
 
 
@@ -189,10 +191,11 @@ class TaskRepository:
         from prefect.server.schemas.statuses import DeploymentStatus
 
         async with self._write() as session:
-            flow_id, queue_id = await self._flow_and_queue(session, work_pool)
+            queue_id = await self._tasks_queue(session, work_pool)
             D = self.db.Deployment
             if (await session.execute(sa.select(D.id).where(D.id == task_id))).first() is not None:
                 raise ValueError(f"a task with id {task_id} already exists")
+            flow_id = await self._own_flow(session, spec.Title, task_id)
             name = await self._unique_name(session, flow_id, spec.Title, task_id)
             dep = schemas.core.Deployment(
                 id=task_id, name=name, flow_id=flow_id, paused=status != Status.Running,
@@ -247,16 +250,12 @@ class TaskRepository:
                     changed += 1
         return changed
 
-    async def _flow_and_queue(self, session, work_pool: str) -> tuple[uuid.UUID, uuid.UUID]:
-        """The task flow's id and the tasks queue's, made when missing (two indexed reads;
-        Prefect's upsert and lookup helpers cost 8 ms a Create)."""
-        from prefect.server import models, schemas
+    async def _tasks_queue(self, session, work_pool: str) -> uuid.UUID:
+        """The tasks queue's id, made when missing (an indexed read; Prefect's lookup helper
+        costs milliseconds a Create)."""
         from prefect.server.api.workers import WorkerLookups
 
         db = self.db
-        flow_id = (await session.execute(sa.select(db.Flow.id).where(db.Flow.name == FLOW_NAME))).scalar()
-        if flow_id is None:
-            flow_id = (await models.flows.create_flow(session=session, flow=schemas.core.Flow(name=FLOW_NAME))).id
         queue_id = (await session.execute(
             sa.select(db.WorkQueue.id).join(db.WorkPool, db.WorkQueue.work_pool_id == db.WorkPool.id)
             .where(db.WorkPool.name == work_pool, db.WorkQueue.name == TASKS_QUEUE))).scalar()
@@ -264,7 +263,49 @@ class TaskRepository:
             queue_id = await WorkerLookups()._get_work_queue_id_from_name(
                 session=session, work_pool_name=work_pool, work_queue_name=TASKS_QUEUE,
                 create_queue_if_not_found=True)
-        return flow_id, queue_id
+        return queue_id
+
+    async def _own_flow(self, session, title: str, task_id: uuid.UUID) -> uuid.UUID:
+        """The task's own flow, with the task's id, named by its title (a name another flow
+        holds gets the id's first 8 characters): Prefect's Flows page is then the task list and
+        its dashboard groups runs and failures by task. Tagged TAG (sm.runs() finds task runs by it)."""
+        F = self.db.Flow
+        name = await self._flow_name(session, title, task_id)
+        if (await session.execute(sa.select(F.id).where(F.id == task_id))).first() is not None:
+            # a task made again with its old id (an import after a delete): its history's flow
+            await session.execute(sa.update(F).where(F.id == task_id).values(name=name, tags=[TAG]))
+        else:
+            await session.execute(sa.insert(F.__table__), dict(id=task_id, name=name, tags=[TAG], labels={}))
+        return task_id
+
+    async def _flow_name(self, session, title: str, task_id: uuid.UUID) -> str:
+        """Flow names are unique in Prefect: the title, or the title and the id's start."""
+        F = self.db.Flow
+        name = clean_name(title)
+        holder = (await session.execute(sa.select(F.id).where(F.name == name))).scalar_one_or_none()
+        return name if holder is None or holder == task_id else f"{name} ({str(task_id)[:8]})"
+
+    async def own_flows(self, batch: int = 200) -> int:
+        """Give each task written before tasks had their own flow its flow, and move its runs
+        there (Prefect's runs hang on a flow; an older version put every task in one,
+        FLOW_NAME). Run at the master's start; returns how many tasks moved. That shared flow
+        keeps the runs of tasks deleted before, tagged TAG so sm.runs() still finds them."""
+        D, F, R = self.db.Deployment, self.db.Flow, self.db.FlowRun
+        moved = 0
+        async with self._write() as session:
+            await session.execute(sa.update(F).where(F.name == FLOW_NAME).values(tags=[TAG]))
+        while True:
+            async with self._write() as session:
+                rows = (await session.execute(sa.select(D.id, D.name, D.parameters).where(
+                    self._tagged(), D.flow_id != D.id).limit(batch))).all()
+                for row in rows:
+                    title = ((row.parameters or {}).get("task") or {}).get("Title") or row.name
+                    await self._own_flow(session, title, row.id)
+                    await session.execute(sa.update(D).where(D.id == row.id).values(flow_id=row.id, updated=D.updated))
+                    await session.execute(sa.update(R).where(R.deployment_id == row.id).values(flow_id=row.id))
+            moved += len(rows)
+            if len(rows) < batch:
+                return moved
 
     async def _unique_name(self, session, flow_id: uuid.UUID, title: str, task_id: uuid.UUID) -> str:
         """Deployments are upserted by (flow, name): a clash would overwrite another task."""
@@ -425,12 +466,15 @@ class TaskRepository:
         deployment's schedules in several ORM round trips: most of a Start or a Pause)."""
         async with self._write() as session:
             await self._update(session, task_id, spec, status, _schedule_changed(previous, spec))
-            if rename:  # Prefect's API cannot rename a deployment; the title is its name
+            if rename:  # Prefect's API cannot rename a deployment; the title is its name, and its flow's
                 flow_id = (await session.execute(sa.select(self.db.Deployment.flow_id).where(
                     self.db.Deployment.id == task_id))).scalar_one()
                 name = await self._unique_name(session, flow_id, spec.Title, task_id)
                 await session.execute(sa.update(self.db.Deployment).where(
                     self.db.Deployment.id == task_id).values(name=name))
+                if flow_id == task_id:
+                    await session.execute(sa.update(self.db.Flow).where(self.db.Flow.id == task_id).values(
+                        name=await self._flow_name(session, spec.Title, task_id)))
 
     async def _update(self, session, task_id: uuid.UUID, spec: TaskSpec, status: Status,
                       schedule: bool = True) -> None:
@@ -518,14 +562,14 @@ class TaskRepository:
 
     async def _related(self, session, flow_id: uuid.UUID, queue_id: uuid.UUID | None) -> list[dict[str, str]]:
         """What prefect.server.models.events._deployment_related_resources lists, kept for
-        Prefect's related-resource cache TTL as Prefect keeps a flow run's (every task shares
-        its flow, queue and pool)."""
+        Prefect's related-resource cache TTL as Prefect keeps a flow run's (one entry a task:
+        its own flow, the shared queue and pool)."""
         global _RELATED
         if _RELATED is None:
             from cachetools import TTLCache
             from prefect.settings import PREFECT_API_EVENTS_RELATED_RESOURCE_CACHE_TTL
 
-            _RELATED = TTLCache(maxsize=1000, ttl=PREFECT_API_EVENTS_RELATED_RESOURCE_CACHE_TTL.value().total_seconds())
+            _RELATED = TTLCache(maxsize=20_000, ttl=PREFECT_API_EVENTS_RELATED_RESOURCE_CACHE_TTL.value().total_seconds())
         key = (id(self.db), flow_id, queue_id)
         if (known := _RELATED.get(key)) is None:
             known = _RELATED[key] = await self._read_related(session, flow_id, queue_id)
@@ -558,6 +602,9 @@ class TaskRepository:
                 nexts = [n for n in parent.spec.Nexts if n != str(task_id)]
                 await self._update(session, parent.id, parent.spec.model_copy(update={"Nexts": nexts}),
                                    parent.status, schedule=False)
+            # its flow stays (Prefect would delete its runs with it), marked, with the history
+            await session.execute(sa.update(self.db.Flow).where(self.db.Flow.id == task_id).values(
+                tags=[TAG, DELETED_TAG]))
             return await models.deployments.delete_deployment(session=session, deployment_id=task_id)
 
     async def run_stats_of(self, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[int, datetime | None]]:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from schedulemaster.coordination import wire
 from schedulemaster.deployments import plan, quartz
-from schedulemaster.deployments.tasks import FLOW_NAME, NODE_QUEUE_PREFIX, STATUS_NAMES, Status, TaskRecord, record_of
+from schedulemaster.deployments.tasks import NODE_QUEUE_PREFIX, STATUS_NAMES, TAG, Status, TaskRecord, record_of
 from schedulemaster.notebook.connection import Connection, current, prefect_errors
 from schedulemaster.notebook.legacy_client import LegacyNotFound
 from schedulemaster.notebook.lookup import HasId, read_spec, task_id_of
@@ -182,7 +182,7 @@ def iter_runs(task: HasId | str | None = None, since: Any = None, until: Any = N
               conn: Connection | None = None) -> Iterator[list[Any]]:
     """Pages of Prefect flow runs of tasks, newest scheduled instant first."""
     from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterId, FlowFilter,
-                                                FlowFilterName, FlowRunFilter, FlowRunFilterExpectedStartTime,
+                                                FlowFilterTags, FlowRunFilter, FlowRunFilterExpectedStartTime,
                                                 FlowRunFilterState, FlowRunFilterStateType,
                                                 FlowRunFilterTags)
     from prefect.client.schemas.objects import StateType
@@ -204,7 +204,7 @@ def iter_runs(task: HasId | str | None = None, since: Any = None, until: Any = N
         if state else None)
     dep_filter = DeploymentFilter(id=DeploymentFilterId(any_=[UUID(task_id)])) if task_id else None
     client = conn.prefect()
-    flows = FlowFilter(name=FlowFilterName(any_=[FLOW_NAME]))
+    flows = FlowFilter(tags=FlowFilterTags(all_=[TAG]))  # each task's own flow (deployments/tasks.py)
 
     def read(limit: int, offset: int) -> list[Any]:
         return client.read_flow_runs(flow_filter=flows, deployment_filter=dep_filter, flow_run_filter=run_filter,

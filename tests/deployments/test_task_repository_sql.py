@@ -68,9 +68,39 @@ async def main():
     assert len({before, created, await repo.change_token()}) == 3
     assert (await repo.rows([a, uuid.uuid4()]))[1][0].id == a
     assert await repo.mark_ready() == 0  # created READY and never polled
-    # the status in words among the tags: written with the task, and added to one written without it
-    D = db.Deployment
+    # the console's status filter (the stopped tag, then the paused flag), as status_of reads them
+    assert [r.id for r in (await repo.page(None, 0, 10, Status.Running))[1]] == [a]
+    assert {r.id for r in (await repo.page(None, 0, 10, Status.Stop))[1]} == {b, c2}
+    assert (await repo.page(None, 0, 10, Status.Paused))[0] == 0
+    # each task its own flow, with its id, named by its title; a taken name gets the id's start
     import sqlalchemy as sa
+    F, D, R = db.Flow, db.Deployment, db.FlowRun
+    b2 = uuid.uuid4()
+    await repo.create(b2, spec("beta"), "schedulemaster", schema)
+
+    async def flows():
+        async with db.session_context() as s:
+            return {r.id: (r.name, r.tags) for r in (await s.execute(sa.select(F.id, F.name, F.tags))).all()}
+
+    names = await flows()
+    assert names[a] == ("alpha 100_", ["schedulemaster"]) and names[b][0] == "beta", names
+    assert names[b2][0] == f"beta ({str(b2)[:8]})" and names[c] == ("Alpha", ["schedulemaster", "sm:deleted"]), names
+    await repo.write(b2, spec("beta two"), Status.Stop, rename=True)
+    assert (await flows())[b2][0] == "beta two"
+    # a task of an older version, on the one shared flow, with a run: moved to its own flow
+    old = uuid.uuid4()
+    await repo.create(old, spec("old"), "schedulemaster", schema)
+    async with db.session_context(begin_transaction=True) as s:
+        shared = await models.flows.create_flow(session=s, flow=schemas.core.Flow(name="schedulemaster-task"))
+        await s.execute(sa.update(D).where(D.id == old).values(flow_id=shared.id))
+        run = await models.flow_runs.create_flow_run(session=s, flow_run=schemas.core.FlowRun(
+            flow_id=shared.id, deployment_id=old, name="old run"))
+    assert await repo.own_flows(batch=1) == 1 and await repo.own_flows() == 0
+    async with db.session_context() as s:
+        assert (await s.execute(sa.select(D.flow_id).where(D.id == old))).scalar_one() == old
+        assert (await s.execute(sa.select(R.flow_id).where(R.id == run.id))).scalar_one() == old
+    assert (await flows())[shared.id][1] == ["schedulemaster"]  # the deleted tasks' runs stay findable
+    # the status in words among the tags: written with the task, and added to one written without it
     async with db.session_context(begin_transaction=True) as s:
         await s.execute(sa.update(D).where(D.id == b).values(tags=["schedulemaster", "sm:executor:w1", "mine"]))
     assert await repo.mark_status_words() == 1 and await repo.mark_status_words() == 0

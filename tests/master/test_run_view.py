@@ -158,11 +158,21 @@ def test_the_schedule_is_on_exactly_while_the_task_runs_and_prefect_creates_no_r
 
 
 @pytest.mark.e2e
-def test_a_deleted_tasks_runs_are_found_by_its_title(system, receiver):
+def test_a_deleted_tasks_runs_are_found_by_its_title_and_its_flow(system, receiver):
+    """Each task is its own flow (Prefect's Flows page is the task list, its dashboard groups by
+    task); a deleted task's flow stays, marked, with its runs."""
     title = f"gone {uuid.uuid4().hex[:8]}"
     task_id = system.create_http(receiver.url("/view/gone"), cron="* * * * * ?", Title=title, RunNow="true")
-    wait_until(lambda: system.flow_runs(task_id, 5), timeout=60)
-    system.post("Stop", data={"id": task_id})
+    runs = wait_until(lambda: system.flow_runs(task_id, 5), timeout=60)
+    assert {r["flow_id"] for r in runs} == {task_id}
+    flow = system.pf("GET", f"/flows/{task_id}").json()
+    assert flow["name"] == title and flow["tags"] == ["schedulemaster"]
+    system.post("Stop", data={"id": task_id})  # a task is edited stopped
+    form = {"Id": task_id, "MetaType": "2", "RunLoop": "true", "CronExpression": "* * * * * ?",
+            "HttpRequestUrl": receiver.url("/view/gone"), "HttpMethod": "POST"}
+    assert system.post("Edit", data={**form, "Title": title + " renamed"}).json()["Success"]
+    assert system.pf("GET", f"/flows/{task_id}").json()["name"] == title + " renamed"
+    assert system.post("Edit", data={**form, "Title": title}).json()["Success"]
     assert system.post("Delete", data={"id": task_id}).json()["Success"]
 
     def by_title() -> list[dict]:  # what the UI's "Search by flow run name" asks
@@ -173,6 +183,7 @@ def test_a_deleted_tasks_runs_are_found_by_its_title(system, receiver):
     runs = wait_until(by_title, timeout=30)
     assert all(r["name"].startswith(f"{title} · ") for r in runs)
     assert system.pf("GET", f"/deployments/{task_id}").status_code == 404
+    assert system.pf("GET", f"/flows/{task_id}").json()["tags"] == ["schedulemaster", "sm:deleted"]
 
 
 @pytest.mark.e2e

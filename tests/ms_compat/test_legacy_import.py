@@ -73,9 +73,10 @@ def deployment(system: System, task_id: str) -> dict:
 
 
 def task_count(system: System) -> int:
-    """Deployments of the task flow (the dispatcher's deployment is tagged schedulemaster too)."""
+    """Deployments of tasks: each on its own flow, tagged (the dispatcher's deployment is tagged
+    schedulemaster too, its flow is not)."""
     r = system.pf("POST", "/deployments/count", json={
-        "deployments": {"tags": {"all_": ["schedulemaster"]}}, "flows": {"name": {"any_": ["schedulemaster-task"]}}})
+        "deployments": {"tags": {"all_": ["schedulemaster"]}}, "flows": {"tags": {"all_": ["schedulemaster"]}}})
     return r.json()
 
 
