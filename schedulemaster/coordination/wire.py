@@ -187,6 +187,8 @@ class FiringRecord(BaseModel):
     #: the run's ``fire`` parameter: node, times, lateness, status code, parent
     fire: dict = Field(default_factory=dict)
     parent_firing_id: str | None = Field(default=None, max_length=200)
+    #: the parent's task: its runs are on that task's own flow, where the link looks
+    parent_task_id: UUID | None = None
     logs: list[FiringLog] = Field(default_factory=list, max_length=MAX_LOGS_PER_FIRING)
 
 
@@ -227,6 +229,7 @@ class Firing:
     logs: list[tuple[int, str, datetime]] = field(default_factory=list)
     zone: str = "UTC"  # the task's time zone, for the run's name
     parent: str | None = None  # the parent's firing id when a Next triggered this firing
+    parent_task: UUID | None = None  # ... and the parent's task
 
     @property
     def lateness_ms(self) -> float:
@@ -243,6 +246,6 @@ class Firing:
                   "started": self.started.isoformat(), "finished": self.finished.isoformat(),
                   "lateness_ms": round(self.lateness_ms, 1), "status_code": self.status_code,
                   "ok": self.ok, "parent": self.parent},
-            parent_firing_id=self.parent,
+            parent_firing_id=self.parent, parent_task_id=self.parent_task,
             logs=[FiringLog(level=level, message=msg[:20_000], timestamp=ts)
                   for level, msg, ts in self.logs[:MAX_LOGS_PER_FIRING]])

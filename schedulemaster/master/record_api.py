@@ -180,8 +180,11 @@ async def _link_to_parent(session, dep, r: FiringRecord):
     from prefect.server.database import provide_database_interface
 
     db = provide_database_interface()
-    parent_run = (await session.execute(sa.select(db.FlowRun.id).where(
-        db.FlowRun.flow_id == dep.flow_id, db.FlowRun.idempotency_key == r.parent_firing_id))).scalar_one_or_none()
+    # the parent's runs are on its own flow (its task id); an older node does not say which
+    # task that is, and a parent of an older version may still be on this run's flow
+    flows = [f for f in (r.parent_task_id, dep.flow_id) if f is not None]
+    parent_run = (await session.execute(sa.select(db.FlowRun.id).where(   # the (flow, key) index
+        db.FlowRun.flow_id.in_(flows), db.FlowRun.idempotency_key == r.parent_firing_id).limit(1))).scalar()
     if parent_run is None:
         return None
     task_run = await models.task_runs.create_task_run(session, schemas.core.TaskRun(

@@ -513,8 +513,8 @@ class FiringLoop:
                 delay = min(delay * 2, 5.0)
 
     async def fire(self, entry: Entry, at: datetime, *, previous_result: Any = None,
-                   parent: str | None = None, fid: str | None = None, why_late: str | None = None,
-                   claimed: bool = False) -> None:
+                   parent: str | None = None, parent_task: uuid.UUID | None = None, fid: str | None = None,
+                   why_late: str | None = None, claimed: bool = False) -> None:
         title = entry.spec.Title
         fid = fid or firing_id(entry.task_id, at)
         t0 = utcnow()
@@ -578,7 +578,7 @@ class FiringLoop:
         self.claimer.fired(fid, out.ok)
         self.recorder.add(Firing(entry.task_id, fid, title, at, started, finished, out.ok, out.message,
                                  self.node, getattr(out, "status_code", None), logs,
-                                 zone=entry.spec.TimeZone, parent=parent))
+                                 zone=entry.spec.TimeZone, parent=parent, parent_task=parent_task))
         if out.ok and entry.spec.Nexts:
             await self.trigger_children(entry, fid, getattr(out, "result", None))
 
@@ -589,7 +589,8 @@ class FiringLoop:
             child = self.book.get(cid)
             try:
                 if child is not None:
-                    self._spawn(self.fire(child, utcnow(), previous_result=result, parent=fid, fid=cfid))
+                    self._spawn(self.fire(child, utcnow(), previous_result=result, parent=fid,
+                                          parent_task=entry.task_id, fid=cfid))
                     continue
                 rec = await chain.running_child(self.client, cid)
                 if rec is None:
