@@ -20,7 +20,7 @@ from enum import IntEnum
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 
 from schedulemaster.deployments.prefect_schedule import display_schedule
 from schedulemaster.deployments.spec import TaskSpec, spec_of
@@ -195,8 +195,8 @@ class TaskRepository:
             D = self.db.Deployment
             if (await session.execute(sa.select(D.id).where(D.id == task_id))).first() is not None:
                 raise ValueError(f"a task with id {task_id} already exists")
-            flow_id = await self._own_flow(session, spec.Title, task_id)
-            name = await self._unique_name(session, flow_id, spec.Title, task_id)
+            flow_id, flow_name = task_id, await self._own_flow(session, spec.Title, task_id)
+            name = clean_name(spec.Title)  # unique: the flow is the task's own
             dep = schemas.core.Deployment(
                 id=task_id, name=name, flow_id=flow_id, paused=status != Status.Running,
                 parameters={"task": spec.wire()}, tags=tags_for(spec, status),
@@ -217,7 +217,8 @@ class TaskRepository:
                 await session.execute(sa.insert(self.db.DeploymentSchedule.__table__), dict(
                     deployment_id=task_id, schedule=shown.schedule, active=status == Status.Running, slug=shown.slug,
                     parameters={}))
-            await self._emit(session, "prefect.deployment.created", task_id, name, flow_id, queue_id)
+            await self._emit(session, "prefect.deployment.created", task_id, name, flow_id, queue_id,
+                             flow_name=flow_name)
 
     async def mark_ready(self) -> int:
         """Every task deployment READY, never polled: how Prefect's UI shows a deployment that
@@ -265,18 +266,25 @@ class TaskRepository:
                 create_queue_if_not_found=True)
         return queue_id
 
-    async def _own_flow(self, session, title: str, task_id: uuid.UUID) -> uuid.UUID:
+    async def _own_flow(self, session, title: str, task_id: uuid.UUID) -> str:
         """The task's own flow, with the task's id, named by its title (a name another flow
         holds gets the id's first 8 characters): Prefect's Flows page is then the task list and
-        its dashboard groups runs and failures by task. Tagged TAG (sm.runs() finds task runs by it)."""
+        its dashboard groups runs and failures by task. Tagged TAG (sm.runs() finds task runs by
+        it). Returns the flow's name."""
         F = self.db.Flow
+        name = clean_name(title)
+        # one statement when the id and the name are free (nearly always)
+        insert = (postgresql.insert if self.db.dialect.name == "postgresql" else sqlite.insert)(F.__table__)
+        made = await session.execute(insert.values(id=task_id, name=name, tags=[TAG], labels={}).on_conflict_do_nothing())
+        if made.rowcount == 1:
+            return name
         name = await self._flow_name(session, title, task_id)
         if (await session.execute(sa.select(F.id).where(F.id == task_id))).first() is not None:
             # a task made again with its old id (an import after a delete): its history's flow
             await session.execute(sa.update(F).where(F.id == task_id).values(name=name, tags=[TAG]))
         else:
             await session.execute(sa.insert(F.__table__), dict(id=task_id, name=name, tags=[TAG], labels={}))
-        return task_id
+        return name
 
     async def _flow_name(self, session, title: str, task_id: uuid.UUID) -> str:
         """Flow names are unique in Prefect: the title, or the title and the id's start."""
@@ -475,6 +483,8 @@ class TaskRepository:
                 if flow_id == task_id:
                     await session.execute(sa.update(self.db.Flow).where(self.db.Flow.id == task_id).values(
                         name=await self._flow_name(session, spec.Title, task_id)))
+                    if _RELATED is not None:  # the events' related flow: read again
+                        _RELATED.pop((id(self.db), "flow", task_id), None)
 
     async def _update(self, session, task_id: uuid.UUID, spec: TaskSpec, status: Status,
                       schedule: bool = True) -> None:
@@ -543,7 +553,8 @@ class TaskRepository:
                              before.work_queue_id, {"updated_fields": list(changed), "updates": changed})
 
     async def _emit(self, session, name: str, task_id: uuid.UUID, title: str, flow_id: uuid.UUID,
-                    queue_id: uuid.UUID | None, payload: dict[str, Any] | None = None) -> None:
+                    queue_id: uuid.UUID | None, payload: dict[str, Any] | None = None,
+                    flow_name: str | None = None) -> None:
         """The event Prefect's create/update_deployment emits, with its related flow, work queue
         and work pool read in one query: Prefect reads them as three ORM objects with their
         relationships (about 5 % of the master's CPU while creating tasks, py-spy, inside the write
@@ -556,32 +567,40 @@ class TaskRepository:
         event = Event(occurred=now("UTC"), event=name, id=uuid7(),
                       resource={"prefect.resource.id": f"prefect.deployment.{task_id}",
                                 "prefect.resource.name": title},
-                      related=await self._related(session, flow_id, queue_id), payload=payload or {})
+                      related=await self._related(session, flow_id, queue_id, flow_name), payload=payload or {})
         async with PrefectServerEventsClient() as events:
             await events.emit(event)
 
-    async def _related(self, session, flow_id: uuid.UUID, queue_id: uuid.UUID | None) -> list[dict[str, str]]:
+    async def _related(self, session, flow_id: uuid.UUID, queue_id: uuid.UUID | None,
+                       flow_name: str | None = None) -> list[dict[str, str]]:
         """What prefect.server.models.events._deployment_related_resources lists, kept for
-        Prefect's related-resource cache TTL as Prefect keeps a flow run's (one entry a task:
-        its own flow, the shared queue and pool)."""
+        Prefect's related-resource cache TTL as Prefect keeps a flow run's: the flow (each task's
+        own; its name given by a Create, which just wrote it) and the queue with its pool (one
+        for every task)."""
         global _RELATED
         if _RELATED is None:
             from cachetools import TTLCache
             from prefect.settings import PREFECT_API_EVENTS_RELATED_RESOURCE_CACHE_TTL
 
             _RELATED = TTLCache(maxsize=20_000, ttl=PREFECT_API_EVENTS_RELATED_RESOURCE_CACHE_TTL.value().total_seconds())
-        key = (id(self.db), flow_id, queue_id)
-        if (known := _RELATED.get(key)) is None:
-            known = _RELATED[key] = await self._read_related(session, flow_id, queue_id)
-        return [dict(r) for r in known]
-
-    async def _read_related(self, session, flow_id: uuid.UUID, queue_id: uuid.UUID | None) -> list[dict[str, str]]:
-        F, Q, P = self.db.Flow, self.db.WorkQueue, self.db.WorkPool
-        flow = (await session.execute(sa.select(F.id, F.name).where(F.id == flow_id))).first()
-        related = [] if flow is None else [{"prefect.resource.id": f"prefect.flow.{flow.id}",
-                                            "prefect.resource.name": flow.name, "prefect.resource.role": "flow"}]
+        F = self.db.Flow
+        flow_key = (id(self.db), "flow", flow_id)
+        if flow_name is not None:
+            _RELATED[flow_key] = [(flow_id, flow_name)]
+        if (flow := _RELATED.get(flow_key)) is None:
+            flow = _RELATED[flow_key] = (await session.execute(sa.select(F.id, F.name).where(F.id == flow_id))).all()
+        related = [{"prefect.resource.id": f"prefect.flow.{i}", "prefect.resource.name": n,
+                    "prefect.resource.role": "flow"} for i, n in flow]
         if queue_id is None:
             return related
+        queue_key = (id(self.db), "queue", queue_id)
+        if (queue := _RELATED.get(queue_key)) is None:
+            queue = _RELATED[queue_key] = await self._read_queue_related(session, queue_id)
+        return related + [dict(r) for r in queue]
+
+    async def _read_queue_related(self, session, queue_id: uuid.UUID) -> list[dict[str, str]]:
+        Q, P = self.db.WorkQueue, self.db.WorkPool
+        related = []
         row = (await session.execute(sa.select(Q.id, Q.name, P.id.label("pool_id"), P.name.label("pool"), P.type)
                                      .outerjoin(P, P.id == Q.work_pool_id).where(Q.id == queue_id))).first()
         if row is not None:
