@@ -68,8 +68,8 @@ class TaskPages:
                          "next": _fmt(service.next_run_time(rec)), "last": _fmt(service.to_local(last)),
                          "runs": count, "executors": ", ".join(rec.spec.Executors)})
         return self.c.render("tasks.html", request, visit.lang, visit=visit, rows=rows, total=total, page=page,
-                           pages=max(1, math.ceil(total / PAGE_SIZE)), title=title, status=status_word,
-                           may=self.may(visit))
+                             pages=max(1, math.ceil(total / PAGE_SIZE)), title=title, status=status_word,
+                             may=self.may(visit))
 
     @staticmethod
     def may(visit: Visit) -> dict[str, bool]:
@@ -96,15 +96,15 @@ class TaskPages:
         rec = await service.repo.read(task_id) if task_id else None
         if rec is None:
             return self.c.render("message.html", request, visit.lang, status_code=404, visit=visit,
-                               message=translator(visit.lang)("not_found"))
+                                 message=translator(visit.lang)("not_found"))
         entity = await service.entity(rec)
         traces = await self.c.caller.call(request, visit.user, "GET", "/api/Task/QueryTraces",
-                                        params={"id": str(task_id), "pageNumber": 1, "pageSize": 20})
+                                          params={"id": str(task_id), "pageNumber": 1, "pageSize": 20})
         ok, _m, _e = outcome(traces)
         runs = (traces.json().get("Data") or {}).get("rows", []) if ok else []
         return self.c.render("task.html", request, visit.lang, visit=visit, task=entity, spec=rec.spec, runs=runs,
-                           status=STATUS_WORDS.get(int(rec.status), "?"), may=self.may(visit),
-                           prefect_ui=self.c.prefect_ui)
+                             status=STATUS_WORDS.get(int(rec.status), "?"), may=self.may(visit),
+                             prefect_ui=self.c.prefect_ui)
 
     async def run_logs(self, request: Request) -> Response:
         """One run's log lines, oldest first (the original's 运行记录 → 日志)."""
@@ -136,7 +136,7 @@ class TaskPages:
                 rec = await self.c.service().repo.read(parse_uuid(task_id)) if parse_uuid(task_id) else None
                 if rec is None:
                     return self.c.render("message.html", request, visit.lang, status_code=404, visit=visit,
-                                       message=translator(visit.lang)("not_found"))
+                                         message=translator(visit.lang)("not_found"))
                 values = _form_values(rec.spec)
         accounts, nexts = await self.choices(task_id, values.get("Nexts") or [])
         return self.c.render("task_form.html", request, visit.lang, status_code=status_code, visit=visit,
@@ -176,7 +176,7 @@ class TaskPages:
         if task_id:
             fields.append(("Id", task_id))
         answer = await self.c.caller.call(request, visit.user, "POST", "/api/Task/Edit" if task_id else "/api/Task/Create",
-                                        form=fields)
+                                          form=fields)
         ok, message, errors = outcome(answer)
         if message == "forbidden":
             return self.c.forbidden(request, visit)
