@@ -11,7 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from schedulemaster.console.web import Visit, flash_to, outcome
+from schedulemaster.console.web import Visit, flash_to, outcome, parse_uuid
+from schedulemaster.deployments.tasks import record_of
 from schedulemaster.ms_compat import roles
 
 NODE_ACTIONS = ("enable", "disable", "delete")
@@ -163,8 +164,12 @@ class SystemPages:
         data, error = await self._read(request, visit, "/api/System/QueryLogs", {
             **{k: v for k, v in f.items() if v}, "pageNumber": page, "pageSize": LOG_PAGE})
         total = (data or {}).get("total", 0)
+        # a line of the dispatcher's own runs has a deployment that is no task: no task link
+        ids = {parse_uuid(row.get("ScheduleId")) for row in (data or {}).get("rows", [])} - {None}
+        rows = (await self.c.service().repo.rows(list(ids)))[1] if ids else []
+        tasks = {str(r.id) for r in (record_of(row) for row in rows) if r is not None}
         return self._page(request, visit, "log.html", data, error, f=f, page=page,
-                          pages=max(1, math.ceil(total / LOG_PAGE)), prefect_ui=self.c.prefect_ui)
+                          pages=max(1, math.ceil(total / LOG_PAGE)), prefect_ui=self.c.prefect_ui, tasks=tasks)
 
     # ---- one's own password -----------------------------------------------------
     async def password(self, request: Request) -> Response:

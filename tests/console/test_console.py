@@ -386,8 +386,17 @@ def test_accounts_settings_log_and_ones_own_password(system, receiver):
         httpx.post(f"{system.api}/api/System/SaveConfig", headers=AUTH, timeout=30,
                    data={"Email_FromAccountPwd": before["Email_FromAccountPwd"] or ""})
 
-    # the system log lists run logs; a bad filter is said, not a 500
-    assert admin.get("/log").status_code == 200
+    # the system log lists run logs, linking a task's lines to the task (not the dispatcher's);
+    # a bad filter is said, not a 500
+    task_id = system.post("Create", data=task_form(receiver, "logged", RunNow="true")).json()["Data"]
+    log = wait_until(lambda: f'href="/tasks/{task_id}"' in (html := admin.get("/log").text) and html, timeout=60)
+    system.post("Stop", data={"id": task_id})
+    linked = set(re.findall(r'href="/tasks/([0-9a-f-]{36})"', log))
+    assert task_id in linked
+    dispatcher = system.pf("GET", "/deployments/name/schedulemaster-delayed/dispatcher").json()["id"]
+    own = wait_until(lambda: "<code>" in (html := admin.get("/log", params={"taskId": dispatcher}).text) and html,
+                     timeout=60)  # the dispatcher's own lines: no link to a task page that is none
+    assert f'href="/tasks/{dispatcher}"' not in own
     assert admin.get("/log", params={"startDate": "yesterday"}).status_code == 400
 
 
