@@ -5,7 +5,7 @@ schedule with ``PATCH /api/deployments/{id}/schedules/{schedule id}`` (``active`
 client and CLI do; its older ``/deployments/{id}/pause_deployment`` and ``resume_deployment``
 endpoints do the same. For a task they
 all mean one thing, whether it runs, so after Prefect's own handler has answered 2xx (the
-caller passed Prefect's credential) the rest is made to agree: the schedule's switch, the
+caller passed Prefect's credential) the rest is made to agree, before the answer goes out: the schedule's switch, the
 pause flag and the status word among the tags (``TaskRepository.follow_ui_switch``). Any other
 request passes untouched.
 """
@@ -38,17 +38,21 @@ class FollowUiSwitches:
             match = _PATH.search(path) if method == "PATCH" else _POST_PATH.search(path) if method == "POST" else None
         if match is None:
             return await self.app(scope, receive, send)
-        status: list[int] = []
+        # The answer is held until the rest agrees: a caller that reads the task right after
+        # the 2xx must see it whole (sent first, a read could see the pause flag but not the
+        # status word). These answers are a few bytes.
+        held: list[dict] = []
 
-        async def observe(message):
-            if message["type"] == "http.response.start":
-                status.append(message["status"])
-            await send(message)
+        async def hold(message):
+            held.append(message)
 
-        await self.app(scope, receive, observe)
-        if status and 200 <= status[0] < 300:
+        await self.app(scope, receive, hold)
+        status = next((m["status"] for m in held if m["type"] == "http.response.start"), None)
+        if status is not None and 200 <= status < 300:
             try:
                 schedule_switched = match.re is _PATH and bool(match.group(2))
                 await TaskRepository().follow_ui_switch(uuid.UUID(match.group(1)), schedule_switched)
             except Exception:  # the UI's own change stands; the next switch or API call mends it
                 log.exception("following a UI switch of deployment %s failed", match.group(1))
+        for message in held:
+            await send(message)
