@@ -51,6 +51,17 @@ def policy_of(spec: TaskSpec | None) -> str:
     return value if value in POLICIES else DEFAULT_POLICY
 
 
+def taken_before_restart(run, info) -> bool:
+    """A worker-path run its worker took (Pending or Running, named by Prefect's worker label)
+    but never labelled with its incarnation, by a process older than the one now holding the
+    name: killed between taking it and labelling it. Its successor shares the name, so only the
+    times tell: the run's state is older than the new process."""
+    if info is None or (run.labels or {}).get(INCARNATION_LABEL):
+        return False
+    taken = getattr(run.state, "timestamp", None) if run.state is not None else None
+    return taken is not None and taken < info.started_at
+
+
 class Failover:
     def __init__(self, engine, client, work_pool: str, on_failure=None, activity=None):
         self.engine = engine
@@ -131,9 +142,12 @@ class Failover:
                 await self._record_lost(lost, why)
         for run in await self._held_runs():
             labels = run.labels or {}
-            if not labels.get("prefect.worker.name"):
+            if not (name := labels.get("prefect.worker.name")):
                 continue  # just claimed: the worker labels it before it runs it
-            why = gone(labels["prefect.worker.name"], labels.get(INCARNATION_LABEL))
+            why = gone(name, labels.get(INCARNATION_LABEL))
+            if why is None and taken_before_restart(run, nodes.get(name)):
+                why = (f"node {name} was restarted (a new process took its name at "
+                       f"{nodes[name].started_at:%H:%M:%S} UTC) after taking the run")
             if why is not None:
                 await self._run_orphaned(run, why)
 

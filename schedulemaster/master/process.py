@@ -183,8 +183,11 @@ async def serve_master(settings: Settings) -> None:
             log.info("%d task deployments marked ready (never polled: nodes fire them)", changed)
         if changed := await services["task"].repo.mark_status_words():
             log.info("%d task deployments given their status in words among their tags", changed)
-        if moved := await services["task"].repo.own_flows():
-            log.info("%d tasks given their own flow (their runs moved with them)", moved)
+        try:
+            if moved := await services["task"].repo.own_flows():
+                log.info("%d tasks given their own flow (their runs moved with them)", moved)
+        except Exception:  # the tasks still fire and record on the shared flow; the next start retries
+            log.exception("giving tasks of an older version their own flow failed")
         return services["task"]
 
     async def close() -> None:
