@@ -133,6 +133,7 @@ def run_up(settings: Settings, node_name: str = "worker1", maxc: int = 20, echo=
         host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "") else settings.api_host
         echo(f"ScheduleMaster is up in {time.monotonic() - t0:.1f} s  (data: {settings.data_dir.resolve()})")
         echo(f"  Prefect UI     http://127.0.0.1:{settings.prefect_port}/")
+        echo(f"  console        http://{host}:{settings.api_port}/   (sign in with a legacy account)")
         echo(f"  legacy API     http://{host}:{settings.api_port}/api/Task/QueryList?pageNumber=1&pageSize=10")
         echo("  default login  admin / 111111   (ms_auth_user: admin, ms_auth_secret: 811a5cb95196217ed3fda54cf73b9244)")
         echo(f"  executor node  {node_name}   time zone {settings.timezone}")

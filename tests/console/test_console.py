@@ -38,6 +38,13 @@ def count_tasks(system) -> int:
     return system.get("QueryList", {"pageNumber": 1, "pageSize": 1}).json()["total"]
 
 
+def test_up_says_where_the_console_is_and_it_asks_for_a_sign_in(system):
+    announced = re.search(r"console +(http://\S+)", "".join(system.output)).group(1)
+    assert announced.endswith(f":{system.api_port}/")
+    page = httpx.get(announced, follow_redirects=True, timeout=30)
+    assert page.status_code == 200 and page.url.path == "/login" and 'name="password"' in page.text
+
+
 def test_every_page_and_action_needs_a_session(system):
     anonymous = httpx.Client(base_url=system.api, timeout=30)
     for path in ("/", "/tasks", "/tasks/new", f"/tasks/{uuid.uuid4()}", f"/tasks/{uuid.uuid4()}/edit"):
