@@ -142,6 +142,9 @@ def create_app(store: Store, service_factory: Callable[[], Awaitable[TaskService
                   openapi_url=None, lifespan=lifespan)
 
     app.add_middleware(LegacyPipeline, auth=auth)
+    # the console (schedulemaster/console/app.py) signs in through the same check, so a
+    # (user, address) has one budget of failures whichever door it knocks on
+    app.state.authenticator = auth
 
     @app.exception_handler(StarletteHTTPException)
     async def http_errors(request: Request, exc: StarletteHTTPException):

@@ -58,7 +58,7 @@ class Console:
         self.store = store
         self.service_of = service_of
         self.prefect_ui = (prefect_ui or "").rstrip("/")
-        self.auth = Authenticator(store)
+        self.auth: Authenticator = legacy_app.state.authenticator
         self.caller = LegacyCaller(legacy_app)
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from schedulemaster.console.labels import translator
-from schedulemaster.console.web import flash_to, outcome, parse_uuid
+from schedulemaster.console.web import page_number, flash_to, outcome, parse_uuid
 from schedulemaster.ms_compat import roles
 from schedulemaster.store.delayed_store import ACTIONS_BY_STATUS
 
@@ -45,10 +45,7 @@ class DelayedPages:
         if visit is None:
             return self.c.to_login(request)
         filters = {k: request.query_params.get(k, "")[:100] for k in FILTERS}
-        try:
-            page = max(1, min(int(request.query_params.get("page", "1")), 100_000))
-        except ValueError:
-            page = 1
+        page = page_number(request, 100_000)
         answer = await self.c.caller.call(request, visit.user, "GET", "/api/DelayTask/QueryList", params={
             **{k: v for k, v in filters.items() if v}, "pageNumber": page, "pageSize": PAGE_SIZE})
         ok, message, errors = outcome(answer)

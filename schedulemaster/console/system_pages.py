@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from schedulemaster.console.web import Visit, flash_to, outcome, parse_uuid
+from schedulemaster.console.web import Visit, flash_to, outcome, page_number, parse_uuid, said
 from schedulemaster.deployments.tasks import record_of
 from schedulemaster.ms_compat import roles
 
@@ -47,7 +47,7 @@ class SystemPages:
         ok, message, errors = outcome(answer := await self.c.caller.call(request, visit.user, "GET", path,
                                                                          params=params))
         if not ok:
-            return None, message + "".join(f" · {k}: {' '.join(v)}" for k, v in errors.items())
+            return None, said(message, errors)
         return answer.json().get("Data"), ""
 
     def _page(self, request: Request, visit: Visit, template: str, data, error: str, **values):
@@ -93,10 +93,7 @@ class SystemPages:
         if visit is None:
             return self.c.to_login(request)
         name = request.query_params.get("name", "")[:50]
-        try:
-            page = max(1, min(int(request.query_params.get("page", "1")), 10_000))
-        except ValueError:
-            page = 1
+        page = page_number(request, 10_000)
         data, error = await self._read(request, visit, "/api/Account/QueryList",
                                        {"name": name, "pageNumber": page, "pageSize": ACCOUNT_PAGE})
         total = (data or {}).get("total", 0)
@@ -157,10 +154,7 @@ class SystemPages:
         if visit is None:
             return self.c.to_login(request)
         f = {k: request.query_params.get(k, "")[:40] for k in ("category", "startDate", "endDate", "taskId")}
-        try:
-            page = max(1, min(int(request.query_params.get("page", "1")), 100_000))
-        except ValueError:
-            page = 1
+        page = page_number(request, 100_000)
         data, error = await self._read(request, visit, "/api/System/QueryLogs", {
             **{k: v for k, v in f.items() if v}, "pageNumber": page, "pageSize": LOG_PAGE})
         total = (data or {}).get("total", 0)
@@ -187,7 +181,7 @@ class SystemPages:
         ok, message, errors = outcome(await self.c.caller.call(request, visit.user, "POST", "/api/Account/ChangePwd",
                                                                form=fields))
         if not ok:
-            error = message + "".join(f" · {k}: {' '.join(v)}" for k, v in errors.items())
-            return self.c.render("password.html", request, visit.lang, status_code=400, visit=visit, error=error)
+            return self.c.render("password.html", request, visit.lang, status_code=400, visit=visit,
+                                 error=said(message, errors))
         # the session was signed in with the old password: it has ended (console_sessions)
         return flash_to("/login", message, True)

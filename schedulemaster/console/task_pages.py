@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from schedulemaster.console.web import Visit, flash_to, outcome, parse_uuid
+from schedulemaster.console.web import page_number, Visit, flash_to, outcome, parse_uuid
 from schedulemaster.console.labels import STATUS_WORDS, translator
 from schedulemaster.deployments import quartz
 from schedulemaster.deployments.tasks import Status
@@ -54,10 +54,7 @@ class TaskPages:
         title = request.query_params.get("title", "")[:100].strip()
         status_word = request.query_params.get("status", "")
         status = {w: Status(n) for n, w in STATUS_WORDS.items()}.get(status_word)
-        try:
-            page = max(1, min(int(request.query_params.get("page", "1")), 100_000))
-        except ValueError:
-            page = 1
+        page = page_number(request, 100_000)
         total, records = await service.repo.page(title or None, (page - 1) * PAGE_SIZE, PAGE_SIZE, status)
         stats = await service.repo.run_stats_of([r.id for r in records])
         rows = []

@@ -84,6 +84,19 @@ def flash_to(url: str, message: str, ok: bool) -> RedirectResponse:
     return response
 
 
+def page_number(request: Request, most: int) -> int:
+    """The ``page`` query parameter, 1..most; anything else is page 1."""
+    try:
+        return max(1, min(int(request.query_params.get("page", "1")), most))
+    except ValueError:
+        return 1
+
+
+def said(message: str, errors: dict[str, list[str]]) -> str:
+    """A legacy answer's message with its field errors, as one line."""
+    return message + "".join(f" · {k}: {' '.join(v)}" for k, v in errors.items())
+
+
 def parse_uuid(text: str | None) -> uuid.UUID | None:
     try:
         return uuid.UUID(str(text))

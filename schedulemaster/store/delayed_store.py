@@ -437,6 +437,8 @@ class DelayedStore:
             before = dict(row)
             status = before["status"]
             release = {"claimedby": None, "leaseuntil": None}
+            if action not in ("void", "execute", "reset"):  # pragma: no cover - a programming error
+                raise ValueError(action)
             if action not in ACTIONS_BY_STATUS.get(status, ()):
                 return "state", before
             if action == "void":
@@ -449,15 +451,13 @@ class DelayedStore:
                     return "ok", before
                 values = {"status": DelayStatus.Ready, "dueat": now, "manual": status == DelayStatus.Failed,
                           **release}
-            elif action == "reset":
+            else:  # reset
                 if before["pattern"] == "Absolute":
                     due = max(now, before["delayabsolutetime"])
                 else:
                     due = now + timedelta(seconds=before["delaytimespan"])
                 values = {"status": DelayStatus.Ready, "dueat": due, "failedretrys": 0, "manual": False,
                           "finishtime": None, **release}
-            else:  # pragma: no cover - a programming error
-                raise ValueError(action)
             conn.execute(update(T).where(T.c.id == task_id).values(**values))
             return "ok", before
 
