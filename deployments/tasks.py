@@ -51,6 +51,15 @@ HTTP_TAG = "http:"
 #: what a run's name holds: the task's title first (lists and a parent's run graph read by
 #: title), then what the run is
 RUN_NAME_TITLE = 80
+#: the tag of a task's stand-in run: its next fire time as a Scheduled run, where Prefect's UI
+#: looks for what comes next (schedulemaster/master/upcoming.py); no firing, never run
+UPCOMING_TAG = "sm:upcoming"
+
+
+def upcoming_run_id(task_id: uuid.UUID | str) -> uuid.UUID:
+    """The id of a task's stand-in run (one per task, rewritten as its next instant moves):
+    fixed, so every run list can leave it out by id."""
+    return uuid.uuid5(uuid.UUID(str(task_id)), UPCOMING_TAG)
 
 
 def run_name(title: str, what: str) -> str:
@@ -134,7 +143,8 @@ def description_for(spec: TaskSpec) -> str:
     when = (f"Quartz cron `{spec.CronExpression}`" if spec.RunLoop
             else f"once at {spec.StartDate or 'start'}")
     lines = [f"ScheduleMaster {kind} task · {when} ({spec.TimeZone}) · schedule owned by the "
-             f"executor nodes (next fire times: QueryTaskDetail or `schedulemaster cron`)"]
+             f"executor nodes (the next fire time is the task's Upcoming run; more: QueryTaskDetail or "
+             f"`schedulemaster cron`)"]
     if spec.Remark:
         lines.insert(0, spec.Remark)
     return "\n\n".join(lines)

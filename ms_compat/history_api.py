@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Request
 
+from schedulemaster.deployments.tasks import upcoming_run_id
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat.binding import F, FormValues, page_bounds
 
@@ -62,7 +63,8 @@ class History:
         import sqlalchemy as sa
 
         fr = self.db.FlowRun
-        where = [fr.deployment_id == task_id]
+        # its stand-in for the next fire time (schedulemaster/master/upcoming.py) is no trace
+        where = [fr.deployment_id == task_id, fr.id != upcoming_run_id(task_id)]
         if result in RESULT_STATES:
             where.append(fr.state_type.in_(RESULT_STATES[result]))
         if start is not None:

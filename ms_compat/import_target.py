@@ -533,7 +533,7 @@ async def write_history(runs: list[HistoricalRun]) -> tuple[set[str], set[uuid.U
                 idempotency_key=r.firing_id, work_queue_name=dep.work_queue_name, work_queue_id=dep.work_queue_id,
                 expected_start_time=r.start, next_scheduled_start_time=r.start, start_time=r.start,
                 total_run_time=r.end - r.start, run_count=1, state=final), r))
-        inserted = {run.id for run in await bulk_runs.insert_finished_runs(
+        inserted = {run.id for run in await bulk_runs.insert_runs(
             session, [run for run, _ in candidates], {d.id: d.labels for d in deployments.values()})}
         kept = {r.firing_id for run, r in candidates if run.id not in inserted}
         logs = [schemas.actions.LogCreate(

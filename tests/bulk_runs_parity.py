@@ -98,9 +98,32 @@ async def main() -> dict:
     out["failed_only"] = {"recorded": (await record_api.record_firings(quiet, run_events="failed")).recorded,
                           "runs": sum([(await snapshot(db, r.firing_id, []))["runs"] for r in quiet]),
                           "events": [e.event for e in emitted]}
+    out["stand_in"] = await stand_in_both_ways(db, dep)
     out["persisted_events"] = await persisted_events_both_ways(db)
     out["failure_mails"] = [[spec.Title, msg, detail] for spec, msg, detail in failures]
     return out
+
+
+async def stand_in_both_ways(db, dep) -> dict:
+    """A task's stand-in for its next fire time (schedulemaster/master/upcoming.py), written by
+    the master and by Prefect's create_flow_run: their run and state rows."""
+    import uuid
+
+    from prefect.server import models
+
+    from schedulemaster.deployments.spec import spec_of
+    from schedulemaster.master.upcoming import Shown, Upcoming, stand_in
+
+    at = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(hours=1)
+    task = Shown(dep.id, dep.flow_id, dep.version, dep.labels, spec_of(dep.parameters["task"]), at)
+    await Upcoming()._write([task], [])
+    ref = stand_in(task, at)
+    ref = ref.model_copy(update={"id": uuid.uuid4(), "idempotency_key": "ref-upcoming",
+                                 "state": ref.state.model_copy(update={"id": uuid.uuid4()})})
+    async with db.session_context(begin_transaction=True) as s:
+        await models.flow_runs.create_flow_run(s, ref)
+    return {"ours": await snapshot(db, stand_in(task, at).idempotency_key, []),
+            "prefect": await snapshot(db, "ref-upcoming", [])}
 
 
 async def persisted_events_both_ways(db) -> list | None:

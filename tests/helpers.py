@@ -249,8 +249,12 @@ class System:
         return self.get("QueryTaskDetail", {"id": task_id}).json()["Data"]
 
     def flow_runs(self, task_id: str, limit: int = 200) -> list[dict]:
+        """The task's runs, without its stand-in for the next fire time (master/upcoming.py)."""
+        from schedulemaster.deployments.tasks import upcoming_run_id
+
         r = self.pf("POST", "/flow_runs/filter", timeout=30, json={
-            "deployments": {"id": {"any_": [task_id]}}, "limit": limit, "sort": "EXPECTED_START_TIME_DESC"})
+            "deployments": {"id": {"any_": [task_id]}}, "limit": limit, "sort": "EXPECTED_START_TIME_DESC",
+            "flow_runs": {"id": {"not_any_": [str(upcoming_run_id(task_id))]}}})
         r.raise_for_status()
         return r.json()
 

@@ -1,4 +1,5 @@
-"""Flow runs that are already over, written into Prefect's tables a batch at a time.
+"""Flow runs that are already over (or stand for a task's next fire time), written into
+Prefect's tables a batch at a time.
 
 Why by hand: Prefect has no bulk path for finished runs. ``models.flow_runs.create_flow_run``
 with a state reads the deployment (for the labels), inserts the run, reads it back with its
@@ -33,9 +34,10 @@ log = logging.getLogger("schedulemaster.record")
 _NOT_COLUMNS = {"created", "state", "estimated_run_time", "estimated_start_time_delta"}
 
 
-async def insert_finished_runs(session, runs: list, labels: dict[UUID, dict]) -> list:
-    """Insert `runs` (``schemas.core.FlowRun`` with a terminal ``state`` and an idempotency key)
-    in the open transaction of `session`; `labels` maps a deployment id to its labels.
+async def insert_runs(session, runs: list, labels: dict[UUID, dict]) -> list:
+    """Insert `runs` (``schemas.core.FlowRun`` with a terminal ``state``, or a Scheduled one
+    whose expected and next start times are set, and an idempotency key) in the open
+    transaction of `session`; `labels` maps a deployment id to its labels.
     Returns the runs inserted: one whose (flow, idempotency key) already has a run is skipped,
     as Prefect's create_flow_run does."""
     import sqlalchemy as sa
@@ -54,9 +56,9 @@ async def insert_finished_runs(session, runs: list, labels: dict[UUID, dict]) ->
         row["labels"] = (labels.get(run.deployment_id) or {}) | {
             "prefect.flow.id": str(run.flow_id), "prefect.deployment.id": str(run.deployment_id),
         } | (run.labels or {})
-        # GlobalFlowPolicy's transforms for a run entering a terminal state
+        # GlobalFlowPolicy's transforms for a run entering its state (a terminal one: its end)
         row.update(id=run.id, created=created, state_type=state.type, state_name=state.name,
-                   state_timestamp=state.timestamp, end_time=state.timestamp)
+                   state_timestamp=state.timestamp, end_time=state.timestamp if state.is_final() else None)
         rows.append(row)
     sqlite = session.get_bind().dialect.name == "sqlite"
     if sqlite:
@@ -219,4 +221,4 @@ async def emit(events: list) -> None:
         log.warning("%d flow-run state events not published: %s", len(events), exc)
 
 
-__all__ = ["emit", "insert_finished_runs", "insert_logs", "state_change_events"]
+__all__ = ["emit", "insert_runs", "insert_logs", "state_change_events"]

@@ -109,6 +109,17 @@ async def run_pool_nodes(settings: Settings, engine) -> None:
         await pool_nodes.run(client, settings.work_pool, engine)
 
 
+async def run_upcoming() -> None:
+    """Each Running task's next fire time as a Scheduled run (schedulemaster/master/upcoming.py)."""
+    from prefect.client.orchestration import get_client
+
+    from schedulemaster.master.upcoming import Upcoming
+
+    async with get_client() as client:
+        await wait_for_prefect(client, timeout=600)
+    await Upcoming().run()
+
+
 def prefect_ui_of(settings: Settings) -> str:
     """Where the Prefect UI is, for the console's links: its API's URL without ``/api``."""
     url = settings.prefect_api_url.rstrip("/")
@@ -219,6 +230,7 @@ async def serve_master(settings: Settings) -> None:
     failover = asyncio.create_task(run_failover(settings, store.engine, mailer.task_failed, activity), name="failover")
     readiness = asyncio.create_task(run_queue_readiness(settings), name="queue-readiness")
     pool_table = asyncio.create_task(run_pool_nodes(settings, store.engine), name="pool-nodes")
+    upcoming = asyncio.create_task(run_upcoming(), name="upcoming")
     await asyncio.sleep(0)
     tasks.append(asyncio.create_task(servers[1].serve()))
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -229,6 +241,7 @@ async def serve_master(settings: Settings) -> None:
     failover.cancel()
     readiness.cancel()
     pool_table.cancel()
+    upcoming.cancel()
     for t in done:
         if t.exception():
             raise t.exception()

@@ -134,7 +134,7 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
                     state=final)
                 runs.append(run)
                 firings[run.id] = r
-            inserted += await bulk_runs.insert_finished_runs(session, runs, labels)
+            inserted += await bulk_runs.insert_runs(session, runs, labels)
         await bulk_runs.insert_logs(session, [
             {"name": "schedulemaster.node", "level": entry.level, "message": entry.message,
              "timestamp": entry.timestamp, "flow_run_id": run.id} for run in inserted for entry in firings[run.id].logs])

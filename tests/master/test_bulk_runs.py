@@ -59,6 +59,17 @@ def check(out: dict) -> None:
     for k, snap in enumerate(many["snapshots"]):
         assert snap["runs"] == 1 and len(snap["states"]) == 1 and snap["run"]["state_id"] == snap["states"][0]["id"]
         assert snap["run"]["state_type"] == ("FAILED" if k % 3 == 0 else "COMPLETED") and len(snap["logs"]) == 2
+    # a task's stand-in for its next fire time: the rows Prefect writes for a Scheduled run
+    stand_in = out["stand_in"]
+    ours, prefect = (json.loads(normalized(stand_in[k], f"{k}-key")) for k in ("ours", "prefect"))
+    for snap, key in ((ours, stand_in["ours"]["run"]["idempotency_key"]), (prefect, "ref-upcoming")):
+        for row in (snap["run"], *snap["states"]):  # written at two moments
+            row.pop("state_timestamp", None), row.pop("timestamp", None)
+        assert snap["run"]["idempotency_key"] == key
+        snap["run"].pop("idempotency_key")
+    assert ours["run"]["state_type"] == "SCHEDULED" and ours["run"]["work_queue_id"] is None
+    assert ours["run"]["next_scheduled_start_time"] == ours["run"]["expected_start_time"]
+    assert ours == prefect, (ours, prefect)
     assert out["failed_only"] == {"recorded": 3, "runs": 3, "events": ["prefect.flow-run.Failed"]}
     if out["persisted_events"] is not None:  # SQLite: the patched event writer stores what Prefect's does
         prefects, ours = out["persisted_events"]

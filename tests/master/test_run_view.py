@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
 
 from schedulemaster.coordination.wire import Firing
-from schedulemaster.deployments.tasks import run_name
+from schedulemaster.deployments.tasks import run_name, upcoming_run_id
 from schedulemaster.master.pool_nodes import nodes_summary
 from schedulemaster.master.queue_readiness import queues_read
 from schedulemaster.master.record_api import run_message, run_tags
 
-from helpers import wait_until
+from helpers import AUTH, wait_until
 
 INSTANT = re.compile(r" · \d{4}-\d\d-\d\d \d\d:\d\d:\d\d$")
 
@@ -124,35 +125,75 @@ def test_the_queues_a_live_node_reads_are_ready(system):
 
 
 @pytest.mark.e2e
-def test_the_schedule_is_on_exactly_while_the_task_runs_and_prefect_creates_no_run_for_it(system, receiver):
+def test_the_schedule_is_on_exactly_while_the_task_runs_and_its_next_fire_is_a_scheduled_run(system, receiver):
+    """Prefect's scheduler creates no run for a task; the master keeps one stand-in Scheduled run
+    at the next instant (what the Flows page's Next run and the Upcoming tab read), moves it as
+    instants pass, and removes it when the task stops running; nothing ever runs it."""
     def active(task_id: str) -> list[bool]:
         return [s["active"] for s in system.pf("GET", f"/deployments/{task_id}").json()["schedules"]]
 
-    def scheduled(deployment_id: str) -> int:
+    def scheduled(deployment_id: str, but: list[str] = ()) -> int:
         r = system.pf("POST", "/flow_runs/count", json={
-            "deployments": {"id": {"any_": [deployment_id]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+            "deployments": {"id": {"any_": [deployment_id]}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}, "id": {"not_any_": list(but)}}})
         r.raise_for_status()
         return r.json()
 
-    task_id = system.create_http(receiver.url("/view/schedule"), cron="0/10 * * * * ?", Title="schedule shown")
+    def stand_in() -> dict | None:
+        r = system.pf("GET", f"/flow_runs/{upcoming}")
+        return r.json() if r.status_code == 200 else None
+
+    title = f"next {uuid.uuid4().hex[:6]}"
+    task_id = system.create_http(receiver.url("/view/schedule"), cron="0/10 * * * * ?", Title=title)
+    upcoming = str(upcoming_run_id(task_id))
     try:
         assert active(task_id) == [False]
         assert system.post("Start", data={"id": task_id}).json()["Success"]
         assert active(task_id) == [True]
+        first = wait_until(stand_in, timeout=30)
+        at = datetime.fromisoformat(first["expected_start_time"])
+        assert at.second % 10 == 0 and at > datetime.now(timezone.utc) - timedelta(seconds=2), first
+        assert (first["state_name"], first["flow_id"], first["work_queue_id"]) == ("Scheduled", task_id, None)
+        assert first["next_scheduled_start_time"] == first["expected_start_time"]
+        assert first["name"].startswith(f"{title} · next fire ") and "sm:upcoming" in first["tags"]
+        # the Flows page's Next run and the deployment's Upcoming tab
+        nxt = system.pf("POST", "/ui/flows/next-runs", json={"flow_ids": [task_id]}).json()
+        assert nxt[task_id]["id"] == upcoming, nxt
+        tab = system.pf("POST", "/flow_runs/filter", json={
+            "deployments": {"id": {"any_": [task_id]}}, "flow_runs": {"state": {"name": {"any_": ["Scheduled"]}}}}).json()
+        assert [r["id"] for r in tab] == [upcoming]
+        # the instant passes: the node fires it as its own run, the stand-in moves on, unrun
+        moved = wait_until(lambda: (r := stand_in()) and r["expected_start_time"] != first["expected_start_time"] and r,
+                           timeout=40)
+        assert datetime.fromisoformat(moved["expected_start_time"]) == at + timedelta(seconds=10), moved
+        assert moved["state_type"] == "SCHEDULED" and moved["run_count"] == 0 and moved["start_time"] is None
+        hits = receiver.wait_for("/view/schedule", 1, timeout=30)
+        assert upcoming not in {h.headers.get("idempotency-key") for h in hits}
+        traces = httpx.get(f"{system.api}/api/Task/QueryTraces", headers=AUTH, timeout=30,
+                           params={"id": task_id, "pageNumber": 1, "pageSize": 50}).json()["Data"]
+        assert traces["rows"] and upcoming not in {r["TraceId"] for r in traces["rows"]}, traces
         # a plain deployment with an active schedule on the same server: Prefect's scheduler
         # runs and fills it with runs, and leaves the task's deployment alone
         flow = system.pf("POST", "/flows/", json={"name": f"plain-{uuid.uuid4().hex[:6]}"}).json()
         plain = system.pf("POST", "/deployments/", json={
             "name": "plain", "flow_id": flow["id"], "schedules": [{"schedule": {"interval": 3600}, "active": True}]}).json()
         wait_until(lambda: scheduled(plain["id"]) > 0, timeout=90, interval=1)
-        assert scheduled(task_id) == 0
+        assert scheduled(task_id, but=[upcoming]) == 0
         assert system.post("Pause", data={"id": task_id}).json()["Success"]
         assert active(task_id) == [False]
+        wait_until(lambda: stand_in() is None, timeout=30)
         assert system.post("Resume", data={"id": task_id}).json()["Success"]
         assert active(task_id) == [True]
+        wait_until(stand_in, timeout=30)
         assert system.post("Stop", data={"id": task_id}).json()["Success"]
         assert active(task_id) == [False]
+        wait_until(lambda: stand_in() is None, timeout=30)
         system.pf("DELETE", f"/deployments/{plain['id']}")
+        # deleted while Running (the Prefect UI's delete): the stand-in goes with the deployment
+        assert system.post("Start", data={"id": task_id}).json()["Success"]
+        wait_until(stand_in, timeout=30)
+        assert system.pf("DELETE", f"/deployments/{task_id}").status_code == 204
+        wait_until(lambda: stand_in() is None, timeout=30)
     finally:
         system.post("Stop", data={"id": task_id})
 
