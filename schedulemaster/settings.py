@@ -29,6 +29,7 @@ def local_timezone() -> str:
 
 
 RUN_EVENTS = ("all", "failed")
+SWITCH = ("on", "off")
 
 
 @dataclass
@@ -47,6 +48,9 @@ class Settings:
     #: (as Prefect does for every run) or ``failed``. An event costs about as much master CPU
     #: as the rest of the firing's recording (README: Benchmark, Recording firings in Prefect)
     run_events: str = "all"
+    #: each Running task's next fire time as a Scheduled run in Prefect's UI (master/upcoming.py):
+    #: ``on`` or ``off`` (a move per firing: README, Benchmark, Next fire times in Prefect's UI)
+    ui_next_runs: str = "on"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -63,6 +67,9 @@ class Settings:
         s.run_events = e.get("SM_RUN_EVENTS", s.run_events).strip().lower()
         if s.run_events not in RUN_EVENTS:
             raise ValueError(f"SM_RUN_EVENTS must be one of {', '.join(RUN_EVENTS)}, not {s.run_events[:40]!r}")
+        s.ui_next_runs = e.get("SM_UI_NEXT_RUNS", s.ui_next_runs).strip().lower()
+        if s.ui_next_runs not in SWITCH:
+            raise ValueError(f"SM_UI_NEXT_RUNS must be one of {', '.join(SWITCH)}, not {s.ui_next_runs[:40]!r}")
         return s
 
     def to_env(self) -> dict[str, str]:
@@ -77,6 +84,7 @@ class Settings:
             "SM_WORK_POOL": self.work_pool,
             "SM_TRUSTED_PROXIES": self.trusted_proxies,
             "SM_RUN_EVENTS": self.run_events,
+            "SM_UI_NEXT_RUNS": self.ui_next_runs,
         }
 
     @property

@@ -1,4 +1,4 @@
-"""Rows written to SQLite as one multi-row INSERT, its SQL text made once per shape.
+"""Rows written to SQLite as one multi-row INSERT (or UPDATE), its SQL text made once per shape.
 
 Why one statement: the sqlite3 driver runs in aiosqlite's thread and gives up Python's GIL at
 each row it steps through (each row of an executemany, each row a RETURNING answers), then
@@ -49,3 +49,36 @@ async def insert_rows(session, table, rows: list[dict]) -> None:
         params = tuple(value if proc is None else proc(value)
                        for row in part for proc, value in zip(processors, (row[name] for name in columns)))
         await conn.exec_driver_sql(_values_sql(table.name, columns, len(part)), params)
+
+
+@functools.lru_cache(maxsize=64)
+def _update_sql(table: str, key: str, columns: tuple[str, ...], rows: int) -> str:
+    row = "(" + ", ".join("?" * (len(columns) + 1)) + ")"
+    sets = ", ".join(f"{c} = v.column{i + 2}" for i, c in enumerate(columns))
+    return f"UPDATE {table} SET {sets} FROM (VALUES {', '.join([row] * rows)}) AS v WHERE {table}.{key} = v.column1"
+
+
+async def update_rows(session, table, key: str, rows: list[dict]) -> None:
+    """Set each row's other columns on the rows of ``table`` whose ``key`` column equals the
+    row's ``key`` value, in the session's transaction. On SQLite one ``UPDATE ... FROM
+    (VALUES ...)`` per chunk (why one statement: above), values through their column types'
+    bind processing; elsewhere an executemany."""
+    import sqlalchemy as sa
+
+    if not rows:
+        return
+    conn = await session.connection()
+    columns = tuple(c for c in rows[0] if c != key)
+    if conn.dialect.name != "sqlite":
+        stmt = sa.update(table).where(table.c[key] == sa.bindparam("_key")).values(
+            {c: sa.bindparam(c) for c in columns})
+        await conn.execute(stmt, [{"_key": row[key], **{c: row[c] for c in columns}} for row in rows])
+        return
+    names = (key, *columns)
+    processors = [table.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for name in names]
+    step = max(1, SQLITE_MAX_PARAMETERS // len(names))
+    for i in range(0, len(rows), step):
+        part = rows[i:i + step]
+        params = tuple(value if proc is None else proc(value)
+                       for row in part for proc, value in zip(processors, (row[name] for name in names)))
+        await conn.exec_driver_sql(_update_sql(table.name, key, columns, len(part)), params)

@@ -105,8 +105,9 @@ async def main() -> dict:
 
 
 async def stand_in_both_ways(db, dep) -> dict:
-    """A task's stand-in for its next fire time (schedulemaster/master/upcoming.py), written by
-    the master and by Prefect's create_flow_run: their run and state rows."""
+    """A task's stand-in for its next fire time (schedulemaster/master/upcoming.py), written
+    and then moved to a later instant by the master, and written at that instant by Prefect's
+    create_flow_run: their run and state rows."""
     import uuid
 
     from prefect.server import models
@@ -114,9 +115,11 @@ async def stand_in_both_ways(db, dep) -> dict:
     from schedulemaster.deployments.spec import spec_of
     from schedulemaster.master.upcoming import Shown, Upcoming, stand_in
 
-    at = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(hours=1)
-    task = Shown(dep.id, dep.flow_id, dep.version, dep.labels, spec_of(dep.parameters["task"]), at)
-    await Upcoming()._write([task], [])
+    first = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(minutes=30)
+    task = Shown(dep.id, dep.flow_id, dep.version, dep.labels, spec_of(dep.parameters["task"]), first)
+    await Upcoming()._write([task], [])  # written anew
+    task.at = at = first + timedelta(minutes=30)
+    await Upcoming()._write([task], [])  # moved in place: the same rows as written at `at`
     ref = stand_in(task, at)
     ref = ref.model_copy(update={"id": uuid.uuid4(), "idempotency_key": "ref-upcoming",
                                  "state": ref.state.model_copy(update={"id": uuid.uuid4()})})

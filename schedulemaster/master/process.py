@@ -109,15 +109,19 @@ async def run_pool_nodes(settings: Settings, engine) -> None:
         await pool_nodes.run(client, settings.work_pool, engine)
 
 
-async def run_upcoming() -> None:
-    """Each Running task's next fire time as a Scheduled run (schedulemaster/master/upcoming.py)."""
+async def run_upcoming(settings: Settings) -> None:
+    """Each Running task's next fire time as a Scheduled run (schedulemaster/master/upcoming.py),
+    or, switched off, none left from an earlier start."""
     from prefect.client.orchestration import get_client
 
     from schedulemaster.master.upcoming import Upcoming
 
     async with get_client() as client:
         await wait_for_prefect(client, timeout=600)
-    await Upcoming().run()
+    if settings.ui_next_runs == "on":
+        await Upcoming().run()
+    elif removed := await Upcoming().clear():
+        log.info("%d stand-in runs of next fire times removed (SM_UI_NEXT_RUNS=off)", removed)
 
 
 def prefect_ui_of(settings: Settings) -> str:
@@ -230,7 +234,7 @@ async def serve_master(settings: Settings) -> None:
     failover = asyncio.create_task(run_failover(settings, store.engine, mailer.task_failed, activity), name="failover")
     readiness = asyncio.create_task(run_queue_readiness(settings), name="queue-readiness")
     pool_table = asyncio.create_task(run_pool_nodes(settings, store.engine), name="pool-nodes")
-    upcoming = asyncio.create_task(run_upcoming(), name="upcoming")
+    upcoming = asyncio.create_task(run_upcoming(settings), name="upcoming")
     await asyncio.sleep(0)
     tasks.append(asyncio.create_task(servers[1].serve()))
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

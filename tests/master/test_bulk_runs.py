@@ -59,10 +59,12 @@ def check(out: dict) -> None:
     for k, snap in enumerate(many["snapshots"]):
         assert snap["runs"] == 1 and len(snap["states"]) == 1 and snap["run"]["state_id"] == snap["states"][0]["id"]
         assert snap["run"]["state_type"] == ("FAILED" if k % 3 == 0 else "COMPLETED") and len(snap["logs"]) == 2
-    # a task's stand-in for its next fire time: the rows Prefect writes for a Scheduled run
+    # a task's stand-in for its next fire time, written and then moved to a later instant: the
+    # rows Prefect writes for a Scheduled run at that instant
     stand_in = out["stand_in"]
     ours, prefect = (json.loads(normalized(stand_in[k], f"{k}-key")) for k in ("ours", "prefect"))
     for snap, key in ((ours, stand_in["ours"]["run"]["idempotency_key"]), (prefect, "ref-upcoming")):
+        assert len(snap["states"]) == 1 and snap["run"]["state_timestamp"] == snap["states"][0]["timestamp"]
         for row in (snap["run"], *snap["states"]):  # written at two moments
             row.pop("state_timestamp", None), row.pop("timestamp", None)
         assert snap["run"]["idempotency_key"] == key

@@ -68,6 +68,14 @@ def test_a_bad_run_events_setting_is_refused_before_anything_starts(value):
     assert "SM_RUN_EVENTS must be one of all, failed" in r.stderr and len(r.stderr) < 2000
 
 
+@pytest.mark.parametrize("value", ["yes", "", "on; rm -rf /", "x" * 10_000])
+def test_a_bad_next_runs_setting_is_refused_before_anything_starts(value):
+    r = subprocess.run([sys.executable, "-m", "schedulemaster.cli", "master"], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "SM_UI_NEXT_RUNS": value})
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "SM_UI_NEXT_RUNS must be one of on, off" in r.stderr and len(r.stderr) < 2000
+
+
 @pytest.mark.parametrize("cmd", [["--help"], ["up", "--help"], ["master", "--help"], ["node", "--help"],
                                  ["cron", "--help"]])
 def test_help_everywhere(cmd):

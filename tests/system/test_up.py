@@ -1,5 +1,6 @@
 """`schedulemaster up` as a user runs it: ready, stops cleanly, Running tasks resume, and delayed
-tasks that fell due while everything was down fire at start-up, oldest first, marked late."""
+tasks that fell due while everything was down fire at start-up, oldest first, marked late; the
+next fire times in Prefect's UI switched off at a restart leave none behind."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import time
 import httpx
 import pytest
 
-from helpers import AUTH, System
+from schedulemaster.deployments.tasks import upcoming_run_id
+
+from helpers import AUTH, System, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -35,6 +38,7 @@ def test_restart_resumes_running_tasks_and_sigterm_leaves_no_orphans(tmp_path, r
         assert "admin / 111111" in out and f":{s.api_port}" in out and f":{s.prefect_port}/" in out
         tid = s.create_http(receiver.url("/resume"), cron="* * * * * ?", Title="resumes", RunNow="true")
         receiver.wait_for("/resume", 2)
+        wait_until(lambda: s.pf("GET", f"/flow_runs/{upcoming_run_id(tid)}").status_code == 200)  # next fire shown
         children = s.child_pids()
         assert len(children) == 3   # master, node worker1, delayed-task dispatcher
         delayed = []
@@ -58,10 +62,13 @@ def test_restart_resumes_running_tasks_and_sigterm_leaves_no_orphans(tmp_path, r
     assert receiver.at("/while-down") == []
     time.sleep(4)                # every delayed task is overdue now
 
+    s.env["SM_UI_NEXT_RUNS"] = "off"
     s.start()  # same data dir
     try:
         receiver.wait_for("/resume", stopped + 2, timeout=60)
         assert s.detail(tid)["Status"] == 1
+        # switched off: the stand-in left from the first start is removed, the task fires on
+        wait_until(lambda: s.pf("GET", f"/flow_runs/{upcoming_run_id(tid)}").status_code == 404, timeout=30)
         children = s.child_pids()
         assert len(children) == 3
         hits = receiver.wait_for("/while-down", 3, timeout=60)
