@@ -51,6 +51,8 @@ class Settings:
     #: each Running task's next fire time as a Scheduled run in Prefect's UI (master/upcoming.py):
     #: ``on`` or ``off`` (a move per firing: README, Benchmark, Next fire times in Prefect's UI)
     ui_next_runs: str = "on"
+    #: ``/metrics`` on the legacy port without credentials (for a scraper in a trusted network)
+    metrics_open: bool = False
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -70,6 +72,10 @@ class Settings:
         s.ui_next_runs = e.get("SM_UI_NEXT_RUNS", s.ui_next_runs).strip().lower()
         if s.ui_next_runs not in SWITCH:
             raise ValueError(f"SM_UI_NEXT_RUNS must be one of {', '.join(SWITCH)}, not {s.ui_next_runs[:40]!r}")
+        opened = e.get("SM_METRICS_OPEN", "false").strip().lower()
+        if opened not in ("true", "false"):
+            raise ValueError(f"SM_METRICS_OPEN must be true or false, not {opened[:40]!r}")
+        s.metrics_open = opened == "true"
         return s
 
     def to_env(self) -> dict[str, str]:
@@ -85,6 +91,7 @@ class Settings:
             "SM_TRUSTED_PROXIES": self.trusted_proxies,
             "SM_RUN_EVENTS": self.run_events,
             "SM_UI_NEXT_RUNS": self.ui_next_runs,
+            "SM_METRICS_OPEN": "true" if self.metrics_open else "false",
         }
 
     @property

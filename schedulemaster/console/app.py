@@ -1,4 +1,5 @@
-"""The console on the legacy port (``/`` on :30000), for what Prefect's UI has no page for.
+"""The console on the legacy port (``/`` on :30000), for what Prefect's UI has no page for
+(and the door to ``/metrics``).
 
 Server-rendered (Jinja2, Prefect's own dependency) with one small script; no build step.
 Every change goes through the legacy API in this process (``LegacyCaller``), signed as the
@@ -53,8 +54,10 @@ HERE = Path(__file__).parent
 class Console:
     """The ASGI app on the legacy port: ``/api/...`` to the legacy API, the rest to the console."""
 
-    def __init__(self, legacy_app, store: Store, service_of: Callable[[], Any], prefect_ui: str | None):
+    def __init__(self, legacy_app, store: Store, service_of: Callable[[], Any], prefect_ui: str | None,
+                 metrics=None):
         self.legacy_app = legacy_app
+        self.metrics = metrics  # the ASGI app of ``/metrics`` (schedulemaster/master/metrics.py)
         self.store = store
         self.service_of = service_of
         self.prefect_ui = (prefect_ui or "").rstrip("/")
@@ -82,6 +85,8 @@ class Console:
     async def __call__(self, scope, receive, send):
         if scope["type"] == "lifespan" or scope["path"].lower() == "/api" or scope["path"].lower().startswith("/api/"):
             return await self.legacy_app(scope, receive, send)
+        if self.metrics is not None and scope["type"] == "http" and scope["path"] == "/metrics":
+            return await self.metrics(scope, receive, send)
         if scope["type"] == "http" and scope["method"] == "POST":
             if declared_too_large(scope, MAX_FORM_BYTES):
                 return await Response("form too large", status_code=413)(scope, receive, send)

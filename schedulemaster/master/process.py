@@ -48,7 +48,7 @@ class _Server:
 
 
 def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None, store_engine=None,
-                     coordination=None, run_events: str = "all", changes=None) -> None:
+                     coordination=None, run_events: str = "all", changes=None, on_recorded=None) -> None:
     """Nodes record firings at ``/api/schedulemaster/firings`` (see schedulemaster/master/record_api.py);
     ``schedulemaster import`` writes at ``/api/schedulemaster/import/*`` (ms_compat/import_api.py).
 
@@ -64,7 +64,7 @@ def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None,
 
         api_app.router.routes.append(Mount("/schedulemaster/import", app=create_import_app(importer)))
     api_app.router.routes.append(Mount("/schedulemaster", app=create_record_app(
-        on_failure, packages, store_engine, coordination, run_events, changes)))
+        on_failure, packages, store_engine, coordination, run_events, changes, on_recorded)))
 
 
 def _version() -> str:
@@ -180,6 +180,8 @@ async def serve_master(settings: Settings) -> None:
 
     from schedulemaster.ms_compat.import_target import ImportTarget
     from schedulemaster.master.task_changes import TaskChanges
+    from schedulemaster.master.metrics import Metrics
+    from schedulemaster.deployments.variables import read_disabled
 
     store = Store(settings.store_url)
     store.init()
@@ -216,12 +218,15 @@ async def serve_master(settings: Settings) -> None:
     activity = NodeActivity()  # who claims firings: failover's second proof of life
     coordination = create_coordination_router(store.engine, live_workers_of(settings.work_pool), activity)
     changes = TaskChanges()  # nodes wait on it between two looks at the task book
-    mount_record_api(prefect_app, mailer.task_failed, packages, importer, store.engine, coordination,
-                     settings.run_events, changes)
     legacy_app = create_legacy_app(store, make_service, close, packages, info={
         "PrefectApiUrl": settings.prefect_api_url, "Version": _version()})
+    metrics = Metrics(store, settings.work_pool, lambda: read_disabled(client), legacy_app.state.authenticator,
+                      settings.metrics_open)
+    await asyncio.to_thread(metrics.start)
+    mount_record_api(prefect_app, mailer.task_failed, packages, importer, store.engine, coordination,
+                     settings.run_events, changes, metrics.firings.observe)
     servers = [_Server(FollowUiSwitches(prefect_app), settings.prefect_host, settings.prefect_port),
-               _Server(Console(legacy_app, store, lambda: services.get("task"), prefect_ui_of(settings)),
+               _Server(Console(legacy_app, store, lambda: services.get("task"), prefect_ui_of(settings), metrics),
                        settings.api_host, settings.api_port, settings.trusted_proxies)]
 
     loop = asyncio.get_running_loop()

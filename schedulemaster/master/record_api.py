@@ -40,10 +40,12 @@ TRANSACTION_SIZE = 50  # firings per IMMEDIATE transaction (see record_firings)
 #: called for each failed run with (task spec, when, message, detail, run id); the master's
 #: keeper mailer. It must not block: it only queues.
 OnFailure = Callable[[TaskSpec, datetime, str, str, str], None]
+#: called with the firings a call wrote (the master's metrics); must not block
+OnRecorded = Callable[[list[FiringRecord]], None]
 
 
 async def record_firings(records: list[FiringRecord], on_failure: OnFailure | None = None,
-                         run_events: str = "all") -> RecordResult:
+                         run_events: str = "all", on_recorded: OnRecorded | None = None) -> RecordResult:
     """Write the firings as flow runs of their tasks' deployments, TRANSACTION_SIZE per transaction.
 
     SQLite has one write lock, and Prefect's own services (marking deployments ready,
@@ -51,10 +53,11 @@ async def record_firings(records: list[FiringRecord], on_failure: OnFailure | No
     Written in bulk (bulk_runs.py) a firing costs a few milliseconds, so TRANSACTION_SIZE
     firings hold the lock a fraction of a second and every other writer gets in between.
     ``run_events``: "all" publishes each run's state-change event, "failed" only failed runs'.
+    ``on_recorded``: told the firings written (not those already there), once committed.
     """
     recorded, unknown = 0, []
     for i in range(0, len(records), TRANSACTION_SIZE):
-        part = await _record_transaction(records[i:i + TRANSACTION_SIZE], on_failure, run_events)
+        part = await _record_transaction(records[i:i + TRANSACTION_SIZE], on_failure, run_events, on_recorded)
         recorded += part.recorded
         unknown += part.unknown_tasks
     return RecordResult(recorded=recorded, unknown_tasks=sorted(set(unknown)))
@@ -80,7 +83,7 @@ def run_message(r: FiringRecord) -> str:
 
 
 async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure | None,
-                              run_events: str) -> RecordResult:
+                              run_events: str, on_recorded: OnRecorded | None = None) -> RecordResult:
     import sqlalchemy as sa
     from prefect.server import schemas
     from prefect.server.database import provide_database_interface
@@ -146,6 +149,8 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
             specs = dict((await session.execute(sa.select(db.Deployment.id, db.Deployment.parameters).where(
                 db.Deployment.id.in_({run.deployment_id for run in failed})))).all())
     await bulk_runs.emit(events)  # after the commit: no event for a write that was rolled back
+    if on_recorded is not None:
+        on_recorded([firings[run.id] for run in inserted])
     if on_failure is not None:
         for run in failed:
             r = firings[run.id]
@@ -210,7 +215,7 @@ async def report_failure(failure: RunFailure, on_failure: OnFailure | None) -> b
 
 def create_record_app(on_failure: OnFailure | None = None, packages=None, store_engine=None,
                       coordination: APIRouter | None = None, run_events: str = "all",
-                      changes: TaskChanges | None = None) -> FastAPI:
+                      changes: TaskChanges | None = None, on_recorded: OnRecorded | None = None) -> FastAPI:
     """Mounted at ``/schedulemaster`` inside Prefect's own API app on the master, so Prefect's
     auth middleware (PREFECT_SERVER_API_AUTH_STRING) guards it like every Prefect endpoint:
     nodes record firings and report failures here, fetch plugin packages, and (through
@@ -230,7 +235,7 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
         if caller is not None and await caller(request) is None:
             raise HTTPException(403, "only a registered node records firings (its token is missing or wrong)")
         async with recording:
-            result = await record_firings(records, on_failure, run_events)
+            result = await record_firings(records, on_failure, run_events, on_recorded)
         if store_engine is not None:  # a recorded firing's claim is done (schedulemaster/store/claims.py)
             await asyncio.to_thread(claims.finish, store_engine, [r.firing_id for r in records], "recorded")
         return result

@@ -135,6 +135,14 @@ def unrecorded_holders(engine) -> list[tuple[str, str]]:
                                          .where(FiringClaim.outcome.in_(FIRED)).distinct()).all()]
 
 
+def unrecorded_counts(engine) -> dict[str, int]:
+    """Fired claims not recorded in Prefect yet, per node: each node's recording backlog."""
+    with Session(engine) as s:
+        rows = s.exec(select(FiringClaim.node, func.count()).where(FiringClaim.outcome.in_(FIRED))
+                      .group_by(FiringClaim.node)).all()
+    return {node: n for node, n in rows}
+
+
 def unrecorded(engine, node: str, incarnation: str, limit: int = 500) -> list[FiringClaim]:
     with Session(engine) as s:
         return list(s.exec(select(FiringClaim).where(

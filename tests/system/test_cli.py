@@ -68,12 +68,16 @@ def test_a_bad_run_events_setting_is_refused_before_anything_starts(value):
     assert "SM_RUN_EVENTS must be one of all, failed" in r.stderr and len(r.stderr) < 2000
 
 
-@pytest.mark.parametrize("value", ["yes", "", "on; rm -rf /", "x" * 10_000])
-def test_a_bad_next_runs_setting_is_refused_before_anything_starts(value):
+@pytest.mark.parametrize("name,value,says", [
+    *(("SM_UI_NEXT_RUNS", v, "SM_UI_NEXT_RUNS must be one of on, off")
+      for v in ("yes", "", "on; rm -rf /", "x" * 10_000)),
+    *(("SM_METRICS_OPEN", v, "SM_METRICS_OPEN must be true or false") for v in ("1", "open", "x" * 10_000)),
+])
+def test_a_bad_switch_setting_is_refused_before_anything_starts(name, value, says):
     r = subprocess.run([sys.executable, "-m", "schedulemaster.cli", "master"], capture_output=True, text=True,
-                       timeout=60, env={**os.environ, "SM_UI_NEXT_RUNS": value})
+                       timeout=60, env={**os.environ, name: value})
     assert r.returncode == 2, (r.stdout, r.stderr)
-    assert "SM_UI_NEXT_RUNS must be one of on, off" in r.stderr and len(r.stderr) < 2000
+    assert says in r.stderr and len(r.stderr) < 2000
 
 
 @pytest.mark.parametrize("cmd", [["--help"], ["up", "--help"], ["master", "--help"], ["node", "--help"],
