@@ -44,6 +44,7 @@ from schedulemaster.ms_compat.admin_api import CONFIG_RULES
 from schedulemaster.ms_compat.delayed_api import TEXT_FIELDS, to_utc, unsendable
 from schedulemaster.ms_compat.legacy_import import source_fingerprint
 from schedulemaster.ms_compat.task_api import TaskError
+from schedulemaster.store import claims
 from schedulemaster.store.db import Store, SystemConfig, SystemUser
 from schedulemaster.store.delayed_store import T, host_of, ready_row
 from schedulemaster.store.ledger import ImportLedger, fingerprint
@@ -65,10 +66,13 @@ class Outcome:
     action: str            # created | updated | kept | conflict | failed
     message: str = ""
     target_id: str | None = None
+    #: a task's Executors that no node of this system has registered under (it would never fire
+    #: on them; the CLI names them and exits 3, --map-node renames them)
+    unknown_nodes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "key": self.key, "action": self.action, "message": self.message,
-                "target_id": self.target_id}
+                "target_id": self.target_id, "unknown_nodes": self.unknown_nodes}
 
 
 @dataclass
@@ -288,13 +292,14 @@ class ImportTarget:
             # every task read once per batch (Nexts are checked against it, as Create does)
             # and kept current as the batch writes: a read per task made imports O(n²)
             records = {str(r.id): r for r in await service.repo.list()}
+            known = set(await asyncio.to_thread(claims.nodes, self.store.engine))  # nodes that registered here
             out: list[Outcome] = []
             remember: list[tuple[str, str, str, str, str]] = []
             try:
                 for item in items:
                     try:
                         out.append(await self._task(service, item, ledger.get(str(item["id"])), opts, records,
-                                                    remember))
+                                                    remember, known))
                     except Exception as exc:
                         log.exception("importing task %s failed", item.get("id"))
                         out.append(Outcome("task", str(item.get("id")), "failed", _short(exc)))
@@ -306,7 +311,8 @@ class ImportTarget:
             return out
 
     async def _task(self, service, item: dict[str, Any], ledger: ImportLedger | None, opts: Options,
-                    records: dict[str, Any], remember: list[tuple[str, str, str, str, str]]) -> Outcome:
+                    records: dict[str, Any], remember: list[tuple[str, str, str, str, str]],
+                    known: set[str] = frozenset()) -> Outcome:
         task_id = uuid.UUID(str(item["id"]))
         key = str(task_id)
         if _has_nul(item):
@@ -345,11 +351,16 @@ class ImportTarget:
         target_fp = _task_fp(rec.spec) if rec else None
         action, why = decide(rec is not None, ledger, source_fp, would_fp, target_fp, opts.overwrite)
         notes = [why] if why else []
+        pinned = (rec.spec if action in ("keep", "conflict") and rec is not None else spec).Executors
+        unknown = [n for n in pinned if n not in known]
+        if unknown:
+            notes.append(f"pinned to node(s) this system does not know: {', '.join(unknown)} "
+                         f"(--map-node OLD=NEW renames them)")
         if opts.dry_run or action == "conflict":
             # target_id says whether the task is (or would be) here afterwards: parents
             # sent later name only children that are
             return Outcome("task", key, _PAST[action], "; ".join(notes),
-                           key if rec is not None or action != "conflict" else None)
+                           key if rec is not None or action != "conflict" else None, unknown)
         if action == "create":
             await service.repo.create(task_id, spec, service.work_pool, service.parameter_schema)
             now = datetime.now(timezone.utc)
@@ -365,12 +376,15 @@ class ImportTarget:
             remember.append(("task", key, source_fp, _task_fp(written), key))
         status = Status.Stop if action == "create" else rec.status
         if opts.start and item.get("status") in (1, 2) and status == Status.Stop:
-            try:
-                notes.append(await self._start(service, task_id, item["status"]))
-            except Exception as exc:  # the task is here all the same
-                log.exception("starting imported task %s failed", key)
-                notes.append(f"not started: {_short(exc)}")
-        return Outcome("task", key, _PAST[action], "; ".join(n for n in notes if n), key)
+            if pinned and len(unknown) == len(pinned):  # Running here would fire nothing, silently
+                notes.append("not started: none of its nodes is here, it would never fire")
+            else:
+                try:
+                    notes.append(await self._start(service, task_id, item["status"]))
+                except Exception as exc:  # the task is here all the same
+                    log.exception("starting imported task %s failed", key)
+                    notes.append(f"not started: {_short(exc)}")
+        return Outcome("task", key, _PAST[action], "; ".join(n for n in notes if n), key, unknown)
 
     @staticmethod
     async def _start(service, task_id: uuid.UUID, source_status: int) -> str:

@@ -158,6 +158,7 @@ class Item:
     payload: dict[str, Any] | None = None  # what the master is sent
     level: int = 0  # tasks: 0 = no children; a parent is sent after every child it names
     target_id: str | None = None  # its id here, once the master answered (users: may differ)
+    unknown_nodes: list[str] = field(default_factory=list)  # tasks: Executors no node here has
 
 
 @dataclass

@@ -118,6 +118,8 @@ def import_command(
                                               "action, notes) to this file as JSON, for an audit trail"),
         user_role: str = typer.Option("admin", "--user-role", help="the role accounts created by the import get: "
                                       "admin (they could do everything in the original), operator or viewer"),
+        map_node: list[str] = typer.Option([], "--map-node", metavar="OLD=NEW", help="the original's node OLD is "
+                                           "this system's NEW in tasks' and delayed tasks' Executors (repeatable)"),
 ) -> None:
     """Import tasks (same ids), users (same password hashes), settings and pending delayed tasks
     from a ScheduleMaster database into the running system. Safe to run again: nothing is
@@ -145,6 +147,11 @@ def import_command(
     if roles.parse(user_role) is None:
         typer.echo(f"error: --user-role {user_role!r}: one of {', '.join(roles.ROLES)}", err=True)
         raise typer.Exit(2)
+    try:
+        renames = parse_node_map(map_node)
+    except ValueError as exc:
+        typer.echo(f"error: --map-node {exc}", err=True)
+        raise typer.Exit(2)
     t0 = time.monotonic()
     with console.status("reading the original's database..."):
         try:
@@ -153,6 +160,7 @@ def import_command(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1)
     plan = plan_import(snap, known_configs={k for k, *_ in DEFAULT_CONFIGS}, start=start)
+    rename_nodes(plan, renames)
     plan.timings["read"] = round(time.monotonic() - t0, 3)
     tgt = Target(target or Settings.from_env().prefect_api_url, dry_run, overwrite, start, source_tz,
                  roles.parse(user_role))
@@ -175,7 +183,15 @@ def import_command(
         typer.echo(f"error: {exc}. Items already written stay written; run the import again to go on", err=True)
         raise typer.Exit(1)
     _report(console, plan, dry_run=dry_run, history=with_history, applied=True, path=report)
-    if any(i.action in ("cannot", "failed", "conflict") for i in plan.items):
+    pinned = [i for i in plan.items if i.unknown_nodes]
+    if pinned:
+        console.print(f"[bold red]{len(pinned)} task(s) pinned to nodes this system does not know[/] (they would "
+                      "never fire on them; imported, not started unless another of their nodes is here):")
+        for item in pinned:
+            console.print(f"  {item.key}  {item.title[:60]}: {', '.join(item.unknown_nodes)}")
+        names = sorted({n for i in pinned for n in i.unknown_nodes})
+        console.print(f"rename them with --map-node, e.g. --map-node {names[0]}=worker1, and import again")
+    if pinned or any(i.action in ("cannot", "failed", "conflict") for i in plan.items):
         raise typer.Exit(EXIT_INCOMPLETE)
 
 
@@ -183,7 +199,7 @@ def _write_report(path: Path | None, plan) -> None:
     if path is None:
         return
     items = [{"kind": i.kind, "key": i.key, "title": i.title, "action": i.action, "notes": i.notes,
-              "target_id": i.target_id} for i in plan.items]
+              "target_id": i.target_id, "unknown_nodes": i.unknown_nodes} for i in plan.items]
     path.write_text(json.dumps({"items": items, "history": plan.history_result, "timings": plan.timings},
                                ensure_ascii=False, indent=1))
 
@@ -216,11 +232,49 @@ def _send_kind(progress, tgt: Target, kind: str, items, size: int | None = None)
         progress.advance(bar, len(part))
 
 
+def parse_node_map(pairs: list[str]) -> dict[str, str]:
+    """``OLD=NEW`` pairs as {old: new}; ValueError naming the pair that is not one."""
+    renames: dict[str, str] = {}
+    for pair in pairs:
+        old, sep, new = (pair or "").partition("=")
+        old, new = old.strip(), new.strip()
+        shown = repr(pair[:60])
+        if not sep or not old or not new:
+            raise ValueError(f"{shown}: give OLD=NEW, both names not empty")
+        if len(old) > 100 or len(new) > 100:
+            raise ValueError(f"{shown}: a node name is 100 characters at most")
+        if any(c in old + new for c in ",=") or not (old + new).isprintable():
+            raise ValueError(f"{shown}: a node name has no comma, '=' or control character")
+        if renames.get(old, new) != new:
+            raise ValueError(f"{shown}: {old} is already mapped to {renames[old]}")
+        renames[old] = new
+    return renames
+
+
+def rename_nodes(plan, renames: dict[str, str]) -> None:
+    """The original's node names as this system's in every task's and delayed task's Executors;
+    the fingerprint of what the original says is taken after the renaming, so importing again
+    with a new mapping updates what the last one wrote."""
+    from schedulemaster.ms_compat.legacy_import import source_fingerprint
+
+    if not renames:
+        return
+    for item in plan.items:
+        names = (item.payload or {}).get("executors") if item.kind in ("task", "delayed") else None
+        if not names or not any(n in renames for n in names):
+            continue
+        item.payload["executors"] = list(dict.fromkeys(renames.get(n, n) for n in names))
+        item.notes.append("nodes renamed: " + ", ".join(f"{n} -> {renames[n]}" for n in names if n in renames))
+        if "sourcefp" in item.payload:
+            item.payload["sourcefp"] = source_fingerprint(item.payload)
+
+
 def _apply_outcomes(items, outcomes: list[dict[str, Any]]) -> None:
     """What the master did with each item (same order as sent)."""
     for item, outcome in zip(items, outcomes):
         item.action = outcome["action"]
         item.target_id = outcome.get("target_id")
+        item.unknown_nodes = list(outcome.get("unknown_nodes") or [])
         if outcome.get("message"):
             item.notes.append(outcome["message"])
 

@@ -255,8 +255,10 @@ def test_start_switches_over_to_this_system(source, target, receiver, tmp_path):
     assert target.detail(source.HTTP)["Status"] == 1
     assert target.detail(source.PAUSED)["Status"] == 2
     assert target.detail(source.PORTED)["Status"] == 1    # a Python port on the nodes: started
-    assert target.detail(source.PLUGIN)["Status"] == 0    # a .NET plugin without one: not started
-    assert "not started: 任务启动失败!" in report[source.PLUGIN]
+    # pinned to worker9, a node this system does not know: named, not started (it would never fire)
+    assert target.detail(source.PLUGIN)["Status"] == 0
+    assert "does not know: worker9" in report[source.PLUGIN] and "not started: none of its nodes" in report[source.PLUGIN]
+    assert "1 task(s) pinned to nodes this system does not know" in r.stdout and "--map-node worker9=" in r.stdout
     assert report[source.HTTP].endswith("; started | kept") or report[source.HTTP].endswith("; started | created")
     assert "started and paused, as in the original" in report[source.PAUSED]
     hit = receiver.wait_for("/orders", 1, timeout=45)[0]  # the imported HTTP task fires here
@@ -489,3 +491,35 @@ def test_a_non_ascii_auth_string_is_refused_before_anything_starts(tmp_path):
                        capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PREFECT_SERVER_API_AUTH_STRING": "u:密码"})
     assert r.returncode == 2 and "must be ASCII" in r.stderr and not (tmp_path / "d").exists()
+
+
+# ---- nodes of the original that this system does not have ----------------------------------
+
+@pytest.mark.parametrize("pair,says", [
+    ("worker9", "give OLD=NEW"), ("=worker1", "give OLD=NEW"), ("worker9=", "give OLD=NEW"),
+    ("worker9=a,b", "no comma"), ("worker9=" + "w" * 101, "100 characters"), ("a=b=c", "no comma"),
+    ("worker9=a\tb", "control character"),
+])
+def test_a_bad_node_mapping_is_refused_before_anything_is_read(pair, says):
+    r = run_import(None, "--from", "mysql://root@127.0.0.1:1/never-read", "--map-node", pair)
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+    assert "reading" not in r.stdout
+
+
+def test_two_mappings_of_one_node_are_refused():
+    r = run_import(None, "--from", "mysql://root@127.0.0.1:1/never-read", "--map-node", "w9=a", "--map-node", "w9=b")
+    assert r.returncode == 2 and "already mapped to a" in r.stderr
+
+
+def test_a_task_pinned_to_an_unknown_node_is_renamed_by_map_node(source, target, tmp_path):
+    """Last in this module: it changes what earlier tests imported."""
+    r = run_import(target, "--from", source.url, "--map-node", "worker9=worker1", "--report", str(tmp_path / "r.json"))
+    items = {i["key"]: i for i in json.loads((tmp_path / "r.json").read_text())["items"]}
+    assert items[source.PLUGIN]["unknown_nodes"] == [] and "nodes renamed: worker9 -> worker1" in \
+        "; ".join(items[source.PLUGIN]["notes"]), items[source.PLUGIN]
+    assert deployment(target, source.PLUGIN)["parameters"]["task"]["Executors"] == ["worker1"]
+    assert "pinned to nodes this system does not know" not in r.stdout
+    # imported again with the same mapping: nothing to change
+    r = run_import(target, "--from", source.url, "--map-node", "worker9=worker1", "--report", str(tmp_path / "r2.json"))
+    again = {i["key"]: i for i in json.loads((tmp_path / "r2.json").read_text())["items"]}
+    assert again[source.PLUGIN]["action"] == "kept", again[source.PLUGIN]
