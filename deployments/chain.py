@@ -85,6 +85,25 @@ def online(workers, disabled: set[str] | frozenset[str] = frozenset()) -> list[s
     return sorted(w.name for w in workers if is_online(w) and w.name not in disabled)
 
 
+def why_unschedulable(executors: list[str], known: set[str], live: set[str], disabled: set[str]) -> str | None:
+    """Why no node can fire a Running task allowed on ``executors`` (every node when empty), or
+    None when one can. ``known``: the pool's nodes; ``live``: those online and enabled."""
+    if any(n in live for n in executors) or (not executors and live):
+        return None
+    if not executors:
+        return "no node is online and enabled"
+    why = [f"{n} is not a node of this system" if n not in known else f"{n} is disabled" if n in disabled
+           else f"{n} is offline" for n in executors]
+    return "no node it may run on can fire it: " + "; ".join(why)
+
+
+async def unschedulable(client, work_pool: str, executors: list[str]) -> str | None:
+    """``why_unschedulable`` with the pool's workers and the disabled list read now."""
+    workers = await client.read_workers_for_work_pool(work_pool)
+    disabled = await read_disabled(client)
+    return why_unschedulable(executors, {w.name for w in workers}, set(online(workers, disabled)), disabled)
+
+
 async def live_nodes(client, work_pool: str) -> list[str]:
     """The nodes that may fire tasks now: alive (Prefect's heartbeats) and enabled."""
     try:

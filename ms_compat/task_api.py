@@ -89,6 +89,12 @@ class TaskService:
             fires = plan.upcoming(s, 5, datetime.now(timezone.utc)) if rec.status == Status.Running else []
         except quartz.CronError:
             fires = []
+        why = None
+        if rec.status == Status.Running:
+            try:
+                why = await chain.unschedulable(self.client, self.work_pool, list(s.Executors))
+            except Exception as exc:  # Prefect busy: the detail still answers, without the check
+                log.warning("cannot check whether task %s has a node: %s", rec.id, exc)
         return {
             "Id": str(rec.id), "Title": s.Title, "MetaType": s.MetaType,
             "Remark": s.Remark, "RunLoop": s.RunLoop,
@@ -103,6 +109,8 @@ class TaskService:
             "TotalRunCount": count,
             # extension: what the node will fire next, in the task's zone
             "NextFireTimes": [R.fmt_date(self.to_local(f)) for f in fires],
+            # extension: why a Running task fires nothing (no live, enabled node it may run on)
+            "Unschedulable": why,
         }
 
     def list_row(self, rec: TaskRecord, count: int, last: datetime | None) -> dict[str, Any]:

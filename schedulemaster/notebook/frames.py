@@ -15,7 +15,7 @@ from uuid import UUID
 import pandas as pd
 
 from schedulemaster.coordination import wire
-from schedulemaster.deployments import plan, quartz
+from schedulemaster.deployments import chain, plan, quartz
 from schedulemaster.deployments.tasks import (NODE_QUEUE_PREFIX, STATUS_NAMES, TAG, UPCOMING_TAG, Status, TaskRecord,
                                               record_of, upcoming_run_id)
 from schedulemaster.notebook.connection import Connection, current, prefect_errors
@@ -33,7 +33,7 @@ PAGE = 200
 
 TASK_COLUMNS = ["task_id", "title", "type", "status", "cron", "run_loop", "start_date", "end_date",
                 "executors", "failover", "keepers", "nexts", "params", "url", "method", "module", "class_name",
-                "created", "last_run", "next_run", "total_runs", "remark"]
+                "created", "last_run", "next_run", "total_runs", "remark", "unschedulable"]
 RUN_COLUMNS = ["run_id", "task_id", "task", "name", "kind", "state", "message", "node", "scheduled",
                "started", "ended", "duration_s", "lateness_s", "status_code", "tags"]
 NODE_COLUMNS = ["name", "status", "enabled", "last_seen", "seconds_since_seen", "priority", "max_concurrency",
@@ -120,6 +120,10 @@ def tasks(conn: Connection | None = None) -> pd.DataFrame:
 
     conn = _conn(conn)
     now = datetime.now(timezone.utc)
+    nodes = (conn.legacy.call("GET", "Node/QueryList") or {}).get("rows") or []
+    known = {r.get("NodeName") for r in nodes}
+    live = {r.get("NodeName") for r in nodes if r.get("Status") == 2}  # 运行: online and enabled
+    disabled = {r.get("NodeName") for r in nodes if not r.get("Enabled")}
     rows = []
     for row, rec in _task_rows(conn, stats=True):
         s = rec.spec
@@ -140,7 +144,9 @@ def tasks(conn: Connection | None = None) -> pd.DataFrame:
             "url": s.Http.RequestUrl if s.Http else None, "method": s.Http.Method if s.Http else None,
             "module": s.AssemblyName, "class_name": s.ClassName,
             "created": s.CreateTime, "last_run": row.last_run, "next_run": next_run,
-            "total_runs": int(row.total_runs or 0), "remark": s.Remark})
+            "total_runs": int(row.total_runs or 0), "remark": s.Remark,
+            "unschedulable": chain.why_unschedulable(list(s.Executors), known, live, disabled)
+            if rec.status == Status.Running else None})
     df = pd.DataFrame(rows, columns=TASK_COLUMNS)
     tz = conn.timezone
     for col in ("start_date", "end_date", "created"):
@@ -151,7 +157,7 @@ def tasks(conn: Connection | None = None) -> pd.DataFrame:
     df["status"] = _category(df["status"], TASK_STATUSES)
     df["run_loop"] = df["run_loop"].astype(bool)
     df["total_runs"] = df["total_runs"].astype("int64")
-    for col in ("task_id", "title", "cron", "url", "method", "module", "class_name", "remark"):
+    for col in ("task_id", "title", "cron", "url", "method", "module", "class_name", "remark", "unschedulable"):
         df[col] = df[col].astype("string")
     return df.sort_values("title", ignore_index=True)
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 import schedulemaster as sm
-from schedulemaster.deployments.chain import online
+from schedulemaster.deployments.chain import online, why_unschedulable
 from schedulemaster.deployments.variables import disabled_of, read_node_variables
 
 from helpers import run_cli, wait_until
@@ -25,6 +25,15 @@ def test_the_disabled_list_is_read_defensively_and_filters_the_live_nodes():
                for n, s in (("w1", "ONLINE"), ("w2", "ONLINE"), ("w3", "OFFLINE"))]
     assert online(workers) == ["w1", "w2"]
     assert online(workers, {"w1"}) == ["w2"]
+
+
+def test_why_a_running_task_has_no_node():
+    known, live, off = {"w1", "w2", "w3"}, {"w1"}, {"w2"}
+    assert why_unschedulable([], known, live, off) is None
+    assert why_unschedulable(["w3", "w1"], known, live, off) is None
+    assert why_unschedulable([], known, set(), off) == "no node is online and enabled"
+    assert why_unschedulable(["w2", "w3", "gone"], known, live, off) == (
+        "no node it may run on can fire it: w2 is disabled; w3 is offline; gone is not a node of this system")
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +61,11 @@ def test_a_disabled_node_fires_nothing_until_enabled(api, system, receiver):
         assert api.disable_node("worker1") == "节点已休息!"  # idempotent
         row = _row(api, "worker1")
         assert (row["Status"], row["StatusText"], row["Enabled"]) == (1, "空闲", False)
+        # the Running task says why it fires nothing, in its detail and in the notebook's frame
+        assert system.detail(task_id)["Unschedulable"] == "no node is online and enabled"
         sm.connect(system.api, prefect_auth=system.auth_string)
+        frame = sm.tasks()
+        assert frame[frame["task_id"] == task_id].iloc[0]["unschedulable"] == "no node is online and enabled"
         nodes = sm.nodes()
         assert list(nodes.columns) == ["name", "status", "enabled", "last_seen", "seconds_since_seen", "priority",
                                        "max_concurrency", "running_firings", "host", "started", "created", "pool"]
@@ -69,6 +82,7 @@ def test_a_disabled_node_fires_nothing_until_enabled(api, system, receiver):
         assert len(once) == 1 and once[0]["state_type"] == "SCHEDULED", once
         assert api.enable_node("worker1") == "节点已启用!"
         receiver.wait_for("/nodes-flow", settled + 2, timeout=30)
+        assert system.detail(task_id)["Unschedulable"] is None
         assert _row(api, "worker1")["Status"] == 2
         wait_until(lambda: [r for r in system.flow_runs(task_id) if r["id"] == once[0]["id"]
                             and r["state_type"] == "COMPLETED"], timeout=30)

@@ -456,7 +456,7 @@ def test_frames_have_typed_columns(conn, receiver):
     assert list(t.columns) == ["task_id", "title", "type", "status", "cron", "run_loop", "start_date",
                                "end_date", "executors", "failover", "keepers", "nexts", "params", "url", "method",
                                "module", "class_name", "created", "last_run", "next_run", "total_runs",
-                               "remark"]
+                               "remark", "unschedulable"]
     assert str(t["created"].dtype) == f"datetime64[ns, {tz}]" or str(t["created"].dtype).endswith(f", {tz}]")
     assert isinstance(t["status"].dtype, pd.CategoricalDtype)
     assert list(t["status"].cat.categories) == ["stopped", "running", "paused"]
@@ -465,6 +465,7 @@ def test_frames_have_typed_columns(conn, receiver):
     assert (mine["type"], mine["status"], mine["url"], mine["method"], mine["params"]) == (
         "http", "running", receiver.url("/py-frames"), "POST", {"p": "1"})
     assert mine["total_runs"] >= 2 and mine["last_run"].tzinfo is not None
+    assert pd.isna(mine["unschedulable"])  # worker1 fires it
     # the next run is the cron's next even second, computed where the frame is built
     now = pd.Timestamp.now(tz=tz)
     assert now < mine["next_run"] <= now + pd.Timedelta(seconds=2.5) and mine["next_run"].second % 2 == 0
