@@ -441,11 +441,22 @@ class TaskRepository:
         return (await session.execute(sa.select(sa.func.count()).select_from(self.db.Deployment)
                                       .where(self._tagged(), *where))).scalar_one()
 
+    async def running(self, pinned_only: bool = False) -> list[TaskRecord]:
+        """The Running tasks (only those whose Executors name nodes, when ``pinned_only``)."""
+        where = [self._status_is(Status.Running)]
+        if pinned_only:
+            where.append(self._has_list("Executors"))
+        return await self._records(*where)
+
     def _has_children(self):
+        return self._has_list("Nexts")
+
+    def _has_list(self, key: str):
+        """Deployments whose task's list field ``key`` is not empty (no spec parsed)."""
         D = self.db.Deployment
         if self.db.dialect.name == "postgresql":
-            return sa.func.jsonb_array_length(D.parameters.op("#>")(sa.literal_column("'{task,Nexts}'"))) > 0
-        return sa.func.json_array_length(sa.func.json_extract(D.parameters, "$.task.Nexts")) > 0
+            return sa.func.jsonb_array_length(D.parameters.op("#>")(sa.literal_column(f"'{{task,{key}}}'"))) > 0
+        return sa.func.json_array_length(sa.func.json_extract(D.parameters, f"$.task.{key}")) > 0
 
     def _tagged(self):
         """Deployments that are tasks, as record_of tells them: tagged, with a ``task`` object

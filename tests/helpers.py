@@ -77,7 +77,8 @@ PLUGINS_DIR = Path(__file__).parent / "plugins"
 #: what the tests' systems refresh faster than production does, so tests wait less: the delayed
 #: report every 5 s (not every minute), the nodes' view of the live and disabled nodes every second
 #: (not every 5 s), and a stalled request body cut after 3 s (not 15)
-FAST_REFRESH = {"SM_DELAYED_REPORT_SECONDS": "5", "SM_NODES_REFRESH_SECONDS": "1", "SM_BODY_IDLE_SECONDS": "3"}
+FAST_REFRESH = {"SM_DELAYED_REPORT_SECONDS": "5", "SM_NODES_REFRESH_SECONDS": "1", "SM_BODY_IDLE_SECONDS": "3",
+                "SM_UNSCHEDULABLE_GRACE_SECONDS": "2"}
 
 
 @dataclass

@@ -124,6 +124,17 @@ async def run_upcoming(settings: Settings) -> None:
         log.info("%d stand-in runs of next fire times removed (SM_UI_NEXT_RUNS=off)", removed)
 
 
+async def run_unschedulable(settings: Settings, on_unschedulable) -> None:
+    """Say once when a Running task has no node to fire it (schedulemaster/master/unschedulable.py)."""
+    from prefect.client.orchestration import get_client
+
+    from schedulemaster.master.unschedulable import Unschedulable
+
+    async with get_client() as client:
+        await wait_for_prefect(client, timeout=600)
+        await Unschedulable(client, settings.work_pool, on_unschedulable).run()
+
+
 def prefect_ui_of(settings: Settings) -> str:
     """Where the Prefect UI is, for the console's links: its API's URL without ``/api``."""
     url = settings.prefect_api_url.rstrip("/")
@@ -240,6 +251,8 @@ async def serve_master(settings: Settings) -> None:
     readiness = asyncio.create_task(run_queue_readiness(settings), name="queue-readiness")
     pool_table = asyncio.create_task(run_pool_nodes(settings, store.engine), name="pool-nodes")
     upcoming = asyncio.create_task(run_upcoming(settings), name="upcoming")
+    unschedulable = asyncio.create_task(run_unschedulable(
+        settings, lambda spec, when, message: mailer.task_failed(spec, when, message, message)), name="unschedulable")
     await asyncio.sleep(0)
     tasks.append(asyncio.create_task(servers[1].serve()))
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -251,6 +264,7 @@ async def serve_master(settings: Settings) -> None:
     readiness.cancel()
     pool_table.cancel()
     upcoming.cancel()
+    unschedulable.cancel()
     for t in done:
         if t.exception():
             raise t.exception()

@@ -72,6 +72,13 @@ async def main():
     assert [r.id for r in (await repo.page(None, 0, 10, Status.Running))[1]] == [a]
     assert {r.id for r in (await repo.page(None, 0, 10, Status.Stop))[1]} == {b, c2}
     assert (await repo.page(None, 0, 10, Status.Paused))[0] == 0
+    # the Running tasks, and those of them pinned to nodes (the unschedulable check)
+    pinned = uuid.uuid4()
+    await repo.create(pinned, spec("pinned").model_copy(update={"Executors": ["w9"]}), "schedulemaster", schema,
+                      Status.Running)
+    assert {r.id for r in await repo.running()} == {a, pinned}
+    assert [r.id for r in await repo.running(pinned_only=True)] == [pinned]
+    await repo.delete(pinned, [])
     # each task its own flow, with its id, named by its title; a taken name gets the id's start
     import sqlalchemy as sa
     F, D, R = db.Flow, db.Deployment, db.FlowRun

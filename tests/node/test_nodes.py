@@ -36,6 +36,15 @@ def test_why_a_running_task_has_no_node():
         "no node it may run on can fire it: w2 is disabled; w3 is offline; gone is not a node of this system")
 
 
+def task_events(system, task_id: str) -> list[dict]:
+    """The master's unschedulable / schedulable events of a task, oldest first."""
+    r = system.pf("POST", "/events/filter", json={"filter": {
+        "event": {"prefix": ["schedulemaster.task."]},
+        "resource": {"id": [f"schedulemaster.task.{task_id}"]}, "order": "ASC"}, "limit": 50})
+    r.raise_for_status()
+    return r.json()["events"]
+
+
 @pytest.fixture(scope="module")
 def api(system):
     system.wait_node()
@@ -80,9 +89,17 @@ def test_a_disabled_node_fires_nothing_until_enabled(api, system, receiver):
         assert len(receiver.at("/nodes-flow")) == settled, "a disabled node kept firing"
         once = [r for r in system.flow_runs(task_id) if "sm:run-once" in r["tags"]]
         assert len(once) == 1 and once[0]["state_type"] == "SCHEDULED", once
+        # ... and the master says so once, as a Prefect event (its keepers would be mailed)
+        said = wait_until(lambda: task_events(system, task_id), timeout=40)
+        assert [e["event"] for e in said] == ["schedulemaster.task.unschedulable"]
+        assert said[0]["payload"]["reason"] == "no node is online and enabled"
+        assert {"prefect.resource.id": f"prefect.deployment.{task_id}", "prefect.resource.role": "deployment"} in \
+            said[0]["related"]
         assert api.enable_node("worker1") == "节点已启用!"
         receiver.wait_for("/nodes-flow", settled + 2, timeout=30)
         assert system.detail(task_id)["Unschedulable"] is None
+        again = wait_until(lambda: len(e := task_events(system, task_id)) >= 2 and e, timeout=40)
+        assert [e["event"] for e in again] == ["schedulemaster.task.unschedulable", "schedulemaster.task.schedulable"]
         assert _row(api, "worker1")["Status"] == 2
         wait_until(lambda: [r for r in system.flow_runs(task_id) if r["id"] == once[0]["id"]
                             and r["state_type"] == "COMPLETED"], timeout=30)
