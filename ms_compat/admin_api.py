@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 from fastapi import FastAPI, Request
 
+from schedulemaster import alarms
 from schedulemaster.flows.targets import networks
 from schedulemaster.ms_compat import responses as R
 from schedulemaster.ms_compat import roles
@@ -65,6 +66,7 @@ CONFIG_RULES: dict[str, tuple[Callable[[str], bool], str]] = {
     "Assembly_ImagePullPolicy": (lambda v: v in ("Always", "IfNotPresent"), "Always 或 IfNotPresent"),
     "Http_DeniedNetworks": (_networks_ok, "逗号分隔的网段，如 10.9.0.0/16,192.0.2.7"),
     "Http_AllowedNetworks": (_networks_ok, "逗号分隔的网段，如 169.254.0.0/16"),
+    alarms.SETTING: (alarms.check, f"Apprise 支持的 URL，逗号或空格分隔，最多 {alarms.MAX_URLS} 个"),
 }
 SECRET_SUFFIX = "Pwd"
 MASK = "******"

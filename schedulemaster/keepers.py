@@ -5,7 +5,8 @@ The master sees every task failure: firings reach it through the recording endpo
 worker-path runs report theirs (flows/task_flow.py). Mail goes out from a queue on the
 master's loop, on a thread (smtplib blocks), so a slow or unreachable SMTP server never
 fails or delays a run. Besides mail, a task may name Prefect notification blocks
-(``NotifyBlocks``: Slack, Teams, a webhook... any block with ``notify``) as extra channels.
+(``NotifyBlocks``: Slack, Teams, a webhook... any block with ``notify``) as extra channels,
+and the global alarm channels (schedulemaster/alarms.py) are told too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from email.message import EmailMessage
 from email.utils import formataddr
 from typing import Any
 
+from schedulemaster import alarms
 from schedulemaster.deployments.spec import TaskSpec
 from schedulemaster.mail import smtp_send
 
@@ -74,7 +76,7 @@ class KeeperMailer:
 
     def failure(self, f: Failure) -> None:
         """Queue a failure's notifications; never blocks, never raises."""
-        if not f.keepers and not f.notify_blocks:
+        if not f.keepers and not f.notify_blocks and not alarms.configured(self.store):
             return
         try:
             self.queue.put_nowait(f)
@@ -89,6 +91,9 @@ class KeeperMailer:
                     await asyncio.to_thread(self.send_mail, f)
                 for name in f.notify_blocks:
                     await self.notify_block(name, f)
+                if alarms.configured(self.store):
+                    await alarms.send(self.store, subject_of(f), f"{f.when:%Y-%m-%d %H:%M:%S} {f.message}\n"
+                                      f"{f.detail}".strip(), subject=f"task {f.task_id}")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # logged, never raised into a run

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from schedulemaster import prefect_patches, stall_watch
+from schedulemaster import alarms, prefect_patches, stall_watch
 from schedulemaster.settings import Settings
 
 log = logging.getLogger("schedulemaster.dispatcher")
@@ -80,6 +80,9 @@ async def serve_dispatcher(settings: Settings, name: str, max_held: int = 5000, 
             if row is not None:
                 when = datetime.now(timezone.utc).astimezone(ZoneInfo(settings.timezone))
                 await asyncio.to_thread(mail_delayed_failure, store, row, outcome.error, when)
+                await alarms.send(store, f"延时任务执行失败 — {row['topic']}/{row['contentkey']}",
+                                  f"{when:%Y-%m-%d %H:%M:%S} {row['id']}: {outcome.error or ''}",
+                                  subject=f"delayed {row['topic']}")
         except Exception as exc:  # the task's outcome stands; only the mail is lost
             log.error("mailing the creator of delayed task %s failed: %s", settled.claim.id, exc)
 

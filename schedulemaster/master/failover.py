@@ -63,8 +63,11 @@ def taken_before_restart(run, info) -> bool:
 
 
 class Failover:
-    def __init__(self, engine, client, work_pool: str, on_failure=None, activity=None):
+    def __init__(self, engine, client, work_pool: str, on_failure=None, activity=None, on_node_offline=None):
         self.engine = engine
+        #: async (node name, why) -> None, once per node going offline (the global alarm channels)
+        self.on_node_offline = on_node_offline
+        self._told_offline: set[str] = set()
         self.activity = activity  # coordination_api.NodeActivity: who still claims firings
         self._busy_noted: set[str] = set()
         self.client = client
@@ -108,6 +111,7 @@ class Failover:
         offline = ({w.name for w in workers} | set(nodes) | {c.node for c in pending}) - online
         confirmed = offline & self._offline_before if on_time and online else set()
         self._offline_before, self._last_tick = offline, loop_now
+        await self._tell_offline(confirmed, online, beats, now)
 
         def gone(name: str, incarnation: str | None) -> str | None:
             """Why a node's work is orphaned, or None while the node holds it."""
@@ -224,6 +228,21 @@ class Failover:
             idempotency_key=f"rerun:{key}")
         self.handed_over += 1
         log.warning("%s; re-run as %s in queue %s (failover policy: retry-elsewhere)", reason, run.name, queue)
+
+    async def _tell_offline(self, confirmed: set[str], online: set[str], beats: dict, now) -> None:
+        """Say once that a node went offline (offline two ticks in a row while others are
+        online); said again only after it came back."""
+        self._told_offline &= {n for n in self._told_offline if n not in online}
+        if self.on_node_offline is None:
+            return
+        for name in sorted(confirmed - self._told_offline):
+            self._told_offline.add(name)
+            beat = beats.get(name)
+            seen = f"last heartbeat {(now - beat).total_seconds():.0f} s ago" if beat else "no heartbeat"
+            try:
+                await self.on_node_offline(name, f"node {name} went offline ({seen})")
+            except Exception as exc:  # an alarm channel down: failover goes on
+                log.warning("telling that node %s went offline failed: %s", name, exc)
 
     # ---- worker-path runs -------------------------------------------------------------
     async def _held_runs(self) -> list:

@@ -76,15 +76,20 @@ def _version() -> str:
         return "unknown"
 
 
-async def run_failover(settings: Settings, engine, on_failure, activity=None) -> None:
-    """Re-run or fail what dead nodes held (schedulemaster/master/failover.py), with its own client."""
+async def run_failover(settings: Settings, store, on_failure, activity=None) -> None:
+    """Re-run or fail what dead nodes held (schedulemaster/master/failover.py), with its own
+    client; a node gone offline is told to the alarm channels (schedulemaster/alarms.py)."""
     from prefect.client.orchestration import get_client
 
+    from schedulemaster import alarms
     from schedulemaster.master.failover import Failover
+
+    async def node_offline(name: str, why: str) -> None:
+        await alarms.send(store, f"节点下线 — {name}", why, kind="warning", subject=f"node {name}")
 
     async with get_client() as client:
         await wait_for_prefect(client, timeout=600)
-        await Failover(engine, client, settings.work_pool, on_failure, activity).run()
+        await Failover(store.engine, client, settings.work_pool, on_failure, activity, node_offline).run()
 
 
 async def run_queue_readiness(settings: Settings) -> None:
@@ -247,7 +252,7 @@ async def serve_master(settings: Settings) -> None:
     # The legacy API's lifespan waits for Prefect's; start Prefect first.
     tasks = [asyncio.create_task(servers[0].serve())]
     mailing = asyncio.create_task(mailer.run(), name="keeper-mail")
-    failover = asyncio.create_task(run_failover(settings, store.engine, mailer.task_failed, activity), name="failover")
+    failover = asyncio.create_task(run_failover(settings, store, mailer.task_failed, activity), name="failover")
     readiness = asyncio.create_task(run_queue_readiness(settings), name="queue-readiness")
     pool_table = asyncio.create_task(run_pool_nodes(settings, store.engine), name="pool-nodes")
     upcoming = asyncio.create_task(run_upcoming(settings), name="upcoming")

@@ -70,6 +70,8 @@ DEFAULT_CONFIGS = [
     ("DelayTask_RetryTimes", "延时任务配置", "重试次数", "3"),
     ("DelayTask_RetrySpans", "延时任务配置", "重试间隔", "10"),
     ("DelayTask_RequestTimeout", "延时任务配置", "回调超时时间 (extension)", "100"),
+    ("Alarm_AppriseUrlsPwd", "告警配置", "告警通道 (extension): Apprise URL，逗号或空格分隔，如 dingtalk://、"
+     "wecombot://、feishu://、slack://、json://", ""),
 ]
 DEFAULT_ADMIN = ("admin", "111111")
 
