@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from schedulemaster.deployments import plan
+from schedulemaster.deployments import plan, quartz
 from schedulemaster.deployments.spec import TaskSpec
 from schedulemaster.deployments.tasks import (TAG, UPCOMING_TAG, Status, TaskRepository, record_of, run_name,
                                               upcoming_run_id)
@@ -110,23 +110,30 @@ class Upcoming:
         """Follow the task book's changes and move the stand-ins that fell due; returns how
         many stand-ins were written or removed."""
         now = now or utcnow()
-        stale, gone = await self._changes()
-        wanted: dict[uuid.UUID, Shown | None] = dict.fromkeys(gone)
-        wanted.update(await self._running(stale))
-        for tid, task in self.shown.items():
-            if tid not in wanted and task.at is not None and task.at <= now:
-                wanted[tid] = task
-        puts, drops = [], []
-        for tid, task in wanted.items():
-            at = plan.next_fire(task.spec, now) if task is not None else None
-            if at is None:
-                self.shown.pop(tid, None)
-                drops.append(tid)
-            else:
-                task.at = at
-                self.shown[tid] = task
-                puts.append(task)
-        await self._write(puts, drops)
+        try:
+            stale, gone = await self._changes()
+            wanted: dict[uuid.UUID, Shown | None] = dict.fromkeys(gone)
+            wanted.update(await self._running(stale))
+            for tid, task in self.shown.items():
+                if tid not in wanted and task.at is not None and task.at <= now:
+                    wanted[tid] = task
+            puts, drops = [], []
+            for tid, task in wanted.items():
+                at = _next(task, now) if task is not None else None
+                if at is None:
+                    self.shown.pop(tid, None)
+                    drops.append(tid)
+                else:
+                    task.at = at
+                    self.shown[tid] = task
+                    puts.append(task)
+            await self._write(puts, drops)
+        except BaseException:
+            # what was read is not written: the next look starts over from every task
+            self.versions.clear()
+            self.shown.clear()
+            self._as_of = None
+            raise
         return len(puts) + len(drops)
 
     async def _changes(self) -> tuple[list[uuid.UUID], set[uuid.UUID]]:
@@ -197,6 +204,15 @@ class Upcoming:
             labels = {t.id: t.labels for t in new}
             for i in range(0, len(new), CHUNK):
                 await bulk_runs.insert_runs(session, [stand_in(t, t.at) for t in new[i:i + CHUNK]], labels)
+
+
+def _next(task: Shown, now: datetime) -> datetime | None:
+    """The task's next instant after ``now``; None for a cron that does not parse (none should
+    reach here: the API refuses them; an older row must not stop every other stand-in)."""
+    try:
+        return plan.next_fire(task.spec, now)
+    except quartz.CronError:
+        return None
 
 
 def _name(task: Shown, at: datetime) -> str:
