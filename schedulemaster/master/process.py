@@ -84,8 +84,14 @@ async def run_failover(settings: Settings, store, on_failure, activity=None) -> 
     from schedulemaster import alarms
     from schedulemaster.master.failover import Failover
 
+    sending: set[asyncio.Task] = set()
+
     async def node_offline(name: str, why: str) -> None:
-        await alarms.send(store, f"节点下线 — {name}", why, kind="warning", subject=f"node {name}")
+        # in the background: a channel that answers slowly must not hold the failover tick
+        task = asyncio.create_task(alarms.send(store, f"节点下线 — {name}", why, kind="warning",
+                                               subject=f"node {name}"))
+        sending.add(task)
+        task.add_done_callback(sending.discard)
 
     async with get_client() as client:
         await wait_for_prefect(client, timeout=600)
