@@ -125,6 +125,7 @@ def import_command(
     from a ScheduleMaster database into the running system. Safe to run again: nothing is
     duplicated, changed rows are updated, conflicts are reported."""
     from rich.console import Console
+    from rich.markup import escape
 
     from schedulemaster.ms_compat.legacy_import import SourceError, plan_import, read_source
     from schedulemaster.store.db import DEFAULT_CONFIGS
@@ -187,10 +188,10 @@ def import_command(
     if pinned:
         console.print(f"[bold red]{len(pinned)} task(s) pinned to nodes this system does not know[/] (they would "
                       "never fire on them; imported, not started unless another of their nodes is here):")
-        for item in pinned:
-            console.print(f"  {item.key}  {item.title[:60]}: {', '.join(item.unknown_nodes)}")
+        for item in pinned:  # titles and names are the original's text, not markup
+            console.print(f"  {item.key}  {escape(item.title[:60])}: {escape(', '.join(item.unknown_nodes))}")
         names = sorted({n for i in pinned for n in i.unknown_nodes})
-        console.print(f"rename them with --map-node, e.g. --map-node {names[0]}=worker1, and import again")
+        console.print(f"rename them with --map-node, e.g. --map-node {escape(names[0])}=worker1, and import again")
     if pinned or any(i.action in ("cannot", "failed", "conflict") for i in plan.items):
         raise typer.Exit(EXIT_INCOMPLETE)
 
@@ -360,6 +361,7 @@ _ACTIONS = ("created", "updated", "kept", "conflict", "failed", "cannot", "skip"
 
 
 def _report(console, plan, *, dry_run: bool, history: bool, applied: bool, path: Path | None = None) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     _write_report(path, plan)
@@ -377,7 +379,8 @@ def _report(console, plan, *, dry_run: bool, history: bool, applied: bool, path:
     details = Table("kind", "id / name", "title", "action", "notes", title="items that need attention")
     for item in plan.items:
         if item.notes or item.action in ("cannot", "failed", "conflict"):
-            details.add_row(item.kind, item.key, item.title[:40], item.action, "; ".join(item.notes))
+            details.add_row(item.kind, escape(item.key), escape(item.title[:40]), item.action,
+                            escape("; ".join(item.notes)))  # the original's text, not markup
     if details.row_count:
         console.print(details)
     if history:
@@ -390,5 +393,5 @@ def _report(console, plan, *, dry_run: bool, history: bool, applied: bool, path:
                           f"already recorded, {result['failed']} failed, {result['skipped']} skipped (their task "
                           "was not imported)")
             for line in result["failures"]:
-                console.print(f"  {line}")
+                console.print(f"  {escape(line)}")
     console.print(CHECKLIST)

@@ -523,3 +523,21 @@ def test_a_task_pinned_to_an_unknown_node_is_renamed_by_map_node(source, target,
     r = run_import(target, "--from", source.url, "--map-node", "worker9=worker1", "--report", str(tmp_path / "r2.json"))
     again = {i["key"]: i for i in json.loads((tmp_path / "r2.json").read_text())["items"]}
     assert again[source.PLUGIN]["action"] == "kept", again[source.PLUGIN]
+
+
+def test_the_report_prints_the_originals_text_as_text(tmp_path):
+    """Titles, notes and node names from the original are not rich markup: a title '[/x]' once
+    stopped the report with a MarkupError after the import had written everything."""
+    import io
+
+    from rich.console import Console
+
+    from schedulemaster.cli.import_cli import _report
+    from schedulemaster.ms_compat.legacy_import import Item, Plan
+
+    plan = Plan(items=[Item("task", "k1", "[/x] 夜间 [bold]对账", "failed", ["note [/y]"], unknown_nodes=["[/z]"])])
+    out = io.StringIO()
+    _report(Console(file=out, width=200), plan, dry_run=False, history=False, applied=True,
+            path=tmp_path / "r.json")
+    assert "[/x] 夜间 [bold]对账" in out.getvalue() and "note [/y]" in out.getvalue()
+    assert json.loads((tmp_path / "r.json").read_text())["items"][0]["unknown_nodes"] == ["[/z]"]
