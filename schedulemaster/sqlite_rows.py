@@ -42,13 +42,19 @@ async def insert_rows(session, table, rows: list[dict]) -> None:
         rows = [{**row, **{c.name: c.default.arg(None) if c.default.is_callable else c.default.arg
                            for c in missing}} for row in rows]
     columns = tuple(rows[0])
-    processors = [table.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for name in columns]
-    step = max(1, SQLITE_MAX_PARAMETERS // len(columns))
+    for part, params in _chunks(conn, table, columns, rows):
+        await conn.exec_driver_sql(_values_sql(table.name, columns, len(part)), params)
+
+
+def _chunks(conn, table, names: tuple[str, ...], rows: list[dict]):
+    """(rows, their values in ``names`` order through each column type's bind processing), as
+    many rows at a time as one statement may take parameters."""
+    processors = [table.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for name in names]
+    step = max(1, SQLITE_MAX_PARAMETERS // len(names))
     for i in range(0, len(rows), step):
         part = rows[i:i + step]
-        params = tuple(value if proc is None else proc(value)
-                       for row in part for proc, value in zip(processors, (row[name] for name in columns)))
-        await conn.exec_driver_sql(_values_sql(table.name, columns, len(part)), params)
+        yield part, tuple(value if proc is None else proc(value)
+                          for row in part for proc, value in zip(processors, (row[name] for name in names)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -74,11 +80,5 @@ async def update_rows(session, table, key: str, rows: list[dict]) -> None:
             {c: sa.bindparam(c) for c in columns})
         await conn.execute(stmt, [{"_key": row[key], **{c: row[c] for c in columns}} for row in rows])
         return
-    names = (key, *columns)
-    processors = [table.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for name in names]
-    step = max(1, SQLITE_MAX_PARAMETERS // len(names))
-    for i in range(0, len(rows), step):
-        part = rows[i:i + step]
-        params = tuple(value if proc is None else proc(value)
-                       for row in part for proc, value in zip(processors, (row[name] for name in names)))
+    for part, params in _chunks(conn, table, (key, *columns), rows):
         await conn.exec_driver_sql(_update_sql(table.name, key, columns, len(part)), params)
