@@ -74,6 +74,7 @@ class Snapshot:
     unfinished: dict[str, int] = field(default_factory=dict)
     unrecorded: dict[str, int] = field(default_factory=dict)
     delayed: dict | None = None
+    unschedulable: int | None = None
 
 
 class _SnapshotCollector:
@@ -106,6 +107,10 @@ class _SnapshotCollector:
         for node, n in sorted(s.unrecorded.items()):
             waiting.add_metric([node], n)
         yield waiting
+        if s.unschedulable is not None:
+            yield GaugeMetricFamily("schedulemaster_tasks_unschedulable",
+                                    "Running tasks that no live, enabled node they may run on can fire "
+                                    "(after the grace; master/unschedulable.py)", value=s.unschedulable)
         if s.delayed is not None:
             by_status = GaugeMetricFamily("schedulemaster_delayed_tasks", "Delayed tasks by status",
                                           labels=["status"])
@@ -120,8 +125,10 @@ class _SnapshotCollector:
 class Metrics:
     """The endpoint and what it reads; one per master."""
 
-    def __init__(self, store, work_pool: str, read_disabled, authenticator: Authenticator, open_: bool = False):
+    def __init__(self, store, work_pool: str, read_disabled, authenticator: Authenticator, open_: bool = False,
+                 unschedulable=None):
         self.store = store
+        self.unschedulable = unschedulable  # () -> how many Running tasks no node can fire (said so)
         self.work_pool = work_pool
         self.read_disabled = read_disabled  # async () -> set of disabled node names
         self.auth = authenticator
@@ -164,6 +171,7 @@ class Metrics:
 
     async def _snapshot(self) -> Snapshot:
         snap = await asyncio.to_thread(self._store_snapshot)
+        snap.unschedulable = self.unschedulable() if self.unschedulable is not None else None
         infos = await asyncio.to_thread(claims.nodes, self.store.engine)
         disabled = await self.read_disabled()
         for w in sorted(await pool_workers(self.work_pool), key=lambda w: w.name):

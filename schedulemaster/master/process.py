@@ -135,15 +135,14 @@ async def run_upcoming(settings: Settings) -> None:
         log.info("%d stand-in runs of next fire times removed (SM_UI_NEXT_RUNS=off)", removed)
 
 
-async def run_unschedulable(settings: Settings, on_unschedulable) -> None:
+async def run_unschedulable(watch) -> None:
     """Say once when a Running task has no node to fire it (schedulemaster/master/unschedulable.py)."""
     from prefect.client.orchestration import get_client
 
-    from schedulemaster.master.unschedulable import Unschedulable
-
     async with get_client() as client:
         await wait_for_prefect(client, timeout=600)
-        await Unschedulable(client, settings.work_pool, on_unschedulable).run()
+        watch.client = client
+        await watch.run()
 
 
 def prefect_ui_of(settings: Settings) -> str:
@@ -203,6 +202,7 @@ async def serve_master(settings: Settings) -> None:
     from schedulemaster.ms_compat.import_target import ImportTarget
     from schedulemaster.master.task_changes import TaskChanges
     from schedulemaster.master.metrics import Metrics
+    from schedulemaster.master.unschedulable import Unschedulable
     from schedulemaster.deployments.variables import read_disabled
 
     store = Store(settings.store_url)
@@ -242,8 +242,10 @@ async def serve_master(settings: Settings) -> None:
     changes = TaskChanges()  # nodes wait on it between two looks at the task book
     legacy_app = create_legacy_app(store, make_service, close, packages, info={
         "PrefectApiUrl": settings.prefect_api_url, "Version": _version()})
+    watch = Unschedulable(None, settings.work_pool,
+                          lambda spec, when, message: mailer.task_failed(spec, when, message, message))
     metrics = Metrics(store, settings.work_pool, lambda: read_disabled(client), legacy_app.state.authenticator,
-                      settings.metrics_open)
+                      settings.metrics_open, unschedulable=lambda: len(watch.said))
     await asyncio.to_thread(metrics.start)
     mount_record_api(prefect_app, mailer.task_failed, packages, importer, store.engine, coordination,
                      settings.run_events, changes, metrics.firings.observe)
@@ -262,8 +264,7 @@ async def serve_master(settings: Settings) -> None:
     readiness = asyncio.create_task(run_queue_readiness(settings), name="queue-readiness")
     pool_table = asyncio.create_task(run_pool_nodes(settings, store.engine), name="pool-nodes")
     upcoming = asyncio.create_task(run_upcoming(settings), name="upcoming")
-    unschedulable = asyncio.create_task(run_unschedulable(
-        settings, lambda spec, when, message: mailer.task_failed(spec, when, message, message)), name="unschedulable")
+    unschedulable = asyncio.create_task(run_unschedulable(watch), name="unschedulable")
     await asyncio.sleep(0)
     tasks.append(asyncio.create_task(servers[1].serve()))
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

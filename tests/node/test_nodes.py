@@ -9,12 +9,13 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import schedulemaster as sm
 from schedulemaster.deployments.chain import online, why_unschedulable
 from schedulemaster.deployments.variables import disabled_of, read_node_variables
 
-from helpers import run_cli, wait_until
+from helpers import AUTH, run_cli, wait_until
 
 
 def test_the_disabled_list_is_read_defensively_and_filters_the_live_nodes():
@@ -43,6 +44,13 @@ def task_events(system, task_id: str) -> list[dict]:
         "resource": {"id": [f"schedulemaster.task.{task_id}"]}, "order": "ASC"}, "limit": 50})
     r.raise_for_status()
     return r.json()["events"]
+
+
+def unschedulable_gauge(system) -> float:
+    r = httpx.get(f"{system.api}/metrics", headers=AUTH, timeout=30)
+    r.raise_for_status()
+    return next(s.value for f in text_string_to_metric_families(r.text) for s in f.samples
+                if s.name == "schedulemaster_tasks_unschedulable")
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +101,8 @@ def test_a_disabled_node_fires_nothing_until_enabled(api, system, receiver):
         said = wait_until(lambda: task_events(system, task_id), timeout=40)
         assert [e["event"] for e in said] == ["schedulemaster.task.unschedulable"]
         assert said[0]["payload"]["reason"] == "no node is online and enabled"
+        gauge = lambda: unschedulable_gauge(system)  # noqa: E731
+        during = wait_until(lambda: gauge() >= 1 and gauge(), timeout=10)
         assert {"prefect.resource.id": f"prefect.deployment.{task_id}", "prefect.resource.role": "deployment"} in \
             said[0]["related"]
         assert api.enable_node("worker1") == "节点已启用!"
@@ -100,6 +110,7 @@ def test_a_disabled_node_fires_nothing_until_enabled(api, system, receiver):
         assert system.detail(task_id)["Unschedulable"] is None
         again = wait_until(lambda: len(e := task_events(system, task_id)) >= 2 and e, timeout=40)
         assert [e["event"] for e in again] == ["schedulemaster.task.unschedulable", "schedulemaster.task.schedulable"]
+        assert gauge() < during
         assert _row(api, "worker1")["Status"] == 2
         wait_until(lambda: [r for r in system.flow_runs(task_id) if r["id"] == once[0]["id"]
                             and r["state_type"] == "COMPLETED"], timeout=30)
