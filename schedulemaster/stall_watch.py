@@ -172,10 +172,27 @@ def _await_chain(task: asyncio.Task) -> str:
 _WATCH: StallWatch | None = None
 
 
+#: a garbage collection pass this long is logged: it stops every thread holding the GIL, so a
+#: large heap's full collection shows as a lone slow request with nothing else in the logs
+GC_SECONDS = 0.2
+_gc_started: list[float] = []
+
+
+def _gc_timer(phase: str, info: dict) -> None:
+    if phase == "start":
+        _gc_started[:] = [time.perf_counter()]
+    elif _gc_started and (took := time.perf_counter() - _gc_started[0]) >= GC_SECONDS:
+        log.warning("garbage collection of generation %d took %.2f s (%d objects collected)",
+                    info.get("generation", -1), took, info.get("collected", 0))
+
+
 def start(loop: asyncio.AbstractEventLoop | None = None) -> StallWatch:
     """Start this process's watcher (once; later calls return the same one)."""
     global _WATCH
     if _WATCH is None:
+        import gc
+
         _WATCH = StallWatch()
         _WATCH.watch(loop or asyncio.get_running_loop())
+        gc.callbacks.append(_gc_timer)
     return _WATCH
