@@ -7,16 +7,16 @@ such runs (its node fires them; deployments/prefect_schedule.py says why), so th
 one stand-in run per Running task: Scheduled at the task's next instant, with the id
 ``upcoming_run_id(task)`` and the tag ``sm:upcoming``, in no work queue, so that no worker and
 no node ever takes it (both read the runs of their own queues only). When its instant passes,
-the row is written again for the next one; a task that stops running, or whose schedule has
+the row moves to the next one in place; a task that stops running, or whose schedule has
 ended, loses it; Prefect deletes it with the task's deployment. The project's run lists
 (QueryTraces, the console, ``sm.runs``) leave it out.
 
 What it costs follows the changes and the firings, not the number of tasks: the task book is
 followed as a node follows it (its change token, then ``versions`` of what changed), and the
-stand-ins that fell due are rewritten together once a second (at 10,000 tasks firing once a
+stand-ins that fell due are moved together once a second (at 10,000 tasks firing once a
 minute, about 170 rows a second). A stand-in emits no event: it is no firing, and 170 events a
 second would bury the real ones. If this service stalled for 15 s, Prefect's MarkLateRuns would
-turn a stand-in Late; the next rewrite makes it Scheduled again.
+turn a stand-in Late; the next move makes it Scheduled again.
 """
 
 from __future__ import annotations
@@ -223,7 +223,7 @@ async def _move(session, db, moves: list[tuple[uuid.UUID, Shown]]) -> None:
     """Stand-ins to their tasks' new instants: what differs from a stand-in written anew at
     that instant (its name, start times, state time and scheduled time), one statement per
     table (sqlite_rows.update_rows) instead of a delete and two inserts through pydantic
-    models: a fifth of the master's CPU per stand-in (measured by bench/upcoming.py)."""
+    models: about a third of the CPU per stand-in (bench/upcoming.py; README, Next fire times)."""
     from prefect.server.schemas.states import StateDetails
     from prefect.types._datetime import now
 
