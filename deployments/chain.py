@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from schedulemaster.coordination.client import MasterClient
@@ -97,17 +98,29 @@ def why_unschedulable(executors: list[str], known: set[str], live: set[str], dis
     return "no node it may run on can fire it: " + "; ".join(why)
 
 
-async def unschedulable(client, work_pool: str, executors: list[str]) -> str | None:
-    """``why_unschedulable`` with the pool's workers and the disabled list read now."""
+@dataclass(frozen=True)
+class NodeView:
+    """The pool's nodes as routing sees them: every one, those that may fire (online and
+    enabled), and the disabled ones."""
+    known: frozenset[str]
+    live: frozenset[str]
+    disabled: frozenset[str]
+
+    def why_unschedulable(self, executors: list[str]) -> str | None:
+        return why_unschedulable(executors, self.known, self.live, self.disabled)
+
+
+async def node_view(client, work_pool: str) -> NodeView:
+    """The pool's workers and the disabled list, read now."""
     workers = await client.read_workers_for_work_pool(work_pool)
     disabled = await read_disabled(client)
-    return why_unschedulable(executors, {w.name for w in workers}, set(online(workers, disabled)), disabled)
+    return NodeView(frozenset(w.name for w in workers), frozenset(online(workers, disabled)), frozenset(disabled))
 
 
 async def live_nodes(client, work_pool: str) -> list[str]:
     """The nodes that may fire tasks now: alive (Prefect's heartbeats) and enabled."""
     try:
-        return online(await client.read_workers_for_work_pool(work_pool), await read_disabled(client))
+        return sorted((await node_view(client, work_pool)).live)
     except Exception:
         return []
 

@@ -19,9 +19,8 @@ import logging
 import os
 import uuid
 
-from schedulemaster.deployments.chain import online, why_unschedulable
+from schedulemaster.deployments.chain import node_view
 from schedulemaster.deployments.tasks import TaskRecord, TaskRepository
-from schedulemaster.deployments.variables import read_disabled
 from schedulemaster.timeutil import utcnow
 
 log = logging.getLogger("schedulemaster.unschedulable")
@@ -55,15 +54,12 @@ class Unschedulable:
             await asyncio.sleep(LOOK_EVERY)
 
     async def look(self) -> None:
-        workers = await self.client.read_workers_for_work_pool(self.work_pool)
-        disabled = await read_disabled(self.client)
-        known, live = {w.name for w in workers}, set(online(workers, disabled))
-        seen = (frozenset(known), frozenset(live), frozenset(disabled), await self.repo.change_token())
+        nodes = await node_view(self.client, self.work_pool)
+        seen = (nodes, await self.repo.change_token())
         if seen == self._seen:
             return
-        tasks = await self.repo.running(pinned_only=bool(live))
-        now = {rec.id: (rec, why) for rec in tasks
-               if (why := why_unschedulable(list(rec.spec.Executors), known, live, disabled))}
+        tasks = await self.repo.running(pinned_only=bool(nodes.live))
+        now = {rec.id: (rec, why) for rec in tasks if (why := nodes.why_unschedulable(list(rec.spec.Executors)))}
         clock = asyncio.get_running_loop().time()
         self.waiting = {tid: since for tid, since in self.waiting.items() if tid in now}
         for tid, (rec, why) in now.items():

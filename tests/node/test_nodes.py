@@ -79,7 +79,8 @@ def test_a_disabled_node_fires_nothing_until_enabled(api, system, receiver):
         row = _row(api, "worker1")
         assert (row["Status"], row["StatusText"], row["Enabled"]) == (1, "空闲", False)
         # the Running task says why it fires nothing, in its detail and in the notebook's frame
-        assert system.detail(task_id)["Unschedulable"] == "no node is online and enabled"
+        # (the detail reads the nodes at most every 2 s: ms_compat/task_api.py NODE_VIEW_SECONDS)
+        wait_until(lambda: system.detail(task_id)["Unschedulable"] == "no node is online and enabled", timeout=10)
         sm.connect(system.api, prefect_auth=system.auth_string)
         frame = sm.tasks()
         assert frame[frame["task_id"] == task_id].iloc[0]["unschedulable"] == "no node is online and enabled"
@@ -107,7 +108,7 @@ def test_a_disabled_node_fires_nothing_until_enabled(api, system, receiver):
             said[0]["related"]
         assert api.enable_node("worker1") == "节点已启用!"
         receiver.wait_for("/nodes-flow", settled + 2, timeout=30)
-        assert system.detail(task_id)["Unschedulable"] is None
+        wait_until(lambda: system.detail(task_id)["Unschedulable"] is None, timeout=10)
         again = wait_until(lambda: len(e := task_events(system, task_id)) >= 2 and e, timeout=40)
         assert [e["event"] for e in again] == ["schedulemaster.task.unschedulable", "schedulemaster.task.schedulable"]
         assert gauge() < during
