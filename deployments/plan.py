@@ -63,3 +63,19 @@ def upcoming(spec: TaskSpec, count: int, after: datetime) -> list[datetime]:
             break
         t = nxt
     return out
+
+
+def instants_between(spec: TaskSpec, after: datetime, until: datetime, limit: int) -> tuple[list[datetime], bool]:
+    """The task's instants in (``after``, ``until``], at most ``limit`` of them, and whether
+    that is all of them (False: there are more, not counted)."""
+    out: list[datetime] = []
+    at = after
+    while True:
+        at = next_fire(spec, at)
+        if at is None or at > until:
+            return out, True
+        if len(out) >= limit:
+            return out, False
+        out.append(at)
+        if not spec.RunLoop:
+            return out, True

@@ -10,9 +10,14 @@ firings; a change is a ``model_copy(update=...)``.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal, Optional
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from schedulemaster.deployments.policy import DEFAULT as DEFAULT_POLICY
+from schedulemaster.deployments.policy import RunPolicy
 
 #: MetaType values
 PLUGIN, HTTP = 1, 2
@@ -59,6 +64,15 @@ class TaskSpec(BaseModel):
     TimeZone: str = "UTC"
     #: when the last Start happened (local time): a one-shot task without StartDate fires then
     StartedAt: Optional[str] = None
+    #: when the last Resume happened (local time): the instants of a pause are not caught up
+    ResumedAt: Optional[str] = None
+    #: misfire, overlap, timeout, retries, what a failure is (deployments/policy.py)
+    Policy: RunPolicy = DEFAULT_POLICY
+
+    @field_validator("Policy", mode="before")
+    @classmethod
+    def _policy(cls, value: Any) -> Any:
+        return DEFAULT_POLICY if value is None else value
 
     @field_validator("TimeZone", mode="before")
     @classmethod
@@ -82,6 +96,10 @@ class TaskSpec(BaseModel):
         if self.MetaType == PLUGIN and not (self.AssemblyName and self.ClassName):
             raise ValueError("a plugin task (MetaType 1) needs AssemblyName and ClassName")
         return self
+
+    def resumed(self) -> "TaskSpec":
+        """This spec as a Resume leaves it (ResumedAt now, in the task's zone)."""
+        return self.model_copy(update={"ResumedAt": datetime.now(ZoneInfo(self.TimeZone)).replace(tzinfo=None).isoformat()})
 
     @property
     def is_plugin(self) -> bool:

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from schedulemaster.deployments.prefect_schedule import display_schedule
-from schedulemaster.deployments.spec import TaskSpec, spec_of
+from schedulemaster.deployments.spec import TaskSpec, spec_of, spec_or_none
 
 TAG = "schedulemaster"
 STOPPED_TAG = "sm:stopped"
@@ -144,7 +144,8 @@ def description_for(spec: TaskSpec) -> str:
             else f"once at {spec.StartDate or 'start'}")
     lines = [f"ScheduleMaster {kind} task · {when} ({spec.TimeZone}) · schedule owned by the "
              f"executor nodes (the next fire time is the task's Upcoming run; more: QueryTaskDetail or "
-             f"`schedulemaster cron`)"]
+             f"`schedulemaster cron`)",
+             f"Policies: {spec.Policy.summary()} · failover {spec.FailoverPolicy}"]
     if spec.Remark:
         lines.insert(0, spec.Remark)
     return "\n\n".join(lines)
@@ -534,10 +535,11 @@ class TaskRepository:
         task's status, or None for a deployment that is not a task."""
         D, S = self.db.Deployment, self.db.DeploymentSchedule
         async with self._write() as session:
-            row = (await session.execute(sa.select(D.paused, D.tags, D.entrypoint).where(D.id == task_id))).first()
+            row = (await session.execute(sa.select(D.paused, D.tags, D.entrypoint, D.parameters)
+                                         .where(D.id == task_id))).first()
             if row is None or row.entrypoint != ENTRYPOINT or TAG not in (row.tags or []):
                 return None
-            status = status_of(row)
+            status = was = status_of(row)
             if schedule_switched and status != Status.Stop:
                 on = (await session.execute(sa.select(sa.func.max(sa.cast(S.active, sa.Integer)))
                                             .where(S.deployment_id == task_id))).scalar()
@@ -547,6 +549,9 @@ class TaskRepository:
                 values["paused"] = status != Status.Running
             if (tags := with_status(row.tags, status)) != list(row.tags):
                 values["tags"] = tags
+            spec = spec_or_none((row.parameters or {}).get("task"))
+            if was == Status.Paused and status == Status.Running and spec is not None:
+                values["parameters"] = {**row.parameters, "task": spec.resumed().wire()}
             if values:
                 await self._update_fields(session, task_id, values)
             await self._switch_schedule(session, task_id, status == Status.Running)

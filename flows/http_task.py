@@ -23,10 +23,14 @@ from urllib.parse import quote_plus
 import aiohttp
 import yarl
 
+from schedulemaster.deployments.policy import DEFAULT as DEFAULT_POLICY
+from schedulemaster.deployments.policy import RunPolicy
 from schedulemaster.deployments.spec import HttpTarget
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 BODY_EXCERPT = 2000
+#: the request header that numbers an attempt, sent when the task retries (deployments/policy.py)
+ATTEMPT_HEADER = "SM-Attempt"
 
 LogFn = Callable[[int, str], None]
 
@@ -77,8 +81,10 @@ class PreparedRequest:
     timeout: float
 
 
-def prepare(http: HttpTarget, settings: dict[str, Any], idempotency_key: str) -> PreparedRequest:
-    """Build the request of one firing (docs/legacy-behaviour.md, HTTP tasks)."""
+def prepare(http: HttpTarget, settings: dict[str, Any], idempotency_key: str,
+            policy: RunPolicy = DEFAULT_POLICY, attempt: int = 1) -> PreparedRequest:
+    """Build the request of one firing (docs/legacy-behaviour.md, HTTP tasks). The timeout:
+    the task's TimeoutSeconds, else its ``sm-timeout`` header, else the settings', else 10 s."""
     url = http.RequestUrl
     method = (http.Method or "GET").upper()
     ctype = http.ContentType or ""
@@ -96,6 +102,8 @@ def prepare(http: HttpTarget, settings: dict[str, Any], idempotency_key: str) ->
                 t = 0
             if t > 0:
                 timeout = t
+    if policy.TimeoutSeconds > 0:
+        timeout = float(policy.TimeoutSeconds)
     if timeout <= 0:
         try:
             timeout = float(settings.get("Http_RequestTimeout") or 0)
@@ -112,6 +120,8 @@ def prepare(http: HttpTarget, settings: dict[str, Any], idempotency_key: str) ->
             url = f"{url}{'&' if '?' in url else '?'}{body}"
     headers["Content-Type"] = f"{ctype}; charset=utf-8" if ctype else "text/plain; charset=utf-8"
     headers["Idempotency-Key"] = idempotency_key
+    if policy.Retries:
+        headers[ATTEMPT_HEADER] = str(attempt)
     try:
         parsed = yarl.URL(url)
     except Exception as exc:  # malformed ports, bad IPv6 literals...
@@ -147,8 +157,12 @@ async def perform_http(
     *,
     settings: dict[str, Any],
     idempotency_key: str,
+    policy: RunPolicy = DEFAULT_POLICY,
+    attempt: int = 1,
 ) -> HttpOutcome:
-    """Send one firing's request; never raises, the outcome says what happened."""
+    """Send one firing's request; never raises, the outcome says what happened. A failure is
+    what the task's policy says one is: no answer in time, a non-2xx answer when it (or the
+    global setting) says so, an answer without its ExpectedText."""
     out = HttpOutcome(ok=False, message="")
 
     def log(level: int, msg: str) -> None:
@@ -156,7 +170,7 @@ async def perform_http(
 
     started = time.perf_counter()
     try:
-        req = prepare(http, settings, idempotency_key)
+        req = prepare(http, settings, idempotency_key, policy, attempt)
         log(logging.INFO, f"即将请求：{req.url}")
         try:
             status, raw, ctype = await _send(client, req)
@@ -170,16 +184,18 @@ async def perform_http(
         out.elapsed_ms = (time.perf_counter() - started) * 1000
         text = "html文档" if "html" in ctype.lower() else raw.decode("utf-8", "replace")[:BODY_EXCERPT]
         log(logging.INFO, f"请求结束，响应码：{status}，响应内容：{text}")
-        fail_non_2xx = str(settings.get("Http_FailOnNon2xx", "false")).lower() in ("1", "true", "yes")
-        if 200 <= status < 300 or not fail_non_2xx:
+        expected = policy.ExpectedText
+        if not 200 <= status < 300 and policy.fail_on_non_2xx(settings):
+            out.message = f"HTTP {status} is not a 2xx answer (FailOnNon2xx)"
+        elif expected and expected not in raw.decode("utf-8", "replace"):
+            out.message = f"HTTP {status}: the answer does not contain the expected text {expected!r}"
+        else:
             out.ok = True
             out.message = f"HTTP {status} in {out.elapsed_ms:.0f} ms"
-        else:
-            out.message = f"HTTP {status} is not a 2xx answer (Http_FailOnNon2xx=true)"
     except HttpTaskError as exc:
         out.message = str(exc)
     except asyncio.TimeoutError:
-        out.message = f"timed out after {req.timeout:g} s"
+        out.message = f"timeout: no answer within {req.timeout:g} s"
     except aiohttp.ClientError as exc:
         out.message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     except Exception as exc:  # a bad header value, an unencodable URL...

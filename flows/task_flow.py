@@ -8,6 +8,7 @@ which calls the same `perform_http` and records the outcome as a run of this flo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -69,15 +70,34 @@ async def run_task(task: dict[str, Any], fire: dict[str, Any] | None = None, act
         return {"started": True}
     settings = await read_node_settings()
     async with new_session(10) as client:
-        out = await perform_http(client, spec.Http, settings=settings, idempotency_key=key)
-    for level, msg, _ts in out.logs:
-        logger.log(level, msg)
-    level, line = outcome_lines(spec.Title, out)
-    logger.log(level, line)
+        out = await _attempts(spec, lambda attempt: perform_http(
+            client, spec.Http, settings=settings, idempotency_key=key, policy=spec.Policy, attempt=attempt))
     if not out.ok:
         raise RuntimeError(out.message)
     await _trigger_children(spec, None)
     return {"status_code": out.status_code, "elapsed_ms": round(out.elapsed_ms, 1)}
+
+
+async def _attempts(spec: TaskSpec, attempt_once) -> Any:
+    """Run ``attempt_once(n)`` until it succeeds or the task's Retries are spent, logging
+    each attempt's lines into this run (on the worker path the attempts share one run; the
+    node's fast path records one run per attempt)."""
+    logger = get_run_logger()
+    pol = spec.Policy
+    for attempt in range(1, pol.attempts + 1):
+        if pol.Retries:
+            logger.info("attempt %d of %d", attempt, pol.attempts)
+        out = await attempt_once(attempt)
+        for level, msg, _ts in out.logs:
+            logger.log(level, msg)
+        level, line = outcome_lines(spec.Title, out)
+        logger.log(level, line)
+        if out.ok or attempt == pol.attempts:
+            return out
+        wait = pol.retry_wait(attempt)
+        logger.warning("attempt %d of %d failed; the next in %g s", attempt, pol.attempts, wait)
+        await asyncio.sleep(wait)
+    raise AssertionError("unreachable: the last attempt returns")
 
 
 def _deployment_id():
@@ -103,11 +123,8 @@ async def _run_plugin(task: TaskSpec, action: str | None, previous_result: Any, 
             raise RuntimeError(f"the plugin did not start: {str(exc).splitlines()[0]}") from None
         logger.info("插件 %s / %s 已加载并完成初始化", task.AssemblyName, task.ClassName)
         return {"started": True}
-    out = await host.run(task_id, task, previous_result=previous_result, trace_id=trace_id)
-    for level, msg, _ts in out.logs:
-        logger.log(level, msg)
-    level, line = outcome_lines(task.Title, out)
-    logger.log(level, line)
+    out = await _attempts(task, lambda _attempt: host.run(task_id, task, previous_result=previous_result,
+                                                            trace_id=trace_id))
     if not out.ok:
         raise RuntimeError(out.message)
     await _trigger_children(task, out.result)

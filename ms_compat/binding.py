@@ -32,7 +32,7 @@ class F:
     """One bindable property of a form model."""
 
     name: str
-    kind: str = "str"  # str | int | bool | date | guid | ints | guids | strs | params
+    kind: str = "str"  # str | text | int | bool | date | guid | ints | guids | strs | params
     required: bool = False
     max_length: int | None = None
 
@@ -173,6 +173,11 @@ def bind(fields: list[F], values: FormValues, tz: str) -> tuple[dict[str, Any], 
             model[f.name] = out
             continue
         raw = values.first(f.name)
+        if f.kind == "text":  # an extension field where "" means something (back to the default)
+            if raw is not None and f.max_length is not None and len(raw) > f.max_length:
+                err(f.name, f"The field {f.name} must be a string or array type with a maximum length of '{f.max_length}'.")
+            model[f.name] = raw
+            continue
         if f.kind == "str":
             v = raw if raw not in (None, "") else None  # ConvertEmptyStringToNull
             if f.required and (v is None or not v.strip()):
@@ -232,6 +237,17 @@ SCHEDULE_INFO: list[F] = [
     F("NotifyBlocks", "strs", max_length=20),
     # extension: what happens to a firing whose node died while running it (schedulemaster/master/failover.py)
     F("FailoverPolicy", "str", max_length=20),
+    # extension: per-task execution policies (deployments/policy.py); absent keeps the task's value
+    F("MisfirePolicy", "str", max_length=20),
+    F("MisfireThresholdSeconds", "int"),
+    F("OverlapPolicy", "str", max_length=20),
+    F("MaxParallel", "int"),
+    F("TimeoutSeconds", "int"),
+    F("Retries", "int"),
+    F("RetryIntervalSeconds", "int"),
+    F("RetryBackoff", "str", max_length=20),
+    F("FailOnNon2xx", "text", max_length=20),
+    F("ExpectedText", "text", max_length=1000),
     # bindable but ignored by Create, as in the original
     F("Status", "int"),
     F("CreateTime", "date"),

@@ -20,6 +20,8 @@ from pydantic import ValidationError
 
 from schedulemaster.deployments import chain, plan, quartz
 from schedulemaster.deployments import tasks as dep
+from schedulemaster.deployments.policy import PolicyError
+from schedulemaster.deployments.policy import from_form as policy_from_form
 from schedulemaster.deployments.spec import HttpTarget, TaskSpec
 from schedulemaster.deployments.tasks import DEFAULT_POLICY, POLICIES, Status, TaskRecord
 from schedulemaster.flows import targets
@@ -123,6 +125,9 @@ class TaskService:
             "NextFireTimes": [R.fmt_date(self.to_local(f)) for f in fires],
             # extension: why a Running task fires nothing (no live, enabled node it may run on)
             "Unschedulable": why,
+            # extension: misfire, overlap, timeout, retries, what a failure is (deployments/policy.py)
+            "Policy": s.Policy.model_dump(),
+            "FailoverPolicy": s.FailoverPolicy,
         }
 
     def list_row(self, rec: TaskRecord, count: int, last: datetime | None) -> dict[str, Any]:
@@ -207,11 +212,15 @@ class TaskService:
         for e in executors:
             if len(e) > 100 or any(c in e for c in "/%"):
                 raise TaskError(f"节点名称无效：{e[:100]}", "Executors")
-        policy = (m.get("FailoverPolicy") or (existing.FailoverPolicy if existing else DEFAULT_POLICY)).strip().lower()
-        if policy not in POLICIES:
-            raise TaskError(f"FailoverPolicy '{policy[:20]}' 无效（可选：{' / '.join(POLICIES)}）", "FailoverPolicy")
+        failover = (m.get("FailoverPolicy") or (existing.FailoverPolicy if existing else DEFAULT_POLICY)).strip().lower()
+        if failover not in POLICIES:
+            raise TaskError(f"FailoverPolicy '{failover[:20]}' 无效（可选：{' / '.join(POLICIES)}）", "FailoverPolicy")
         blocks = [b.strip() for b in dict.fromkeys(m.get("NotifyBlocks") or []) if b and b.strip()]
         await self.check_blocks(blocks)
+        try:
+            run_policy = policy_from_form(m, existing.Policy if existing else None, plugin=meta == 1)
+        except PolicyError as exc:
+            raise TaskError(str(exc), exc.field) from None
         try:
             return TaskSpec(
                 Id=str(task_id), Title=m["Title"], MetaType=meta, Remark=m.get("Remark"),
@@ -226,7 +235,8 @@ class TaskService:
                 CreateUserId=existing.CreateUserId if existing else user.id,
                 CreateUserName=existing.CreateUserName if existing else user.username,
                 Keepers=keepers, Nexts=nexts, Executors=executors, Http=http,
-                NotifyBlocks=blocks, FailoverPolicy=policy, TimeZone=self.tz, StartedAt=None)
+                NotifyBlocks=blocks, FailoverPolicy=failover, TimeZone=self.tz, StartedAt=None,
+                Policy=run_policy)
         except ValidationError as exc:  # what the checks above let through is a bug, said plainly
             raise TaskError(f"任务数据无效：{str(exc).splitlines()[0]}") from None
 
@@ -380,7 +390,7 @@ class TaskService:
         return None
 
     def _started(self, spec: TaskSpec) -> TaskSpec:
-        return spec.model_copy(update={"StartedAt": self.now_local().isoformat()})
+        return spec.model_copy(update={"StartedAt": self.now_local().isoformat(), "ResumedAt": None})
 
     async def start_plugin(self, task_id: uuid.UUID, spec: TaskSpec) -> bool:
         """Have the node that will fire the task load and initialize its plugin, and wait.
@@ -431,7 +441,7 @@ class TaskService:
         rec = await self.repo.read(task_id)
         if rec is None or rec.status != Status.Paused:
             return R.failed("当前任务状态下不能恢复运行!")
-        if not await self._set(rec, rec.spec, Status.Running):
+        if not await self._set(rec, rec.spec.resumed(), Status.Running):
             return R.failed("任务恢复失败!")
         return R.ok("任务恢复成功!")
 
@@ -439,7 +449,7 @@ class TaskService:
         rec = await self.repo.read(task_id)
         if rec is None or rec.status not in (Status.Running, Status.Paused):
             return R.failed("当前任务状态下不能停止!")
-        spec = rec.spec.model_copy(update={"StartedAt": None})
+        spec = rec.spec.model_copy(update={"StartedAt": None, "ResumedAt": None})
         if not await self._set(rec, spec, Status.Stop):
             return R.failed("任务停止失败!")
         return R.ok("任务已停止运行!")

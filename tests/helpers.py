@@ -281,6 +281,8 @@ class Receiver:
     def __init__(self):
         self.hits: list[Hit] = []
         self.answers: dict[str, tuple[int, str, str | None, float]] = {}
+        #: answers given in turn, the last one again and again (``script``)
+        self.scripts: dict[str, list[tuple[int, str, str | None, float]]] = {}
         self.lock = threading.Lock()
         outer = self
 
@@ -294,7 +296,9 @@ class Receiver:
                 with outer.lock:
                     outer.hits.append(Hit(time.time(), self.command, self.path,
                                           {k.lower(): v for k, v in self.headers.items()}, body))
-                status, text, ctype, delay = outer.answers.get(path, (200, "success", "text/plain", 0.0))
+                    script = outer.scripts.get(path)
+                    answer = script.pop(0) if script and len(script) > 1 else script[0] if script else None
+                status, text, ctype, delay = answer or outer.answers.get(path, (200, "success", "text/plain", 0.0))
                 if delay:
                     time.sleep(delay)
                 data = text.encode()
@@ -327,6 +331,10 @@ class Receiver:
     def on(self, path: str, status: int = 200, text: str = "success", ctype: str | None = "text/plain",
            delay: float = 0.0) -> None:
         self.answers[path] = (status, text, ctype, delay)
+
+    def script(self, path: str, *answers: tuple[int, str]) -> None:
+        """Answer the requests to ``path`` with (status, text) in turn; the last one repeats."""
+        self.scripts[path] = [(status, text, "text/plain", 0.0) for status, text in answers]
 
     def at(self, path: str) -> list[Hit]:
         with self.lock:

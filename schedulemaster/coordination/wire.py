@@ -12,6 +12,8 @@ from datetime import datetime
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from schedulemaster.deployments.tasks import run_name
@@ -190,6 +192,13 @@ class FiringRecord(BaseModel):
     #: the parent's task: its runs are on that task's own flow, where the link looks
     parent_task_id: UUID | None = None
     logs: list[FiringLog] = Field(default_factory=list, max_length=MAX_LOGS_PER_FIRING)
+    #: a firing that did not run to its end: the name of its CANCELLED-type state (cancelled by
+    #: a newer firing, skipped while the previous ran, missed: later than the misfire threshold)
+    not_run: Literal["", "Cancelled", "Skipped", "Missed"] = ""
+    #: which attempt of the firing this is (its task's Retries), and whether it is the last one:
+    #: the keepers are told of a failure only after the last
+    attempt: int = Field(default=1, ge=1, le=100)
+    last_attempt: bool = True
 
 
 class RecordResult(BaseModel):
@@ -230,6 +239,12 @@ class Firing:
     zone: str = "UTC"  # the task's time zone, for the run's name
     parent: str | None = None  # the parent's firing id when a Next triggered this firing
     parent_task: UUID | None = None  # ... and the parent's task
+    not_run: str = ""  # FiringRecord.not_run
+    attempt: int = 1
+    last_attempt: bool = True
+    #: the attempt's own id (the run's idempotency key); the firing id when empty
+    record_id: str = ""
+    missed: int = 0  # a Missed record: how many instants it stands for
 
     @property
     def lateness_ms(self) -> float:
@@ -237,15 +252,24 @@ class Firing:
 
     def record(self) -> FiringRecord:
         """What the master records; texts cut to what it takes."""
+        what = f"{self.scheduled.astimezone(ZoneInfo(self.zone)):%Y-%m-%d %H:%M:%S}"
+        if self.attempt > 1:
+            what += f" · attempt {self.attempt}"
+        elif self.not_run:
+            what += f" · {self.not_run.lower()}"
         return FiringRecord(
-            task_id=self.task_id, firing_id=self.firing_id,
-            name=run_name(self.title, f"{self.scheduled.astimezone(ZoneInfo(self.zone)):%Y-%m-%d %H:%M:%S}"),
+            task_id=self.task_id, firing_id=self.record_id or self.firing_id,
+            name=run_name(self.title, what), not_run=self.not_run, attempt=self.attempt,
+            last_attempt=self.last_attempt,
             scheduled=self.scheduled, started=self.started, finished=self.finished, ok=self.ok,
             message=self.message[:2000],
             fire={"firing_id": self.firing_id, "node": self.node, "scheduled": self.scheduled.isoformat(),
                   "started": self.started.isoformat(), "finished": self.finished.isoformat(),
                   "lateness_ms": round(self.lateness_ms, 1), "status_code": self.status_code,
-                  "ok": self.ok, "parent": self.parent},
+                  "ok": self.ok, "parent": self.parent,
+                  **({"attempt": self.attempt} if self.attempt > 1 or not self.last_attempt else {}),
+                  **({"not_run": self.not_run} if self.not_run else {}),
+                  **({"missed": self.missed} if self.missed else {})},
             parent_firing_id=self.parent, parent_task_id=self.parent_task,
             logs=[FiringLog(level=level, message=msg[:20_000], timestamp=ts)
                   for level, msg, ts in self.logs[:MAX_LOGS_PER_FIRING]])

@@ -38,6 +38,9 @@ from schedulemaster.store.delayed_store import STATUS_NAMES, DelayedAttempt
 log = logging.getLogger("schedulemaster.metrics")
 
 LATENESS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+#: a recorded firing's outcome: ran (succeeded, failed: every attempt counts) or did not run to
+#: its end, per its task's policies (cancelled by a newer firing, skipped, missed)
+OUTCOMES = ("succeeded", "failed", "cancelled", "skipped", "missed")
 #: attempts read per scrape at most (the rest wait for the next one)
 ATTEMPTS_PER_SCRAPE = 200_000
 
@@ -53,12 +56,15 @@ class FiringMetrics:
         self.lateness = Histogram("schedulemaster_firing_lateness_seconds",
                                   "From a firing's instant to its start on its node", buckets=LATENESS_BUCKETS,
                                   registry=registry)
-        for outcome in ("succeeded", "failed"):
-            self.firings.labels(outcome)  # both series exist from the start (rate() needs a zero)
+        for outcome in OUTCOMES:
+            self.firings.labels(outcome)  # every series exists from the start (rate() needs a zero)
 
     def observe(self, records) -> None:
         for r in records:
-            self.firings.labels("succeeded" if r.ok else "failed").inc()
+            outcome = r.not_run.lower() if r.not_run else "succeeded" if r.ok else "failed"
+            self.firings.labels(outcome).inc(max(1, int(r.fire.get("missed") or 1)))
+            if r.not_run:
+                continue
             code = r.fire.get("status_code")
             if isinstance(code, int) and not 200 <= code < 300:
                 self.non_2xx.inc()

@@ -74,11 +74,26 @@ def run_tags(r: FiringRecord) -> list[str]:
     return tags
 
 
+#: a firing in one of these states never began: its run has no start time
+NEVER_STARTED = ("Skipped", "Missed")
+
+
+def final_state(r: FiringRecord):
+    """The run's final state: Completed, Failed, or a CANCELLED-type state named for why the
+    firing did not run to its end (FiringRecord.not_run)."""
+    from prefect.server import schemas
+
+    if r.not_run:
+        return schemas.states.Cancelled(name=r.not_run, message=run_message(r), timestamp=r.finished)
+    return (schemas.states.Completed if r.ok else schemas.states.Failed)(message=run_message(r), timestamp=r.finished)
+
+
 def run_message(r: FiringRecord) -> str:
     """The run's state message: where and how late it fired, then what the firing said."""
     lateness = r.fire.get("lateness_ms")
     where = [str(r.fire.get("node") or "")[:100],
-             f"{lateness / 1000:.2f} s late" if isinstance(lateness, (int, float)) else ""]
+             f"{lateness / 1000:.2f} s late" if isinstance(lateness, (int, float)) and not r.not_run else "",
+             f"attempt {r.attempt}" + ("" if r.last_attempt else ", retried") if r.attempt > 1 or not r.last_attempt else ""]
     return " · ".join([p for p in where if p] + [r.message])[:2000]
 
 
@@ -122,8 +137,7 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
             todo = [(r, dep) for r, dep in todo if r.firing_id not in taken]
             runs = []
             for r, dep in ready:
-                final = (schemas.states.Completed if r.ok else schemas.states.Failed)(
-                    message=run_message(r), timestamp=r.finished)
+                final = final_state(r)
                 link = await _link_to_parent(session, dep, r) if r.parent_firing_id else None
                 run = schemas.core.FlowRun(
                     parent_task_run_id=link,
@@ -132,8 +146,8 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
                     tags=[*(dep.tags or []), *run_tags(r)], idempotency_key=r.firing_id,
                     work_queue_name=dep.work_queue_name, work_queue_id=dep.work_queue_id,
                     expected_start_time=r.scheduled, next_scheduled_start_time=r.scheduled,
-                    start_time=r.started,
-                    total_run_time=max(r.finished - r.started, timedelta(0)),
+                    start_time=None if r.not_run in NEVER_STARTED else r.started,
+                    total_run_time=timedelta(0) if r.not_run in NEVER_STARTED else max(r.finished - r.started, timedelta(0)),
                     state=final)
                 runs.append(run)
                 firings[run.id] = r
@@ -143,7 +157,10 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
              "timestamp": entry.timestamp, "flow_run_id": run.id} for run in inserted for entry in firings[run.id].logs])
         events = await bulk_runs.state_change_events(
             session, inserted if run_events == "all" else [run for run in inserted if not firings[run.id].ok])
-        failed = [run for run in inserted if not firings[run.id].ok]
+        # the keepers hear of a firing's failure once: after its last attempt; a firing that
+        # was cancelled, skipped or missed by its task's policy is not a failure to mail
+        failed = [run for run in inserted if not firings[run.id].ok and not firings[run.id].not_run
+                  and firings[run.id].last_attempt]
         specs = {}
         if failed and on_failure is not None:  # the keepers' mail needs the task's spec
             specs = dict((await session.execute(sa.select(db.Deployment.id, db.Deployment.parameters).where(

@@ -30,10 +30,11 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from schedulemaster.coordination.client import MasterClient
 from schedulemaster.coordination.wire import MAX_TASKS, Firing, TasksRequest
-from schedulemaster.deployments import chain, plan, quartz
+from schedulemaster.deployments import chain, plan, policy, quartz
 from schedulemaster.deployments import tasks as dep
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.deployments.tasks import Status
@@ -55,7 +56,8 @@ RECONCILE_SECONDS = 120.0  # every task's version compared (see sync)
 #: how often the live nodes, their weights and the disabled list are re-read; SM_NODES_REFRESH_SECONDS
 #: overrides (the tests use 1 s instead of waiting out 5)
 NODES_SECONDS = float(os.environ.get("SM_NODES_REFRESH_SECONDS") or 5.0)
-MISFIRE_THRESHOLD = timedelta(seconds=60)  # Quartz's default; later than this is skipped
+#: instants one gap may count before saying "at least" (a day of a one-second cron is 86,400)
+MAX_COUNTED = 10_000
 
 
 def firing_id(task_id: uuid.UUID, at: datetime) -> str:
@@ -63,9 +65,21 @@ def firing_id(task_id: uuid.UUID, at: datetime) -> str:
     return str(uuid.uuid5(task_id, at.astimezone(timezone.utc).isoformat()))
 
 
+def _local(at: datetime, zone: str) -> str:
+    return f"{at.astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M:%S}"
+
+
 def started_at(spec: TaskSpec) -> datetime | None:
     """When the task was last started (its StartedAt, in its own zone), in UTC."""
-    raw = spec.StartedAt
+    return _instant(spec.StartedAt, spec)
+
+
+def running_since(spec: TaskSpec) -> datetime | None:
+    """Since when the task has been Running: its last Start or Resume, in UTC."""
+    return max(filter(None, (_instant(spec.StartedAt, spec), _instant(spec.ResumedAt, spec))), default=None)
+
+
+def _instant(raw: str | None, spec: TaskSpec) -> datetime | None:
     if not raw:
         return None
     try:
@@ -82,9 +96,33 @@ class Entry:
     version: Any
     gen: int
     next_at: datetime | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one firing of a task at a time
-    waiting: int = 0  # scheduled firings waiting for the lock
-    running_since: datetime | None = None  # when the firing that holds the lock started
+    #: how many firings of the task run at once: one (the original), or the policy's MaxParallel
+    gate: asyncio.Semaphore | None = None
+    waiting: int = 0  # scheduled firings waiting for the gate
+    #: the firings going on: firing id -> (when it began, its task), for the overlap policies
+    running: dict[str, tuple[datetime, asyncio.Future]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.gate is None:
+            self.gate = asyncio.Semaphore(self.spec.Policy.gate_size)
+
+    def successor(self, spec: TaskSpec, version: Any, gen: int, next_at: datetime | None) -> "Entry":
+        """This task's entry after a change: firings going on still hold their gate."""
+        same = spec.Policy.gate_size == self.spec.Policy.gate_size
+        return Entry(self.task_id, spec, version, gen, next_at, gate=self.gate if same else None,
+                     running=self.running)
+
+
+@dataclass
+class Progress:
+    """How far a firing's attempts got (what a cancellation records)."""
+
+    attempt: int = 1
+    started: datetime | None = None
+    recorded: bool = False  # the current attempt's outcome is with the recorder
+    ok: bool = False
+    result: Any = None
+    record_id: str = ""
 
 
 class FiringLoop:
@@ -321,41 +359,84 @@ class FiringLoop:
         return out
 
     async def catch_up(self, entries: list[Entry], now: datetime) -> None:
-        """Tasks that just became this node's: fire the instants since the task's last
-        claimed firing that nobody claimed (their node died, or was disabled), within the
-        misfire window and not before the task's Start. A task never fired before, or fired
-        by a live node until now, has nothing to catch up."""
+        """Tasks that just became this node's: the instants since the task's last claimed
+        firing (or its Start, when it never fired) that nobody claimed, because their node
+        died or was disabled, or no node was live. Those within the task's misfire threshold
+        fire now, late; those older go by its MisfirePolicy: ``skip`` records them missed,
+        ``once`` fires the newest of them once and records the rest missed, ``all`` fires each
+        (at most MAX_CATCH_UP, oldest missed first). A task fired by a live node until now
+        has nothing to catch up."""
         latest = await self.master.latest(e.task_id for e in entries)
-        plans: list[tuple[Entry, list[datetime]]] = []
+        plans: list[tuple[Entry, list[datetime], str]] = []
         for e in entries:
-            last = latest.get(str(e.task_id))
+            pol = e.spec.Policy
+            floor = running_since(e.spec)
+            claimed = latest.get(str(e.task_id))
+            last = claimed or floor
             if last is None:
                 continue
-            since = max(last, now - MISFIRE_THRESHOLD,
-                        started_at(e.spec) or now - MISFIRE_THRESHOLD)
-            instants, at = [], since
-            while len(instants) < 120:
-                at = plan.next_fire(e.spec, at)
-                if at is None or at > now:
-                    break
-                instants.append(at)
-            if instants:
-                plans.append((e, instants))
+            since = max(last, floor or last)
+            instants, complete = plan.instants_between(e.spec, since, now, MAX_COUNTED)
+            if not instants:
+                continue
+            late = [at for at in instants if now - at > pol.threshold]
+            timely = instants[len(late):]
+            fire = timely
+            if late and pol.MisfirePolicy == "once":
+                fire, late = [late[-1], *timely], late[:-1]
+            elif late and pol.MisfirePolicy == "all":
+                fire, late = late + timely, []
+            if len(fire) > policy.MAX_CATCH_UP:
+                late, fire = late + fire[:-policy.MAX_CATCH_UP], fire[-policy.MAX_CATCH_UP:]
+            if late:
+                self._missed(e, late, complete, f"no node ran them at their time (MisfirePolicy {pol.MisfirePolicy}, "
+                                                f"threshold {pol.MisfireThresholdSeconds} s)")
+            if fire:
+                why = ("caught up: no node ran it at its time (its node went offline)" if claimed is not None
+                       else "caught up: it fell due between the task's start and its node taking it")
+                plans.append((e, fire, why))
         if not plans:
             return
-        await self.claimer.claim([(firing_id(e.task_id, at), e.task_id, at) for e, ats in plans for at in ats])
-        for e, ats in plans:
+        await self.claimer.claim([(firing_id(e.task_id, at), e.task_id, at) for e, ats, _ in plans for at in ats])
+        for e, ats, why in plans:
             # taken now, so the stale-claim release does not give them back while they wait their turn
             won = [at for at in ats if self.claimer.won.pop(firing_id(e.task_id, at), None) is not None]
             if won:
-                log.warning("task %s [%s]: taking it over, %d firing(s) since %s that no node ran are fired now",
-                            e.task_id, e.spec.Title, len(won), won[0].isoformat())
-                self._spawn(self._fire_in_turn(e, won))
+                log.warning("task %s [%s]: %d firing(s) since %s fired now, late (%s)",
+                            e.task_id, e.spec.Title, len(won), won[0].isoformat(), why)
+                self._spawn(self._fire_in_turn(e, won, why))
 
-    async def _fire_in_turn(self, entry: Entry, instants: list[datetime]) -> None:
+    def _missed(self, entry: Entry, instants: list[datetime], complete: bool, why: str) -> None:
+        """Record instants that will not fire as one Missed run (its name and message say how
+        many and from when to when): a day of missed one-second firings is one run, not 86,400.
+        Its id follows from the first instant, so two nodes that see the same gap record it once."""
+        if not instants:
+            return
+        now = utcnow()
+        count = f"{len(instants)}" + ("" if complete else "+")
+        first, last = instants[0], instants[-1]
+        zone = entry.spec.TimeZone
+        span = (f"{_local(first, zone)}" if len(instants) == 1 else f"{_local(first, zone)} … {_local(last, zone)}")
+        message = f"missed {count} firing(s), {span}: {why}"
+        log.warning("task %s [%s]: %s", entry.task_id, entry.spec.Title, message)
+        self.skipped += len(instants)
+        fid = firing_id(entry.task_id, first)
+        self.recorder.add(Firing(entry.task_id, fid, entry.spec.Title, first, now, now, False, message, self.node,
+                                 None, [(30, message, now)], zone=zone, not_run="Missed",
+                                 record_id=f"{fid}#missed", missed=len(instants)))
+
+    def _not_run(self, entry: Entry, fid: str, at: datetime, state: str, why: str) -> None:
+        """Record a firing its task's policy did not run (Skipped, Missed)."""
+        now = utcnow()
+        self.skipped += 1
+        log.warning("task %s [%s]: firing at %s %s: %s", entry.task_id, entry.spec.Title, at, state.lower(), why)
+        self.recorder.add(Firing(entry.task_id, fid, entry.spec.Title, at, now, now, False, f"{state.lower()}: {why}",
+                                 self.node, None, [(30, f"{state.lower()}: {why}", now)], zone=entry.spec.TimeZone,
+                                 not_run=state, record_id=f"{fid}#{state.lower()}"))
+
+    async def _fire_in_turn(self, entry: Entry, instants: list[datetime], why: str) -> None:
         for at in instants:
-            await self.fire(entry, at, why_late="caught up: no node ran it at its time (a node went offline)",
-                            claimed=True)
+            await self.fire(entry, at, why_late=why, claimed=True)
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -406,8 +487,8 @@ class FiringLoop:
             self.book.pop(rec.id, None)
             return False
         arrived = entry is None
-        entry = Entry(rec.id, rec.spec, version, next(self._gen), nxt,
-                      **({"lock": entry.lock} if entry is not None else {}))
+        entry = (Entry(rec.id, rec.spec, version, next(self._gen), nxt) if entry is None
+                 else entry.successor(rec.spec, version, next(self._gen), nxt))
         self.book[rec.id] = entry
         if arrived and rec.spec.RunLoop:
             self._arrived.append(entry)
@@ -444,7 +525,7 @@ class FiringLoop:
     async def _one_shot_due(self, task_id: uuid.UUID, spec: TaskSpec, now: datetime) -> datetime | None:
         """RunLoop=false fires once; within the misfire window a node (re)start still fires
         it, unless Prefect already holds a run for that firing."""
-        at = plan.next_fire(spec, now - MISFIRE_THRESHOLD)
+        at = plan.next_fire(spec, now - spec.Policy.threshold)
         if at is None or at > now:
             return at
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterIdempotencyKey
@@ -469,15 +550,36 @@ class FiringLoop:
                     if gone is not None and gone.gen == gen and firing_id(tid, at) in self.claimer.won:
                         self._spawn(self.fire(gone, at))  # claimed before the task moved on
                     continue  # stopped, paused, edited or handed to another node
-                if now - at > MISFIRE_THRESHOLD:
-                    self.skipped += 1
-                    log.warning("task %s: misfire at %s skipped (%.1f s late)", tid, at, (now - at).total_seconds())
-                    self._spawn(self.claimer.release([firing_id(tid, at)]))
+                pol = entry.spec.Policy
+                resume_from = at
+                if now - at > pol.threshold:  # this loop fell behind (a stalled process)
+                    horizon = now - pol.threshold
+                    try:
+                        gap, complete = plan.instants_between(entry.spec, at, horizon, MAX_COUNTED)
+                    except quartz.CronError:
+                        gap, complete = [], True
+                    if pol.MisfirePolicy == "all" and complete and len(gap) < policy.MAX_CATCH_UP:
+                        self._spawn(self.fire(entry, at))
+                    elif pol.MisfirePolicy == "all":  # fires the newest MAX_CATCH_UP of the gap
+                        gap.insert(0, at)
+                        self._spawn(self.claimer.release([firing_id(tid, at)]))
+                        self._missed(entry, gap[:-policy.MAX_CATCH_UP], complete,
+                                     f"more than {policy.MAX_CATCH_UP} behind (MisfirePolicy all)")
+                        resume_from = gap[-policy.MAX_CATCH_UP] - timedelta(microseconds=1)
+                    else:
+                        if pol.MisfirePolicy == "once":
+                            self._spawn(self.fire(entry, at))
+                        else:
+                            gap.insert(0, at)
+                            self._spawn(self.claimer.release([firing_id(tid, at)]))
+                        self._missed(entry, gap, complete, f"the node's timer fell {(now - at).total_seconds():.0f} s "
+                                     f"behind (MisfirePolicy {pol.MisfirePolicy})")
+                        resume_from = horizon
                 else:
                     self._spawn(self.fire(entry, at))
                 if entry.spec.RunLoop:
                     try:
-                        entry.next_at = plan.next_fire(entry.spec, max(at, now - MISFIRE_THRESHOLD))
+                        entry.next_at = plan.next_fire(entry.spec, resume_from)
                     except quartz.CronError:
                         entry.next_at = None
                     if entry.next_at is not None:
@@ -503,7 +605,7 @@ class FiringLoop:
             except Superseded:
                 return False
             except Exception as exc:
-                if utcnow() - at > MISFIRE_THRESHOLD:
+                if utcnow() - at > entry.spec.Policy.threshold:
                     self.skipped += 1
                     self.claimer.forget(fid)
                     log.error("task %s [%s]: firing at %s not run, it could not be claimed: %s",
@@ -515,72 +617,131 @@ class FiringLoop:
     async def fire(self, entry: Entry, at: datetime, *, previous_result: Any = None,
                    parent: str | None = None, parent_task: uuid.UUID | None = None, fid: str | None = None,
                    why_late: str | None = None, claimed: bool = False) -> None:
-        title = entry.spec.Title
+        """One firing of a task, as its policies (deployments/policy.py) say: claimed first,
+        then through the task's gate (OverlapPolicy), then its attempts (Retries), each one
+        recorded; a firing cancelled by a newer one is recorded Cancelled."""
+        pol = entry.spec.Policy
         fid = fid or firing_id(entry.task_id, at)
         t0 = utcnow()
         if not claimed and not await self._claimed(entry, fid, at):
             return  # another node runs it (or nobody may: logged)
-        t_claimed = utcnow()
-        # One firing of a task at a time, as Quartz's DisallowConcurrentExecution: the next
-        # waits for the previous and is a misfire when that made it more than 60 s late.
-        # While a run that began before this instant is still going and a firing already
-        # waits, this one is skipped (a blocked Quartz trigger does not pile up either).
-        # Firings that came due while none ran, only waiting for their claims (a slow master
-        # answers a burst at once), all wait their turn: none of them was blocked by a run, so
-        # skipping them would lose firings. Catch-up firings always wait: a dead node did not run them.
-        if entry.lock.locked() and why_late is None:
-            if entry.waiting and entry.running_since is not None and entry.running_since <= at:
-                self.skipped += 1
-                log.warning("task %s [%s]: firing at %s skipped, the previous one is still running "
-                            "and the next already waits", entry.task_id, title, at)
+        # With the gate full (OverlapPolicy queue, the original's DisallowConcurrentExecution,
+        # or parallel with MaxParallel runs going), the firing waits for a place and is a
+        # misfire when that made it later than the threshold. While a run that began before
+        # this instant is still going and a firing already waits, this one is skipped (a
+        # blocked Quartz trigger does not pile up either). Firings that came due while none
+        # ran, only waiting for their claims (a slow master answers a burst at once), all
+        # wait their turn: none of them was blocked by a run, so skipping them would lose
+        # firings. Catch-up firings always wait: a dead node did not run them.
+        waited = False
+        if entry.gate.locked() and why_late is None:
+            oldest = min((since for since, _ in entry.running.values()), default=None)
+            if pol.OverlapPolicy == "skip":
+                self._not_run(entry, fid, at, "Skipped", "the previous run is still going (OverlapPolicy skip)")
+                await self.claimer.release([fid])
+                return
+            if pol.OverlapPolicy == "cancel":
+                for other, (_since, run) in list(entry.running.items()):
+                    log.warning("task %s [%s]: firing %s cancelled, the firing at %s takes its place",
+                                entry.task_id, entry.spec.Title, other, at)
+                    run.cancel(f"the firing at {_local(at, entry.spec.TimeZone)} took its place (OverlapPolicy cancel)")
+            elif entry.waiting and oldest is not None and oldest <= at:
+                self._not_run(entry, fid, at, "Skipped", "the previous run is still going and the next already waits")
                 await self.claimer.release([fid])
                 return
             entry.waiting += 1
             waited = True
-        else:
-            waited = False
+        gate = entry.gate
         try:
-            await entry.lock.acquire()
+            await gate.acquire()
         finally:
             if waited:
                 entry.waiting -= 1
-        entry.running_since = utcnow()
+        progress = Progress()
         try:
-            if utcnow() - at > MISFIRE_THRESHOLD:
-                self.skipped += 1
-                log.warning("task %s [%s]: firing at %s skipped: the previous one ran until %.0f s after it",
-                            entry.task_id, title, at, (utcnow() - at).total_seconds())
+            late = utcnow() - at
+            if late > pol.threshold and pol.MisfirePolicy == "skip" and why_late is None:  # caught-up ones were chosen
+                self._not_run(entry, fid, at, "Missed", f"the previous run went on until {late.total_seconds():.0f} s "
+                              f"after it (MisfirePolicy skip, threshold {pol.MisfireThresholdSeconds} s)")
                 await self.claimer.release([fid])
                 return
-            t_locked = utcnow()
+            run = asyncio.ensure_future(self._attempts(entry, fid, at, progress, previous_result=previous_result,
+                                                       parent=parent, parent_task=parent_task, why_late=why_late,
+                                                       t0=t0))
+            entry.running[fid] = (utcnow(), run)
+            try:
+                await asyncio.wait({run})
+            except asyncio.CancelledError:  # the node stops: the firing goes with it
+                run.cancel()
+                raise
+        finally:
+            entry.running.pop(fid, None)
+            gate.release()
+        self.fired += 1
+        if run.cancelled():
+            now = utcnow()
+            why = "cancelled: a newer firing took its place (OverlapPolicy cancel)"
+            self.recorder.add(Firing(entry.task_id, fid, entry.spec.Title, at, progress.started or now, now, False,
+                                     why, self.node, None, [(30, why, now)], zone=entry.spec.TimeZone, parent=parent,
+                                     parent_task=parent_task, not_run="Cancelled", attempt=progress.attempt,
+                                     record_id=f"{fid}#cancelled" if progress.recorded else self._attempt_id(fid, progress.attempt)))
+            self.claimer.fired(fid, False)
+            return
+        run.result()  # a bug in _attempts is raised here, not swallowed
+        self.claimer.fired(fid, progress.ok)
+        if progress.ok and entry.spec.Nexts:
+            await self.trigger_children(entry, progress.record_id, progress.result)
+
+    @staticmethod
+    def _attempt_id(fid: str, attempt: int) -> str:
+        """The recorded run of an attempt: the firing id for the first (what one-shot and
+        failover checks look up), the firing id and the number after."""
+        return fid if attempt == 1 else f"{fid}#{attempt}"
+
+    async def _attempts(self, entry: Entry, fid: str, at: datetime, progress: Progress, *, previous_result: Any,
+                        parent: str | None, parent_task: uuid.UUID | None, why_late: str | None,
+                        t0: datetime) -> None:
+        """Run the firing until an attempt succeeds or the task's Retries are spent; every
+        attempt is recorded (its run says which), the receiver gets the same Idempotency-Key
+        each time and the attempt number (flows/http_task.ATTEMPT_HEADER)."""
+        pol, title = entry.spec.Policy, entry.spec.Title
+        for attempt in range(1, pol.attempts + 1):
+            progress.attempt, progress.recorded = attempt, False
+            queued = utcnow()
             async with self.slots:
-                started = utcnow()
+                started = progress.started = utcnow()
                 if entry.spec.is_plugin:
                     out = await self.plugins.run(entry.task_id, entry.spec, trace_id=fid,
                                                  previous_result=previous_result)
                 else:
-                    out = await perform_http(self.http, entry.spec.Http,
-                                             settings=self.settings, idempotency_key=fid)
+                    out = await perform_http(self.http, entry.spec.Http, settings=self.settings,
+                                             idempotency_key=fid, policy=pol, attempt=attempt)
             finished = utcnow()
-        finally:
-            entry.running_since = None
-            entry.lock.release()
-        self.fired += 1
-        if (finished - t0).total_seconds() > 5:  # say where a slow firing spent its time
-            log.warning("task %s [%s]: firing at %s took %.1f s: claim %.1f s, previous firing %.1f s, "
-                        "free slot %.1f s, run %.1f s", entry.task_id, title, at, (finished - t0).total_seconds(),
-                        (t_claimed - t0).total_seconds(), (t_locked - t_claimed).total_seconds(),
-                        (started - t_locked).total_seconds(), (finished - started).total_seconds())
-        level, line = outcome_lines(title, out)
-        logs = list(out.logs) + [(level, line, finished)]
-        if why_late:
-            logs.insert(0, (30, f"{(started - at).total_seconds():.1f} s late: {why_late}", started))
-        self.claimer.fired(fid, out.ok)
-        self.recorder.add(Firing(entry.task_id, fid, title, at, started, finished, out.ok, out.message,
-                                 self.node, getattr(out, "status_code", None), logs,
-                                 zone=entry.spec.TimeZone, parent=parent, parent_task=parent_task))
-        if out.ok and entry.spec.Nexts:
-            await self.trigger_children(entry, fid, getattr(out, "result", None))
+            if (finished - t0).total_seconds() > 5 and attempt == 1:  # say where a slow firing spent its time
+                log.warning("task %s [%s]: firing at %s took %.1f s: claim and previous firing %.1f s, "
+                            "free slot %.1f s, run %.1f s", entry.task_id, title, at, (finished - t0).total_seconds(),
+                            (queued - t0).total_seconds(), (started - queued).total_seconds(),
+                            (finished - started).total_seconds())
+            last = out.ok or attempt == pol.attempts
+            level, line = outcome_lines(title, out)
+            logs = list(out.logs) + [(level, line, finished)]
+            if why_late and attempt == 1:
+                logs.insert(0, (30, f"{(started - at).total_seconds():.1f} s late: {why_late}", started))
+            wait = 0.0 if last else pol.retry_wait(attempt)
+            if pol.Retries:
+                logs.insert(0, (20, f"attempt {attempt} of {pol.attempts}", started))
+            if not last:
+                logs.append((30, f"attempt {attempt} of {pol.attempts} failed; the next in {wait:g} s", finished))
+            record_id = self._attempt_id(fid, attempt)
+            self.recorder.add(Firing(entry.task_id, fid, title, at, started, finished, out.ok, out.message,
+                                     self.node, getattr(out, "status_code", None), logs,
+                                     zone=entry.spec.TimeZone, parent=parent, parent_task=parent_task,
+                                     attempt=attempt, last_attempt=last, record_id=record_id))
+            progress.recorded, progress.record_id = True, record_id
+            progress.ok, progress.result = out.ok, getattr(out, "result", None)
+            if last:
+                return
+            await asyncio.sleep(wait)
 
     async def trigger_children(self, entry: Entry, fid: str, result: Any) -> None:
         """Nexts: each Running child runs once now, here when this node owns it, else on its node."""

@@ -49,6 +49,7 @@ class Loaded:
     instance: TaskBase
     loaded_at: float = field(default_factory=time.monotonic)
     running: bool = False
+    paused: bool = False
 
 
 @dataclass
@@ -222,11 +223,14 @@ class PluginHost:
         """Pause cancels the token; the instance stays (Resume does not initialize again)."""
         loaded = self.loaded.get(task_id)
         if loaded is not None:
+            loaded.paused = True
             loaded.instance.cancellation_token.cancel()
 
     def resume(self, task_id: uuid.UUID) -> None:
         loaded = self.loaded.get(task_id)
-        if loaded is not None and loaded.instance.cancellation_token.is_cancellation_requested:
+        if loaded is not None:
+            loaded.paused = False
+        if loaded is not None and loaded.instance.cancellation_token.is_cancellation_requested and not loaded.running:
             loaded.instance.cancellation_token = CancellationToken()
 
     async def stop(self, task_id: uuid.UUID) -> None:
@@ -253,7 +257,12 @@ class PluginHost:
 
     async def run(self, task_id: uuid.UUID, spec: TaskSpec, *, previous_result: Any = None,
                   trace_id: str | None = None) -> PluginOutcome:
-        """One firing on the task's instance (started first if this node has none yet)."""
+        """One firing on the task's instance (started first if this node has none yet).
+
+        With a TimeoutSeconds policy, a run still going at the deadline has its cancellation
+        token set and is answered Failed "timeout"; a thread cannot be stopped from outside,
+        so the instance stays busy (later firings are skipped) until ``run`` returns, and then
+        gets a fresh token unless the task was paused meanwhile."""
         started = time.perf_counter()
         try:
             loaded = await self.start(task_id, spec)
@@ -266,8 +275,24 @@ class PluginHost:
         ctx = TaskContext(str(task_id), params_of(spec), previous_result=previous_result, node=self.node,
                           trace_id=trace_id, cancellation_token=loaded.instance.cancellation_token)
         loaded.running = True
+        call = asyncio.ensure_future(self._call(loaded.instance.run, ctx))
+        timeout = spec.Policy.TimeoutSeconds or None
         try:
-            value = await self._call(loaded.instance.run, ctx)
+            done, _ = await asyncio.wait({call}, timeout=timeout)
+        except asyncio.CancelledError:  # the firing was cancelled (overlap policy, shutdown)
+            loaded.instance.cancellation_token.cancel()
+            call.add_done_callback(lambda _f: self._after_timeout(loaded))
+            raise
+        if not done:
+            loaded.instance.cancellation_token.cancel()
+            call.add_done_callback(lambda _f: self._after_timeout(loaded))
+            ctx.logs.append((40, f"运行超时：{timeout} 秒内没有结束，已请求取消 (cancellation token set)",
+                             datetime.now(timezone.utc)))
+            return PluginOutcome(False, f"timeout: run() did not end within {timeout} s", None,
+                                 (time.perf_counter() - started) * 1000, ctx.logs)
+        loaded.running = False
+        try:
+            value = call.result()
             if value is not None and ctx.result is None:
                 ctx.result = value
             return PluginOutcome(True, "ok", ctx.result, (time.perf_counter() - started) * 1000, ctx.logs)
@@ -275,8 +300,13 @@ class PluginHost:
             ctx.write_error(exc)
             return PluginOutcome(False, f"{type(exc).__name__}: {exc}", None,
                                  (time.perf_counter() - started) * 1000, ctx.logs)
-        finally:
-            loaded.running = False
+
+    @staticmethod
+    def _after_timeout(loaded: Loaded) -> None:
+        """A run that timed out has returned at last: the instance may run again."""
+        loaded.running = False
+        if not loaded.paused:
+            loaded.instance.cancellation_token = CancellationToken()
 
     async def close(self) -> None:
         for tid in list(self.loaded):

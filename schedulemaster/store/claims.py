@@ -36,10 +36,18 @@ FIRED = ("fired-ok", "fired-failed")  # ran, not recorded in Prefect yet
 
 
 class UtcDateTime(TypeDecorator):
-    """Times in and out as aware UTC datetimes: SQLite hands stored values back naive."""
+    """Times in and out as aware UTC datetimes. SQLite keeps no offset: an instant in the task's
+    zone (+08:00) was stored as its wall time and read back as if UTC, eight hours off, so a
+    node taking a task over found its last claim in the future and caught nothing up. Every
+    value is stored in UTC, and compares as stored."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None or not isinstance(value, datetime):
+            return value
+        return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
     def process_result_value(self, value, dialect):
         return value if value is None or value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -114,8 +114,8 @@ def test_non_2xx_counts_as_success_and_timeouts_fail(system, receiver):
     assert any("响应码：500" in m for m in system.run_logs(err_run["id"]))
     slow_run = recorded(system, slow, 1)[0]
     assert slow_run["state_type"] == "FAILED"
-    assert "timed out after 1 s" in slow_run["state"]["message"]
-    assert any(m.startswith('任务"slow"运行失败！，ERROR：timed out') for m in system.run_logs(slow_run["id"]))
+    assert "timeout: no answer within 1 s" in slow_run["state"]["message"]
+    assert any(m.startswith('任务"slow"运行失败！，ERROR：timeout') for m in system.run_logs(slow_run["id"]))
     system.post("Stop", data={"id": err})
     system.post("Stop", data={"id": slow})
 

@@ -134,6 +134,19 @@ def test_a_fired_claim_ends_at_once_and_waits_for_its_record(claims_engine):
     assert claims.purge(eng, t0 + timedelta(days=2)) == 1
 
 
+def test_the_latest_claim_of_an_instant_in_another_zone_is_the_same_instant(claims_engine):
+    """Instants come in the task's zone (+08:00); SQLite kept their wall time and gave it back
+    as UTC, eight hours on, so a node taking the task over saw its last claim in the future."""
+    from zoneinfo import ZoneInfo
+
+    at = datetime(2026, 12, 8, 1, 27, 6, tzinfo=ZoneInfo("Asia/Shanghai"))
+    early = datetime(2026, 12, 7, 17, 27, 7, tzinfo=timezone.utc)  # one second later, in UTC
+    tid = str(uuid.uuid4())
+    claims.claim(claims_engine, "w1", "i1", [("z1", tid, at), ("z2", tid, early)])
+    assert claims.latest(claims_engine, [tid]) == {tid: early}
+    assert [c.scheduled for c in claims.unfinished(claims_engine)] == [at, early]
+
+
 def test_firings_waiting_for_their_claims_share_one_call_at_a_time():
     """Under a slow master, each firing sending its own claim made hundreds of requests at
     once; now they wait for one call that carries all of them."""
