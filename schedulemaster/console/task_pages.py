@@ -15,6 +15,9 @@ from starlette.routing import Route
 from schedulemaster.console.web import page_number, Visit, flash_to, outcome, parse_uuid
 from schedulemaster.console.labels import STATUS_WORDS, translator
 from schedulemaster.deployments import quartz
+from schedulemaster.deployments.policy import DEFAULT as DEFAULT_POLICY
+from schedulemaster.deployments.policy import FIELDS as POLICY_FIELDS
+from schedulemaster.deployments.policy import RunPolicy
 from schedulemaster.deployments.tasks import Status
 from schedulemaster.ms_compat import roles
 
@@ -23,7 +26,10 @@ TASK_ACTIONS = ("start", "pause", "resume", "stop", "runonce", "delete")
 #: the form's fields, as the legacy Create and Edit bind them
 TASK_FIELDS = ("Title", "MetaType", "RunLoop", "CronExpression", "StartDate", "EndDate", "Remark",
                "AssemblyName", "ClassName", "CustomParamsJson", "HttpRequestUrl", "HttpMethod",
-               "HttpContentType", "HttpHeaders", "HttpBody", "Executors", "Keepers", "Nexts", "RunNow")
+               "HttpContentType", "HttpHeaders", "HttpBody", "Executors", "Keepers", "Nexts", "RunNow",
+               *POLICY_FIELDS)
+#: sent even when empty: "" puts them back to their defaults (deployments/policy.py)
+CLEARABLE_FIELDS = ("FailOnNon2xx", "ExpectedText")
 LIST_FIELDS = ("Executors",)  # one value per line in the form
 CHOSEN_FIELDS = ("Keepers", "Nexts")  # chosen by name: accounts' check boxes, a list of task titles
 NEXT_CHOICES = 500  # the newest tasks offered as children (plus those already chosen)
@@ -128,7 +134,8 @@ class TaskPages:
             return self.c.to_login(request)
         task_id = request.path_params.get("id")
         if values is None:
-            values = {"MetaType": "2", "RunLoop": "true", "HttpMethod": "GET", "HttpContentType": "application/json"}
+            values = {"MetaType": "2", "RunLoop": "true", "HttpMethod": "GET", "HttpContentType": "application/json",
+                      **_policy_values(DEFAULT_POLICY)}
             if task_id:
                 rec = await self.c.service().repo.read(parse_uuid(task_id)) if parse_uuid(task_id) else None
                 if rec is None:
@@ -164,7 +171,7 @@ class TaskPages:
         values: dict = {k: (form.get(k) or [""])[0] for k in TASK_FIELDS if k not in CHOSEN_FIELDS}
         values["RunLoop"] = "true" if values["RunLoop"] else "false"
         values["RunNow"] = "true" if values["RunNow"] else "false"
-        fields = [(k, v) for k, v in values.items() if k not in LIST_FIELDS and v != ""]
+        fields = [(k, v) for k, v in values.items() if k not in LIST_FIELDS and (v != "" or k in CLEARABLE_FIELDS)]
         for k in LIST_FIELDS:
             fields += [(k, line.strip()) for line in values[k].splitlines() if line.strip()]
         for k in CHOSEN_FIELDS:
@@ -212,6 +219,13 @@ def _form_values(spec) -> dict[str, str]:
         "HttpContentType": http.ContentType if http else "", "HttpHeaders": (http.Headers or "") if http else "",
         "HttpBody": (http.Body or "") if http else "",
         "Executors": "\n".join(spec.Executors), "Keepers": [str(k) for k in spec.Keepers],
-        "Nexts": list(spec.Nexts), "RunNow": "false",
+        "Nexts": list(spec.Nexts), "RunNow": "false", **_policy_values(spec.Policy),
     }
+
+
+def _policy_values(p: RunPolicy) -> dict[str, str]:
+    values = {k: str(getattr(p, k)) for k in POLICY_FIELDS}
+    values["FailOnNon2xx"] = "default" if p.FailOnNon2xx is None else str(p.FailOnNon2xx).lower()
+    values["ExpectedText"] = p.ExpectedText or ""
+    return values
 

@@ -25,6 +25,9 @@ from schedulemaster.coordination.client import package_exists
 from schedulemaster.deployments import plan, quartz
 from schedulemaster.deployments.chain import find_cycle
 from schedulemaster.deployments.spec import TaskSpec
+from schedulemaster.deployments.policy import FIELDS as POLICY_FIELDS
+from schedulemaster.deployments.policy import PolicyError, RunPolicy
+from schedulemaster.deployments.policy import from_form as policy_from_form
 from schedulemaster.deployments.tasks import POLICIES, STATUS_NAMES
 from schedulemaster.notebook import shipping
 from schedulemaster.notebook.connection import Connection, current, prefect_errors
@@ -93,7 +96,7 @@ def form_from_spec(spec: TaskSpec) -> dict[str, Any]:
             "EndDate": (spec.EndDate or "").replace("T", " ") or None,
             "Keepers": list(spec.Keepers), "Nexts": list(spec.Nexts),
             "Executors": list(spec.Executors), "NotifyBlocks": list(spec.NotifyBlocks),
-            "FailoverPolicy": spec.FailoverPolicy}
+            "FailoverPolicy": spec.FailoverPolicy, **policy_fields(spec.Policy)}
     for key, field in HTTP_FIELDS.items():
         form[field] = getattr(spec.Http, key) if spec.Http else None
     return form
@@ -381,6 +384,42 @@ def check_failover(failover: str | None) -> dict[str, str]:
     return {"FailoverPolicy": failover.strip().lower()}
 
 
+#: the keyword arguments of ``task`` and ``http_task`` that set a policy, and their form fields
+POLICY_ARGS = {"misfire": "MisfirePolicy", "misfire_threshold": "MisfireThresholdSeconds",
+               "overlap": "OverlapPolicy", "max_parallel": "MaxParallel", "timeout": "TimeoutSeconds",
+               "retries": "Retries", "retry_interval": "RetryIntervalSeconds", "backoff": "RetryBackoff",
+               "fail_on_non_2xx": "FailOnNon2xx", "expected_text": "ExpectedText"}
+
+
+def policy_fields(p: RunPolicy) -> dict[str, Any]:
+    """A policy as the form fields that set it."""
+    form = {field: getattr(p, field) for field in POLICY_FIELDS}
+    form["FailOnNon2xx"] = "default" if p.FailOnNon2xx is None else str(p.FailOnNon2xx).lower()
+    form["ExpectedText"] = p.ExpectedText or ""
+    return form
+
+
+def policy_form(given: dict[str, Any], *, plugin: bool) -> dict[str, Any]:
+    """The form fields of the policy arguments given (None: keep the task's), checked here as
+    the API checks them so a mistake is a ValueError before anything is written."""
+    form: dict[str, Any] = {}
+    for arg, value in given.items():
+        if value is None:
+            continue
+        field = POLICY_ARGS[arg]
+        if field == "FailOnNon2xx":
+            if not isinstance(value, bool):
+                raise TypeError(f"fail_on_non_2xx must be True or False, got {value!r}")
+            value = str(value).lower()
+        form[field] = value
+    try:
+        policy_from_form(form, None, plugin=plugin)
+    except PolicyError as exc:
+        arg = next(a for a, f in POLICY_ARGS.items() if f == exc.field)
+        raise ValueError(f"{arg}: {exc}") from None
+    return form
+
+
 def _common_form(title: str, cron: str | None, run_loop: bool | None, executors, keepers, params, start_date,
                  end_date, remark, failover: str | None = None) -> dict[str, Any]:
     if not isinstance(title, str) or not title.strip():
@@ -435,7 +474,9 @@ def task(cron: str | Callable[..., Any] | None = None, *, title: str | None = No
          executors: list[str] | None = None, keepers: list[int] | None = None,
          params: dict[str, Any] | None = None, run_loop: bool | None = None,
          start_date: datetime | None = None, end_date: datetime | None = None, remark: str | None = None,
-         failover: str | None = None, start: bool = False):
+         failover: str | None = None, misfire: str | None = None, misfire_threshold: int | None = None,
+         overlap: str | None = None, timeout: int | None = None, retries: int | None = None,
+         retry_interval: int | None = None, backoff: str | None = None, start: bool = False):
     """Schedule a function on the executor nodes::
 
         @sm.task(cron="0/10 * * * * ?", executors=["worker1"], params={"batch": 500})
@@ -448,16 +489,26 @@ def task(cron: str | Callable[..., Any] | None = None, *, title: str | None = No
     again) updates that task. Without ``cron`` the task fires once when started (RunLoop off).
     ``failover`` says what happens to a firing whose node dies under it: ``"retry-elsewhere"``
     (the default: another node runs it again, with the same Idempotency-Key) or ``"fail"``.
+
+    Policies (None keeps the task's; the defaults are the original's behaviour):
+    ``misfire`` ``"skip"`` / ``"once"`` / ``"all"`` for instants later than ``misfire_threshold``
+    seconds (60); ``overlap`` ``"queue"`` (wait for the previous run, one firing at most) or
+    ``"skip"``; ``timeout`` seconds, after which the run's cancellation token is set and it
+    fails "timeout"; ``retries`` more attempts after a failure, ``retry_interval`` seconds
+    apart (10), ``backoff`` ``"fixed"`` or ``"exponential"``.
     """
     if callable(cron) and not isinstance(cron, str):  # bare @sm.task
         return task()(cron)
+    policies = policy_form({"misfire": misfire, "misfire_threshold": misfire_threshold, "overlap": overlap,
+                            "timeout": timeout, "retries": retries, "retry_interval": retry_interval,
+                            "backoff": backoff}, plugin=True)
 
     def decorate(fn: Callable[..., Any]) -> ScheduledFunction:
         name = title or getattr(fn, "__name__", None) or ""
         if name == "<lambda>":
             raise ValueError("a lambda has no name to title its task by: pass title=...")
         form = _common_form(name, cron, run_loop, executors, keepers, params, start_date, end_date, remark,
-                            failover)
+                            failover) | policies
         filename, data = shipping.package(fn, name)  # refuses what cannot travel, before any write
         conn = current()
         form.update(MetaType=1, AssemblyName=filename.rsplit(".", 1)[0], ClassName=shipping.CLASS_NAME)
@@ -485,12 +536,24 @@ def http_task(title: str, url: str, cron: str | None = None, *, method: str = "G
               executors: list[str] | None = None, keepers: list[int] | None = None,
               params: dict[str, Any] | None = None, run_loop: bool | None = None,
               start_date: datetime | None = None, end_date: datetime | None = None,
-              remark: str | None = None, failover: str | None = None, start: bool = False) -> Task:
-    """Create (or update, by title) an HTTP task (MetaType 2) and return it; ``failover`` as
-    in :func:`task`."""
+              remark: str | None = None, failover: str | None = None, misfire: str | None = None,
+              misfire_threshold: int | None = None, overlap: str | None = None, max_parallel: int | None = None,
+              timeout: int | None = None, retries: int | None = None, retry_interval: int | None = None,
+              backoff: str | None = None, fail_on_non_2xx: bool | None = None, expected_text: str | None = None,
+              start: bool = False) -> Task:
+    """Create (or update, by title) an HTTP task (MetaType 2) and return it; ``failover`` and
+    the policies as in :func:`task`, and: ``overlap`` may also be ``"cancel"`` (the running
+    request is cancelled for the new one) or ``"parallel"`` (up to ``max_parallel`` at once);
+    ``timeout`` bounds the request; ``fail_on_non_2xx`` decides for this task what the global
+    ``Http_FailOnNon2xx`` setting does; ``expected_text`` must be in a successful answer."""
     if not isinstance(url, str) or not url.lower().startswith(("http://", "https://")):
         raise ValueError(f"url must be an absolute http:// or https:// address, got {url!r}")
-    form = _common_form(title, cron, run_loop, executors, keepers, params, start_date, end_date, remark, failover)
+    policies = policy_form({"misfire": misfire, "misfire_threshold": misfire_threshold, "overlap": overlap,
+                            "max_parallel": max_parallel, "timeout": timeout, "retries": retries,
+                            "retry_interval": retry_interval, "backoff": backoff,
+                            "fail_on_non_2xx": fail_on_non_2xx, "expected_text": expected_text}, plugin=False)
+    form = _common_form(title, cron, run_loop, executors, keepers, params, start_date, end_date, remark,
+                        failover) | policies
     if headers is not None and not isinstance(headers, dict):
         raise TypeError("headers must be a dict of name -> value")
     if isinstance(body, (dict, list)):

@@ -102,6 +102,8 @@ def test_a_form_error_shows_beside_its_field_and_writes_nothing(system, receiver
         "HttpRequestUrl": task_form(receiver, "bad url", HttpRequestUrl="ftp://example.org/x"),
         "Title": task_form(receiver, ""),
         "EndDate": task_form(receiver, "ends first", StartDate="2030-01-02 00:00:00", EndDate="2030-01-01 00:00:00"),
+        "OverlapPolicy": task_form(receiver, "bad overlap", OverlapPolicy="twice"),
+        "Retries": task_form(receiver, "bad retries", Retries="99"),
     }
     for field, data in cases.items():
         r = client.post("/tasks/new", data={"csrf": csrf, **data})
@@ -429,3 +431,26 @@ def test_keepers_and_children_are_chosen_by_name(system, receiver):
                                           "Nexts": missing})
     assert bad.status_code == 400
     assert re.search(r'id="field-Nexts">.*?class="error">子任务不存在', bad.text, re.S)
+
+
+def test_policies_are_set_in_the_form_shown_on_the_page_and_kept_by_an_edit(system, receiver):
+    client = sign_in(system)
+    blank = client.get("/tasks/new").text  # the defaults, preselected
+    assert re.search(r'<option value="queue" selected>', blank) and 'name="MisfireThresholdSeconds" value="60"' in blank
+    made = client.post("/tasks/new", data={"csrf": csrf_of(client), **task_form(
+        receiver, "policies by form", OverlapPolicy="parallel", MaxParallel="2", Retries="3",
+        RetryBackoff="exponential", FailOnNon2xx="true", ExpectedText="OK")})
+    assert made.status_code == 303, made.text
+    tid = made.headers["location"].rsplit("/", 1)[1]
+    page = client.get(f"/tasks/{tid}").text
+    assert re.search(r'id="policy">[^<]*overlap parallel up to 2[^<]*3 retries every 10 s \(exponential\)', page)
+    edit = client.get(f"/tasks/{tid}/edit").text
+    assert re.search(r'<option value="parallel" selected>', edit) and 'name="ExpectedText" value="OK"' in edit
+    # the edit form sent back as it was shown changes nothing; emptied, the text goes
+    fields = dict(re.findall(r'<input name="(\w+)" value="([^"]*)"', edit))
+    assert client.post(f"/tasks/{tid}/edit", data={"csrf": csrf_of(client), **task_form(receiver, "policies by form"),
+                                                    **fields, "OverlapPolicy": "parallel", "FailOnNon2xx": "true",
+                                                    "RetryBackoff": "exponential", "ExpectedText": ""}).status_code == 303
+    policy = system.detail(tid)["Policy"]
+    assert (policy["MaxParallel"], policy["Retries"], policy["FailOnNon2xx"], policy["ExpectedText"]) == (2, 3, True, None)
+    system.post("Delete", data={"id": tid})

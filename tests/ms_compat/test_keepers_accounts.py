@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import time
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -80,6 +81,24 @@ def test_a_failed_run_once_mails_the_keepers_too(system, smtp):
     wait_until(lambda: any(m["Subject"] == "任务运行异常 — 只运行一次" for m in sink.messages), timeout=40)
     assert ("sm@example.com", ["once@example.com"]) in sink.envelopes
     system.post("Stop", data={"id": tid})
+
+
+def test_a_retried_firing_mails_the_keepers_once_after_its_last_attempt(system, smtp, receiver):
+    ctl, sink = smtp
+    assert save_config(system, Email_SmtpServer="127.0.0.1", Email_SmtpPort=str(ctl.port),
+                       Email_FromAccount="sm@example.com")["Success"]
+    keeper = create_user(system, "keeper_retry", "retry@example.com")
+    receiver.on("/keepers/retry", 503, "busy")
+    tid = system.create_http(receiver.url("/keepers/retry"), cron="0/15 * * * * ?", Title="重试三次",
+                             Keepers=str(keeper), Retries="2", RetryIntervalSeconds="1", FailOnNon2xx="true",
+                             RunNow="true")
+    runs = wait_until(lambda: (lambda r: r if len(r) >= 3 else None)(
+        [x for x in system.flow_runs(tid) if "fire" in x["parameters"]]), timeout=60)
+    system.post("Stop", data={"id": tid})
+    assert sorted(x["parameters"]["fire"].get("attempt") for x in runs[:3]) == [1, 2, 3]
+    mails = wait_until(lambda: [m for m in sink.messages if m["Subject"] == "任务运行异常 — 重试三次"], timeout=30)
+    time.sleep(2)  # a mail for an earlier attempt would have been queued before the last one's
+    assert len([m for m in sink.messages if m["Subject"] == "任务运行异常 — 重试三次"]) == len(mails) == 1
 
 
 def test_an_unreachable_smtp_server_does_not_hurt_the_runs(system, receiver):

@@ -624,6 +624,33 @@ def test_duplicate_titles_and_aware_dates(conn, receiver):
 
 
 @pytest.mark.e2e
+def test_policies_are_arguments_kept_by_a_redefinition_and_checked_before_any_write(conn, receiver):
+    title = f"py-policy-{uuid.uuid4().hex[:6]}"
+    t = sm.http_task(title, receiver.url("/py-policy"), "0 0 3 * * ?", overlap="parallel", max_parallel=4,
+                     retries=2, backoff="exponential", timeout=30, fail_on_non_2xx=True, expected_text="OK")
+    p = t.detail()["Policy"]
+    assert (p["OverlapPolicy"], p["MaxParallel"], p["Retries"], p["RetryBackoff"], p["TimeoutSeconds"],
+            p["FailOnNon2xx"], p["ExpectedText"]) == ("parallel", 4, 2, "exponential", 30, True, "OK")
+    # defined again without them (a cell run again, edited): what it does not name stays
+    sm.http_task(title, receiver.url("/py-policy"), "0 0 4 * * ?", misfire="all")
+    p = t.detail()["Policy"]
+    assert (p["MisfirePolicy"], p["Retries"], p["ExpectedText"]) == ("all", 2, "OK")
+    for kw, message in (({"retries": 11}, "retries: Retries"), ({"overlap": "twice"}, "overlap: OverlapPolicy"),
+                        ({"max_parallel": 0}, "max_parallel"), ({"misfire_threshold": -1}, "misfire_threshold")):
+        with pytest.raises(ValueError, match=message):
+            sm.http_task(title, receiver.url("/py-policy"), "0 0 5 * * ?", **kw)
+    with pytest.raises(TypeError, match="fail_on_non_2xx"):
+        sm.http_task(title, receiver.url("/py-policy"), fail_on_non_2xx="yes")
+    with pytest.raises(ValueError, match="overlap"):
+        @sm.task(cron="0 0 3 * * ?", title=f"{title}-fn", overlap="parallel")
+        def job(context):
+            return 1
+    assert t.spec().CronExpression == "0 0 4 * * ?"  # nothing written by the refused calls
+    assert not [r for r in conn.legacy.iter_tasks(f"{title}-fn")]
+    t.delete()
+
+
+@pytest.mark.e2e
 def test_bad_input_raises_and_changes_nothing(conn, system):
     before = sorted(_titles())
     packages = system.data_dir / "plugins"

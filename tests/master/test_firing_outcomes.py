@@ -1,0 +1,53 @@
+"""How a firing that ran, was retried, or did not run (per its task's policies) is recorded and counted."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from prometheus_client import CollectorRegistry
+
+from schedulemaster.coordination.wire import Firing
+from schedulemaster.master.metrics import FiringMetrics
+from schedulemaster.master.record_api import final_state, run_message
+
+AT = datetime(2026, 12, 7, 16, 0, 0, tzinfo=timezone.utc)
+
+
+def firing(**kw) -> Firing:
+    values = dict(task_id=uuid.uuid4(), firing_id="f1", title="订单同步", scheduled=AT,
+                  started=AT + timedelta(seconds=0.2), finished=AT + timedelta(seconds=1), ok=True,
+                  message="HTTP 200 in 800 ms", node="worker1", zone="Asia/Shanghai")
+    return Firing(**{**values, **kw})
+
+
+def test_each_attempt_is_its_own_run_named_and_numbered():
+    first = firing(ok=False, message="HTTP 500", attempt=1, last_attempt=False).record()
+    third = firing(attempt=3, record_id="f1#3").record()
+    assert (first.firing_id, first.name, first.fire["attempt"]) == ("f1", "订单同步 · 2026-12-08 00:00:00", 1)
+    assert (third.firing_id, third.name, third.fire["firing_id"]) == ("f1#3", "订单同步 · 2026-12-08 00:00:00 · attempt 3", "f1")
+    assert "attempt 1, retried" in run_message(first) and "attempt 3" in run_message(third)
+    assert final_state(first).type.value == "FAILED" and final_state(third).type.value == "COMPLETED"
+
+
+def test_a_firing_that_did_not_run_is_a_cancelled_type_state_named_for_why():
+    missed = firing(ok=False, message="missed 7 firing(s)", not_run="Missed", record_id="f1#missed", missed=7).record()
+    state = final_state(missed)
+    assert (state.type.value, state.name) == ("CANCELLED", "Missed")
+    assert missed.name.endswith("· missed") and missed.fire["missed"] == 7
+    assert "late" not in run_message(missed)  # how late a firing that never ran is says nothing
+
+
+def test_metrics_count_outcomes_and_a_missed_gap_by_its_instants():
+    registry = CollectorRegistry()
+    metrics = FiringMetrics(registry)
+    metrics.observe([firing().record(), firing(ok=False).record(),
+                     firing(ok=False, not_run="Missed", missed=7).record(),
+                     firing(ok=False, not_run="Skipped").record(), firing(ok=False, not_run="Cancelled").record()])
+
+    def count(outcome):
+        return registry.get_sample_value("schedulemaster_firings_total", {"outcome": outcome})
+
+    assert [count(o) for o in ("succeeded", "failed", "missed", "skipped", "cancelled")] == [1, 1, 7, 1, 1]
+    # only firings that ran have a lateness
+    assert registry.get_sample_value("schedulemaster_firing_lateness_seconds_count") == 2
