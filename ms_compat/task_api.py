@@ -414,8 +414,10 @@ class TaskService:
             name=dep.run_name(spec.Title, f"start {self.now_local():%Y-%m-%d %H:%M:%S}"))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + PLUGIN_START_TIMEOUT
+        delay = 0.05  # the node hears of the run at once (master/new_runs.py): look soon, then less often
         while loop.time() < deadline:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
             state = (await self.client.read_flow_run(run.id)).state
             if state is not None and state.is_final():
                 if state.type == StateType.COMPLETED:

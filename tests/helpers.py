@@ -184,10 +184,10 @@ class System:
         r = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
         return [int(x) for x in r.stdout.split()]
 
-    def start_node(self, name: str, *args: str) -> subprocess.Popen:
+    def start_node(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         """Another executor node (`schedulemaster node`) against this system's master, in its
-        own process; its output goes to logs/extra-<name>.log."""
-        env = {**os.environ, **self.env, **self.client_env, "SM_PREFECT_PORT": str(self.prefect_port),
+        own process (``env``: more environment); its output goes to logs/extra-<name>.log."""
+        env = {**os.environ, **self.env, **(env or {}), **self.client_env, "SM_PREFECT_PORT": str(self.prefect_port),
                "SM_TIMEZONE": self.timezone,
                "SM_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(p for p in (str(PLUGINS_DIR), os.environ.get("PYTHONPATH")) if p)}

@@ -30,6 +30,7 @@ PACKAGE_PATH = PREFIX + "/plugins/{name}"
 TASK_VERSIONS_PATH = PREFIX + "/tasks/versions"
 TASKS_READ_PATH = PREFIX + "/tasks/read"
 TASK_CHANGES_PATH = PREFIX + "/tasks/changes"
+WORK_WAIT_PATH = PREFIX + "/work/wait"  # a flow run for a worker was created (master/new_runs.py)
 
 NODE_TOKEN_HEADER = "x-sm-node-token"  # the secret a node was given at registration
 NAME = r"^[^/%\s][^/%]{0,98}[^/%\s]$|^[^/%\s]$"  # a node name (also a work-queue suffix)

@@ -49,7 +49,8 @@ class _Server:
 
 
 def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None, store_engine=None,
-                     coordination=None, run_events: str = "all", changes=None, on_recorded=None) -> None:
+                     coordination=None, run_events: str = "all", changes=None, on_recorded=None,
+                     new_runs=None) -> None:
     """Nodes record firings at ``/api/schedulemaster/firings`` (see schedulemaster/master/record_api.py);
     ``schedulemaster import`` writes at ``/api/schedulemaster/import/*`` (ms_compat/import_api.py).
 
@@ -65,7 +66,7 @@ def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None,
 
         api_app.router.routes.append(Mount("/schedulemaster/import", app=create_import_app(importer)))
     api_app.router.routes.append(Mount("/schedulemaster", app=create_record_app(
-        on_failure, packages, store_engine, coordination, run_events, changes, on_recorded)))
+        on_failure, packages, store_engine, coordination, run_events, changes, on_recorded, new_runs)))
 
 
 def _version() -> str:
@@ -202,6 +203,7 @@ async def serve_master(settings: Settings) -> None:
 
     from schedulemaster.ms_compat.import_target import ImportTarget
     from schedulemaster.master.task_changes import TaskChanges
+    from schedulemaster.master.new_runs import NewRuns
     from schedulemaster.master.metrics import Metrics
     from schedulemaster.master.unschedulable import Unschedulable
     from schedulemaster.deployments.variables import read_disabled
@@ -254,16 +256,17 @@ async def serve_master(settings: Settings) -> None:
     metrics = Metrics(store, settings.work_pool, lambda: read_disabled(client), legacy_app.state.authenticator,
                       settings.metrics_open, unschedulable=lambda: len(watch.said))
     await asyncio.to_thread(metrics.start)
+    new_runs = NewRuns(prefect_app)  # nodes hear of a run for their worker at once
     mount_record_api(prefect_app, mailer.task_failed, packages, importer, store.engine, coordination,
-                     settings.run_events, changes, metrics.firings.observe)
-    servers = [_Server(FollowUiSwitches(prefect_app), settings.prefect_host, settings.prefect_port),
+                     settings.run_events, changes, metrics.firings.observe, new_runs)
+    servers = [_Server(FollowUiSwitches(new_runs), settings.prefect_host, settings.prefect_port),
                _Server(Console(legacy_app, store, lambda: services.get("task"), prefect_ui_of(settings), metrics),
                        settings.api_host, settings.api_port, settings.trusted_proxies)]
 
     loop = asyncio.get_running_loop()
     stall_watch.start(loop)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: [changes.release(), *(s.stop() for s in servers)])
+        loop.add_signal_handler(sig, lambda: [changes.release(), new_runs.release(), *(s.stop() for s in servers)])
     # The legacy API's lifespan waits for Prefect's; start Prefect first.
     tasks = [asyncio.create_task(servers[0].serve())]
     mailing = asyncio.create_task(mailer.run(), name="keeper-mail")

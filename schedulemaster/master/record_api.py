@@ -30,6 +30,7 @@ from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.deployments.tasks import HTTP_TAG, NODE_TAG, TaskRepository
 from schedulemaster.master import bulk_runs
 from schedulemaster.master.coordination_api import node_caller
+from schedulemaster.master.new_runs import NewRuns
 from schedulemaster.master.task_changes import TaskChanges
 from schedulemaster.store import claims
 from schedulemaster.timeutil import utcnow
@@ -232,7 +233,8 @@ async def report_failure(failure: RunFailure, on_failure: OnFailure | None) -> b
 
 def create_record_app(on_failure: OnFailure | None = None, packages=None, store_engine=None,
                       coordination: APIRouter | None = None, run_events: str = "all",
-                      changes: TaskChanges | None = None, on_recorded: OnRecorded | None = None) -> FastAPI:
+                      changes: TaskChanges | None = None, on_recorded: OnRecorded | None = None,
+                      new_runs: NewRuns | None = None) -> FastAPI:
     """Mounted at ``/schedulemaster`` inside Prefect's own API app on the master, so Prefect's
     auth middleware (PREFECT_SERVER_API_AUTH_STRING) guards it like every Prefect endpoint:
     nodes record firings and report failures here, fetch plugin packages, and (through
@@ -269,6 +271,15 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
     async def task_changes(body: ChangesRequest) -> ChangeToken:
         """Answers when the task book changed, or after the wait asked for (task_changes.py)."""
         return ChangeToken(token=await changes.wait(body.token, body.wait))
+
+    @router.post("/work/wait")
+    async def work_wait(body: ChangesRequest) -> ChangeToken:
+        """Answers when a flow run a worker may take was created, or after the wait asked for
+        (new_runs.py): the node then reads its queues at once."""
+        if new_runs is None:
+            await asyncio.sleep(body.wait)
+            return ChangeToken(token="")
+        return ChangeToken(token=await new_runs.wait(body.token, body.wait))
 
     @router.post("/tasks/read")
     async def read_tasks(body: TasksRequest) -> TasksPage:

@@ -360,7 +360,7 @@ class FiringLoop:
 
     async def catch_up(self, entries: list[Entry], now: datetime) -> None:
         """Tasks that just became this node's: the instants since the task's last claimed
-        firing (or its Start, when it never fired) that nobody claimed, because their node
+        firing (or since it became Running, when it never fired) that nobody claimed, because their node
         died or was disabled, or no node was live. Those within the task's misfire threshold
         fire now, late; those older go by its MisfirePolicy: ``skip`` records them missed,
         ``once`` fires the newest of them once and records the rest missed, ``all`` fires each
@@ -372,6 +372,10 @@ class FiringLoop:
             pol = e.spec.Policy
             floor = running_since(e.spec)
             claimed = latest.get(str(e.task_id))
+            if claimed is None and floor is not None:
+                # never fired: from when it became Running (a plugin's Start loads it on its
+                # node first, and the schedule begins after that, as in the original)
+                floor = max(floor, e.version[0])
             last = claimed or floor
             if last is None:
                 continue

@@ -38,6 +38,7 @@ from schedulemaster.settings import Settings
 log = logging.getLogger("schedulemaster.node")
 
 DEFAULT_MAX_CONCURRENCY = 20
+NEW_RUNS_WAIT = 20.0  # seconds the master may hold a node's wait for a new run
 
 
 class NodeJobConfiguration(BaseJobConfiguration):
@@ -90,6 +91,7 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
         self.exit_code = 0
         self._runtime = contextlib.AsyncExitStack()
         self._firing_task: asyncio.Task | None = None
+        self._new_runs_task: asyncio.Task | None = None
         self._main: asyncio.Task | None = None
 
     @classmethod
@@ -154,6 +156,7 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
             await self._runtime.aclose()
             raise
         self._firing_task = asyncio.create_task(self._run_firing(), name="firing")
+        self._new_runs_task = asyncio.create_task(self._follow_new_runs(master), name="new-runs")
         log.info("node %s started (priority %d, max concurrency %d)", self.name, self.priority,
                  self.max_concurrency)
 
@@ -166,8 +169,32 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
             log.exception("node %s: the firing loop failed", self.name)
             self.stop(1)
 
+    async def _follow_new_runs(self, master) -> None:
+        """Read the queues as soon as the master says a flow run for a worker was created
+        (schedulemaster/master/new_runs.py): RunOnce, a Start, a Next or a UI run starts in a
+        fraction of a second instead of at the next poll. Taken the usual way (Pending
+        proposed, one proposal wins), so two nodes woken together cannot both run it."""
+        token = ""
+        while True:
+            try:
+                seen, token = token, await master.wait_for_work(token, NEW_RUNS_WAIT)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the master is away: the worker's own poll goes on meanwhile
+                log.debug("waiting for new runs failed: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if seen and token != seen:
+                try:
+                    await self.get_and_submit_flow_runs()
+                except Exception as exc:
+                    log.warning("reading the queues after a new run failed: %s", exc)
+
     async def teardown(self, *exc_info: Any) -> None:
         """Stop taking firings; let the ones in flight finish and be recorded; then the worker."""
+        if self._new_runs_task is not None:
+            self._new_runs_task.cancel()
+            await asyncio.gather(self._new_runs_task, return_exceptions=True)
         if self._firing_task is not None:
             self._firing_task.cancel()
             await asyncio.gather(self._firing_task, return_exceptions=True)
