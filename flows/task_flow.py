@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -79,23 +79,26 @@ async def run_task(task: dict[str, Any], fire: dict[str, Any] | None = None, act
 
 
 async def _attempts(spec: TaskSpec, attempt_once) -> Any:
-    """Run ``attempt_once(n)`` until it succeeds or the task's Retries are spent, logging
-    each attempt's lines into this run (on the worker path the attempts share one run; the
-    node's fast path records one run per attempt)."""
-    logger = get_run_logger()
+    """``attempts`` logging into this flow run."""
+    return await attempts(spec, attempt_once, get_run_logger().log)
+
+
+async def attempts(spec: TaskSpec, attempt_once, log: Callable[[int, str], None]) -> Any:
+    """Run ``attempt_once(n)`` until it succeeds or the task's Retries are spent, each
+    attempt's lines written with ``log(level, message)`` (on the worker path the attempts
+    share one run; the node's firing path records one run per attempt)."""
     pol = spec.Policy
     for attempt in range(1, pol.attempts + 1):
         if pol.Retries:
-            logger.info("attempt %d of %d", attempt, pol.attempts)
+            log(logging.INFO, f"attempt {attempt} of {pol.attempts}")
         out = await attempt_once(attempt)
         for level, msg, _ts in out.logs:
-            logger.log(level, msg)
-        level, line = outcome_lines(spec.Title, out)
-        logger.log(level, line)
+            log(level, msg)
+        log(*outcome_lines(spec.Title, out))
         if out.ok or attempt == pol.attempts:
             return out
         wait = pol.retry_wait(attempt)
-        logger.warning("attempt %d of %d failed; the next in %g s", attempt, pol.attempts, wait)
+        log(logging.WARNING, f"attempt {attempt} of {pol.attempts} failed; the next in {wait:g} s")
         await asyncio.sleep(wait)
     raise AssertionError("unreachable: the last attempt returns")
 

@@ -204,6 +204,7 @@ async def serve_master(settings: Settings) -> None:
     from schedulemaster.ms_compat.import_target import ImportTarget
     from schedulemaster.master.task_changes import TaskChanges
     from schedulemaster.master.new_runs import NewRuns
+    from schedulemaster.master.worker_runs import WorkerRuns
     from schedulemaster.master.metrics import Metrics
     from schedulemaster.master.unschedulable import Unschedulable
     from schedulemaster.deployments.variables import read_disabled
@@ -220,7 +221,8 @@ async def serve_master(settings: Settings) -> None:
         await ensure_infrastructure(client, settings)
         await mirror_settings(client, store)
         schema = parameter_schema(run_task).model_dump_for_openapi()
-        services["task"] = TaskService(store, client, settings.timezone, settings.work_pool, schema)
+        services["task"] = TaskService(store, client, settings.timezone, settings.work_pool, schema,
+                                       create_run=WorkerRuns(new_runs).create)
         if changed := await services["task"].repo.mark_ready():
             log.info("%d task deployments marked ready (never polled: nodes fire them)", changed)
         if changed := await services["task"].repo.mark_status_words():

@@ -252,6 +252,32 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
                 if r.work_queue_name != TASKS_QUEUE
                 or (not r.auto_scheduled and self._accepts_task_run(r))]
 
+    async def _submit_run(self, flow_run: FlowRun) -> None:
+        """A task's run is taken and run by the node itself (node/direct_runs.py: ~0.3 s sooner
+        than through Prefect's flow engine); a run of a task with children, through the engine."""
+        from schedulemaster.deployments.tasks import INCARNATION_LABEL
+        from schedulemaster.node.direct_runs import DirectRun, runs_directly
+
+        firing = self.firing
+        if firing is None or firing.http is None or not runs_directly(flow_run):
+            return await super()._submit_run(flow_run)
+        labels = {"prefect.worker.name": self.name, "prefect.worker.type": self.type,
+                  INCARNATION_LABEL: self.incarnation}
+        if self._work_pool is not None:
+            labels.update({"prefect.work-pool.name": self._work_pool.name,
+                           "prefect.work-pool.id": str(self._work_pool.id)})
+        try:
+            await DirectRun(self.client, flow_run, labels=labels, settings=lambda: firing.settings,
+                            http_session=lambda: firing.http, plugin_host=firing.plugins,
+                            report_failure=firing.master.report_failure).run()
+        except Exception:
+            log.exception("flow run %s could not be run", flow_run.id)
+        finally:  # what BaseWorker._submit_run does when a run ends
+            self._release_limit_slot(flow_run.id)
+            self._submitting_flow_run_ids.discard(flow_run.id)
+            if self._cancelling_observer is not None:
+                self._cancelling_observer.remove_in_flight_flow_run_id(flow_run.id)
+
     async def run(self, flow_run: FlowRun, configuration: NodeJobConfiguration,
                   task_status: Optional[anyio.abc.TaskStatus[Any]] = None) -> NodeWorkerResult:
         from prefect.flow_engine import run_flow

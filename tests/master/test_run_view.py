@@ -108,10 +108,12 @@ def test_the_queues_a_live_node_reads_are_ready(system):
         r.raise_for_status()
         return {q["name"]: q["status"] for q in r.json()}
 
-    # every queue of the pool is read by the one live node (`tasks` exists once a task does)
+    # every queue the live node reads is Ready (`tasks` exists once a task does); a node another
+    # test started and stopped leaves its own queue, Not Ready
+    read = {"default", "tasks", "node-worker1"}
     ready = wait_until(lambda: (s := statuses()) and {"default", "node-worker1"} <= set(s)
-                       and set(s.values()) == {"READY"} and s, timeout=60)
-    assert set(ready) <= {"default", "tasks", "node-worker1"}
+                       and all(v == "READY" for k, v in s.items() if k in read) and s, timeout=60)
+    assert all(k in read or k.startswith("node-") for k in ready), ready
 
     # pausing a queue in the UI is a PATCH whose transaction reads the pool for its event: it
     # hung for SQLite's 60 s busy timeout (the client's 30 s ran out first); the master leaves
@@ -169,9 +171,11 @@ def test_the_schedule_is_on_exactly_while_the_task_runs_and_its_next_fire_is_a_s
         assert moved["state_type"] == "SCHEDULED" and moved["run_count"] == 0 and moved["start_time"] is None
         hits = receiver.wait_for("/view/schedule", 1, timeout=30)
         assert upcoming not in {h.headers.get("idempotency-key") for h in hits}
-        traces = httpx.get(f"{system.api}/api/Task/QueryTraces", headers=AUTH, timeout=30,
-                           params={"id": task_id, "pageNumber": 1, "pageSize": 50}).json()["Data"]
-        assert traces["rows"] and upcoming not in {r["TraceId"] for r in traces["rows"]}, traces
+        traces = wait_until(lambda: (t := httpx.get(
+            f"{system.api}/api/Task/QueryTraces", headers=AUTH, timeout=30,
+            params={"id": task_id, "pageNumber": 1, "pageSize": 50}).json()["Data"]) and t["rows"] and t,
+            timeout=30)  # the firing's record may still be on its way
+        assert upcoming not in {r["TraceId"] for r in traces["rows"]}, traces
         # a plain deployment with an active schedule on the same server: Prefect's scheduler
         # runs and fills it with runs, and leaves the task's deployment alone
         flow = system.pf("POST", "/flows/", json={"name": f"plain-{uuid.uuid4().hex[:6]}"}).json()

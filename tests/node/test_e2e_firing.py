@@ -85,8 +85,12 @@ def test_run_once_goes_through_a_real_prefect_worker_run(system, receiver):
                                    if r["id"] == hit.headers["idempotency-key"]
                                    and r["state_type"] == "COMPLETED"), None), timeout=30)
     assert "sm:run-once" in run["tags"]
-    # the engine ships its log lines in the background: wait for them
-    wait_until(lambda: any(m.startswith("任务[run once]运行成功！") for m in system.run_logs(run["id"])))
+    # run by the node itself (node/direct_runs.py), labelled as Prefect's worker labels a run
+    assert run["labels"]["prefect.worker.name"] == "worker1" and run["labels"]["schedulemaster.incarnation"]
+    assert run["start_time"] and [s["type"] for s in system.pf(
+        "GET", f"/flow_run_states/?flow_run_id={run['id']}").json()] == ["SCHEDULED", "PENDING", "RUNNING", "COMPLETED"]
+    logs = wait_until(lambda: (m := system.run_logs(run["id"])) and any(x.startswith("任务[run once]运行成功！") for x in m) and m)
+    assert any(x.startswith("Run by node worker1 directly") for x in logs)
     system.post("Stop", data={"id": tid})
 
 
