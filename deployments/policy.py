@@ -34,6 +34,8 @@ BOUNDS = {
     "TimeoutSeconds": (0, 86_400),  # 0: the HTTP timeout of the settings; a plugin runs unbounded
     "Retries": (0, 10),
     "RetryIntervalSeconds": (1, 3_600),
+    "AlarmAfterFailures": (1, 100),
+    "AlarmLateSeconds": (0, 86_400),  # 0: no lateness alarm
 }
 MAX_EXPECTED_TEXT = 200
 MAX_CATCH_UP = 100
@@ -41,7 +43,8 @@ MAX_CATCH_UP = 100
 MAX_RETRY_WAIT = 3_600.0
 #: every form field of a policy, in the order forms show them
 FIELDS = ("MisfirePolicy", "MisfireThresholdSeconds", "OverlapPolicy", "MaxParallel", "TimeoutSeconds",
-          "Retries", "RetryIntervalSeconds", "RetryBackoff", "FailOnNon2xx", "ExpectedText")
+          "Retries", "RetryIntervalSeconds", "RetryBackoff", "FailOnNon2xx", "ExpectedText",
+          "AlarmAfterFailures", "AlarmLateSeconds", "AlarmOnMissed")
 
 
 class PolicyError(ValueError):
@@ -67,6 +70,12 @@ class RunPolicy(BaseModel):
     FailOnNon2xx: Optional[bool] = None
     #: a successful answer must contain this text (searched in the first 8,000 bytes)
     ExpectedText: Optional[str] = None
+    #: who is told (keepers, notification blocks, the global channels), and when
+    #: (schedulemaster/master/firing_alarms.py): after this many failures in a row, of a
+    #: firing later than this (0: never), of missed instants
+    AlarmAfterFailures: int = 1
+    AlarmLateSeconds: int = 0
+    AlarmOnMissed: bool = False
 
     @property
     def threshold(self) -> timedelta:
@@ -104,6 +113,12 @@ class RunPolicy(BaseModel):
             parts.append("non-2xx " + ("fails" if self.FailOnNon2xx else "succeeds"))
         if self.ExpectedText:
             parts.append(f"answer must contain {self.ExpectedText!r}")
+        alarms = ["every failure" if self.AlarmAfterFailures == 1 else f"{self.AlarmAfterFailures} failures in a row"]
+        if self.AlarmLateSeconds:
+            alarms.append(f"firing over {self.AlarmLateSeconds} s late")
+        if self.AlarmOnMissed:
+            alarms.append("missed firings")
+        parts.append("alarm on " + ", ".join(alarms))
         return " · ".join(parts)
 
 
@@ -139,6 +154,11 @@ def from_form(m: dict[str, Any], existing: RunPolicy | None, *, plugin: bool) ->
         if word not in ("", "default", "true", "false"):
             raise PolicyError(f"FailOnNon2xx '{str(raw)[:20]}' 无效（可选：true / false / default）", "FailOnNon2xx")
         values["FailOnNon2xx"] = None if word in ("", "default") else word == "true"
+    raw = m.get("AlarmOnMissed")
+    if raw is not None:
+        if not isinstance(raw, bool):
+            raise PolicyError("AlarmOnMissed 必须是 true 或 false", "AlarmOnMissed")
+        values["AlarmOnMissed"] = raw
     raw = m.get("ExpectedText")
     if raw is not None:
         if len(raw) > MAX_EXPECTED_TEXT:

@@ -248,6 +248,9 @@ SCHEDULE_INFO: list[F] = [
     F("RetryBackoff", "str", max_length=20),
     F("FailOnNon2xx", "text", max_length=20),
     F("ExpectedText", "text", max_length=1000),
+    F("AlarmAfterFailures", "int"),
+    F("AlarmLateSeconds", "int"),
+    F("AlarmOnMissed", "bool"),
     # bindable but ignored by Create, as in the original
     F("Status", "int"),
     F("CreateTime", "date"),

@@ -227,5 +227,6 @@ def _policy_values(p: RunPolicy) -> dict[str, str]:
     values = {k: str(getattr(p, k)) for k in POLICY_FIELDS}
     values["FailOnNon2xx"] = "default" if p.FailOnNon2xx is None else str(p.FailOnNon2xx).lower()
     values["ExpectedText"] = p.ExpectedText or ""
+    values["AlarmOnMissed"] = str(p.AlarmOnMissed).lower()
     return values
 

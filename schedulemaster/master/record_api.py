@@ -30,6 +30,7 @@ from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.deployments.tasks import HTTP_TAG, NODE_TAG, TaskRepository
 from schedulemaster.master import bulk_runs
 from schedulemaster.master.coordination_api import node_caller
+from schedulemaster.master.firing_alarms import FiringAlarms
 from schedulemaster.master.new_runs import NewRuns
 from schedulemaster.master.task_changes import TaskChanges
 from schedulemaster.store import claims
@@ -38,15 +39,16 @@ from schedulemaster.timeutil import utcnow
 TRANSACTION_SIZE = 50  # firings per IMMEDIATE transaction (see record_firings)
 
 
-#: called for each failed run with (task spec, when, message, detail, run id); the master's
-#: keeper mailer. It must not block: it only queues.
+#: called for each firing whose task's alarm policy says to tell (firing_alarms.py) with (task
+#: spec, when, message, detail, run id); the master's keeper mailer. It must not block: it only queues.
 OnFailure = Callable[[TaskSpec, datetime, str, str, str], None]
 #: called with the firings a call wrote (the master's metrics); must not block
 OnRecorded = Callable[[list[FiringRecord]], None]
 
 
 async def record_firings(records: list[FiringRecord], on_failure: OnFailure | None = None,
-                         run_events: str = "all", on_recorded: OnRecorded | None = None) -> RecordResult:
+                         run_events: str = "all", on_recorded: OnRecorded | None = None,
+                         alarms: FiringAlarms | None = None) -> RecordResult:
     """Write the firings as flow runs of their tasks' deployments, TRANSACTION_SIZE per transaction.
 
     SQLite has one write lock, and Prefect's own services (marking deployments ready,
@@ -58,7 +60,8 @@ async def record_firings(records: list[FiringRecord], on_failure: OnFailure | No
     """
     recorded, unknown = 0, []
     for i in range(0, len(records), TRANSACTION_SIZE):
-        part = await _record_transaction(records[i:i + TRANSACTION_SIZE], on_failure, run_events, on_recorded)
+        part = await _record_transaction(records[i:i + TRANSACTION_SIZE], on_failure, run_events, on_recorded,
+                                         alarms)
         recorded += part.recorded
         unknown += part.unknown_tasks
     return RecordResult(recorded=recorded, unknown_tasks=sorted(set(unknown)))
@@ -99,7 +102,8 @@ def run_message(r: FiringRecord) -> str:
 
 
 async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure | None,
-                              run_events: str, on_recorded: OnRecorded | None = None) -> RecordResult:
+                              run_events: str, on_recorded: OnRecorded | None = None,
+                              alarms: FiringAlarms | None = None) -> RecordResult:
     import sqlalchemy as sa
     from prefect.server import schemas
     from prefect.server.database import provide_database_interface
@@ -158,25 +162,22 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
              "timestamp": entry.timestamp, "flow_run_id": run.id} for run in inserted for entry in firings[run.id].logs])
         events = await bulk_runs.state_change_events(
             session, inserted if run_events == "all" else [run for run in inserted if not firings[run.id].ok])
-        # the keepers hear of a firing's failure once: after its last attempt; a firing that
-        # was cancelled, skipped or missed by its task's policy is not a failure to mail
-        failed = [run for run in inserted if not firings[run.id].ok and not firings[run.id].not_run
-                  and firings[run.id].last_attempt]
+        # whether the keepers hear of a firing is its task's alarm policy (firing_alarms.py):
+        # only the records that might alarm need the task's spec
+        maybe = {run.deployment_id for run in inserted if FiringAlarms.may_alarm(firings[run.id])}
         specs = {}
-        if failed and on_failure is not None:  # the keepers' mail needs the task's spec
-            specs = dict((await session.execute(sa.select(db.Deployment.id, db.Deployment.parameters).where(
-                db.Deployment.id.in_({run.deployment_id for run in failed})))).all())
+        if maybe and on_failure is not None:
+            specs = {tid: spec_or_none((params or {}).get("task")) for tid, params in (await session.execute(
+                sa.select(db.Deployment.id, db.Deployment.parameters).where(db.Deployment.id.in_(maybe)))).all()}
     await bulk_runs.emit(events)  # after the commit: no event for a write that was rolled back
     if on_recorded is not None:
         on_recorded([firings[run.id] for run in inserted])
     if on_failure is not None:
-        for run in failed:
-            r = firings[run.id]
-            spec = spec_or_none((specs.get(run.deployment_id) or {}).get("task"))
-            if spec is None:
-                continue
+        run_of = {id(firings[run.id]): run.id for run in inserted}
+        for alarm in (alarms or FiringAlarms()).decide([firings[run.id] for run in inserted], specs):
+            r = alarm.record
             detail = "\n".join(entry.message for entry in r.logs if entry.level >= 40)
-            on_failure(spec, r.finished, r.message, detail, str(run.id))
+            on_failure(specs[r.task_id], r.finished, alarm.message, detail, str(run_of[id(r)]))
     return RecordResult(recorded=recorded, unknown_tasks=sorted(unknown))
 
 
@@ -245,6 +246,7 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
     # heaviest work, and nodes' claims (which firings wait for) must get the CPU in between.
     recording = asyncio.Semaphore(1)
     caller = node_caller(store_engine) if store_engine is not None else None
+    alarms = FiringAlarms()  # failures in a row, per task, across every node's records
     changes = changes or TaskChanges()
 
     @router.post("/firings")
@@ -254,7 +256,7 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
         if caller is not None and await caller(request) is None:
             raise HTTPException(403, "only a registered node records firings (its token is missing or wrong)")
         async with recording:
-            result = await record_firings(records, on_failure, run_events, on_recorded)
+            result = await record_firings(records, on_failure, run_events, on_recorded, alarms)
         if store_engine is not None:  # a recorded firing's claim is done (schedulemaster/store/claims.py)
             await asyncio.to_thread(claims.finish, store_engine, [r.firing_id for r in records], "recorded")
         return result

@@ -388,7 +388,9 @@ def check_failover(failover: str | None) -> dict[str, str]:
 POLICY_ARGS = {"misfire": "MisfirePolicy", "misfire_threshold": "MisfireThresholdSeconds",
                "overlap": "OverlapPolicy", "max_parallel": "MaxParallel", "timeout": "TimeoutSeconds",
                "retries": "Retries", "retry_interval": "RetryIntervalSeconds", "backoff": "RetryBackoff",
-               "fail_on_non_2xx": "FailOnNon2xx", "expected_text": "ExpectedText"}
+               "fail_on_non_2xx": "FailOnNon2xx", "expected_text": "ExpectedText",
+               "alarm_after_failures": "AlarmAfterFailures", "alarm_late_seconds": "AlarmLateSeconds",
+               "alarm_on_missed": "AlarmOnMissed"}
 
 
 def policy_fields(p: RunPolicy) -> dict[str, Any]:
@@ -407,9 +409,9 @@ def policy_form(given: dict[str, Any], *, plugin: bool) -> dict[str, Any]:
         if value is None:
             continue
         field = POLICY_ARGS[arg]
+        if field in ("FailOnNon2xx", "AlarmOnMissed") and not isinstance(value, bool):
+            raise TypeError(f"{arg} must be True or False, got {value!r}")
         if field == "FailOnNon2xx":
-            if not isinstance(value, bool):
-                raise TypeError(f"fail_on_non_2xx must be True or False, got {value!r}")
             value = str(value).lower()
         form[field] = value
     try:
@@ -476,7 +478,8 @@ def task(cron: str | Callable[..., Any] | None = None, *, title: str | None = No
          start_date: datetime | None = None, end_date: datetime | None = None, remark: str | None = None,
          failover: str | None = None, misfire: str | None = None, misfire_threshold: int | None = None,
          overlap: str | None = None, timeout: int | None = None, retries: int | None = None,
-         retry_interval: int | None = None, backoff: str | None = None, start: bool = False):
+         retry_interval: int | None = None, backoff: str | None = None, alarm_after_failures: int | None = None,
+         alarm_late_seconds: int | None = None, alarm_on_missed: bool | None = None, start: bool = False):
     """Schedule a function on the executor nodes::
 
         @sm.task(cron="0/10 * * * * ?", executors=["worker1"], params={"batch": 500})
@@ -495,13 +498,17 @@ def task(cron: str | Callable[..., Any] | None = None, *, title: str | None = No
     seconds (60); ``overlap`` ``"queue"`` (wait for the previous run, one firing at most) or
     ``"skip"``; ``timeout`` seconds, after which the run's cancellation token is set and it
     fails "timeout"; ``retries`` more attempts after a failure, ``retry_interval`` seconds
-    apart (10), ``backoff`` ``"fixed"`` or ``"exponential"``.
+    apart (10), ``backoff`` ``"fixed"`` or ``"exponential"``; the keepers are told after
+    ``alarm_after_failures`` failures in a row (1), of a firing more than ``alarm_late_seconds``
+    late (0: never), and with ``alarm_on_missed`` of instants not fired.
     """
     if callable(cron) and not isinstance(cron, str):  # bare @sm.task
         return task()(cron)
     policies = policy_form({"misfire": misfire, "misfire_threshold": misfire_threshold, "overlap": overlap,
                             "timeout": timeout, "retries": retries, "retry_interval": retry_interval,
-                            "backoff": backoff}, plugin=True)
+                            "backoff": backoff, "alarm_after_failures": alarm_after_failures,
+                            "alarm_late_seconds": alarm_late_seconds, "alarm_on_missed": alarm_on_missed},
+                           plugin=True)
 
     def decorate(fn: Callable[..., Any]) -> ScheduledFunction:
         name = title or getattr(fn, "__name__", None) or ""
@@ -540,7 +547,8 @@ def http_task(title: str, url: str, cron: str | None = None, *, method: str = "G
               misfire_threshold: int | None = None, overlap: str | None = None, max_parallel: int | None = None,
               timeout: int | None = None, retries: int | None = None, retry_interval: int | None = None,
               backoff: str | None = None, fail_on_non_2xx: bool | None = None, expected_text: str | None = None,
-              start: bool = False) -> Task:
+              alarm_after_failures: int | None = None, alarm_late_seconds: int | None = None,
+              alarm_on_missed: bool | None = None, start: bool = False) -> Task:
     """Create (or update, by title) an HTTP task (MetaType 2) and return it; ``failover`` and
     the policies as in :func:`task`, and: ``overlap`` may also be ``"cancel"`` (the running
     request is cancelled for the new one) or ``"parallel"`` (up to ``max_parallel`` at once);
@@ -551,7 +559,9 @@ def http_task(title: str, url: str, cron: str | None = None, *, method: str = "G
     policies = policy_form({"misfire": misfire, "misfire_threshold": misfire_threshold, "overlap": overlap,
                             "max_parallel": max_parallel, "timeout": timeout, "retries": retries,
                             "retry_interval": retry_interval, "backoff": backoff,
-                            "fail_on_non_2xx": fail_on_non_2xx, "expected_text": expected_text}, plugin=False)
+                            "fail_on_non_2xx": fail_on_non_2xx, "expected_text": expected_text,
+                            "alarm_after_failures": alarm_after_failures, "alarm_late_seconds": alarm_late_seconds,
+                            "alarm_on_missed": alarm_on_missed}, plugin=False)
     form = _common_form(title, cron, run_loop, executors, keepers, params, start_date, end_date, remark,
                         failover) | policies
     if headers is not None and not isinstance(headers, dict):

@@ -57,6 +57,9 @@ def test_backoff_never_waits_longer_than_the_cap():
     ({"FailOnNon2xx": "yes"}, "FailOnNon2xx"),
     ({"ExpectedText": "x" * 201}, "ExpectedText"),
     ({"ExpectedText": "line\nbreak"}, "ExpectedText"),
+    ({"AlarmAfterFailures": 0}, "AlarmAfterFailures"),
+    ({"AlarmLateSeconds": -1}, "AlarmLateSeconds"),
+    ({"AlarmOnMissed": "yes"}, "AlarmOnMissed"),
 ])
 def test_bad_values_are_refused_naming_the_field(form, field):
     with pytest.raises(PolicyError) as err:

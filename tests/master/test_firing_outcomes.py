@@ -51,3 +51,39 @@ def test_metrics_count_outcomes_and_a_missed_gap_by_its_instants():
     assert [count(o) for o in ("succeeded", "failed", "missed", "skipped", "cancelled")] == [1, 1, 7, 1, 1]
     # only firings that ran have a lateness
     assert registry.get_sample_value("schedulemaster_firing_lateness_seconds_count") == 2
+
+
+def spec_with(**policy):
+    from schedulemaster.deployments.policy import RunPolicy
+    from schedulemaster.deployments.spec import TaskSpec
+
+    return TaskSpec(Id="t", Title="t", MetaType=2, Http={"RequestUrl": "http://x"}, Policy=RunPolicy(**policy))
+
+
+def test_alarms_follow_failures_in_a_row_lateness_and_misses():
+    from schedulemaster.master.firing_alarms import FiringAlarms
+
+    tid = uuid.uuid4()
+    alarms = FiringAlarms()
+    specs = {tid: spec_with(AlarmAfterFailures=3, AlarmLateSeconds=5, AlarmOnMissed=True)}
+
+    def rec(**kw):
+        return firing(task_id=tid, **kw).record()
+
+    fail, ok = rec(ok=False, message="HTTP 500"), rec()
+    said = [a.message for a in alarms.decide([fail, fail, ok, fail, fail, fail, fail], specs)]
+    assert said == ["3 failures in a row; the last: HTTP 500"]  # the success started the count again
+    assert [a.message for a in alarms.decide([fail, fail], specs)] == ["6 failures in a row; the last: HTTP 500"]
+    # an attempt that is retried, a skipped firing: not failures that count
+    retried = rec(ok=False, attempt=1, last_attempt=False)
+    assert alarms.decide([retried, rec(ok=False, not_run="Skipped")], specs) == []
+    late = rec(started=AT + timedelta(seconds=6.5))
+    on_time = rec(started=AT + timedelta(seconds=4))
+    said = [a.message for a in alarms.decide([late, on_time, rec(ok=False, not_run="Missed", missed=3,
+                                                                 message="missed 3 firing(s)")], specs)]
+    assert said[0].startswith("fired 6.5 s after its instant (AlarmLateSeconds 5)") and said[1:] == ["missed 3 firing(s)"]
+    # the defaults: every failure, no lateness or missed alarm
+    plain = {tid: spec_with()}
+    assert len(FiringAlarms().decide([fail, fail, late, rec(ok=False, not_run="Missed")], plain)) == 2
+    # without its spec (not read: nothing could alarm) a record only ends a run of failures
+    assert not FiringAlarms.may_alarm(ok) and FiringAlarms.may_alarm(late) and FiringAlarms.may_alarm(fail)

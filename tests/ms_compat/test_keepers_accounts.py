@@ -101,6 +101,28 @@ def test_a_retried_firing_mails_the_keepers_once_after_its_last_attempt(system, 
     assert len([m for m in sink.messages if m["Subject"] == "任务运行异常 — 重试三次"]) == len(mails) == 1
 
 
+def test_keepers_hear_after_failures_in_a_row(system, smtp, receiver):
+    ctl, sink = smtp
+    assert save_config(system, Email_SmtpServer="127.0.0.1", Email_SmtpPort=str(ctl.port),
+                       Email_FromAccount="sm@example.com")["Success"]
+    keeper = create_user(system, "keeper_streak", "streak@example.com")
+    receiver.on("/keepers/streak", 500, "down")
+    tid = system.create_http(receiver.url("/keepers/streak"), cron="* * * * * ?", Title="连续失败",
+                             Keepers=str(keeper), FailOnNon2xx="true", AlarmAfterFailures="3", RunNow="true")
+    runs = wait_until(lambda: (lambda r: r if len(r) >= 7 else None)(
+        [x for x in system.flow_runs(tid) if "fire" in x["parameters"]]), timeout=60)
+    system.post("Stop", data={"id": tid})
+    time.sleep(3)  # what the last recorded failures would mail is queued by now
+
+    def mails():
+        return [m for m in sink.messages if m["Subject"] == "任务运行异常 — 连续失败"]
+
+    failed = len([x for x in system.flow_runs(tid) if "fire" in x["parameters"]])
+    wait_until(lambda: len(mails()) == failed // 3 or None, timeout=30)
+    assert len(mails()) == failed // 3 >= 2, (failed, len(mails()))
+    assert "3 failures in a row" in mails()[0].get_body(("html",)).get_content()
+
+
 def test_an_unreachable_smtp_server_does_not_hurt_the_runs(system, receiver):
     closed = free_port()
     assert save_config(system, Email_SmtpServer="127.0.0.1", Email_SmtpPort=str(closed),
