@@ -29,8 +29,10 @@ SYSTEM_LOGS = [F("taskId", "guid"), F("traceId", "guid"), F("category", "int"), 
                F("endDate", "date"), F("pageNumber", "int"), F("pageSize", "int")]
 MAX_PAGE = 1000
 
+#: a trace's Result: 0 going on, 1 succeeded, 2 failed (the original's), 3 did not run to its
+#: end: cancelled, or skipped or missed by its task's policy (``State`` says which)
 RESULT_STATES = {0: ("SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"), 1: ("COMPLETED",),
-                 2: ("FAILED", "CRASHED", "CANCELLED")}
+                 2: ("FAILED", "CRASHED"), 3: ("CANCELLED",)}
 CATEGORY_LEVELS = {1: (0, 29), 2: (30, 39), 3: (40, 100)}
 
 
@@ -74,7 +76,7 @@ class History:
         async with self.db.session_context() as session:
             total = (await session.execute(sa.select(sa.func.count()).select_from(fr).where(*where))).scalar_one()
             rows = (await session.execute(
-                sa.select(fr.id, fr.name, fr.state_type, fr.start_time, fr.end_time, fr.expected_start_time,
+                sa.select(fr.id, fr.name, fr.state_type, fr.state_name, fr.start_time, fr.end_time, fr.expected_start_time,
                           fr.parameters, fr.work_queue_name, fr.tags)
                 .where(*where).order_by(fr.expected_start_time.desc())
                 .offset((page - 1) * size).limit(size))).all()
@@ -94,7 +96,8 @@ class History:
             out.append({"TraceId": str(r.id), "ScheduleId": str(task_id), "Node": node, "Kind": kind,
                         "Name": r.name, "ScheduledTime": self._local(r.expected_start_time),
                         "StartTime": self._local(r.start_time), "EndTime": self._local(r.end_time),
-                        "ElapsedTime": round(elapsed, 3), "Result": result_of(r.state_type)})
+                        "ElapsedTime": round(elapsed, 3), "Result": result_of(r.state_type),
+                        "State": fire.get("not_run") or r.state_name})
         return {"total": total, "rows": out}
 
     async def logs(self, task_id: uuid.UUID | None, trace_id: uuid.UUID | None, category: int | None,

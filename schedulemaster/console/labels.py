@@ -186,7 +186,10 @@ LABELS: dict[str, tuple[str, str]] = {
     "result_0": ("运行中", "running"),
     "result_1": ("成功", "succeeded"),
     "result_2": ("失败", "failed"),
-    "result_3": ("已取消", "cancelled"),
+    "result_3": ("未运行", "not run"),
+    "state_Cancelled": ("已取消", "cancelled"),
+    "state_Skipped": ("已跳过", "skipped"),
+    "state_Missed": ("错过", "missed"),
 }
 
 #: the legacy Status numbers (Status.Stop = 0, Running = 1, Paused = 2) by their word

@@ -83,12 +83,16 @@ NEVER_STARTED = ("Skipped", "Missed")
 
 
 def final_state(r: FiringRecord):
-    """The run's final state: Completed, Failed, or a CANCELLED-type state named for why the
-    firing did not run to its end (FiringRecord.not_run)."""
+    """The run's final state: Completed, Failed, or Cancelled for a firing that did not run to
+    its end (FiringRecord.not_run: the run's name and message say why, and its ``fire``
+    parameter). Not a state of its own name: Prefect's UI lists runs by known state names
+    ("All except scheduled" is a list of them), and a run in a "Skipped" state was not shown."""
     from prefect.server import schemas
 
     if r.not_run:
-        return schemas.states.Cancelled(name=r.not_run, message=run_message(r), timestamp=r.finished)
+        return schemas.states.Cancelled(message=f"{r.not_run.lower()}: {run_message(r)}"
+                                        if not r.message.lower().startswith(r.not_run.lower()) else run_message(r),
+                                        timestamp=r.finished)
     return (schemas.states.Completed if r.ok else schemas.states.Failed)(message=run_message(r), timestamp=r.finished)
 
 

@@ -27,6 +27,7 @@ from schedulemaster.coordination.wire import RunFailure
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.flows.http_task import perform_http
 from schedulemaster.flows.task_flow import attempts
+from schedulemaster.node.plugins import PluginError
 
 log = logging.getLogger("schedulemaster.node")
 
@@ -99,11 +100,9 @@ class DirectRun:
         if params.get("action") == "start":
             if not spec.is_plugin:
                 return True, "started"
-            from schedulemaster.node import plugins
-
             try:
                 await self.plugins.start(task_id, spec)
-            except plugins.PluginError as exc:
+            except PluginError as exc:
                 self.log(logging.ERROR, f"任务启动失败：{exc}")
                 return False, f"the plugin did not start: {str(exc).splitlines()[0]}"
             self.log(logging.INFO, f"插件 {spec.AssemblyName} / {spec.ClassName} 已加载并完成初始化")

@@ -17,6 +17,11 @@ def runs_of(system, tid):
     return [r for r in system.flow_runs(tid) if "fire" in (r["parameters"] or {})]
 
 
+def not_run(run) -> str | None:
+    """Why a firing did not run to its end (its run is Cancelled; the reason is in ``fire``)."""
+    return run["parameters"]["fire"].get("not_run")
+
+
 def concurrent_peak(hits, duration: float) -> int:
     """How many requests were in flight at once at most, each taking ``duration`` seconds."""
     starts = sorted(h.at for h in hits)
@@ -28,16 +33,18 @@ def test_overlap_skip_records_the_skipped_instants_and_never_overlaps(system, re
     tid = system.create_http(receiver.url("/ov/skip"), cron="* * * * * ?", Title="overlap skip",
                              OverlapPolicy="skip", RunNow="true")
     receiver.wait_for("/ov/skip", 3, timeout=30)
-    skipped = wait_until(lambda: [r for r in runs_of(system, tid) if r["state_name"] == "Skipped"] or None,
+    skipped = wait_until(lambda: [r for r in runs_of(system, tid) if not_run(r) == "Skipped"] or None,
                          timeout=30)
     system.post("Stop", data={"id": tid})
     hits = receiver.at("/ov/skip")
     assert concurrent_peak(hits, 2.4) == 1, [h.at for h in hits]
     run = skipped[0]
-    assert run["state_type"] == "CANCELLED" and run["start_time"] is None
+    assert (run["state_type"], run["state_name"], run["start_time"]) == ("CANCELLED", "Cancelled", None)
     assert "the previous run is still going (OverlapPolicy skip)" in run["state"]["message"]
     assert run["name"].endswith("· skipped")
     assert system.detail(tid)["Policy"]["OverlapPolicy"] == "skip"
+    traces = system.get("QueryTraces", {"id": tid, "result": 3, "pageNumber": 1, "pageSize": 50}).json()["Data"]
+    assert traces["rows"] and {(r["Result"], r["State"]) for r in traces["rows"]} == {(3, "Skipped")}
 
 
 def test_overlap_parallel_runs_up_to_max_parallel_at_once(system, receiver):
@@ -58,7 +65,7 @@ def test_overlap_cancel_cancels_the_running_firing_for_the_new_one(system, recei
                            timeout=40)
     system.post("Stop", data={"id": tid})
     run = cancelled[0]
-    assert run["state_name"] == "Cancelled" and "a newer firing took its place" in run["state"]["message"]
+    assert not_run(run) == "Cancelled" and "a newer firing took its place" in run["state"]["message"]
     # every firing started on its instant: none waited for the one before
     hits = receiver.at("/ov/cancel")
     gaps = [b.at - a.at for a, b in zip(hits, hits[1:])]
@@ -142,7 +149,7 @@ def test_misfire_policies_after_the_tasks_node_was_away(system, receiver):
         time.sleep(max(0.0, stopped + 8 - time.time()))
         before = {p: len(receiver.at(f"/mf/{p}")) for p in ids}
         node = wait_until(lambda: restarted(system, "misfire1"), timeout=60, interval=1)
-        missed = {p: wait_until(lambda p=p: [r for r in runs_of(system, ids[p]) if r["state_name"] == "Missed"
+        missed = {p: wait_until(lambda p=p: [r for r in runs_of(system, ids[p]) if not_run(r) == "Missed"
                                              and "missed" in r["parameters"]["fire"]] or None, timeout=40)
                   for p in ("skip", "once")}
         for p in ids:
@@ -156,7 +163,7 @@ def test_misfire_policies_after_the_tasks_node_was_away(system, receiver):
         run = missed[p][0]
         assert run["state_type"] == "CANCELLED" and run["parameters"]["fire"]["missed"] >= 3
         assert f"MisfirePolicy {p}" in run["state"]["message"], run["state"]["message"]
-    assert not [r for r in runs_of(system, ids["all"]) if r["state_name"] == "Missed"]
+    assert not [r for r in runs_of(system, ids["all"]) if not_run(r) == "Missed"]
     # ``all``: every second of the gap was fired after all
     fired = sorted({datetime.fromisoformat(r["parameters"]["fire"]["scheduled"]).timestamp()
                     for r in runs_of(system, ids["all"]) if r["state_type"] == "COMPLETED"})
