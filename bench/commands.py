@@ -11,11 +11,14 @@ command on an idle system, one after the other:
 * UI run: ``POST /api/deployments/{id}/create_flow_run`` (the UI's Run button) sent -> arrival;
 * Next on another node: a parent pinned to worker1 whose child is pinned to worker2, the parent
   run once -> the child's request arrives, measured from the parent's arrival;
+* plugin Start: ``POST /api/Task/Start`` of a plugin task sent -> answered (the node loaded and
+  initialized the plugin), while 20 plugin tasks fire every second on the same node;
 * plain Prefect: ``create_flow_run`` of a deployment of bench/baseline_flow.py in a process work
   pool with Prefect's own worker at its defaults (what ``run_deployment`` does) -> arrival.
 
 Prints p50 / p99 / max per command against the goals of issue 20 (RunOnce and Next within
-300 ms at p99, a UI run within 2 s) and writes bench/results/commands-<timestamp>.json.
+300 ms at p99, a UI run within 2 s, a plugin Start answered within 1 s) and writes
+bench/results/commands-<timestamp>.json.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ from helpers import AUTH, System  # noqa: E402
 
 import httpx  # noqa: E402
 
-GOALS = {"RunOnce": 0.3, "UI run": 2.0, "Next on another node": 0.3}
+GOALS = {"RunOnce": 0.3, "UI run": 2.0, "Next on another node": 0.3, "plugin Start, 20 plugins/s": 1.0}
+LOAD_PLUGINS = 20  # plugin tasks firing every second while plugin Starts are timed
 WAIT_SECONDS = 60.0
 
 
@@ -102,6 +106,24 @@ def main() -> None:
         results["Next on another node"] = timed(
             args.tries, lambda: legacy(system, "RunOnce", id=parent), "/child", rx,
             since=lambda i: arrival(rx, "/parent", i))
+        # a plugin Start (the node loads and initializes it, the API answers after) while 20
+        # plugin tasks fire every second: timed from the request to the answer
+        for i in range(LOAD_PLUGINS):
+            system.create_plugin("plain_job", cron="* * * * * ?", Title=f"bench load {i}", Executors="worker1",
+                                 params={"url": rx.url("/load")}, RunNow="true")
+        arrival(rx, "/load", LOAD_PLUGINS * 3)  # the load is on
+        started = system.create_plugin("plain_job", cron="0 0 3 * * ?", Title="bench start", Executors="worker1",
+                                       params={"url": rx.url("/started")})
+
+        def start_once() -> float:
+            t0 = time.time()
+            legacy(system, "Start", id=started)
+            took = time.time() - t0
+            legacy(system, "Stop", id=started)
+            time.sleep(0.3)
+            return took
+
+        results["plugin Start, 20 plugins/s"] = [start_once() for _ in range(args.tries)]
         if not args.no_baseline:
             b = Baseline(system)
             try:
@@ -117,7 +139,7 @@ def main() -> None:
         system.stop()
         rx.close()
     print(f"{args.tries} tries each, one at a time, on an idle `up` (SQLite, 2 nodes); seconds from the "
-          "command to the request's arrival (Next: from the parent's arrival)")
+          "command to the request's arrival (Next: from the parent's arrival; plugin Start: to its answer)")
     report = {}
     for name, values in results.items():
         row = {"p50": pct(values, 50), "p99": pct(values, 99), "max": max(values)}

@@ -54,7 +54,7 @@ class TaskError(Exception):
 
 class TaskService:
     def __init__(self, store: Store, client, timezone_name: str, work_pool: str, parameter_schema: dict,
-                 create_run=None):
+                 create_run=None, trouble_of=None):
         self.store = store
         self.client = client
         self.repo = dep.TaskRepository()
@@ -66,6 +66,8 @@ class TaskService:
         #: async (task id, name=, tags=, parameters=) -> run id: a RunOnce run written in the
         #: master's own process (master/worker_runs.py); None: through Prefect's API
         self.create_run = create_run
+        #: (task id) -> why its node cannot load its plugin, or None (master/task_trouble.py)
+        self.trouble_of = trouble_of or (lambda _task_id: None)
 
     # ---- helpers ------------------------------------------------------------------
     def now_local(self) -> datetime:
@@ -113,6 +115,7 @@ class TaskService:
                 why = (await self.node_view()).why_unschedulable(list(s.Executors))
             except Exception as exc:  # Prefect busy: the detail still answers, without the check
                 log.warning("cannot check whether task %s has a node: %s", rec.id, exc)
+            why = why or self.trouble_of(rec.id)
         return {
             "Id": str(rec.id), "Title": s.Title, "MetaType": s.MetaType,
             "Remark": s.Remark, "RunLoop": s.RunLoop,

@@ -88,6 +88,10 @@ class MasterClient:
         return wire.KnownTask.model_validate_json(
             (await self._call("POST", wire.FAILURES_PATH, failure)).content).known_task
 
+    async def report_trouble(self, trouble: wire.TaskTrouble) -> None:
+        """Tell the master this node cannot load a task's plugin (or can again)."""
+        await self._call("POST", wire.TASK_TROUBLE_PATH, trouble)
+
     # ---- plugin packages --------------------------------------------------------------
     async def package(self, name: str) -> tuple[str, bytes] | None:
         """(file name, zip bytes) of the plugin package ``name``, or None when the master has none."""

@@ -31,6 +31,7 @@ TASK_VERSIONS_PATH = PREFIX + "/tasks/versions"
 TASKS_READ_PATH = PREFIX + "/tasks/read"
 TASK_CHANGES_PATH = PREFIX + "/tasks/changes"
 WORK_WAIT_PATH = PREFIX + "/work/wait"  # a flow run for a worker was created (master/new_runs.py)
+TASK_TROUBLE_PATH = PREFIX + "/tasks/trouble"  # a task's plugin does not load (master/task_trouble.py)
 
 NODE_TOKEN_HEADER = "x-sm-node-token"  # the secret a node was given at registration
 NAME = r"^[^/%\s][^/%]{0,98}[^/%\s]$|^[^/%\s]$"  # a node name (also a work-queue suffix)
@@ -215,6 +216,14 @@ class RunFailure(BaseModel):
     message: str = Field(default="", max_length=2000)
     detail: str = Field(default="", max_length=20_000)
     when: datetime
+
+
+class TaskTrouble(BaseModel):
+    """A node cannot load a Running task's plugin (``message``), or can again (empty)."""
+
+    task_id: UUID
+    node: str = Field(pattern=NAME, max_length=100)
+    message: str = Field(default="", max_length=2000)
 
 
 class KnownTask(BaseModel):

@@ -55,7 +55,10 @@ class NodeActivity:
 
 
 def create_coordination_router(engine, live_workers: LiveWorkers,
-                               activity: NodeActivity | None = None) -> APIRouter:
+                               activity: NodeActivity | None = None,
+                               on_register: Callable[[str], None] | None = None) -> APIRouter:
+    """``on_register(name)``: a new process registered as node ``name`` (what the old one said
+    about plugins it could not load no longer holds: master/task_trouble.py)."""
     router = APIRouter()
     activity = activity if activity is not None else NodeActivity()
     # Its own threads: a firing waits for its claim, so claims must not queue behind the
@@ -113,6 +116,8 @@ def create_coordination_router(engine, live_workers: LiveWorkers,
             incarnation=str(reg.incarnation), host=reg.host, started_at=datetime.now(timezone.utc),
             token_hash=hashed))
         incarnations[reg.name] = (str(reg.incarnation), hashed)
+        if on_register is not None:
+            on_register(reg.name)
         return Registered(registered=reg.name, token=token)
 
     @router.post("/claims")

@@ -38,8 +38,10 @@ class FiringAlarms:
     def may_alarm(r: FiringRecord) -> bool:
         """Whether the record might alarm: its task's spec is needed to know."""
         late = r.fire.get("lateness_ms")
-        return ((not r.ok and r.last_attempt and not r.not_run) or r.not_run == "Missed"
-                or (not r.not_run and isinstance(late, (int, float)) and late >= LATE_FLOOR_MS))
+        if not r.last_attempt:  # a retried attempt: its firing is told of after its last one
+            return False
+        return ((not r.ok and not r.not_run) or r.not_run == "Missed"
+                or (not r.not_run and r.attempt == 1 and isinstance(late, (int, float)) and late >= LATE_FLOOR_MS))
 
     def decide(self, records: list[FiringRecord], specs: dict) -> list[Alarm]:
         """The alarms these records (in the order they ran) raise; ``specs``: task id -> TaskSpec
@@ -65,7 +67,8 @@ class FiringAlarms:
                 if n % pol.AlarmAfterFailures == 0:
                     out.append(Alarm(r, r.message if pol.AlarmAfterFailures == 1
                                      else f"{n} failures in a row; the last: {r.message}"))
-            elif pol.AlarmLateSeconds and isinstance(late, (int, float)) and late / 1000 > pol.AlarmLateSeconds:
+            elif (pol.AlarmLateSeconds and r.attempt == 1 and isinstance(late, (int, float))
+                  and late / 1000 > pol.AlarmLateSeconds):  # a later attempt is late by its retry waits
                 out.append(Alarm(r, f"fired {late / 1000:.1f} s after its instant (AlarmLateSeconds "
                                     f"{pol.AlarmLateSeconds}); {r.message}"))
         return out

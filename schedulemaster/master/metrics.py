@@ -69,7 +69,7 @@ class FiringMetrics:
             if isinstance(code, int) and not 200 <= code < 300:
                 self.non_2xx.inc()
             late = r.fire.get("lateness_ms")
-            if isinstance(late, (int, float)):
+            if isinstance(late, (int, float)) and r.attempt == 1:  # a retry is late by its waits
                 self.lateness.observe(max(0.0, late / 1000))
 
 

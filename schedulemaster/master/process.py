@@ -50,7 +50,7 @@ class _Server:
 
 def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None, store_engine=None,
                      coordination=None, run_events: str = "all", changes=None, on_recorded=None,
-                     new_runs=None) -> None:
+                     new_runs=None, troubles=None) -> None:
     """Nodes record firings at ``/api/schedulemaster/firings`` (see schedulemaster/master/record_api.py);
     ``schedulemaster import`` writes at ``/api/schedulemaster/import/*`` (ms_compat/import_api.py).
 
@@ -66,7 +66,7 @@ def mount_record_api(prefect_app, on_failure=None, packages=None, importer=None,
 
         api_app.router.routes.append(Mount("/schedulemaster/import", app=create_import_app(importer)))
     api_app.router.routes.append(Mount("/schedulemaster", app=create_record_app(
-        on_failure, packages, store_engine, coordination, run_events, changes, on_recorded, new_runs)))
+        on_failure, packages, store_engine, coordination, run_events, changes, on_recorded, new_runs, troubles)))
 
 
 def _version() -> str:
@@ -205,6 +205,7 @@ async def serve_master(settings: Settings) -> None:
     from schedulemaster.master.task_changes import TaskChanges
     from schedulemaster.master.new_runs import NewRuns
     from schedulemaster.master.worker_runs import WorkerRuns
+    from schedulemaster.master.task_trouble import Troubles
     from schedulemaster.master.metrics import Metrics
     from schedulemaster.master.unschedulable import Unschedulable
     from schedulemaster.deployments.variables import read_disabled
@@ -222,7 +223,7 @@ async def serve_master(settings: Settings) -> None:
         await mirror_settings(client, store)
         schema = parameter_schema(run_task).model_dump_for_openapi()
         services["task"] = TaskService(store, client, settings.timezone, settings.work_pool, schema,
-                                       create_run=WorkerRuns(new_runs).create)
+                                       create_run=WorkerRuns(new_runs).create, trouble_of=troubles.reason)
         if changed := await services["task"].repo.mark_ready():
             log.info("%d task deployments marked ready (never polled: nodes fire them)", changed)
         if changed := await services["task"].repo.mark_status_words():
@@ -249,18 +250,21 @@ async def serve_master(settings: Settings) -> None:
     importer = ImportTarget(store, lambda: services.get("task"), settings.timezone,
                             lambda: mirror_settings(client, store))
     activity = NodeActivity()  # who claims firings: failover's second proof of life
-    coordination = create_coordination_router(store.engine, live_workers_of(settings.work_pool), activity)
+    troubles = Troubles()  # Running tasks whose plugin does not load on their node
+    coordination = create_coordination_router(store.engine, live_workers_of(settings.work_pool), activity,
+                                              on_register=troubles.node_restarted)
     changes = TaskChanges()  # nodes wait on it between two looks at the task book
     legacy_app = create_legacy_app(store, make_service, close, packages, info={
         "PrefectApiUrl": settings.prefect_api_url, "Version": _version()})
     watch = Unschedulable(None, settings.work_pool,
-                          lambda spec, when, message: mailer.task_failed(spec, when, message, message))
+                          lambda spec, when, message: mailer.task_failed(spec, when, message, message),
+                          troubles=troubles)
     metrics = Metrics(store, settings.work_pool, lambda: read_disabled(client), legacy_app.state.authenticator,
                       settings.metrics_open, unschedulable=lambda: len(watch.said))
     await asyncio.to_thread(metrics.start)
     new_runs = NewRuns(prefect_app)  # nodes hear of a run for their worker at once
     mount_record_api(prefect_app, mailer.task_failed, packages, importer, store.engine, coordination,
-                     settings.run_events, changes, metrics.firings.observe, new_runs)
+                     settings.run_events, changes, metrics.firings.observe, new_runs, troubles)
     servers = [_Server(FollowUiSwitches(new_runs), settings.prefect_host, settings.prefect_port),
                _Server(Console(legacy_app, store, lambda: services.get("task"), prefect_ui_of(settings), metrics),
                        settings.api_host, settings.api_port, settings.trusted_proxies)]

@@ -25,13 +25,14 @@ from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
 
 from schedulemaster.coordination.wire import (MAX_RECORDS, ChangesRequest, ChangeToken, FiringRecord, KnownTask,
                                               RecordResult, RunFailure, TaskRow, TasksPage, TasksRequest,
-                                              TaskVersion, TaskVersions, VersionsRequest)
+                                              TaskTrouble, TaskVersion, TaskVersions, VersionsRequest)
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.deployments.tasks import HTTP_TAG, NODE_TAG, TaskRepository
 from schedulemaster.master import bulk_runs
 from schedulemaster.master.coordination_api import node_caller
 from schedulemaster.master.firing_alarms import FiringAlarms
 from schedulemaster.master.new_runs import NewRuns
+from schedulemaster.master.task_trouble import Troubles
 from schedulemaster.master.task_changes import TaskChanges
 from schedulemaster.store import claims
 from schedulemaster.timeutil import utcnow
@@ -239,7 +240,7 @@ async def report_failure(failure: RunFailure, on_failure: OnFailure | None) -> b
 def create_record_app(on_failure: OnFailure | None = None, packages=None, store_engine=None,
                       coordination: APIRouter | None = None, run_events: str = "all",
                       changes: TaskChanges | None = None, on_recorded: OnRecorded | None = None,
-                      new_runs: NewRuns | None = None) -> FastAPI:
+                      new_runs: NewRuns | None = None, troubles: Troubles | None = None) -> FastAPI:
     """Mounted at ``/schedulemaster`` inside Prefect's own API app on the master, so Prefect's
     auth middleware (PREFECT_SERVER_API_AUTH_STRING) guards it like every Prefect endpoint:
     nodes record firings and report failures here, fetch plugin packages, and (through
@@ -286,6 +287,16 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
             await asyncio.sleep(body.wait)
             return ChangeToken(token="")
         return ChangeToken(token=await new_runs.wait(body.token, body.wait))
+
+    @router.post("/tasks/trouble")
+    async def task_trouble(request: Request, body: TaskTrouble) -> dict:
+        """A node says it cannot load a task's plugin, or can again (task_trouble.py)."""
+        node = await caller(request) if caller is not None else body.node
+        if node is None or node != body.node:
+            raise HTTPException(403, "only the node itself says what it cannot load (its token is missing or wrong)")
+        if troubles is not None:
+            troubles.report(body.task_id, body.node, body.message)
+        return {}
 
     @router.post("/tasks/read")
     async def read_tasks(body: TasksRequest) -> TasksPage:

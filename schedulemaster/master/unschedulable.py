@@ -1,7 +1,8 @@
 """Running tasks that no node can fire, said once: a Prefect event and the keepers' mail.
 
 A task fires only on a live, enabled node its Executors allow (deployments/chain.py). When none
-is left (its nodes disabled, offline, or unknown here after an import; or no node at all),
+is left (its nodes disabled, offline, or unknown here after an import; or no node at all), or
+its plugin does not load on the node that should fire it (master/task_trouble.py),
 nothing fires and nothing fails, so nothing would be said. This service looks every LOOK_EVERY
 seconds at the nodes and the task book's change token, reads tasks only when either moved
 (the Running tasks pinned to nodes; every Running task while no node can fire at all), and for
@@ -20,7 +21,8 @@ import os
 import uuid
 
 from schedulemaster.deployments.chain import node_view
-from schedulemaster.deployments.tasks import TaskRecord, TaskRepository
+from schedulemaster.deployments.tasks import Status, TaskRecord, TaskRepository
+from schedulemaster.master.task_trouble import Troubles
 from schedulemaster.timeutil import utcnow
 
 log = logging.getLogger("schedulemaster.unschedulable")
@@ -34,7 +36,8 @@ SCHEDULABLE = "schedulemaster.task.schedulable"
 
 
 class Unschedulable:
-    def __init__(self, client, work_pool: str, on_unschedulable=None, repo: TaskRepository | None = None):
+    def __init__(self, client, work_pool: str, on_unschedulable=None, repo: TaskRepository | None = None,
+                 troubles: Troubles | None = None):
         self.client = client
         self.work_pool = work_pool
         self.on_unschedulable = on_unschedulable  # (spec, when, message) -> None: the keepers' mail
@@ -42,6 +45,7 @@ class Unschedulable:
         self.said: dict[uuid.UUID, tuple[str, str]] = {}  # task id -> (title, reason) told
         self.waiting: dict[uuid.UUID, float] = {}  # task id -> since when it has no node, not told yet
         self._seen: tuple | None = None
+        self.troubles = troubles or Troubles()  # plugins that do not load on their node (task_trouble.py)
 
     async def run(self) -> None:
         while True:
@@ -55,11 +59,16 @@ class Unschedulable:
 
     async def look(self) -> None:
         nodes = await node_view(self.client, self.work_pool)
-        seen = (nodes, await self.repo.change_token())
+        seen = (nodes, await self.repo.change_token(), self.troubles.version)
         if seen == self._seen:
             return
         tasks = await self.repo.running(pinned_only=bool(nodes.live))
         now = {rec.id: (rec, why) for rec in tasks if (why := nodes.why_unschedulable(list(rec.spec.Executors)))}
+        troubled = set(self.troubles.tasks()) - now.keys()
+        running = {rec.id: rec for rec in [await self.repo.read(tid) for tid in troubled] if rec is not None
+                   and rec.status == Status.Running}
+        self.troubles.forget(troubled - running.keys())
+        now.update({tid: (rec, self.troubles.reason(tid)) for tid, rec in running.items() if self.troubles.reason(tid)})
         clock = asyncio.get_running_loop().time()
         self.waiting = {tid: since for tid, since in self.waiting.items() if tid in now}
         for tid, (rec, why) in now.items():

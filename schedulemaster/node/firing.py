@@ -33,7 +33,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from schedulemaster.coordination.client import MasterClient
-from schedulemaster.coordination.wire import MAX_TASKS, Firing, TasksRequest
+from schedulemaster.coordination.wire import MAX_TASKS, Firing, TasksRequest, TaskTrouble
 from schedulemaster.deployments import chain, plan, policy, quartz
 from schedulemaster.deployments import tasks as dep
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
@@ -514,17 +514,28 @@ class FiringLoop:
             self.plugins.pause(rec.id)
             return False
         key = rec.spec.StartedAt
-        if self._failed_starts.get(rec.id) == key:
+        if rec.id in self._failed_starts and self._failed_starts[rec.id] == key:
             return False
         try:
             await self.plugins.start(rec.id, rec.spec)
         except plugins.PluginError as exc:
             self._failed_starts[rec.id] = key
             log.error("task %s [%s]: the plugin did not start: %s", rec.id, rec.spec.Title, exc)
+            self._spawn(self._tell_trouble(rec.id, str(exc).splitlines()[0][:2000] or type(exc).__name__))
             return False
-        self._failed_starts.pop(rec.id, None)
+        if rec.id in self._failed_starts:
+            del self._failed_starts[rec.id]
+            self._spawn(self._tell_trouble(rec.id, ""))
         self.plugins.resume(rec.id)
         return True
+
+    async def _tell_trouble(self, task_id: uuid.UUID, message: str) -> None:
+        """Tell the master this node cannot load the task's plugin ("": it can again), so a
+        Running task that fires nothing says why (schedulemaster/master/task_trouble.py)."""
+        try:
+            await self.master.report_trouble(TaskTrouble(task_id=task_id, node=self.node, message=message))
+        except Exception as exc:  # the node's log still says it
+            log.warning("could not tell the master about task %s's plugin: %s", task_id, exc)
 
     async def _one_shot_due(self, task_id: uuid.UUID, spec: TaskSpec, now: datetime) -> datetime | None:
         """RunLoop=false fires once; within the misfire window a node (re)start still fires

@@ -77,7 +77,12 @@ def test_alarms_follow_failures_in_a_row_lateness_and_misses():
     assert [a.message for a in alarms.decide([fail, fail], specs)] == ["6 failures in a row; the last: HTTP 500"]
     # an attempt that is retried, a skipped firing: not failures that count
     retried = rec(ok=False, attempt=1, last_attempt=False)
-    assert alarms.decide([retried, rec(ok=False, not_run="Skipped")], specs) == []
+    # a second attempt starts late by its retry wait: neither a failure nor a late firing to tell
+    second = rec(ok=False, attempt=2, last_attempt=False, started=AT + timedelta(seconds=12))
+    assert alarms.decide([retried, second, rec(ok=False, not_run="Skipped")], specs) == []
+    # its last attempt is the 7th failure in a row (no alarm at 3 a time), and not a late firing
+    assert alarms.decide([rec(ok=False, attempt=3, started=AT + timedelta(seconds=30))], specs) == []
+    assert alarms.in_a_row[str(tid)] == 7
     late = rec(started=AT + timedelta(seconds=6.5))
     on_time = rec(started=AT + timedelta(seconds=4))
     said = [a.message for a in alarms.decide([late, on_time, rec(ok=False, not_run="Missed", missed=3,
@@ -88,3 +93,19 @@ def test_alarms_follow_failures_in_a_row_lateness_and_misses():
     assert len(FiringAlarms().decide([fail, fail, late, rec(ok=False, not_run="Missed")], plain)) == 2
     # without its spec (not read: nothing could alarm) a record only ends a run of failures
     assert not FiringAlarms.may_alarm(ok) and FiringAlarms.may_alarm(late) and FiringAlarms.may_alarm(fail)
+
+
+def test_what_a_node_says_it_cannot_load_holds_until_it_loads_or_the_node_restarts():
+    from schedulemaster.master.task_trouble import Troubles
+
+    t, a, b = Troubles(), uuid.uuid4(), uuid.uuid4()
+    t.report(a, "w1", "initialize() raised RuntimeError: gone")
+    t.report(b, "w2", "package missing")
+    assert t.reason(a) == "its plugin does not load on node w1: initialize() raised RuntimeError: gone"
+    version = t.version
+    t.report(a, "w2", "")  # another node cannot clear what w1 said
+    assert t.reason(a) and t.version == version
+    t.report(a, "w1", "")
+    assert t.reason(a) is None and t.version > version
+    t.node_restarted("w2")
+    assert t.reason(b) is None and t.tasks() == []

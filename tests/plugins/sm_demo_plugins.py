@@ -72,6 +72,19 @@ class BadInit(TaskBase):
         pass
 
 
+class BreaksOnRestart(TaskBase):
+    """Loads, unless its node runs with SM_TEST_BREAK_INIT set (a node restarted somewhere broken)."""
+
+    def initialize(self):
+        import os
+
+        if os.environ.get("SM_TEST_BREAK_INIT"):
+            raise RuntimeError("the warehouse is gone after the restart")
+
+    def run(self, context):
+        _post(context.get_argument("url"), {"ran": True})
+
+
 class BadConstructor(TaskBase):
     def __init__(self):
         raise RuntimeError("constructor exploded")
