@@ -120,7 +120,7 @@ def test_keepers_hear_after_failures_in_a_row(system, smtp, receiver):
     receiver.on("/keepers/streak", 500, "down")
     tid = system.create_http(receiver.url("/keepers/streak"), cron="* * * * * ?", Title="连续失败",
                              Keepers=str(keeper), FailOnNon2xx="true", AlarmAfterFailures="3", RunNow="true")
-    runs = wait_until(lambda: (lambda r: r if len(r) >= 7 else None)(
+    wait_until(lambda: (lambda r: r if len(r) >= 7 else None)(
         [x for x in system.flow_runs(tid) if "fire" in x["parameters"]]), timeout=60)
     system.post("Stop", data={"id": tid})
     time.sleep(3)  # what the last recorded failures would mail is queued by now
