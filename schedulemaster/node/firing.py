@@ -69,6 +69,19 @@ def _local(at: datetime, zone: str) -> str:
     return f"{at.astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M:%S}"
 
 
+def _newest(spec: TaskSpec, since: datetime, until: datetime, n: int) -> list[datetime]:
+    """The task's last ``n`` instants in (``since``, ``until``]. Quartz has no "previous fire
+    time", so windows back from ``until`` are searched, nearest first (a long gap's first
+    instants are what ``plan.instants_between`` counts, not its last)."""
+    found: list[datetime] = []
+    for window in (timedelta(minutes=1), timedelta(hours=1), timedelta(days=1), timedelta(days=31)):
+        start = max(since, until - window)
+        found, _ = plan.instants_between(spec, start, until, MAX_COUNTED)
+        if len(found) >= n or start == since:
+            break
+    return found[-n:]
+
+
 def started_at(spec: TaskSpec) -> datetime | None:
     """When the task was last started (its StartedAt, in its own zone), in UTC."""
     return _instant(spec.StartedAt, spec)
@@ -380,16 +393,20 @@ class FiringLoop:
             if last is None:
                 continue
             since = max(last, floor or last)
-            instants, complete = plan.instants_between(e.spec, since, now, MAX_COUNTED)
-            if not instants:
+            # counted apart: a long gap's first MAX_COUNTED instants must not hide the timely ones
+            late, complete = plan.instants_between(e.spec, since, now - pol.threshold, MAX_COUNTED)
+            timely, all_timely = plan.instants_between(e.spec, max(since, now - pol.threshold), now, MAX_COUNTED)
+            complete = complete and all_timely
+            if not late and not timely:
                 continue
-            late = [at for at in instants if now - at > pol.threshold]
-            timely = instants[len(late):]
             fire = timely
             if late and pol.MisfirePolicy == "once":
-                fire, late = [late[-1], *timely], late[:-1]
+                newest = late[-1] if complete else (_newest(e.spec, since, now - pol.threshold, 1) or late)[-1]
+                fire, late = [newest, *timely], [at for at in late if at != newest]
             elif late and pol.MisfirePolicy == "all":
-                fire, late = late + timely, []
+                fire = (late + timely if complete else
+                        _newest(e.spec, since, now, policy.MAX_CATCH_UP))[-policy.MAX_CATCH_UP:]
+                late = [at for at in late if at < fire[0]]
             if len(fire) > policy.MAX_CATCH_UP:
                 late, fire = late + fire[:-policy.MAX_CATCH_UP], fire[-policy.MAX_CATCH_UP:]
             if late:

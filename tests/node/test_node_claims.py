@@ -246,3 +246,45 @@ def test_a_run_longer_than_the_period_still_lets_one_firing_wait_and_skips_the_r
     fired, skipped, arrivals = fire_at_offsets(receiver, "/turns/slow", [0, 0.3, 0.6],
                                                claim_delay=0, run_delay=1.0)
     assert (fired, skipped, arrivals) == (2, 1, 2)
+
+
+@pytest.mark.parametrize("misfire, fired, missed", [("skip", 10, "10000+"), ("once", 11, "10000+"),
+                                                     ("all", 100, "10000+")])
+def test_a_day_long_gap_is_counted_and_its_newest_instants_still_fire(misfire, fired, missed):
+    """A node back after a day: a one-second task's last 10 s (its threshold) fire late, the
+    gap is one Missed record; ``once`` adds the newest missed instant, ``all`` the newest 100."""
+    from schedulemaster.node.firing import Entry, FiringLoop
+
+    now = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=0.5)
+    tid = uuid.uuid4()
+
+    class LatestMaster(FakeMaster):
+        async def request(self, method, path, json=None, headers=None):
+            if path.endswith("/claims/latest"):
+                class Resp:
+                    content = jsonlib.dumps({str(tid): (now - timedelta(days=1)).isoformat()}).encode()
+                return Resp()
+            return await super().request(method, path, json, headers)
+
+    spec = spec_of({"Id": str(tid), "Title": "every second", "MetaType": 2, "RunLoop": True,
+                    "CronExpression": "* * * * * ?", "Http": {"RequestUrl": "http://127.0.0.1:9/x"},
+                    "Policy": {"MisfirePolicy": misfire, "MisfireThresholdSeconds": 10}})
+    fired_now: list[datetime] = []
+
+    async def main():
+        loop = FiringLoop(LatestMaster(), "worker1", "pool", 10)
+
+        async def fire_in_turn(entry, instants, why):
+            fired_now.extend(instants)
+        loop._fire_in_turn = fire_in_turn
+        await loop.catch_up([Entry(tid, spec, (now - timedelta(days=2), 1), 1)], now)
+        await asyncio.sleep(0)
+        return loop.recorder.pending
+
+    pending = asyncio.run(main())
+    assert len(fired_now) == fired and fired_now == sorted(fired_now)
+    assert fired_now[-1] == now.replace(microsecond=0) and now - fired_now[-1] < timedelta(seconds=1)
+    if misfire == "once":
+        assert fired_now[0] == now.replace(microsecond=0) - timedelta(seconds=10)  # the newest missed one
+    [record] = [r for r in pending if r.not_run == "Missed"]
+    assert record.message.startswith(f"missed {missed} firing(s)") and record.missed == 10_000
