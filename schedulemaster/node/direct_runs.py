@@ -11,8 +11,10 @@ proposal wins, as for Prefect's workers), then the worker's labels and Running t
 firing, its log lines in one call, the final state. The run is the same Prefect flow run, with
 the same states, labels and logs.
 
-Runs of a task with children (Nexts) keep Prefect's engine: their children hang under them as
-subflows (flows/task_flow.py), which needs the engine's run context.
+A successful run's children (Nexts) hang under it as subflows, as ``run_deployment(...,
+as_subflow=True)`` links them inside Prefect's engine: a task run in this run, the child's
+``parent_task_run_id``. The child run goes into the child task's own queue, where its owning
+node takes it (as a RunOnce).
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ import asyncio
 import logging
 import traceback
 from datetime import datetime, timezone
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from schedulemaster.coordination.wire import RunFailure
+from schedulemaster.deployments import chain
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
+from schedulemaster.deployments.tasks import run_name
 from schedulemaster.flows.http_task import perform_http
 from schedulemaster.flows.task_flow import attempts
 from schedulemaster.node.plugins import PluginError
@@ -33,11 +38,10 @@ log = logging.getLogger("schedulemaster.node")
 
 
 def runs_directly(flow_run) -> bool:
-    """Whether the node runs this flow run itself: a task's run (not a firing already
-    recorded) whose task has no children."""
+    """Whether the node runs this flow run itself: a task's run (not a firing already recorded)."""
     params = flow_run.parameters or {}
     spec = spec_or_none(params.get("task"))
-    return spec is not None and params.get("fire") is None and not spec.Nexts and flow_run.deployment_id is not None
+    return spec is not None and params.get("fire") is None and flow_run.deployment_id is not None
 
 
 class DirectRun:
@@ -80,15 +84,43 @@ class DirectRun:
             return False
         params = self.run_.parameters or {}
         spec = spec_or_none(params.get("task"))
+        result = None
         try:
-            ok, message = await self._execute(spec, params)
+            ok, message, result = await self._execute(spec, params)
         except Exception as exc:  # a bug here must still end the run, with why
             ok, message = False, f"{type(exc).__name__}: {exc}"
             self.log(logging.ERROR, "".join(traceback.format_exception(exc)))
+        if ok and spec.Nexts and params.get("action") != "start":
+            await self._children(spec, result)
         await self._finish(spec, params, ok, message)
         return True
 
-    async def _execute(self, spec: TaskSpec, params: dict[str, Any]) -> tuple[bool, str]:
+    async def _children(self, spec: TaskSpec, result: Any) -> None:
+        """Each Running child runs once, a subflow of this run (one child's trouble stops no other)."""
+        from prefect.states import Completed
+
+        for cid in chain.child_ids(spec, self.run_.deployment_id):
+            try:
+                child = await chain.running_child(self.client, cid)
+                if child is None:
+                    self.log(logging.INFO, f"子任务 {cid} 不在运行状态，未触发")
+                    continue
+                # what Prefect's client reads of a Task to create its run (no function to wrap)
+                link_task = SimpleNamespace(task_key=f"next-{cid}", version=None, tags=[], retries=0,
+                                            retry_delay_seconds=0, retry_jitter_factor=None)
+                link = await self.client.create_task_run(
+                    link_task, flow_run_id=self.run_.id, dynamic_key=str(cid), name=f"next → {child.spec.Title}",
+                    state=Completed())
+                await self.client.create_flow_run_from_deployment(
+                    cid, parameters={"task": child.spec.wire(), "previous_result": chain.jsonable(result)},
+                    parent_task_run_id=link.id, tags=["sm:next"],
+                    name=run_name(child.spec.Title, f"next of {spec.Title}"),
+                    idempotency_key=chain.child_firing_id(cid, str(self.run_.id)))
+                self.log(logging.INFO, f"已触发子任务 {cid} [{child.spec.Title}]")
+            except Exception as exc:
+                self.log(logging.ERROR, f"子任务 {cid} 触发失败：{exc}")
+
+    async def _execute(self, spec: TaskSpec, params: dict[str, Any]) -> tuple[bool, str, Any]:
         key = str(self.run_.id)
         if rerun := params.get("rerun"):
             key = str(rerun.get("idempotency_key") or key)
@@ -99,14 +131,14 @@ class DirectRun:
         task_id = self.run_.deployment_id
         if params.get("action") == "start":
             if not spec.is_plugin:
-                return True, "started"
+                return True, "started", None
             try:
                 await self.plugins.start(task_id, spec)
             except PluginError as exc:
                 self.log(logging.ERROR, f"任务启动失败：{exc}")
-                return False, f"the plugin did not start: {str(exc).splitlines()[0]}"
+                return False, f"the plugin did not start: {str(exc).splitlines()[0]}", None
             self.log(logging.INFO, f"插件 {spec.AssemblyName} / {spec.ClassName} 已加载并完成初始化")
-            return True, "started"
+            return True, "started", None
         if spec.is_plugin:
             out = await attempts(spec, lambda _n: self.plugins.run(
                 task_id, spec, previous_result=params.get("previous_result"), trace_id=key), self.log)
@@ -114,7 +146,7 @@ class DirectRun:
             out = await attempts(spec, lambda n: perform_http(
                 self.http_session(), spec.Http, settings=self.settings(), idempotency_key=key,
                 policy=spec.Policy, attempt=n), self.log)
-        return out.ok, out.message
+        return out.ok, out.message, getattr(out, "result", None)
 
     async def _finish(self, spec: TaskSpec, params: dict[str, Any], ok: bool, message: str) -> None:
         from prefect.exceptions import Abort

@@ -254,7 +254,7 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
 
     async def _submit_run(self, flow_run: FlowRun) -> None:
         """A task's run is taken and run by the node itself (node/direct_runs.py: ~0.3 s sooner
-        than through Prefect's flow engine); a run of a task with children, through the engine."""
+        than through Prefect's flow engine)."""
         from schedulemaster.deployments.tasks import INCARNATION_LABEL
         from schedulemaster.node.direct_runs import DirectRun, runs_directly
 

@@ -235,3 +235,24 @@ def test_recording_the_same_firing_twice_leaves_one_run_and_one_copy_of_its_logs
     unknown = dict(body[0], task_id=str(_uuid.uuid4()), firing_id=str(_uuid.uuid4()))
     r = system.pf("POST", "/schedulemaster/firings", json=[unknown], timeout=60, headers=node)
     assert r.json() == {"recorded": 0, "unknown_tasks": [unknown["task_id"]]}
+
+
+def test_a_run_once_parent_runs_its_child_as_a_subflow(system, receiver):
+    """The node runs a RunOnce itself (node/direct_runs.py); its child still hangs under it."""
+    child = system.create_http(receiver.url("/once-chain/child"), cron="0 0 3 * * ?", Title="once child",
+                               RunNow="true")
+    parent = system.create_http(receiver.url("/once-chain/parent"), cron="0 0 3 * * ?", Title="once parent",
+                                Nexts=child, RunNow="true")
+    assert system.post("RunOnce", data={"id": parent}).json()["Success"]
+    receiver.wait_for("/once-chain/child", 1, timeout=30)
+    once = wait_until(lambda: next((r for r in system.flow_runs(parent) if "sm:run-once" in r["tags"]
+                                    and r["state_type"] == "COMPLETED"), None), timeout=30)
+    child_run = wait_until(lambda: next((r for r in system.flow_runs(child) if r["parent_task_run_id"]), None),
+                           timeout=30)
+    assert "sm:next" in child_run["tags"] and child_run["name"] == "once child · next of once parent"
+    link = system.pf("GET", f"/task_runs/{child_run['parent_task_run_id']}").json()
+    assert link["flow_run_id"] == once["id"] and link["name"] == "next → once child"
+    wait_until(lambda: child_run["id"] and system.pf("GET", f"/flow_runs/{child_run['id']}").json()["state_type"]
+               == "COMPLETED", timeout=30)
+    for tid in (parent, child):
+        system.post("Stop", data={"id": tid})
