@@ -102,6 +102,11 @@ class RunPolicy(BaseModel):
             return self.FailOnNon2xx
         return str(settings.get("Http_FailOnNon2xx", "false")).lower() in ("1", "true", "yes")
 
+    def form_values(self) -> dict[str, str]:
+        """The form fields that set this policy, as the legacy API binds them: what an Edit
+        sends to keep it (the notebook API) and what the console's form shows."""
+        return {field: form_value(field, getattr(self, field)) for field in FIELDS}
+
     def summary(self) -> str:
         """One line for the task's deployment description in Prefect's UI."""
         parts = [f"misfire {self.MisfirePolicy} after {self.MisfireThresholdSeconds} s",
@@ -123,6 +128,13 @@ class RunPolicy(BaseModel):
 
 
 DEFAULT = RunPolicy()
+
+
+def form_value(field: str, value: Any) -> str:
+    """One policy value as its form field carries it ("default" / "" for the unset ones)."""
+    if value is None:
+        return "default" if field == "FailOnNon2xx" else ""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def from_form(m: dict[str, Any], existing: RunPolicy | None, *, plugin: bool) -> RunPolicy:
@@ -180,4 +192,5 @@ def from_form(m: dict[str, Any], existing: RunPolicy | None, *, plugin: bool) ->
     return RunPolicy(**values)
 
 
-__all__ = ["BACKOFF", "BOUNDS", "DEFAULT", "FIELDS", "MISFIRE", "OVERLAP", "PolicyError", "RunPolicy", "from_form"]
+__all__ = ["BACKOFF", "BOUNDS", "DEFAULT", "FIELDS", "MISFIRE", "OVERLAP", "PolicyError", "RunPolicy", "form_value",
+           "from_form"]

@@ -17,7 +17,6 @@ from schedulemaster.console.labels import STATUS_WORDS, translator
 from schedulemaster.deployments import quartz
 from schedulemaster.deployments.policy import DEFAULT as DEFAULT_POLICY
 from schedulemaster.deployments.policy import FIELDS as POLICY_FIELDS
-from schedulemaster.deployments.policy import RunPolicy
 from schedulemaster.deployments.tasks import Status
 from schedulemaster.ms_compat import roles
 
@@ -135,7 +134,7 @@ class TaskPages:
         task_id = request.path_params.get("id")
         if values is None:
             values = {"MetaType": "2", "RunLoop": "true", "HttpMethod": "GET", "HttpContentType": "application/json",
-                      **_policy_values(DEFAULT_POLICY)}
+                      **DEFAULT_POLICY.form_values()}
             if task_id:
                 rec = await self.c.service().repo.read(parse_uuid(task_id)) if parse_uuid(task_id) else None
                 if rec is None:
@@ -219,14 +218,5 @@ def _form_values(spec) -> dict[str, str]:
         "HttpContentType": http.ContentType if http else "", "HttpHeaders": (http.Headers or "") if http else "",
         "HttpBody": (http.Body or "") if http else "",
         "Executors": "\n".join(spec.Executors), "Keepers": [str(k) for k in spec.Keepers],
-        "Nexts": list(spec.Nexts), "RunNow": "false", **_policy_values(spec.Policy),
+        "Nexts": list(spec.Nexts), "RunNow": "false", **spec.Policy.form_values(),
     }
-
-
-def _policy_values(p: RunPolicy) -> dict[str, str]:
-    values = {k: str(getattr(p, k)) for k in POLICY_FIELDS}
-    values["FailOnNon2xx"] = "default" if p.FailOnNon2xx is None else str(p.FailOnNon2xx).lower()
-    values["ExpectedText"] = p.ExpectedText or ""
-    values["AlarmOnMissed"] = str(p.AlarmOnMissed).lower()
-    return values
-

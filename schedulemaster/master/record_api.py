@@ -90,10 +90,8 @@ def final_state(r: FiringRecord):
     ("All except scheduled" is a list of them), and a run in a "Skipped" state was not shown."""
     from prefect.server import schemas
 
-    if r.not_run:
-        return schemas.states.Cancelled(message=f"{r.not_run.lower()}: {run_message(r)}"
-                                        if not r.message.lower().startswith(r.not_run.lower()) else run_message(r),
-                                        timestamp=r.finished)
+    if r.not_run:  # its message begins with why ("skipped: ...", "missed 3 firing(s) ...")
+        return schemas.states.Cancelled(message=run_message(r), timestamp=r.finished)
     return (schemas.states.Completed if r.ok else schemas.states.Failed)(message=run_message(r), timestamp=r.finished)
 
 
@@ -178,11 +176,11 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
     if on_recorded is not None:
         on_recorded([firings[run.id] for run in inserted])
     if on_failure is not None:
-        run_of = {id(firings[run.id]): run.id for run in inserted}
+        run_of = {firings[run.id].firing_id: run.id for run in inserted}  # one run per firing id
         for alarm in (alarms or FiringAlarms()).decide([firings[run.id] for run in inserted], specs):
             r = alarm.record
             detail = "\n".join(entry.message for entry in r.logs if entry.level >= 40)
-            on_failure(specs[r.task_id], r.finished, alarm.message, detail, str(run_of[id(r)]))
+            on_failure(specs[r.task_id], r.finished, alarm.message, detail, str(run_of[r.firing_id]))
     return RecordResult(recorded=recorded, unknown_tasks=sorted(unknown))
 
 

@@ -64,11 +64,11 @@ class Unschedulable:
             return
         tasks = await self.repo.running(pinned_only=bool(nodes.live))
         now = {rec.id: (rec, why) for rec in tasks if (why := nodes.why_unschedulable(list(rec.spec.Executors)))}
-        troubled = set(self.troubles.tasks()) - now.keys()
+        troubled = set(self.troubles.tasks()) - now.keys()  # few: read one by one
         running = {rec.id: rec for rec in [await self.repo.read(tid) for tid in troubled] if rec is not None
                    and rec.status == Status.Running}
         self.troubles.forget(troubled - running.keys())
-        now.update({tid: (rec, self.troubles.reason(tid)) for tid, rec in running.items() if self.troubles.reason(tid)})
+        now.update({tid: (rec, why) for tid, rec in running.items() if (why := self.troubles.reason(tid))})
         clock = asyncio.get_running_loop().time()
         self.waiting = {tid: since for tid, since in self.waiting.items() if tid in now}
         for tid, (rec, why) in now.items():

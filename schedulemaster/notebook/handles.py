@@ -25,8 +25,8 @@ from schedulemaster.coordination.client import package_exists
 from schedulemaster.deployments import plan, quartz
 from schedulemaster.deployments.chain import find_cycle
 from schedulemaster.deployments.spec import TaskSpec
-from schedulemaster.deployments.policy import FIELDS as POLICY_FIELDS
-from schedulemaster.deployments.policy import PolicyError, RunPolicy
+from schedulemaster.deployments.policy import PolicyError
+from schedulemaster.deployments.policy import form_value as policy_form_value
 from schedulemaster.deployments.policy import from_form as policy_from_form
 from schedulemaster.deployments.tasks import POLICIES, STATUS_NAMES
 from schedulemaster.notebook import shipping
@@ -96,7 +96,7 @@ def form_from_spec(spec: TaskSpec) -> dict[str, Any]:
             "EndDate": (spec.EndDate or "").replace("T", " ") or None,
             "Keepers": list(spec.Keepers), "Nexts": list(spec.Nexts),
             "Executors": list(spec.Executors), "NotifyBlocks": list(spec.NotifyBlocks),
-            "FailoverPolicy": spec.FailoverPolicy, **policy_fields(spec.Policy)}
+            "FailoverPolicy": spec.FailoverPolicy, **spec.Policy.form_values()}
     for key, field in HTTP_FIELDS.items():
         form[field] = getattr(spec.Http, key) if spec.Http else None
     return form
@@ -393,14 +393,6 @@ POLICY_ARGS = {"misfire": "MisfirePolicy", "misfire_threshold": "MisfireThreshol
                "alarm_on_missed": "AlarmOnMissed"}
 
 
-def policy_fields(p: RunPolicy) -> dict[str, Any]:
-    """A policy as the form fields that set it."""
-    form = {field: getattr(p, field) for field in POLICY_FIELDS}
-    form["FailOnNon2xx"] = "default" if p.FailOnNon2xx is None else str(p.FailOnNon2xx).lower()
-    form["ExpectedText"] = p.ExpectedText or ""
-    return form
-
-
 def policy_form(given: dict[str, Any], *, plugin: bool) -> dict[str, Any]:
     """The form fields of the policy arguments given (None: keep the task's), checked here as
     the API checks them so a mistake is a ValueError before anything is written."""
@@ -411,15 +403,13 @@ def policy_form(given: dict[str, Any], *, plugin: bool) -> dict[str, Any]:
         field = POLICY_ARGS[arg]
         if field in ("FailOnNon2xx", "AlarmOnMissed") and not isinstance(value, bool):
             raise TypeError(f"{arg} must be True or False, got {value!r}")
-        if field == "FailOnNon2xx":
-            value = str(value).lower()
-        form[field] = value
+        form[field] = str(value).lower() if field == "FailOnNon2xx" else value
     try:
         policy_from_form(form, None, plugin=plugin)
     except PolicyError as exc:
         arg = next(a for a, f in POLICY_ARGS.items() if f == exc.field)
         raise ValueError(f"{arg}: {exc}") from None
-    return form
+    return {field: policy_form_value(field, value) for field, value in form.items()}
 
 
 def _common_form(title: str, cron: str | None, run_loop: bool | None, executors, keepers, params, start_date,

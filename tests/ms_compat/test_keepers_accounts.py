@@ -42,6 +42,12 @@ def save_config(system, **values):
     return api(system, "POST", "System/SaveConfig", data=values)
 
 
+def mail_through(system, port: int) -> None:
+    """Mail goes to an SMTP server on 127.0.0.1:port."""
+    assert save_config(system, Email_SmtpServer="127.0.0.1", Email_SmtpPort=str(port),
+                       Email_FromAccount="sm@example.com")["Success"]
+
+
 def create_user(system, name, email_addr=None, **extra):
     data = {"UserName": name, "RealName": f"{name} 真名", "Password": "secret1", **extra}
     if email_addr:
@@ -53,8 +59,7 @@ def create_user(system, name, email_addr=None, **extra):
 
 def test_keepers_with_an_email_get_the_failure_mail(system, smtp):
     ctl, sink = smtp
-    assert save_config(system, Email_SmtpServer="127.0.0.1", Email_SmtpPort=str(ctl.port),
-                       Email_FromAccount="sm@example.com")["Success"]
+    mail_through(system, ctl.port)
     with_mail = create_user(system, "keeper_a", "keeper.a@example.com")
     without_mail = create_user(system, "keeper_b")
     tid = system.create_plugin("Failing", cron="0/2 * * * * ?", Title="夜间对账",
@@ -72,8 +77,7 @@ def test_keepers_with_an_email_get_the_failure_mail(system, smtp):
 
 def test_a_failed_run_once_mails_the_keepers_too(system, smtp):
     ctl, sink = smtp
-    assert save_config(system, Email_SmtpServer="127.0.0.1", Email_SmtpPort=str(ctl.port),
-                       Email_FromAccount="sm@example.com")["Success"]
+    mail_through(system, ctl.port)
     keeper = create_user(system, "keeper_once", "once@example.com")
     tid = system.create_plugin("Failing", cron="0 0 0 1 1 ? 2099", Title="只运行一次", Keepers=str(keeper))
     assert system.post("Start", data={"id": tid}).json()["Success"]
@@ -85,8 +89,7 @@ def test_a_failed_run_once_mails_the_keepers_too(system, smtp):
 
 def test_a_retried_firing_mails_the_keepers_once_after_its_last_attempt(system, smtp, receiver):
     ctl, sink = smtp
-    assert save_config(system, Email_SmtpServer="127.0.0.1", Email_SmtpPort=str(ctl.port),
-                       Email_FromAccount="sm@example.com")["Success"]
+    mail_through(system, ctl.port)
     keeper = create_user(system, "keeper_retry", "retry@example.com")
     receiver.on("/keepers/retry", 503, "busy")
     tid = system.create_http(receiver.url("/keepers/retry"), cron="0/15 * * * * ?", Title="重试三次",
@@ -114,8 +117,7 @@ def test_a_retried_firing_mails_the_keepers_once_after_its_last_attempt(system, 
 
 def test_keepers_hear_after_failures_in_a_row(system, smtp, receiver):
     ctl, sink = smtp
-    assert save_config(system, Email_SmtpServer="127.0.0.1", Email_SmtpPort=str(ctl.port),
-                       Email_FromAccount="sm@example.com")["Success"]
+    mail_through(system, ctl.port)
     keeper = create_user(system, "keeper_streak", "streak@example.com")
     receiver.on("/keepers/streak", 500, "down")
     tid = system.create_http(receiver.url("/keepers/streak"), cron="* * * * * ?", Title="连续失败",
@@ -136,8 +138,7 @@ def test_keepers_hear_after_failures_in_a_row(system, smtp, receiver):
 
 def test_an_unreachable_smtp_server_does_not_hurt_the_runs(system, receiver):
     closed = free_port()
-    assert save_config(system, Email_SmtpServer="127.0.0.1", Email_SmtpPort=str(closed),
-                       Email_FromAccount="sm@example.com")["Success"]
+    mail_through(system, closed)
     keeper = create_user(system, "keeper_c", "keeper.c@example.com")
     tid = system.create_plugin("Failing", cron="0/2 * * * * ?", Title="no smtp", Keepers=str(keeper))
     assert system.post("Start", data={"id": tid}).json()["Success"]

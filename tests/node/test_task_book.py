@@ -18,6 +18,8 @@ TASKS = 150
 VERSIONS = "/schedulemaster/tasks/versions"
 READ = "/schedulemaster/tasks/read"
 CHANGES = "/schedulemaster/tasks/changes"
+WORK_WAIT = "/schedulemaster/work/wait"  # master/new_runs.py
+TROUBLE = "/schedulemaster/tasks/trouble"  # master/task_trouble.py
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +33,23 @@ def book(tmp_path_factory):
         s.stop()
 
 
-@pytest.mark.parametrize("path", [VERSIONS, READ, CHANGES])
+@pytest.mark.parametrize("path", [VERSIONS, READ, CHANGES, WORK_WAIT, TROUBLE])
 def test_the_task_endpoints_need_the_prefect_credential(book, path):
     system, _ids = book
     r = httpx.post(f"{system.prefect}{path}", json={}, timeout=30)
     assert r.status_code == 401
+
+
+def test_only_a_node_itself_says_what_it_cannot_load(book):
+    """Prefect's credential is not enough: the node's own token is (a node registered as
+    worker1 holds it; this caller does not)."""
+    system, ids = book
+    body = {"task_id": ids[0], "node": "worker1", "message": "forged: the plugin does not load"}
+    r = system.pf("POST", TROUBLE, json=body)
+    assert r.status_code == 403, r.text
+    for bad in ({**body, "node": "a/b"}, {**body, "message": "x" * 2001}, {**body, "task_id": "nope"}):
+        assert system.pf("POST", TROUBLE, json=bad).status_code == 422
+    assert system.detail(ids[0])["Unschedulable"] is None
 
 
 def test_read_gives_the_rows_asked_for_or_a_page(book):
