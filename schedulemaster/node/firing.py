@@ -34,13 +34,13 @@ from zoneinfo import ZoneInfo
 
 from schedulemaster.coordination.client import MasterClient
 from schedulemaster.coordination.wire import MAX_TASKS, Firing, TasksRequest, TaskTrouble
-from schedulemaster.deployments import chain, plan, policy, quartz
+from schedulemaster.deployments import chain, plan, quartz
 from schedulemaster.deployments import tasks as dep
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.deployments.tasks import Status
 from schedulemaster.deployments.variables import read_node_variables
 from schedulemaster.flows.http_task import new_session, outcome_lines, perform_http
-from schedulemaster.node import plugins
+from schedulemaster.node import misfire, plugins
 from schedulemaster.node.node_claims import AHEAD, Claimer, Superseded
 from schedulemaster.node.recorder import Recorder
 from schedulemaster.timeutil import utcnow
@@ -57,9 +57,6 @@ RECONCILE_SECONDS = 120.0  # every task's version compared (see sync)
 #: overrides (the tests use 1 s instead of waiting out 5)
 NODES_SECONDS = float(os.environ.get("SM_NODES_REFRESH_SECONDS") or 5.0)
 #: instants one gap may count before saying "at least" (a day of a one-second cron is 86,400)
-MAX_COUNTED = 10_000
-
-
 def firing_id(task_id: uuid.UUID, at: datetime) -> str:
     """Deterministic per (task, instant): every node and every retry agrees on it."""
     return str(uuid.uuid5(task_id, at.astimezone(timezone.utc).isoformat()))
@@ -67,19 +64,6 @@ def firing_id(task_id: uuid.UUID, at: datetime) -> str:
 
 def _local(at: datetime, zone: str) -> str:
     return f"{at.astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M:%S}"
-
-
-def _newest(spec: TaskSpec, since: datetime, until: datetime, n: int) -> list[datetime]:
-    """The task's last ``n`` instants in (``since``, ``until``]. Quartz has no "previous fire
-    time", so windows back from ``until`` are searched, nearest first (a long gap's first
-    instants are what ``plan.instants_between`` counts, not its last)."""
-    found: list[datetime] = []
-    for window in (timedelta(minutes=1), timedelta(hours=1), timedelta(days=1), timedelta(days=31)):
-        start = max(since, until - window)
-        found, _ = plan.instants_between(spec, start, until, MAX_COUNTED)
-        if len(found) >= n or start == since:
-            break
-    return found[-n:]
 
 
 def started_at(spec: TaskSpec) -> datetime | None:
@@ -382,7 +366,6 @@ class FiringLoop:
         latest = await self.master.latest(e.task_id for e in entries)
         plans: list[tuple[Entry, list[datetime], str]] = []
         for e in entries:
-            pol = e.spec.Policy
             floor = running_since(e.spec)
             claimed = latest.get(str(e.task_id))
             if claimed is None and floor is not None:
@@ -392,30 +375,18 @@ class FiringLoop:
             last = claimed or floor
             if last is None:
                 continue
-            since = max(last, floor or last)
-            # counted apart: a long gap's first MAX_COUNTED instants must not hide the timely ones
-            late, complete = plan.instants_between(e.spec, since, now - pol.threshold, MAX_COUNTED)
-            timely, all_timely = plan.instants_between(e.spec, max(since, now - pol.threshold), now, MAX_COUNTED)
-            complete = complete and all_timely
-            if not late and not timely:
-                continue
-            fire = timely
-            if late and pol.MisfirePolicy == "once":
-                newest = late[-1] if complete else (_newest(e.spec, since, now - pol.threshold, 1) or late)[-1]
-                fire, late = [newest, *timely], [at for at in late if at != newest]
-            elif late and pol.MisfirePolicy == "all":
-                fire = (late + timely if complete else
-                        _newest(e.spec, since, now, policy.MAX_CATCH_UP))[-policy.MAX_CATCH_UP:]
-                late = [at for at in late if at < fire[0]]
-            if len(fire) > policy.MAX_CATCH_UP:
-                late, fire = late + fire[:-policy.MAX_CATCH_UP], fire[-policy.MAX_CATCH_UP:]
-            if late:
-                self._missed(e, late, complete, f"no node ran them at their time (MisfirePolicy {pol.MisfirePolicy}, "
-                                                f"threshold {pol.MisfireThresholdSeconds} s)")
-            if fire:
+            pol = e.spec.Policy
+            gap = misfire.plan_gap(e.spec, max(last, floor or last), now)
+            self._missed(e, gap.missed, gap.complete, f"no node ran them at their time (MisfirePolicy "
+                                                      f"{pol.MisfirePolicy}, threshold {pol.MisfireThresholdSeconds} s)")
+            if gap.fire:
                 why = ("caught up: no node ran it at its time (its node went offline)" if claimed is not None
                        else "caught up: it fell due between the task's start and its node taking it")
-                plans.append((e, fire, why))
+                plans.append((e, gap.fire, why))
+        await self._claim_then_fire(plans)
+
+    async def _claim_then_fire(self, plans: list[tuple[Entry, list[datetime], str]]) -> None:
+        """Claim the planned late firings in one call; fire those won, each task's in turn."""
         if not plans:
             return
         await self.claimer.claim([(firing_id(e.task_id, at), e.task_id, at) for e, ats, _ in plans for at in ats])
@@ -455,9 +426,9 @@ class FiringLoop:
                                  self.node, None, [(30, f"{state.lower()}: {why}", now)], zone=entry.spec.TimeZone,
                                  not_run=state, record_id=f"{fid}#{state.lower()}"))
 
-    async def _fire_in_turn(self, entry: Entry, instants: list[datetime], why: str) -> None:
+    async def _fire_in_turn(self, entry: Entry, instants: list[datetime], why: str, claimed: bool = True) -> None:
         for at in instants:
-            await self.fire(entry, at, why_late=why, claimed=True)
+            await self.fire(entry, at, why_late=why, claimed=claimed)
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -582,31 +553,10 @@ class FiringLoop:
                     if gone is not None and gone.gen == gen and firing_id(tid, at) in self.claimer.won:
                         self._spawn(self.fire(gone, at))  # claimed before the task moved on
                     continue  # stopped, paused, edited or handed to another node
-                pol = entry.spec.Policy
                 resume_from = at
-                if now - at > pol.threshold:  # this loop fell behind (a stalled process)
-                    horizon = now - pol.threshold
-                    try:
-                        gap, complete = plan.instants_between(entry.spec, at, horizon, MAX_COUNTED)
-                    except quartz.CronError:
-                        gap, complete = [], True
-                    if pol.MisfirePolicy == "all" and complete and len(gap) < policy.MAX_CATCH_UP:
-                        self._spawn(self.fire(entry, at))
-                    elif pol.MisfirePolicy == "all":  # fires the newest MAX_CATCH_UP of the gap
-                        gap.insert(0, at)
-                        self._spawn(self.claimer.release([firing_id(tid, at)]))
-                        self._missed(entry, gap[:-policy.MAX_CATCH_UP], complete,
-                                     f"more than {policy.MAX_CATCH_UP} behind (MisfirePolicy all)")
-                        resume_from = gap[-policy.MAX_CATCH_UP] - timedelta(microseconds=1)
-                    else:
-                        if pol.MisfirePolicy == "once":
-                            self._spawn(self.fire(entry, at))
-                        else:
-                            gap.insert(0, at)
-                            self._spawn(self.claimer.release([firing_id(tid, at)]))
-                        self._missed(entry, gap, complete, f"the node's timer fell {(now - at).total_seconds():.0f} s "
-                                     f"behind (MisfirePolicy {pol.MisfirePolicy})")
-                        resume_from = horizon
+                if now - at > entry.spec.Policy.threshold:  # this loop fell behind (a stalled process)
+                    resume_from = now
+                    self._timer_behind(entry, at, now)
                 else:
                     self._spawn(self.fire(entry, at))
                 if entry.spec.RunLoop:
@@ -625,6 +575,21 @@ class FiringLoop:
                     await asyncio.wait_for(self._wake.wait(), timeout=min(delay, 1.0))
                 except asyncio.TimeoutError:
                     pass
+
+    def _timer_behind(self, entry: Entry, at: datetime, now: datetime) -> None:
+        """The timer reached ``at`` later than the task's threshold: the instants from ``at``
+        to now go by its MisfirePolicy, as a taken-over task's do (node/misfire.py)."""
+        pol = entry.spec.Policy
+        why = f"the node's timer fell {(now - at).total_seconds():.0f} s behind (MisfirePolicy {pol.MisfirePolicy})"
+        try:
+            gap = misfire.plan_gap(entry.spec, at - timedelta(microseconds=1), now)
+        except quartz.CronError:
+            gap = misfire.MisfirePlan(fire=[at])
+        if at not in gap.fire:  # claimed ahead, and it will not fire
+            self._spawn(self.claimer.release([firing_id(entry.task_id, at)]))
+        self._missed(entry, gap.missed, gap.complete, why)
+        if gap.fire:
+            self._spawn(self._fire_in_turn(entry, gap.fire, why, claimed=False))
 
     async def _claimed(self, entry: Entry, fid: str, at: datetime) -> bool:
         """Whether this node won the firing's claim; retried while the master cannot answer,

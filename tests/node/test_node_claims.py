@@ -248,11 +248,13 @@ def test_a_run_longer_than_the_period_still_lets_one_firing_wait_and_skips_the_r
     assert (fired, skipped, arrivals) == (2, 1, 2)
 
 
+@pytest.mark.parametrize("behind", ["taken over", "timer stalled"])
 @pytest.mark.parametrize("misfire, fired, missed", [("skip", 10, "10000+"), ("once", 11, "10000+"),
                                                      ("all", 100, "10000+")])
-def test_a_day_long_gap_is_counted_and_its_newest_instants_still_fire(misfire, fired, missed):
-    """A node back after a day: a one-second task's last 10 s (its threshold) fire late, the
-    gap is one Missed record; ``once`` adds the newest missed instant, ``all`` the newest 100."""
+def test_a_day_long_gap_is_counted_and_its_newest_instants_still_fire(misfire, fired, missed, behind):
+    """A node back after a day (or whose timer stalled for a day): a one-second task's last
+    10 s (its threshold) fire late, the gap is one Missed record; ``once`` adds the newest
+    missed instant, ``all`` the newest 100. Both ways of falling behind plan alike."""
     from schedulemaster.node.firing import Entry, FiringLoop
 
     now = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=0.5)
@@ -274,10 +276,15 @@ def test_a_day_long_gap_is_counted_and_its_newest_instants_still_fire(misfire, f
     async def main():
         loop = FiringLoop(LatestMaster(), "worker1", "pool", 10)
 
-        async def fire_in_turn(entry, instants, why):
+        async def fire_in_turn(entry, instants, why, claimed=True):
             fired_now.extend(instants)
         loop._fire_in_turn = fire_in_turn
-        await loop.catch_up([Entry(tid, spec, (now - timedelta(days=2), 1), 1)], now)
+        entry = Entry(tid, spec, (now - timedelta(days=2), 1), 1)
+        if behind == "taken over":
+            await loop.catch_up([entry], now)
+        else:  # the timer pops the first instant after the last claim, a day late
+            loop._timer_behind(entry, (now - timedelta(days=1)).replace(microsecond=0) + timedelta(seconds=1), now)
+            await asyncio.sleep(0)
         await asyncio.sleep(0)
         return loop.recorder.pending
 
