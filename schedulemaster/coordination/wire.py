@@ -255,6 +255,9 @@ class Firing:
     #: the attempt's own id (the run's idempotency key); the firing id when empty
     record_id: str = ""
     missed: int = 0  # a Missed record: how many instants it stands for
+    #: the node saw it start later than its task's AlarmLateSeconds: the master reads the
+    #: task's spec for its alarm (it reads none for late firings of tasks without one)
+    late_alarm: bool = False
 
     @property
     def lateness_ms(self) -> float:
@@ -279,7 +282,8 @@ class Firing:
                   "ok": self.ok, "parent": self.parent,
                   **({"attempt": self.attempt} if self.attempt > 1 or not self.last_attempt else {}),
                   **({"not_run": self.not_run} if self.not_run else {}),
-                  **({"missed": self.missed} if self.missed else {})},
+                  **({"missed": self.missed} if self.missed else {}),
+                  **({"late_alarm": True} if self.late_alarm else {})},
             parent_firing_id=self.parent, parent_task_id=self.parent_task,
             logs=[FiringLog(level=level, message=msg[:20_000], timestamp=ts)
                   for level, msg, ts in self.logs[:MAX_LOGS_PER_FIRING]])

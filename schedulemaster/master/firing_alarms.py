@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from schedulemaster.coordination.wire import FiringRecord
 from schedulemaster.deployments.spec import TaskSpec
 
-#: a firing less late than this is never a lateness alarm (no need to read its task's spec)
-LATE_FLOOR_MS = 1000.0
 MAX_TRACKED = 100_000  # tasks whose failures in a row are counted at once, at most
 
 
@@ -36,12 +34,12 @@ class FiringAlarms:
 
     @staticmethod
     def may_alarm(r: FiringRecord) -> bool:
-        """Whether the record might alarm: its task's spec is needed to know."""
-        late = r.fire.get("lateness_ms")
+        """Whether the record might alarm: its task's spec is needed to know. A late firing
+        might only when its node saw it later than the task's AlarmLateSeconds."""
         if not r.last_attempt:  # a retried attempt: its firing is told of after its last one
             return False
         return ((not r.ok and not r.not_run) or r.not_run == "Missed"
-                or (not r.not_run and r.attempt == 1 and isinstance(late, (int, float)) and late >= LATE_FLOOR_MS))
+                or (not r.not_run and r.attempt == 1 and r.fire.get("late_alarm") is True))
 
     def decide(self, records: list[FiringRecord], specs: dict) -> list[Alarm]:
         """The alarms these records (in the order they ran) raise; ``specs``: task id -> TaskSpec

@@ -733,7 +733,8 @@ class FiringLoop:
             self.recorder.add(Firing(entry.task_id, fid, title, at, started, finished, out.ok, out.message,
                                      self.node, getattr(out, "status_code", None), logs,
                                      zone=entry.spec.TimeZone, parent=parent, parent_task=parent_task,
-                                     attempt=attempt, last_attempt=last, record_id=record_id))
+                                     attempt=attempt, last_attempt=last, record_id=record_id,
+                                     late_alarm=attempt == 1 and 0 < pol.AlarmLateSeconds < (started - at).total_seconds()))
             progress.recorded, progress.record_id = True, record_id
             progress.ok, progress.result = out.ok, getattr(out, "result", None)
             if last:

@@ -83,7 +83,7 @@ def test_alarms_follow_failures_in_a_row_lateness_and_misses():
     # its last attempt is the 7th failure in a row (no alarm at 3 a time), and not a late firing
     assert alarms.decide([rec(ok=False, attempt=3, started=AT + timedelta(seconds=30))], specs) == []
     assert alarms.in_a_row[str(tid)] == 7
-    late = rec(started=AT + timedelta(seconds=6.5))
+    late = rec(started=AT + timedelta(seconds=6.5), late_alarm=True)  # its node saw it past AlarmLateSeconds
     on_time = rec(started=AT + timedelta(seconds=4))
     said = [a.message for a in alarms.decide([late, on_time, rec(ok=False, not_run="Missed", missed=3,
                                                                  message="missed 3 firing(s)")], specs)]
@@ -93,6 +93,8 @@ def test_alarms_follow_failures_in_a_row_lateness_and_misses():
     assert len(FiringAlarms().decide([fail, fail, late, rec(ok=False, not_run="Missed")], plain)) == 2
     # without its spec (not read: nothing could alarm) a record only ends a run of failures
     assert not FiringAlarms.may_alarm(ok) and FiringAlarms.may_alarm(late) and FiringAlarms.may_alarm(fail)
+    # a late firing of a task without a lateness alarm: its node did not flag it, no spec is read
+    assert not FiringAlarms.may_alarm(rec(started=AT + timedelta(seconds=6.5)))
 
 
 def test_what_a_node_says_it_cannot_load_holds_until_it_loads_or_the_node_restarts():

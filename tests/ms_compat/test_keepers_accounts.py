@@ -136,6 +136,29 @@ def test_keepers_hear_after_failures_in_a_row(system, smtp, receiver):
     assert "3 failures in a row" in mails()[0].get_body(("html",)).get_content()
 
 
+def test_keepers_hear_of_a_firing_later_than_its_alarm_late_seconds(system, smtp, receiver):
+    """Each run takes 2.5 s and the task fires every second (OverlapPolicy queue): the firing
+    that waited starts ~1.5 s late, past AlarmLateSeconds 1, and is told; one on time is not."""
+    ctl, sink = smtp
+    mail_through(system, ctl.port)
+    keeper = create_user(system, "keeper_late", "late@example.com")
+    receiver.on("/keepers/late", 200, "success", delay=2.5)
+    tid = system.create_http(receiver.url("/keepers/late"), cron="* * * * * ?", Title="迟到告警",
+                             Keepers=str(keeper), AlarmLateSeconds="1", RunNow="true")
+
+    def mails():
+        return [m for m in sink.messages if m["Subject"] == "任务运行异常 — 迟到告警"]
+
+    wait_until(lambda: mails() or None, timeout=40)
+    system.post("Stop", data={"id": tid})
+    html = mails()[0].get_body(("html",)).get_content()
+    assert "after its instant (AlarmLateSeconds 1)" in html
+    runs = [x for x in system.flow_runs(tid) if "fire" in x["parameters"]]
+    assert min(x["parameters"]["fire"]["lateness_ms"] for x in runs) < 1000  # the first was on time ...
+    on_time = [x for x in runs if x["parameters"]["fire"]["lateness_ms"] < 1000]
+    assert all("late_alarm" not in x["parameters"]["fire"] for x in on_time)  # ... and not flagged
+
+
 def test_an_unreachable_smtp_server_does_not_hurt_the_runs(system, receiver):
     closed = free_port()
     mail_through(system, closed)
