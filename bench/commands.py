@@ -11,6 +11,8 @@ command on an idle system, one after the other:
 * UI run: ``POST /api/deployments/{id}/create_flow_run`` (the UI's Run button) sent -> arrival;
 * Next on another node: a parent pinned to worker1 whose child is pinned to worker2, the parent
   run once -> the child's request arrives, measured from the parent's arrival;
+* Next of a scheduled firing: the same with a parent firing every 2 s (its node's firing loop
+  creates the child's run, not a worker-path run);
 * plugin Start: ``POST /api/Task/Start`` of a plugin task sent -> answered (the node loaded and
   initialized the plugin), while 20 plugin tasks fire every second on the same node;
 * plain Prefect: ``create_flow_run`` of a deployment of bench/baseline_flow.py in a process work
@@ -39,7 +41,8 @@ from helpers import AUTH, System  # noqa: E402
 
 import httpx  # noqa: E402
 
-GOALS = {"RunOnce": 0.3, "UI run": 2.0, "Next on another node": 0.3, "plugin Start, 20 plugins/s": 1.0}
+GOALS = {"RunOnce": 0.3, "UI run": 2.0, "Next on another node": 0.3, "Next of a scheduled firing": 0.3,
+         "plugin Start, 20 plugins/s": 1.0}
 LOAD_PLUGINS = 20  # plugin tasks firing every second while plugin Starts are timed
 WAIT_SECONDS = 60.0
 
@@ -63,9 +66,9 @@ def legacy(system: System, action: str, **data) -> dict:
 
 
 def create(system: System, url: str, title: str, **fields) -> str:
-    return legacy(system, "Create", Title=title, MetaType="2", RunLoop="true", CronExpression="0 0 3 * * ?",
-                  HttpRequestUrl=url, HttpMethod="POST", HttpContentType="application/json", HttpBody="{}",
-                  **fields)["Data"]
+    fields = {"CronExpression": "0 0 3 * * ?", **fields}
+    return legacy(system, "Create", Title=title, MetaType="2", RunLoop="true", HttpRequestUrl=url, HttpMethod="POST",
+                  HttpContentType="application/json", HttpBody="{}", **fields)["Data"]
 
 
 def timed(tries: int, send, path: str, rx: ReceiverProc, since=None) -> list[float]:
@@ -106,6 +109,16 @@ def main() -> None:
         results["Next on another node"] = timed(
             args.tries, lambda: legacy(system, "RunOnce", id=parent), "/child", rx,
             since=lambda i: arrival(rx, "/parent", i))
+        # the same with a scheduled parent (the firing loop's children, node/firing.py), every 2 s
+        child2 = create(system, rx.url("/child2"), "bench child of a schedule", Executors="worker2")
+        legacy(system, "Start", id=child2)
+        parent2 = create(system, rx.url("/parent2"), "bench scheduled parent", Executors="worker1", Nexts=child2,
+                         CronExpression="0/2 * * * * ?")
+        legacy(system, "Start", id=parent2)
+        arrival(rx, "/child2", args.tries)
+        legacy(system, "Stop", id=parent2)
+        results["Next of a scheduled firing"] = [arrival(rx, "/child2", i) - arrival(rx, "/parent2", i)
+                                                 for i in range(1, args.tries + 1)]
         # a plugin Start (the node loads and initializes it, the API answers after) while 20
         # plugin tasks fire every second: timed from the request to the answer
         for i in range(LOAD_PLUGINS):

@@ -165,16 +165,16 @@ async def running_child(client, child_id: uuid.UUID):
     return rec if rec is not None and rec.status == Status.Running else None
 
 
-async def submit_child(client, work_pool: str, child, parent_firing_id: str, result: Any,
-                       parent_title: str = "") -> None:
-    """Run a child on its own node, as a flow run in that node's queue."""
-    queue = await queue_for(client, work_pool, child.id, child.spec)
+async def create_child_run(client, child, parent_key: str, result: Any, parent_title: str,
+                           parent_task_run_id: uuid.UUID | None = None) -> None:
+    """A child's run, once per parent firing (``parent_key``), in the child task's own queue:
+    the node that owns the child takes it at once (node/worker.py), with no read of the nodes
+    here. ``parent_task_run_id`` makes it a subflow of the parent's run."""
     await client.create_flow_run_from_deployment(
         child.id, parameters={"task": child.spec.wire(), "previous_result": jsonable(result)},
-        work_queue_name=queue, tags=["sm:next"],
-        name=run_name(child.spec.Title, f"next of {parent_title or parent_firing_id[:8]}"),
-        idempotency_key=child_firing_id(child.id, parent_firing_id))
-    log.info("child %s of %s submitted to %s", child.id, parent_title or parent_firing_id, queue)
+        parent_task_run_id=parent_task_run_id, tags=["sm:next"],
+        name=run_name(child.spec.Title, f"next of {parent_title or parent_key[:8]}"),
+        idempotency_key=child_firing_id(child.id, parent_key))
 
 
 def find_cycle(graph: dict[str, list[str]], start: str) -> list[str] | None:

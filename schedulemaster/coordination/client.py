@@ -56,11 +56,12 @@ class MasterClient:
         return wire.ChangeToken.model_validate_json((await self._call(
             "POST", wire.TASK_CHANGES_PATH, wire.ChangesRequest(token=token, wait=wait))).content).token
 
-    async def wait_for_work(self, token: str, wait: float) -> str:
+    async def wait_for_work(self, token: str, wait: float) -> wire.WorkToken:
         """The master's new-runs token, once it differs from ``token`` (a flow run a worker
-        may take was created) or after ``wait`` seconds (schedulemaster/master/new_runs.py)."""
-        return wire.ChangeToken.model_validate_json((await self._call(
-            "POST", wire.WORK_WAIT_PATH, wire.ChangesRequest(token=token, wait=wait))).content).token
+        may take was created) or after ``wait`` seconds, with the runs created since
+        (schedulemaster/master/new_runs.py)."""
+        return wire.WorkToken.model_validate_json((await self._call(
+            "POST", wire.WORK_WAIT_PATH, wire.ChangesRequest(token=token, wait=wait))).content)
 
     async def read_tasks(self, request: wire.TasksRequest) -> wire.TasksPage:
         """Task deployments' own columns, read in SQL by the master: Prefect's deployment

@@ -105,6 +105,14 @@ class ChangeToken(BaseModel):
     token: str
 
 
+class WorkToken(ChangeToken):
+    """The new-runs token, and the runs created since the token asked about (each as Prefect's
+    API answers a flow run, JSON); None when the master does not hold them all
+    (schedulemaster/master/new_runs.py)."""
+
+    runs: list[str] | None = None
+
+
 class TasksRequest(BaseModel):
     """These tasks (``ids``), or a page of every task, newest first."""
 

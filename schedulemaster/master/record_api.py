@@ -25,7 +25,7 @@ from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
 
 from schedulemaster.coordination.wire import (MAX_RECORDS, ChangesRequest, ChangeToken, FiringRecord, KnownTask,
                                               RecordResult, RunFailure, TaskRow, TasksPage, TasksRequest,
-                                              TaskTrouble, TaskVersion, TaskVersions, VersionsRequest)
+                                              TaskTrouble, TaskVersion, TaskVersions, VersionsRequest, WorkToken)
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.deployments.tasks import HTTP_TAG, NODE_TAG, TaskRepository
 from schedulemaster.master import bulk_runs
@@ -278,13 +278,14 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
         return ChangeToken(token=await changes.wait(body.token, body.wait))
 
     @router.post("/work/wait")
-    async def work_wait(body: ChangesRequest) -> ChangeToken:
+    async def work_wait(body: ChangesRequest) -> WorkToken:
         """Answers when a flow run a worker may take was created, or after the wait asked for
-        (new_runs.py): the node then reads its queues at once."""
+        (new_runs.py), with the runs created since: the node takes its own at once."""
         if new_runs is None:
             await asyncio.sleep(body.wait)
-            return ChangeToken(token="")
-        return ChangeToken(token=await new_runs.wait(body.token, body.wait))
+            return WorkToken(token="")
+        token = await new_runs.wait(body.token, body.wait)
+        return WorkToken(token=token, runs=new_runs.runs_since(body.token) if token != body.token else [])
 
     @router.post("/tasks/trouble")
     async def task_trouble(request: Request, body: TaskTrouble) -> dict:

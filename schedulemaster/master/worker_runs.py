@@ -11,6 +11,7 @@ and the nodes are told at once (master/new_runs.py).
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -36,7 +37,9 @@ class WorkerRuns:
         async with db.session_context(begin_transaction=True, with_for_update=True) as session:
             dep = (await session.execute(sa.select(
                 D.flow_id, D.version, D.tags, D.labels, D.work_queue_name, D.work_queue_id,
-                D.job_variables).where(D.id == task_id))).first()
+                D.job_variables, db.WorkPool.name.label("pool")).select_from(D)
+                .outerjoin(db.WorkQueue, db.WorkQueue.id == D.work_queue_id)
+                .outerjoin(db.WorkPool, db.WorkPool.id == db.WorkQueue.work_pool_id).where(D.id == task_id))).first()
             if dep is None:
                 raise LookupError(f"task {task_id} not found")
             run = schemas.core.FlowRun(
@@ -48,8 +51,9 @@ class WorkerRuns:
             inserted = await bulk_runs.insert_runs(session, [run], {task_id: dep.labels or {}})
             events = await bulk_runs.state_change_events(session, inserted)
         await bulk_runs.emit(events)  # after the commit, as record_api does
-        if self.new_runs is not None:
-            self.new_runs.created()
+        if self.new_runs is not None:  # the run handed to the woken nodes as the API would answer it
+            self.new_runs.created(json.dumps({**run.model_dump(mode="json"), "work_pool_name": dep.pool})
+                                  if inserted else None)
         return run.id
 
 

@@ -29,7 +29,6 @@ from typing import Any, Callable
 from schedulemaster.coordination.wire import RunFailure
 from schedulemaster.deployments import chain
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
-from schedulemaster.deployments.tasks import run_name
 from schedulemaster.flows.http_task import perform_http
 from schedulemaster.flows.task_flow import attempts
 from schedulemaster.node.plugins import PluginError
@@ -48,7 +47,7 @@ class DirectRun:
     """One flow run, taken and run by the node (``run``)."""
 
     def __init__(self, client, flow_run, *, labels: dict[str, str], settings: Callable[[], dict[str, Any]],
-                 http_session: Callable[[], Any], plugin_host, report_failure):
+                 http_session: Callable[[], Any], plugin_host, report_failure, running_child=None):
         self.client = client
         self.run_ = flow_run
         self.labels = labels
@@ -56,6 +55,8 @@ class DirectRun:
         self.http_session = http_session
         self.plugins = plugin_host
         self.report_failure = report_failure  # async (RunFailure) -> None: the keepers' mail
+        #: async (task id) -> its record when Running: the node's task book (FiringLoop.running_child)
+        self.running_child = running_child or (lambda cid: chain.running_child(client, cid))
         self.lines: list[Any] = []
 
     def log(self, level: int, message: str) -> None:
@@ -101,7 +102,7 @@ class DirectRun:
 
         for cid in chain.child_ids(spec, self.run_.deployment_id):
             try:
-                child = await chain.running_child(self.client, cid)
+                child = await self.running_child(cid)
                 if child is None:
                     self.log(logging.INFO, f"子任务 {cid} 不在运行状态，未触发")
                     continue
@@ -111,11 +112,8 @@ class DirectRun:
                 link = await self.client.create_task_run(
                     link_task, flow_run_id=self.run_.id, dynamic_key=str(cid), name=f"next → {child.spec.Title}",
                     state=Completed())
-                await self.client.create_flow_run_from_deployment(
-                    cid, parameters={"task": child.spec.wire(), "previous_result": chain.jsonable(result)},
-                    parent_task_run_id=link.id, tags=["sm:next"],
-                    name=run_name(child.spec.Title, f"next of {spec.Title}"),
-                    idempotency_key=chain.child_firing_id(cid, str(self.run_.id)))
+                await chain.create_child_run(self.client, child, str(self.run_.id), result, spec.Title,
+                                             parent_task_run_id=link.id)
                 self.log(logging.INFO, f"已触发子任务 {cid} [{child.spec.Title}]")
             except Exception as exc:
                 self.log(logging.ERROR, f"子任务 {cid} 触发失败：{exc}")

@@ -741,6 +741,14 @@ class FiringLoop:
                 return
             await asyncio.sleep(wait)
 
+    async def running_child(self, cid: uuid.UUID) -> dep.TaskRecord | None:
+        """The child's record when it is Running, from the task book's records (synced within a
+        second of a change); read from Prefect when this node has not seen the task yet."""
+        if cid in self.records:
+            rec = self.records[cid]
+            return rec if rec is not None and rec.status == Status.Running else None
+        return await chain.running_child(self.client, cid)
+
     async def trigger_children(self, entry: Entry, fid: str, result: Any) -> None:
         """Nexts: each Running child runs once now, here when this node owns it, else on its node."""
         for cid in chain.child_ids(entry.spec, entry.task_id):
@@ -751,11 +759,10 @@ class FiringLoop:
                     self._spawn(self.fire(child, utcnow(), previous_result=result, parent=fid,
                                           parent_task=entry.task_id, fid=cfid))
                     continue
-                rec = await chain.running_child(self.client, cid)
+                rec = await self.running_child(cid)
                 if rec is None:
                     log.info("task %s: child %s is not Running; not triggered", entry.task_id, cid)
                     continue
-                await chain.submit_child(self.client, self.work_pool, rec, fid, result,
-                                         entry.spec.Title)
+                await chain.create_child_run(self.client, rec, fid, result, entry.spec.Title)
             except Exception as exc:  # one child's trouble must not stop the others
                 log.error("task %s: child %s not triggered: %s", entry.task_id, cid, exc)

@@ -32,7 +32,7 @@ from prefect.workers.base import BaseJobConfiguration, BaseVariables, BaseWorker
 
 from schedulemaster.deployments.pool import WORKER_TYPE
 from schedulemaster.deployments.pool import base_job_template as pool_template
-from schedulemaster.deployments.tasks import DEFAULT_QUEUE, NODE_QUEUE_PREFIX
+from schedulemaster.deployments.tasks import DEFAULT_QUEUE, NODE_QUEUE_PREFIX, TASKS_QUEUE
 from schedulemaster.settings import Settings
 
 log = logging.getLogger("schedulemaster.node")
@@ -177,7 +177,8 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
         token = ""
         while True:
             try:
-                seen, token = token, await master.wait_for_work(token, NEW_RUNS_WAIT)
+                answer = await master.wait_for_work(token, NEW_RUNS_WAIT)
+                seen, token = token, answer.token
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the master is away: the worker's own poll goes on meanwhile
@@ -186,9 +187,28 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
                 continue
             if seen and token != seen:
                 try:
-                    await self.get_and_submit_flow_runs()
+                    if answer.runs is None:  # the master does not hold them all: read the queues
+                        await self.get_and_submit_flow_runs()
+                    elif self._has_successfully_synced and self._accepting():
+                        await self._submit_scheduled_flow_runs(flow_run_response=[
+                            SimpleNamespace(flow_run=r) for r in self._handed_runs(answer.runs)])
                 except Exception as exc:
-                    log.warning("reading the queues after a new run failed: %s", exc)
+                    log.warning("taking a new run failed: %s", exc)
+
+    def _handed_runs(self, texts: list[str]) -> list[FlowRun]:
+        """The runs the master handed over that this node would have found in its queues."""
+        out = []
+        due = datetime.now(timezone.utc) + timedelta(seconds=self._prefetch_seconds)
+        for text in texts:
+            try:
+                run = FlowRun.model_validate_json(text)
+            except ValueError:
+                continue
+            if (run.state is not None and run.state.is_scheduled() and run.work_pool_name == self._work_pool_name
+                    and run.expected_start_time is not None and run.expected_start_time <= due
+                    and run.work_queue_name in {*self._work_queues, TASKS_QUEUE} and self._takes(run)):
+                out.append(run)
+        return out
 
     async def teardown(self, *exc_info: Any) -> None:
         """Stop taking firings; let the ones in flight finish and be recorded; then the worker."""
@@ -234,8 +254,6 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
         from prefect.client.schemas.objects import StateType
         from prefect.client.schemas.sorting import FlowRunSort
 
-        from schedulemaster.deployments.tasks import TASKS_QUEUE
-
         if not self._accepting():
             return []
         before = datetime.now(timezone.utc) + timedelta(seconds=self._prefetch_seconds)
@@ -246,11 +264,13 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
                 expected_start_time=FlowRunFilterExpectedStartTime(before_=before)),
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
             sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=50)
-        # Prefect's scheduler passes task deployments by (prefect_patches #8); an auto-scheduled
-        # run of a task (a server without that change) is skipped: the firing loop fires those instants.
-        return [SimpleNamespace(flow_run=r) for r in runs
-                if r.work_queue_name != TASKS_QUEUE
-                or (not r.auto_scheduled and self._accepts_task_run(r))]
+        return [SimpleNamespace(flow_run=r) for r in runs if self._takes(r)]
+
+    def _takes(self, run: FlowRun) -> bool:
+        """Whether a Scheduled run found in (or handed over for) this node's queues is its to take.
+        Prefect's scheduler passes task deployments by (prefect_patches #8); an auto-scheduled
+        run of a task (a server without that change) is skipped: the firing loop fires those instants."""
+        return run.work_queue_name != TASKS_QUEUE or (not run.auto_scheduled and self._accepts_task_run(run))
 
     async def _submit_run(self, flow_run: FlowRun) -> None:
         """A task's run is taken and run by the node itself (node/direct_runs.py: ~0.3 s sooner
@@ -269,7 +289,8 @@ class NodeWorker(BaseWorker[NodeJobConfiguration, NodeVariables, NodeWorkerResul
         try:
             await DirectRun(self.client, flow_run, labels=labels, settings=lambda: firing.settings,
                             http_session=lambda: firing.http, plugin_host=firing.plugins,
-                            report_failure=firing.master.report_failure).run()
+                            report_failure=firing.master.report_failure,
+                            running_child=firing.running_child).run()
         except Exception:
             log.exception("flow run %s could not be run", flow_run.id)
         finally:  # what BaseWorker._submit_run does when a run ends

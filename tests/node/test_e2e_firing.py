@@ -256,3 +256,29 @@ def test_a_run_once_parent_runs_its_child_as_a_subflow(system, receiver):
                == "COMPLETED", timeout=30)
     for tid in (parent, child):
         system.post("Stop", data={"id": tid})
+
+
+def test_a_scheduled_parents_child_runs_on_the_node_that_owns_it(system, receiver):
+    """The parent's node creates the child's run in the child task's own queue (node/firing.py
+    trigger_children); the child's node, woken by the master, takes it: once per parent firing."""
+    node = system.start_node("childnode")
+    try:
+        system.wait_node("childnode")
+        child = system.create_http(receiver.url("/sched-chain/child"), cron="0 0 3 * * ?", Title="sched child",
+                                   Executors="childnode", RunNow="true")
+        parent = system.create_http(receiver.url("/sched-chain/parent"), cron="0/2 * * * * ?",
+                                    Title="sched parent", Executors="worker1", Nexts=child, RunNow="true")
+        receiver.wait_for("/sched-chain/child", 3, timeout=60)
+        system.post("Stop", data={"id": parent})
+        time.sleep(1)  # the last parent firing's child arrives
+        fired = [r for r in system.flow_runs(parent) if "fire" in r["parameters"]]
+        wait_until(lambda: len(receiver.at("/sched-chain/child")) >= len(fired) or None, timeout=30)
+        children = wait_until(lambda: (lambda rs: rs if len(rs) >= len(fired) and all(
+            r["state_type"] == "COMPLETED" for r in rs) else None)(
+            [r for r in system.flow_runs(child) if "sm:next" in r["tags"]]), timeout=30)
+        assert len(receiver.at("/sched-chain/child")) == len(children) == len(fired)  # once each
+        assert {r["labels"].get("prefect.worker.name") for r in children} == {"childnode"}
+        assert {r["parameters"]["fire"]["node"] for r in fired} == {"worker1"}
+        system.post("Stop", data={"id": child})
+    finally:
+        system.stop_node(node)
