@@ -22,6 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from schedulemaster.deployments import run_counts
 from schedulemaster.deployments.prefect_schedule import display_schedule
 from schedulemaster.deployments.spec import TaskSpec, spec_of, spec_or_none
 
@@ -642,7 +643,9 @@ class TaskRepository:
         """Delete a task and drop it from its parents' Nexts, in one transaction."""
         from prefect.server import models
 
+        await run_counts.ensure()
         async with self._write() as session:
+            await run_counts.forget(session, task_id)
             for parent in parents:
                 nexts = [n for n in parent.spec.Nexts if n != str(task_id)]
                 await self._update(session, parent.id, parent.spec.model_copy(update={"Nexts": nexts}),
@@ -653,18 +656,13 @@ class TaskRepository:
             return await models.deployments.delete_deployment(session=session, deployment_id=task_id)
 
     async def run_stats_of(self, task_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[int, datetime | None]]:
-        """(TotalRunCount, LastRunTime) of many tasks in one grouped query (a QueryList page)."""
-        from prefect.server.schemas.states import StateType
-
-        F = self.db.FlowRun
+        """(TotalRunCount, LastRunTime) of many tasks: their counters (deployments/run_counts.py),
+        one indexed read whatever their histories hold."""
         if not task_ids:
             return {}
+        await run_counts.ensure()
         async with self._read() as session:
-            rows = (await session.execute(
-                sa.select(F.deployment_id, sa.func.count(), sa.func.max(F.end_time))
-                .where(F.deployment_id.in_(task_ids), F.state_type == StateType.COMPLETED)
-                .group_by(F.deployment_id))).all()
-        return {row[0]: (row[1], row[2]) for row in rows}
+            return await run_counts.read(session, task_ids)
 
     async def run_stats(self, task_id: uuid.UUID) -> tuple[int, datetime | None]:
         """(TotalRunCount, LastRunTime): successful runs, from Prefect's own run records."""

@@ -37,6 +37,7 @@ from zoneinfo import ZoneInfo
 
 from sqlmodel import Session, select
 
+from schedulemaster.deployments import run_counts
 from schedulemaster.deployments.spec import TaskSpec
 from schedulemaster.deployments.tasks import Status, TaskRecord
 from schedulemaster.master import bulk_runs
@@ -526,6 +527,7 @@ async def write_history(runs: list[HistoricalRun]) -> tuple[set[str], set[uuid.U
     from prefect.server.database import provide_database_interface
 
     db = provide_database_interface()
+    await run_counts.ensure()  # before the transaction: the runs written Completed are counted
     async with db.session_context(begin_transaction=True, with_for_update=True) as session:
         # the columns a run copies from its deployment, for the whole batch in one query
         D = db.Deployment

@@ -24,6 +24,7 @@ import logging
 from types import SimpleNamespace
 from uuid import UUID
 
+from schedulemaster.deployments import run_counts
 from schedulemaster.sqlite_rows import insert_rows
 
 log = logging.getLogger("schedulemaster.record")
@@ -37,7 +38,9 @@ _NOT_COLUMNS = {"created", "state", "estimated_run_time", "estimated_start_time_
 async def insert_runs(session, runs: list, labels: dict[UUID, dict]) -> list:
     """Insert `runs` (``schemas.core.FlowRun`` with a terminal ``state``, or a Scheduled one
     whose expected and next start times are set, and an idempotency key) in the open
-    transaction of `session`; `labels` maps a deployment id to its labels.
+    transaction of `session`; `labels` maps a deployment id to its labels. Completed runs are
+    counted for their tasks: a caller writing them awaits ``run_counts.ensure()`` before its
+    transaction.
     Returns the runs inserted: one whose (flow, idempotency key) already has a run is skipped,
     as Prefect's create_flow_run does."""
     import sqlalchemy as sa
@@ -77,6 +80,8 @@ async def insert_runs(session, runs: list, labels: dict[UUID, dict]) -> list:
         done = [run for run in runs if run.id in inserted]
     if not done:
         return []
+    # each task's successful runs and its last one (deployments/run_counts.py; the caller ensured the table)
+    await run_counts.add(session, run_counts.tally(done))
     states = []
     for run in done:
         # what orchestration stamps on a flow run's state (and a subflow's: its parent task run)

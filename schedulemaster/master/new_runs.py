@@ -96,19 +96,19 @@ class NewRuns:
 
         await self.app(scope, receive, watch)
         if status is not None and 200 <= status < 300:
-            self.created(_text(bytes(body), encoding) if body is not None else None)
+            self.created(answer_text(bytes(body), encoding, MAX_RUN_BYTES) if body is not None else None)
 
 
-def _text(body: bytes, encoding: bytes) -> str | None:
-    """The answer's JSON text (Prefect's app gzips answers over 500 bytes); None if unreadable
-    or, unzipped, larger than MAX_RUN_BYTES."""
+def answer_text(body: bytes, encoding: bytes, limit: int) -> str | None:
+    """An answer's JSON text (Prefect's app gzips answers over 500 bytes); None if unreadable
+    or, unzipped, larger than ``limit`` bytes."""
     try:
         if encoding == b"gzip":
-            body = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, MAX_RUN_BYTES + 1)
+            body = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, limit + 1)
         elif encoding:
             return None
-        return body.decode() if len(body) <= MAX_RUN_BYTES else None
+        return body.decode() if len(body) <= limit else None
     except (zlib.error, UnicodeDecodeError):
         return None
 
-__all__ = ["NewRuns"]
+__all__ = ["NewRuns", "answer_text"]

@@ -204,6 +204,7 @@ async def serve_master(settings: Settings) -> None:
     from schedulemaster.ms_compat.import_target import ImportTarget
     from schedulemaster.master.task_changes import TaskChanges
     from schedulemaster.master.new_runs import NewRuns
+    from schedulemaster.master.completed_runs import CompletedRuns
     from schedulemaster.master.worker_runs import WorkerRuns
     from schedulemaster.master.task_trouble import Troubles
     from schedulemaster.master.metrics import Metrics
@@ -262,7 +263,7 @@ async def serve_master(settings: Settings) -> None:
     metrics = Metrics(store, settings.work_pool, lambda: read_disabled(client), legacy_app.state.authenticator,
                       settings.metrics_open, unschedulable=lambda: len(watch.said))
     await asyncio.to_thread(metrics.start)
-    new_runs = NewRuns(prefect_app)  # nodes hear of a run for their worker at once
+    new_runs = NewRuns(CompletedRuns(prefect_app))  # nodes hear of a run for their worker at once
     mount_record_api(prefect_app, mailer.task_failed, packages, importer, store.engine, coordination,
                      settings.run_events, changes, metrics.firings.observe, new_runs, troubles)
     servers = [_Server(FollowUiSwitches(new_runs), settings.prefect_host, settings.prefect_port),

@@ -26,6 +26,7 @@ from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
 from schedulemaster.coordination.wire import (MAX_RECORDS, ChangesRequest, ChangeToken, FiringRecord, KnownTask,
                                               RecordResult, RunFailure, TaskRow, TasksPage, TasksRequest,
                                               TaskTrouble, TaskVersion, TaskVersions, VersionsRequest, WorkToken)
+from schedulemaster.deployments import run_counts
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.deployments.tasks import HTTP_TAG, NODE_TAG, TaskRepository
 from schedulemaster.master import bulk_runs
@@ -113,6 +114,7 @@ async def _record_transaction(records: list[FiringRecord], on_failure: OnFailure
 
     db = provide_database_interface()
     recorded, unknown, firings = 0, set(), {}
+    await run_counts.ensure()  # before the transaction (its own would wait on this one's lock)
     async with db.session_context(begin_transaction=True, with_for_update=True) as session:
         # Only the columns a run needs, one query per batch: reading each task's whole
         # deployment (models.deployments.read_deployment) parsed its parameters and schema

@@ -254,6 +254,10 @@ def test_a_run_once_parent_runs_its_child_as_a_subflow(system, receiver):
     assert link["flow_run_id"] == once["id"] and link["name"] == "next → once child"
     wait_until(lambda: child_run["id"] and system.pf("GET", f"/flow_runs/{child_run['id']}").json()["state_type"]
                == "COMPLETED", timeout=30)
+    # both became Completed through Prefect's API (not the recording path): counted all the same
+    for tid in (parent, child):
+        wait_until(lambda: system.detail(tid)["TotalRunCount"] == 1 or None, timeout=15)
+        assert system.detail(tid)["LastRunTime"] is not None
     for tid in (parent, child):
         system.post("Stop", data={"id": tid})
 
