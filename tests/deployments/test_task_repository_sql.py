@@ -52,6 +52,13 @@ async def main():
     total, page = await repo.page("alpha", 0, 10)
     assert total == 1 and [r.id for r in page] == [a], (total, page)
     assert (await repo.page("100%", 0, 10))[0] == 1 and (await repo.page("_", 0, 10))[0] == 0
+    # the deployment's name (the cleaned title) is looked at first: what it changed is still exact
+    d = uuid.uuid4()
+    await repo.create(d, spec(" nightly/β report "), "schedulemaster", schema)
+    for text, found in (("β report", [d]), ("nightly/β", [d]), ("nightly_β", []), (" nightly", [d]),
+                        ("report ", [d]), ("Report", [])):
+        assert [r.id for r in (await repo.page(text, 0, 10))[1]] == found, text
+    await repo.delete(d, [])
     assert [r.id for r in (await repo.page(None, 1, 1))[1]] == [b]  # newest first: c, b, a
     assert set(await repo.chains([a])) == {str(a), str(b)}
     assert [p.id for p in await repo.parents_of(a)] == [b]
