@@ -22,6 +22,8 @@ turn a stand-in Late; the next move makes it Scheduled again.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -78,6 +80,11 @@ class Upcoming:
         self.repo = repo or TaskRepository()
         self.versions: dict[uuid.UUID, datetime] = {}
         self.shown: dict[uuid.UUID, Shown] = {}
+        #: (instant, tie-break, task id) of each shown stand-in, soonest first: finding the due
+        #: ones scanned every shown task each second (5.5 ms at 10,000). An entry whose task
+        #: moved on or went since is skipped when it comes up.
+        self._due: list[tuple[datetime, int, uuid.UUID]] = []
+        self._seq = itertools.count()
         self._as_of: datetime | None = None
         self._token: str | None = None
         self._last_full = float("-inf")
@@ -114,8 +121,10 @@ class Upcoming:
             stale, gone = await self._changes()
             wanted: dict[uuid.UUID, Shown | None] = dict.fromkeys(gone)
             wanted.update(await self._running(stale))
-            for tid, task in self.shown.items():
-                if tid not in wanted and task.at is not None and task.at <= now:
+            while self._due and self._due[0][0] <= now:
+                at, _, tid = heapq.heappop(self._due)
+                task = self.shown.get(tid)
+                if tid not in wanted and task is not None and task.at == at:
                     wanted[tid] = task
             puts, drops = [], []
             for tid, task in wanted.items():
@@ -126,12 +135,14 @@ class Upcoming:
                 else:
                     task.at = at
                     self.shown[tid] = task
+                    heapq.heappush(self._due, (at, next(self._seq), tid))
                     puts.append(task)
             await self._write(puts, drops)
         except BaseException:
             # what was read is not written: the next look starts over from every task
             self.versions.clear()
             self.shown.clear()
+            self._due.clear()
             self._as_of = None
             raise
         return len(puts) + len(drops)
