@@ -45,6 +45,29 @@ def drop_databases(*names: str) -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def run_on_prefect_db(script: str, dialect: str, tmp_path, prefix: str) -> None:
+    """Run ``script`` (it reads the database URL from argv[1] and prints "ok" last) in a fresh
+    process against a new Prefect database: SQLite under ``tmp_path``, or a PostgreSQL database
+    ``<prefix>_<random>`` on this machine, dropped afterwards."""
+    import uuid
+
+    def run(url: str) -> None:
+        r = subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
+
+    if dialect == "sqlite":
+        return run(f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}")
+    require_postgres()
+    from schedulemaster.store.db import ensure_database
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    ensure_database(f"{PG.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}")
+    try:
+        run(f"{PG.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}")
+    finally:
+        drop_databases(name)
+
+
 def bench_credential() -> str:
     """Benchmarks start their systems with a Prefect credential they chose, and use it for
     their own clients and for the plain-Prefect workers they run against the same server.

@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from schedulemaster.deployments import run_counts
-from schedulemaster.master.new_runs import answer_text
+from schedulemaster.master.answers import pass_through
 
 log = logging.getLogger("schedulemaster.record")
 
@@ -41,30 +41,11 @@ class CompletedRuns:
                  and scope.get("method") == "POST" else None)
         if match is None:
             return await self.app(scope, receive, send)
-        status, encoding, body = None, b"", bytearray()
-
-        async def watch(message):
-            nonlocal status, encoding, body
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                encoding = dict(message.get("headers") or []).get(b"content-encoding", b"")
-            elif message["type"] == "http.response.body" and body is not None:
-                body.extend(message.get("body", b""))
-                if len(body) > MAX_ANSWER:
-                    body = None
-            await send(message)
-
-        await self.app(scope, receive, watch)
-        if (status is not None and 200 <= status < 300 and body is not None
-                and accepted_completed(answer_text(bytes(body), encoding, MAX_ANSWER))):
+        status, text = await pass_through(self.app, scope, receive, send, MAX_ANSWER)
+        if status is not None and 200 <= status < 300 and accepted_completed(text):
             task = asyncio.create_task(count_completed(uuid.UUID(match.group(1))))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
-
-    async def drain(self) -> None:
-        """Wait for the counts still being written (the master is stopping)."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
 
 
 async def count_completed(run_id: uuid.UUID) -> None:

@@ -23,8 +23,9 @@ import asyncio
 import contextlib
 import re
 import uuid
-import zlib
 from collections import deque
+
+from schedulemaster.master.answers import pass_through
 
 #: the calls that create a flow run a worker may take
 _CREATES = re.compile(r"/api/(?:deployments/[0-9a-fA-F-]{36}/create_flow_run|flow_runs)/?$")
@@ -81,34 +82,9 @@ class NewRuns:
     async def __call__(self, scope, receive, send):
         if scope.get("type") != "http" or scope.get("method") != "POST" or not _CREATES.search(scope.get("path", "")):
             return await self.app(scope, receive, send)
-        status, encoding, body = None, b"", bytearray()
-
-        async def watch(message):
-            nonlocal status, encoding, body
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                encoding = dict(message.get("headers") or []).get(b"content-encoding", b"")
-            elif message["type"] == "http.response.body" and body is not None:
-                body.extend(message.get("body", b""))
-                if len(body) > MAX_RUN_BYTES:
-                    body = None
-            await send(message)
-
-        await self.app(scope, receive, watch)
+        status, text = await pass_through(self.app, scope, receive, send, MAX_RUN_BYTES)
         if status is not None and 200 <= status < 300:
-            self.created(answer_text(bytes(body), encoding, MAX_RUN_BYTES) if body is not None else None)
+            self.created(text)
 
 
-def answer_text(body: bytes, encoding: bytes, limit: int) -> str | None:
-    """An answer's JSON text (Prefect's app gzips answers over 500 bytes); None if unreadable
-    or, unzipped, larger than ``limit`` bytes."""
-    try:
-        if encoding == b"gzip":
-            body = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body, limit + 1)
-        elif encoding:
-            return None
-        return body.decode() if len(body) <= limit else None
-    except (zlib.error, UnicodeDecodeError):
-        return None
-
-__all__ = ["NewRuns", "answer_text"]
+__all__ = ["NewRuns"]

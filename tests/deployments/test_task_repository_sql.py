@@ -4,13 +4,9 @@ refused to start once). In-process against Prefect's own schema, no live system.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import uuid
-
 import pytest
 
-from helpers import PG, drop_databases, require_postgres
+from helpers import run_on_prefect_db
 
 SCRIPT = r'''
 import asyncio, os, sys, tempfile, uuid
@@ -145,24 +141,7 @@ asyncio.run(main())
 '''
 
 
-def _run(url: str) -> None:
-    r = subprocess.run([sys.executable, "-c", SCRIPT, url], capture_output=True, text=True, timeout=240)
-    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-4000:]
-
-
 @pytest.mark.timeout(300)
-def test_the_repository_sql_on_sqlite(tmp_path):
-    _run(f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}")
-
-
-@pytest.mark.timeout(300)
-def test_the_repository_sql_on_postgresql():
-    require_postgres()
-    name = f"sm_repo_{uuid.uuid4().hex[:8]}"
-    from schedulemaster.store.db import ensure_database
-
-    ensure_database(f"{PG.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}")
-    try:
-        _run(f"{PG.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}")
-    finally:
-        drop_databases(name)
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_the_repository_sql(dialect, tmp_path):
+    run_on_prefect_db(SCRIPT, dialect, tmp_path, "sm_repo")
