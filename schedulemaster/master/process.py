@@ -263,7 +263,8 @@ async def serve_master(settings: Settings) -> None:
     metrics = Metrics(store, settings.work_pool, lambda: read_disabled(client), legacy_app.state.authenticator,
                       settings.metrics_open, unschedulable=lambda: len(watch.said))
     await asyncio.to_thread(metrics.start)
-    new_runs = NewRuns(CompletedRuns(prefect_app))  # nodes hear of a run for their worker at once
+    # nodes hear of a run for their worker at once; runs completed through the API are counted
+    new_runs = NewRuns(CompletedRuns(prefect_app))
     mount_record_api(prefect_app, mailer.task_failed, packages, importer, store.engine, coordination,
                      settings.run_events, changes, metrics.firings.observe, new_runs, troubles)
     servers = [_Server(FollowUiSwitches(new_runs), settings.prefect_host, settings.prefect_port),

@@ -56,7 +56,8 @@ RECONCILE_SECONDS = 120.0  # every task's version compared (see sync)
 #: how often the live nodes, their weights and the disabled list are re-read; SM_NODES_REFRESH_SECONDS
 #: overrides (the tests use 1 s instead of waiting out 5)
 NODES_SECONDS = float(os.environ.get("SM_NODES_REFRESH_SECONDS") or 5.0)
-#: instants one gap may count before saying "at least" (a day of a one-second cron is 86,400)
+
+
 def firing_id(task_id: uuid.UUID, at: datetime) -> str:
     """Deterministic per (task, instant): every node and every retry agrees on it."""
     return str(uuid.uuid5(task_id, at.astimezone(timezone.utc).isoformat()))

@@ -17,6 +17,7 @@ from schedulemaster.deployments import plan
 from schedulemaster.deployments.policy import MAX_CATCH_UP
 from schedulemaster.deployments.spec import TaskSpec
 
+#: instants one gap may count before saying "at least" (a day of a one-second cron is 86,400)
 MAX_COUNTED = 10_000
 
 
@@ -25,9 +26,6 @@ class MisfirePlan:
     fire: list[datetime] = field(default_factory=list)    # fired now, oldest first
     missed: list[datetime] = field(default_factory=list)  # recorded as one Missed run
     complete: bool = True  # False: the gap had more instants than were counted
-
-    def __bool__(self) -> bool:
-        return bool(self.fire or self.missed)
 
 
 def plan_gap(spec: TaskSpec, since: datetime, now: datetime) -> MisfirePlan:
