@@ -113,33 +113,56 @@ class WorkToken(ChangeToken):
     runs: list[str] | None = None
 
 
+class PageMark(BaseModel):
+    """The last row of a page of tasks (newest first): the next page starts after it."""
+
+    created: datetime
+    id: UUID
+
+
 class TasksRequest(BaseModel):
-    """These tasks (``ids``), or a page of every task, newest first."""
+    """These tasks (``ids``), or a page of every task, newest first: after ``offset`` rows, or
+    (cheaper far into the list: nothing is skipped row by row) the tasks older than ``before``."""
 
     ids: list[UUID] | None = Field(default=None, max_length=MAX_TASKS)
     offset: int = Field(default=0, ge=0)
+    before: PageMark | None = None
     limit: int = Field(default=200, ge=1, le=MAX_TASKS)
     #: also each task's successful runs and the end of the last one (QueryList's numbers)
     stats: bool = False
 
 
-class TaskRow(BaseModel):
-    """A task deployment's columns that make its TaskRecord (deployments/tasks.record_of)."""
+class TaskColumns(BaseModel):
+    """A task deployment's columns but its parameters (``tasks_page_json`` adds them as text)."""
 
     id: UUID
     name: str
     tags: list[str]
     paused: bool
-    parameters: dict
     created: datetime
     updated: datetime
     total_runs: int | None = None  # with ``stats``
     last_run: datetime | None = None
 
 
+class TaskRow(TaskColumns):
+    """A task deployment's columns that make its TaskRecord (deployments/tasks.record_of)."""
+
+    parameters: dict
+
+
 class TasksPage(BaseModel):
     total: int
     rows: list[TaskRow]
+
+
+def tasks_page_json(total: int, rows: list[tuple[TaskColumns, str]]) -> bytes:
+    """A TasksPage as JSON, each row's parameters spliced in as the database holds them (JSON
+    text it wrote): decoding them to re-encode them was most of the master's cost of a page.
+    Written by hand because pydantic has no raw-JSON field to embed text as it is."""
+    parts = [columns.model_dump_json().encode()[:-1] + b',"parameters":' + (text or "{}").encode() + b"}"
+             for columns, text in rows]
+    return b'{"total":%d,"rows":[%s]}' % (total, b",".join(parts))
 
 
 # ---- claims -----------------------------------------------------------------------------

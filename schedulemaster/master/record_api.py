@@ -21,11 +21,12 @@ import asyncio
 from datetime import datetime, timedelta
 from typing import Callable
 
-from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Body, FastAPI, HTTPException, Request, Response
 
 from schedulemaster.coordination.wire import (MAX_RECORDS, ChangesRequest, ChangeToken, FiringRecord, KnownTask,
-                                              RecordResult, RunFailure, TaskRow, TasksPage, TasksRequest,
-                                              TaskTrouble, TaskVersion, TaskVersions, VersionsRequest, WorkToken)
+                                              RecordResult, RunFailure, TaskColumns, TasksPage, TasksRequest,
+                                              TaskTrouble, TaskVersion, TaskVersions, VersionsRequest, WorkToken,
+                                              tasks_page_json)
 from schedulemaster.deployments import run_counts
 from schedulemaster.deployments.spec import TaskSpec, spec_or_none
 from schedulemaster.deployments.tasks import HTTP_TAG, NODE_TAG, TaskRepository
@@ -299,20 +300,20 @@ def create_record_app(on_failure: OnFailure | None = None, packages=None, store_
             troubles.report(body.task_id, body.node, body.message)
         return {}
 
-    @router.post("/tasks/read")
-    async def read_tasks(body: TasksRequest) -> TasksPage:
+    @router.post("/tasks/read", response_model=TasksPage)
+    async def read_tasks(body: TasksRequest) -> Response:
         """Task deployments' own columns (the node's sync, the notebook's task list)."""
         repo = TaskRepository()
-        total, rows = await repo.rows(body.ids, body.offset, body.limit)
+        before = (body.before.created, body.before.id) if body.before is not None else None
+        total, rows = await repo.rows(body.ids, body.offset, body.limit, parameters_text=True, before=before)
         # from a plain dict of each row: read from the Row (as attributes or its mapping), each
-        # absent stats field costs a KeyError raised and handled inside SQLAlchemy (py-spy: most
-        # of the master's time for a page of 1,000)
-        page = [TaskRow.model_validate(dict(row._mapping)) for row in rows]
+        # absent stats field costs a KeyError raised and handled inside SQLAlchemy (py-spy)
+        page = [(TaskColumns.model_validate(dict(row._mapping)), row.parameters) for row in rows]
         if body.stats:
-            stats = await repo.run_stats_of([row.id for row in page])
-            for row in page:
-                row.total_runs, row.last_run = stats.get(row.id, (0, None))
-        return TasksPage(total=total, rows=page)
+            stats = await repo.run_stats_of([columns.id for columns, _text in page])
+            for columns, _text in page:
+                columns.total_runs, columns.last_run = stats.get(columns.id, (0, None))
+        return Response(tasks_page_json(total, page), media_type="application/json")
 
     @router.post("/failures")
     async def post_failure(failure: RunFailure) -> KnownTask:

@@ -100,17 +100,18 @@ def task_records(conn: Connection | None = None) -> dict[str, TaskRecord]:
 
 
 def _task_rows(conn: Connection, stats: bool) -> Iterator[tuple[wire.TaskRow, TaskRecord]]:
-    """Each task's row and record, MAX_TASKS per call (with its run numbers when ``stats``)."""
-    client = conn.prefect()
-
-    def read(limit: int, offset: int) -> list[wire.TaskRow]:
-        body = wire.TasksRequest(offset=offset, limit=limit, stats=stats).model_dump(mode="json")
-        return wire.TasksPage.model_validate_json(client.request("POST", wire.TASKS_READ_PATH, json=body).content).rows
-
-    for page in _pages(conn, read, size=wire.MAX_TASKS):
+    """Each task's row and record, MAX_TASKS per call (with its run numbers when ``stats``),
+    each page the tasks older than the last row of the one before."""
+    before = None
+    while True:
+        body = wire.TasksRequest(limit=wire.MAX_TASKS, stats=stats, before=before).model_dump(mode="json")
+        page = wire.TasksPage.model_validate_json(conn.master_post(wire.TASKS_READ_PATH, body)).rows
         for row in page:
             if (rec := record_of(row)) is not None:
                 yield row, rec
+        if len(page) < wire.MAX_TASKS:
+            return
+        before = wire.PageMark(created=page[-1].created, id=page[-1].id)
 
 
 def tasks(conn: Connection | None = None) -> pd.DataFrame:

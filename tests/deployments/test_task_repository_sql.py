@@ -134,6 +134,23 @@ async def main():
     assert shown.name == "gamma" and shown.created and shown.updated and shown.status == "READY"
     assert [(x.active, x.slug) for x in shown.schedules] == [(False, "quartz 0 * * * * ?")], shown.schedules
     assert shown.labels.get("prefect.flow.id") == str(orm.flow_id), shown.labels
+    # pages of one after a mark: every task once, newest first, two made at the same instant included;
+    # the parameters as the JSON text the database holds, the same document decoded
+    import json
+    async with db.session_context(begin_transaction=True) as s:
+        same = (await s.execute(sa.select(D.created).where(D.id == b))).scalar_one()
+        await s.execute(sa.update(D).where(D.id == c2).values(created=same))
+    total, every = await repo.rows(None, 0, 100)
+    seen, before = [], None
+    while True:
+        _total, page = await repo.rows(None, 0, 1, parameters_text=True, before=before)
+        seen += [row.id for row in page]
+        for row in page:
+            assert json.loads(row.parameters) == next(r.parameters for r in every if r.id == row.id)
+        if not page:
+            break
+        before = (page[-1].created, page[-1].id)
+    assert seen == [row.id for row in every] and len(seen) == total >= 5, (seen, every)
     print("ok")
 
 

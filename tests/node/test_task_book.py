@@ -59,10 +59,18 @@ def test_read_gives_the_rows_asked_for_or_a_page(book):
     assert {r["parameters"]["task"]["Title"] for r in some["rows"]} == {"book-000", "book-001", "book-002"}
     page = system.pf("POST", READ, json={"offset": 140, "limit": 100}).json()
     assert [r["id"] for r in page["rows"]] == list(reversed(ids))[140:]
+    # by mark: the page after a row holds what the offset would, the stats included
+    first = system.pf("POST", READ, json={"limit": 100, "stats": True}).json()
+    mark = {"created": first["rows"][-1]["created"], "id": first["rows"][-1]["id"]}
+    rest = system.pf("POST", READ, json={"limit": 100, "before": mark, "stats": True}).json()
+    assert [r["id"] for r in first["rows"] + rest["rows"]] == list(reversed(ids)) and rest["total"] == TASKS
+    assert rest["rows"][0]["total_runs"] == 0 and rest["rows"][0]["parameters"]["task"]["Title"] == "book-049"
 
 
 @pytest.mark.parametrize("body", [{"limit": 0}, {"limit": 1001}, {"offset": -1}, {"ids": "all"},
-                                  {"ids": ["00000000-0000-0000-0000-000000000000"] * 1001}, {"ids": ["nope"]}])
+                                  {"ids": ["00000000-0000-0000-0000-000000000000"] * 1001}, {"ids": ["nope"]},
+                                  {"before": {"created": "yesterday", "id": "00000000-0000-0000-0000-000000000000"}},
+                                  {"before": {"created": "2026-01-01T00:00:00Z"}}, {"before": "'; DROP TABLE x"}])
 def test_read_refuses_bad_bounds_and_ids(book, body):
     system, _ids = book
     assert system.pf("POST", READ, json=body).status_code == 422
