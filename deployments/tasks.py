@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
@@ -194,6 +195,16 @@ class TaskRepository:
 
     def _read(self):
         return self.db.session_context()
+
+    @asynccontextmanager
+    async def _snapshot(self):
+        """A read of several statements that all see the same commits: a transaction
+        (SQLite's reads each commit on their own outside one), REPEATABLE READ on PostgreSQL
+        (its READ COMMITTED lets each statement see commits made since the one before)."""
+        async with self.db.session_context(begin_transaction=True) as session:
+            if self.db.dialect.name == "postgresql":
+                await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+            yield session
 
     async def create(self, task_id: uuid.UUID, spec: TaskSpec, work_pool: str,
                      parameter_schema: dict[str, Any], status: Status = Status.Stop) -> None:
@@ -388,7 +399,10 @@ class TaskRepository:
         is empty where tokens do not follow commits (PostgreSQL): the node then looks every second."""
         D = self.db.Deployment
         changed = [self._tagged()] + ([D.updated >= since] if since is not None else [])
-        async with self._read() as session:
+        # one snapshot: a task created between the count and the rows made the count disagree
+        # with the rows, and the node then read every version again (at 10,000 tasks, most of
+        # the master's time while tasks were being created: py-spy)
+        async with self._snapshot() as session:
             probe = await self._probe(session)
             count = await self._task_count(session, probe)
             rows = (await session.execute(sa.select(D.id, D.updated).where(*changed))).all()

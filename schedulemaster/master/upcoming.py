@@ -187,8 +187,8 @@ class Upcoming:
 
     async def _write(self, puts: list[Shown], drops: list[uuid.UUID]) -> None:
         """Show ``puts`` at their instants and remove the stand-ins of ``drops``, in one
-        transaction: a stand-in still Scheduled (or Late) is moved in place, a few columns of
-        its run and state rows; any other is written anew (bulk_runs, as Prefect would)."""
+        transaction: a stand-in still Scheduled is moved in place, a few columns of its run
+        and state rows; any other (Late, cancelled) is written anew (bulk_runs, as Prefect would)."""
         import sqlalchemy as sa
         from prefect.server.schemas.states import StateType
 
@@ -200,9 +200,13 @@ class Upcoming:
         async with db.session_context(begin_transaction=True, with_for_update=True) as session:
             there: set[uuid.UUID] = set()
             ids = list(wanted)
+            # only a stand-in whose one state is its own Scheduled is moved in place: one that
+            # Prefect marked Late (a master too busy to move it in time) has a second state row,
+            # and moving both to one timestamp broke their unique key, failing every later write
             for i in range(0, len(ids), CHUNK):
                 there.update((await session.execute(sa.select(F.id).where(
-                    F.id.in_(ids[i:i + CHUNK]), F.state_type == StateType.SCHEDULED))).scalars())
+                    F.id.in_(ids[i:i + CHUNK]), F.state_type == StateType.SCHEDULED,
+                    F.state_name == "Scheduled"))).scalars())
             await _move(session, db, [(rid, t) for rid, t in wanted.items() if rid in there])
             new = [t for rid, t in wanted.items() if rid not in there]
             # a stand-in in another state (an operator cancelled it) is replaced; its state rows

@@ -312,6 +312,7 @@ class FiringLoop:
         full = self._as_of is None or loop_time - self._last_full >= RECONCILE_SECONDS
         answer = await self.master.task_versions(None if full else self._as_of - VERSION_OVERLAP)
         if not full and answer.count != len(self.versions) + len({v.id for v in answer.tasks} - self.versions.keys()):
+            log.debug("the task count (%d) disagrees with the versions known: every version read", answer.count)
             answer, full = await self.master.task_versions(None), True
         if full:
             self._last_full = loop_time
