@@ -76,9 +76,13 @@ class MasterClient:
         return wire.Released.model_validate_json((await self._call("POST", wire.RELEASE_PATH, request)).content).released
 
     async def latest(self, task_ids: Iterable[UUID]) -> dict[str, datetime]:
-        """Each task's latest claimed instant (tasks never claimed are absent)."""
-        body = wire.LatestRequest(task_ids=list(task_ids))
-        return _LATEST.validate_json((await self._call("POST", wire.LATEST_PATH, body)).content)
+        """Each task's latest claimed instant (tasks never claimed are absent), MAX_LATEST tasks
+        per call: a node taking over more tasks than one call carries still catches up."""
+        ids, out = list(task_ids), {}
+        for i in range(0, len(ids), wire.MAX_LATEST):
+            body = wire.LatestRequest(task_ids=ids[i:i + wire.MAX_LATEST])
+            out.update(_LATEST.validate_json((await self._call("POST", wire.LATEST_PATH, body)).content))
+        return out
 
     # ---- firings ----------------------------------------------------------------------
     async def record(self, records: list[wire.FiringRecord]) -> wire.RecordResult:

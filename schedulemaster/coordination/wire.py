@@ -196,8 +196,11 @@ class Released(BaseModel):
     released: int
 
 
+MAX_LATEST = 10_000  # tasks per latest-instants call (the client splits a longer list)
+
+
 class LatestRequest(BaseModel):
-    task_ids: list[UUID] = Field(max_length=10_000)
+    task_ids: list[UUID] = Field(max_length=MAX_LATEST)
 
 
 # ---- firings ----------------------------------------------------------------------------
