@@ -17,7 +17,8 @@ timestamps each arrival. In order:
    window; the master's and node's RSS; how many firings have a Prefect flow run 60 s later;
 4. API under that load: QueryList (100 rows, with and without a title filter) and
    QueryTaskDetail, 20 calls each; Pause/Resume on 20 tasks; `sm.tasks()` of the notebook API;
-5. stopped: every task stopped (the rate of that), then the CPU over --idle-seconds;
+5. stopped: every task stopped (the rate of that), then the CPU over --idle-seconds, 10 s
+   after the last Stop and again 60 s later (its aftermath done);
 6. plain Prefect on the same server: --baseline deployments of one flow with a cron schedule
    (paused, so its scheduler adds no load), created through Prefect's client, --concurrency
    at once: the rate.
@@ -278,6 +279,7 @@ def table(res: dict) -> list[str]:
         ("RSS (MB)", f"{f['rss_mb']}", f"master {GOALS['master_rss']}, node {GOALS['node_rss']}"),
         ("Stop every task", f"{res['stop']['rate']}/s, {res['stop']['failed']} failed", ""),
         ("idle CPU, all stopped (% of a core)", f"{res['stopped']['total']} {res['stopped']}", GOALS["cpu_stopped"]),
+        ("  the same, 60 s later", f"{res['stopped_later']['total']} {res['stopped_later']}", GOALS["cpu_stopped"]),
     ]
     width = max(len(r[0]) for r in rows)
     return [f"{a:<{width}}  {b}" + (f"   (goal {g})" if g else "") for a, b, g in rows]
@@ -308,6 +310,9 @@ async def scenario(system: System, rx: Receiver, args, res: dict) -> None:
         res["stop"] = await stop_all(session, system, ids, args.concurrency)
         await asyncio.sleep(10)
         res["stopped"] = await cpu_over(processes(system), args.idle_seconds)
+        # and once the Stops' aftermath (their events, the stand-ins removed) is done
+        await asyncio.sleep(60)
+        res["stopped_later"] = await cpu_over(processes(system), args.idle_seconds)
     if args.baseline:
         say(f"plain Prefect: {args.baseline} deployments")
         res["plain"] = await plain_prefect(system, args.baseline, args.concurrency)

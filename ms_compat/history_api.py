@@ -77,7 +77,7 @@ class History:
             total = (await session.execute(sa.select(sa.func.count()).select_from(fr).where(*where))).scalar_one()
             rows = (await session.execute(
                 sa.select(fr.id, fr.name, fr.state_type, fr.state_name, fr.start_time, fr.end_time, fr.expected_start_time,
-                          fr.parameters, fr.work_queue_name, fr.tags)
+                          fr.parameters, fr.work_queue_name, fr.tags, fr.labels)
                 .where(*where).order_by(fr.expected_start_time.desc())
                 .offset((page - 1) * size).limit(size))).all()
         out = []
@@ -89,8 +89,10 @@ class History:
                 kind = "firing"
             else:
                 kind = "run-once" if "sm:run-once" in (r.tags or []) else "run"
-            node = fire.get("node") or ((r.work_queue_name or "")[5:] if (r.work_queue_name or "").startswith("node-")
-                                        else None)
+            # a firing's record names its node; a run a node took from a queue carries the
+            # worker's label (a RunOnce from the shared queue says nothing else)
+            node = (fire.get("node") or (r.labels or {}).get("prefect.worker.name")
+                    or ((r.work_queue_name or "")[5:] if (r.work_queue_name or "").startswith("node-") else None))
             elapsed = ((r.end_time - r.start_time).total_seconds()
                        if r.start_time is not None and r.end_time is not None else 0.0)
             out.append({"TraceId": str(r.id), "ScheduleId": str(task_id), "Node": node, "Kind": kind,

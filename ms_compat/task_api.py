@@ -39,6 +39,10 @@ FORM = "application/x-www-form-urlencoded"
 MIN_YEAR = 1970  # a StartDate / EndDate before it is a typo (a task cannot end in year 1)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 SERVICE_ERROR = "服务出现异常请稍后再试！"
+STORE_BUSY = "存储繁忙，未作任何修改，请稍后再试！"  # the store busy: nothing was written, retry
+#: PostgreSQL's codes of a write that lost to another: serialization, deadlock, lock not
+#: available, statement timeout (asyncpg's own timeout is a TimeoutError)
+_BUSY_CODES = {"40001", "40P01", "55P03", "57014"}
 PLUGIN_START_TIMEOUT = 60  # seconds a Start waits for the node to load and initialize a plugin
 
 
@@ -50,6 +54,26 @@ class TaskError(Exception):
     def __init__(self, message: str, field: str | None = None):
         super().__init__(message)
         self.field = field
+
+
+def store_busy(exc: BaseException) -> bool:
+    """Whether a write failed because the store was busy (SQLite's lock past its wait, a
+    PostgreSQL lock or timeout, no pooled connection in time): its transaction rolled back,
+    and the same request later may well succeed."""
+    import sqlalchemy.exc as sa_exc
+
+    if isinstance(exc, (TimeoutError, sa_exc.TimeoutError)):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        orig = exc.orig
+        code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        return code in _BUSY_CODES or "database is locked" in str(orig) or "database is busy" in str(orig)
+    return False
+
+
+def failed_write(message: str, exc: BaseException):
+    """The original's failure answer of a write, saying to retry when the store was busy."""
+    return R.failed(f"{message} {STORE_BUSY}" if store_busy(exc) else message)
 
 
 class TaskService:
@@ -332,9 +356,9 @@ class TaskService:
         try:
             await self.repo.create(task_id, spec, self.work_pool, self.parameter_schema,
                                    Status.Running if at_once else Status.Stop)
-        except Exception:
+        except Exception as exc:
             log.exception("create failed")
-            return R.failed("数据保存失败!")
+            return failed_write("数据保存失败!", exc)
         if run_now:
             ok = at_once or json.loads((await self.start(task_id)).body)["Success"]
             return R.ok(f"任务创建成功！启动状态为：{'成功' if ok else '失败'}", str(task_id))
@@ -354,18 +378,19 @@ class TaskService:
         self.check_keepers(spec.Keepers)
         try:
             await self.repo.write(task_id, spec, Status.Stop, rename=spec.Title != rec.spec.Title, previous=rec.spec)
-        except Exception:
+        except Exception as exc:
             log.exception("edit failed")
-            return R.failed("任务编辑失败!")
+            return failed_write("任务编辑失败!", exc)
         return R.ok("任务编辑成功!")
 
-    async def _set(self, rec: TaskRecord, spec: TaskSpec, status: Status) -> bool:
+    async def _set(self, rec: TaskRecord, spec: TaskSpec, status: Status) -> Exception | None:
+        """Write the task's new status; the error when that failed (logged)."""
         try:
             await self.repo.write(rec.id, spec, status, previous=rec.spec)
-            return True
-        except Exception:
+            return None
+        except Exception as exc:
             log.exception("status update failed")
-            return False
+            return exc
 
     async def start(self, task_id: uuid.UUID):
         rec = await self.repo.read(task_id)
@@ -379,8 +404,8 @@ class TaskService:
         spec = self._started(rec.spec)
         if spec.is_plugin and not await self.start_plugin(task_id, spec):
             return R.failed("任务启动失败!")
-        if not await self._set(rec, spec, Status.Running):
-            return R.failed("更新任务状态失败!")
+        if (error := await self._set(rec, spec, Status.Running)) is not None:
+            return failed_write("更新任务状态失败!", error)
         return R.ok("任务启动成功!")
 
     def _cannot_start(self, task_id: uuid.UUID, spec: TaskSpec) -> str | None:
@@ -442,16 +467,16 @@ class TaskService:
         rec = await self.repo.read(task_id)
         if rec is None or rec.status != Status.Running:
             return R.failed("当前任务状态下不能暂停!")
-        if not await self._set(rec, rec.spec, Status.Paused):
-            return R.failed("任务暂停失败!")
+        if (error := await self._set(rec, rec.spec, Status.Paused)) is not None:
+            return failed_write("任务暂停失败!", error)
         return R.ok("任务暂停成功!")
 
     async def resume(self, task_id: uuid.UUID):
         rec = await self.repo.read(task_id)
         if rec is None or rec.status != Status.Paused:
             return R.failed("当前任务状态下不能恢复运行!")
-        if not await self._set(rec, rec.spec.resumed(), Status.Running):
-            return R.failed("任务恢复失败!")
+        if (error := await self._set(rec, rec.spec.resumed(), Status.Running)) is not None:
+            return failed_write("任务恢复失败!", error)
         return R.ok("任务恢复成功!")
 
     async def stop(self, task_id: uuid.UUID):
@@ -459,8 +484,8 @@ class TaskService:
         if rec is None or rec.status not in (Status.Running, Status.Paused):
             return R.failed("当前任务状态下不能停止!")
         spec = rec.spec.model_copy(update={"StartedAt": None, "ResumedAt": None})
-        if not await self._set(rec, spec, Status.Stop):
-            return R.failed("任务停止失败!")
+        if (error := await self._set(rec, spec, Status.Stop)) is not None:
+            return failed_write("任务停止失败!", error)
         return R.ok("任务已停止运行!")
 
     async def run_once(self, task_id: uuid.UUID):
@@ -490,9 +515,9 @@ class TaskService:
             # The original also dropped references in both directions.
             parents = await self.repo.parents_of(task_id)
             await self.repo.delete(task_id, parents)
-        except Exception:
+        except Exception as exc:
             log.exception("delete failed")
-            return R.failed("任务删除失败!")
+            return failed_write("任务删除失败!", exc)
         return R.ok("任务已删除!")
 
     async def query_list(self, name: str | None, page: int, size: int):
