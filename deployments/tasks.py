@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -168,6 +169,8 @@ def clean_name(title: str) -> str:
 _RELATED = None
 #: {(database interface, title filter): ((deployments, newest updated), tasks)}: TaskRepository._task_count
 _TASK_COUNTS: dict[tuple[int, str | None], tuple[tuple, int]] = {}
+_QUEUE_MAKING = asyncio.Lock()  # one maker of the tasks queue per process (make_tasks_queue)
+_QUEUES_MADE: set[tuple[int, str]] = set()  # (database, work pool) whose tasks queue was seen made
 
 
 def _token_of(probe: tuple) -> str:
@@ -213,6 +216,8 @@ class TaskRepository:
         from prefect.server import models, schemas
         from prefect.server.schemas.statuses import DeploymentStatus
 
+        if (id(self.db), work_pool) not in _QUEUES_MADE:
+            await self.make_tasks_queue(work_pool)
         async with self._write() as session:
             queue_id = await self._tasks_queue(session, work_pool)
             D = self.db.Deployment
@@ -274,20 +279,35 @@ class TaskRepository:
                     changed += 1
         return changed
 
+    def _tasks_queue_id(self, work_pool: str):
+        db = self.db
+        return (sa.select(db.WorkQueue.id).join(db.WorkPool, db.WorkQueue.work_pool_id == db.WorkPool.id)
+                .where(db.WorkPool.name == work_pool, db.WorkQueue.name == TASKS_QUEUE))
+
     async def _tasks_queue(self, session, work_pool: str) -> uuid.UUID:
-        """The tasks queue's id, made when missing (an indexed read; Prefect's lookup helper
-        costs milliseconds a Create)."""
+        """The tasks queue's id (an indexed read; Prefect's lookup helper costs milliseconds a
+        Create). It exists: ``make_tasks_queue`` runs before (a queue deleted in between fails
+        the Create, which the next one mends)."""
+        queue_id = (await session.execute(self._tasks_queue_id(work_pool))).scalar()
+        if queue_id is None:
+            _QUEUES_MADE.discard((id(self.db), work_pool))
+            raise LookupError(f"work pool {work_pool!r} has no {TASKS_QUEUE!r} queue")
+        return queue_id
+
+    async def make_tasks_queue(self, work_pool: str) -> None:
+        """Make the tasks queue when missing (the master's start, or a Create that finds none),
+        one at a time: concurrent first Creates each made it, and PostgreSQL refused all but one."""
         from prefect.server.api.workers import WorkerLookups
 
-        db = self.db
-        queue_id = (await session.execute(
-            sa.select(db.WorkQueue.id).join(db.WorkPool, db.WorkQueue.work_pool_id == db.WorkPool.id)
-            .where(db.WorkPool.name == work_pool, db.WorkQueue.name == TASKS_QUEUE))).scalar()
-        if queue_id is None:
-            queue_id = await WorkerLookups()._get_work_queue_id_from_name(
-                session=session, work_pool_name=work_pool, work_queue_name=TASKS_QUEUE,
-                create_queue_if_not_found=True)
-        return queue_id
+        async with _QUEUE_MAKING:
+            if (id(self.db), work_pool) in _QUEUES_MADE:
+                return
+            async with self._write() as session:
+                if (await session.execute(self._tasks_queue_id(work_pool))).first() is None:
+                    await WorkerLookups()._get_work_queue_id_from_name(
+                        session=session, work_pool_name=work_pool, work_queue_name=TASKS_QUEUE,
+                        create_queue_if_not_found=True)
+            _QUEUES_MADE.add((id(self.db), work_pool))
 
     async def _own_flow(self, session, title: str, task_id: uuid.UUID) -> str:
         """The task's own flow, with the task's id, named by its title (a name another flow

@@ -225,6 +225,7 @@ async def serve_master(settings: Settings) -> None:
         schema = parameter_schema(run_task).model_dump_for_openapi()
         services["task"] = TaskService(store, client, settings.timezone, settings.work_pool, schema,
                                        create_run=WorkerRuns(new_runs).create, trouble_of=troubles.reason)
+        await services["task"].repo.make_tasks_queue(settings.work_pool)
         if changed := await services["task"].repo.mark_ready():
             log.info("%d task deployments marked ready (never polled: nodes fire them)", changed)
         if changed := await services["task"].repo.mark_status_words():

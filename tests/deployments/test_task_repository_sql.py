@@ -162,3 +162,52 @@ asyncio.run(main())
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
 def test_the_repository_sql(dialect, tmp_path):
     run_on_prefect_db(SCRIPT, dialect, tmp_path, "sm_repo")
+
+
+FIRST_CREATES = r'''
+import asyncio, os, sys, tempfile, uuid
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp()
+os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = sys.argv[1]
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+from schedulemaster import prefect_patches
+prefect_patches.apply()
+import sqlalchemy as sa
+from prefect.server import models, schemas
+from prefect.server.database import provide_database_interface
+from prefect.utilities.callables import parameter_schema
+from schedulemaster.deployments.spec import spec_of
+from schedulemaster.deployments.tasks import TaskRepository
+from schedulemaster.flows.task_flow import run_task
+
+
+async def main():
+    db = provide_database_interface()
+    await db.create_db()
+    async with db.session_context(begin_transaction=True) as s:
+        await models.workers.create_work_pool(session=s, work_pool=schemas.actions.WorkPoolCreate(
+            name="schedulemaster", type="schedulemaster-node"))
+    schema = parameter_schema(run_task).model_dump_for_openapi()
+
+    async def create(i):
+        await TaskRepository().create(uuid.uuid4(), spec_of({
+            "Id": "x", "Title": f"first {i}", "MetaType": 2, "RunLoop": True, "CronExpression": "0 * * * * ?",
+            "Http": {"RequestUrl": "http://127.0.0.1:9/x", "Method": "POST"}, "TimeZone": "UTC"}),
+            "schedulemaster", schema)
+
+    await asyncio.gather(*(create(i) for i in range(4)))  # the pool has no tasks queue yet
+    async with db.session_context() as s:
+        queues = (await s.execute(sa.select(db.WorkQueue.name))).scalars().all()
+        tasks = (await s.execute(sa.select(sa.func.count()).select_from(db.Deployment))).scalar_one()
+    assert sorted(queues) == ["default", "tasks"] and tasks == 4, (queues, tasks)
+    print("ok")
+
+
+asyncio.run(main())
+'''
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_the_first_creates_at_once_make_one_tasks_queue(dialect, tmp_path):
+    """Four Creates at once on a new system: PostgreSQL once refused three (each made the queue)."""
+    run_on_prefect_db(FIRST_CREATES, dialect, tmp_path, "sm_first")
