@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import sys
 import threading
@@ -131,6 +132,9 @@ class StallWatch:
                     self.stalls += 1
                     log.warning("a write transaction has been open %.1f s (%s); its owner is at:\n%s",
                                 now - held.since, held.statement, self._owner_stack(held))
+            if _census_wanted.is_set():
+                _census_wanted.clear()
+                log.info("after a long garbage collection: %s", heap_census())
 
     def _tick(self) -> None:
         self._beat = time.monotonic()
@@ -175,7 +179,28 @@ _WATCH: StallWatch | None = None
 #: a garbage collection pass this long is logged: it stops every thread holding the GIL, so a
 #: large heap's full collection shows as a lone slow request with nothing else in the logs
 GC_SECONDS = 0.2
+#: SM_HEAP_CENSUS=1: after such a pass (at most every CENSUS_SECONDS), also log which objects
+#: the collector scans (heap_census): what makes its passes long. Off by default: a census of a
+#: few million objects holds the GIL for about a second.
+CENSUS = os.environ.get("SM_HEAP_CENSUS") == "1"
+CENSUS_SECONDS = 600.0
 _gc_started: list[float] = []
+_census_wanted = threading.Event()
+_census_last: list[float] = []
+
+
+def heap_census(top: int = 15) -> str:
+    """How many objects the garbage collector scans (frozen ones are not), and the most
+    numerous types among them."""
+    import gc
+    from collections import Counter
+
+    objects = gc.get_objects()
+    counts = Counter(type(o) for o in objects)
+    del objects
+    named = ", ".join(f"{t.__qualname__ if t.__module__ == 'builtins' else t.__module__ + '.' + t.__qualname__} "
+                      f"{n:,}" for t, n in counts.most_common(top))
+    return f"{sum(counts.values()):,} objects the collector scans; the most numerous: {named}"
 
 
 def _gc_timer(phase: str, info: dict) -> None:
@@ -184,6 +209,10 @@ def _gc_timer(phase: str, info: dict) -> None:
     elif _gc_started and (took := time.perf_counter() - _gc_started[0]) >= GC_SECONDS:
         log.warning("garbage collection of generation %d took %.2f s (%d objects collected)",
                     info.get("generation", -1), took, info.get("collected", 0))
+        now = time.monotonic()
+        if CENSUS and (not _census_last or now - _census_last[0] >= CENSUS_SECONDS):
+            _census_last[:] = [now]
+            _census_wanted.set()  # the watcher's thread takes it: never inside the collector
 
 
 def start(loop: asyncio.AbstractEventLoop | None = None) -> StallWatch:

@@ -88,14 +88,20 @@ class Upcoming:
         self._last_full = float("-inf")
 
     async def run(self) -> None:
+        failures = 0
         while True:
             try:
                 await self.look()
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a busy database: the next look does it
-                log.warning("keeping the tasks' next fire times in Prefect failed: %s", exc)
-            await asyncio.sleep(LOOK_EVERY)
+                failures += 1
+                log.warning("keeping the tasks' next fire times in Prefect failed (%d in a row): %s", failures, exc)
+            # a failed look starts over from every Running task: one that keeps failing (a
+            # fault, not a busy moment) is tried less often, up to once a minute, rather than
+            # rewriting thousands of stand-ins every second
+            await asyncio.sleep(LOOK_EVERY * 2 ** min(failures, 6))
 
     async def clear(self) -> int:
         """Remove every task's stand-in (the service switched off); returns how many there were."""

@@ -97,6 +97,35 @@ def test_a_failed_write_is_done_again_at_the_next_look():
     asyncio.run(go())
 
 
+def test_looks_that_keep_failing_are_tried_less_often_and_a_good_one_resets(monkeypatch):
+    """A failed look starts over from every Running task: a fault that stays must not rewrite
+    thousands of stand-ins every second (seen at 12,000 tasks: the master at a full core)."""
+    from schedulemaster.master import upcoming
+
+    outcomes = [False, False, False, True, False, True] + [False] * 10
+    slept: list[float] = []
+
+    async def look(now=None):
+        if not outcomes.pop(0):
+            raise RuntimeError("UNIQUE constraint failed")
+        return 0
+
+    async def sleep(seconds):
+        slept.append(seconds)
+        if len(slept) == 12:
+            raise asyncio.CancelledError
+
+    up = Upcoming(repo=Book())
+    up.look = look
+    monkeypatch.setattr(upcoming.asyncio, "sleep", sleep)
+    try:
+        asyncio.run(up.run())
+    except asyncio.CancelledError:
+        pass
+    every = upcoming.LOOK_EVERY
+    assert slept == [every * f for f in (2, 4, 8, 1, 2, 1, 2, 4, 8, 16, 32, 64)], slept
+
+
 def test_a_task_whose_cron_does_not_parse_is_left_without_a_stand_in_and_the_rest_go_on():
     async def go():
         book, good, bad = Book(), task(), task()

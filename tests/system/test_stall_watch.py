@@ -80,3 +80,39 @@ def test_a_write_transaction_held_open_names_its_task(tmp_path, caplog):
     assert "INSERT INTO t" in caplog.text and "holds_the_lock_while_waiting" in caplog.text
     engine.dispose()
     autocommit.dispose()
+
+
+class Crowd:
+    """Objects the collector tracks, made in numbers a census must put first."""
+
+
+@pytest.mark.timeout(30)
+def test_a_long_collection_brings_a_census_of_what_the_collector_scans(monkeypatch, caplog):
+    from schedulemaster import stall_watch
+
+    caplog.set_level(logging.INFO, "schedulemaster.stall")
+    crowd = [Crowd() for _ in range(300_000)]
+    census = stall_watch.heap_census(top=3)
+    assert f"test_stall_watch.Crowd {len(crowd):,}" in census and "objects the collector scans" in census
+
+    monkeypatch.setattr(stall_watch, "CENSUS", True)
+    monkeypatch.setattr(stall_watch, "_census_last", [])
+
+    async def main():
+        watch = StallWatch()
+        watch.watch(asyncio.get_running_loop())
+        try:
+            stall_watch._gc_timer("start", {})
+            stall_watch._gc_started[:] = [time.perf_counter() - 1.0]  # as if the pass took a second
+            stall_watch._gc_timer("stop", {"generation": 2, "collected": 0})
+            await _wait_for(lambda: "after a long garbage collection" in caplog.text)
+            stall_watch._gc_timer("start", {})
+            stall_watch._gc_started[:] = [time.perf_counter() - 1.0]
+            stall_watch._gc_timer("stop", {"generation": 2, "collected": 0})  # within CENSUS_SECONDS: none
+            await asyncio.sleep(1.5)
+        finally:
+            watch.stop()
+
+    asyncio.run(main())
+    assert caplog.text.count("after a long garbage collection") == 1
+    assert caplog.text.count("garbage collection of generation 2 took") == 2
