@@ -401,7 +401,8 @@ class TaskRepository:
             q = q.order_by(D.created.desc(), D.id.desc()).offset(offset).limit(limit)
         async with self._read() as session:
             if status is None:
-                total = await self._task_count(session, await self._probe(session), title)
+                # a count shown beside a page: kept on PostgreSQL too (see _task_count)
+                total = await self._task_count(session, await self._probe(session), title, exact=False)
             else:
                 total = await self._count(session, *where)
             return total, list((await session.execute(q)).all())
@@ -445,13 +446,18 @@ class TaskRepository:
         return tuple((await session.execute(sa.select(sa.func.count(), sa.func.max(D.updated))
                                             .select_from(D))).one())
 
-    async def _task_count(self, session, probe: tuple, title: str | None = None) -> int:
+    async def _task_count(self, session, probe: tuple, title: str | None = None, exact: bool = True) -> int:
         """How many tasks exist (whose Title contains ``title``), counted again only when the
         probe moved: counting reads every deployment's tags and parameters (tens of ms at
-        10,000 tasks), and nodes and each QueryList page ask."""
+        10,000 tasks), and nodes and each QueryList page ask. On PostgreSQL a write can
+        commit after a later one without moving the probe, so a count a node compares
+        (``exact``) is always made afresh; a count shown to a person (a QueryList's total) is
+        kept: a write the probe misses changes the number of tasks only when it makes a task
+        while another write deletes one (or the reverse), or when it changes whether a
+        deployment is a task at all (its tags or parameters, edited in Prefect's UI)."""
         key = (id(self.db), title)
         memo = _TASK_COUNTS.get(key)
-        if memo is not None and memo[0] == probe and self.tokens_follow_commits:  # see tokens_follow_commits
+        if memo is not None and memo[0] == probe and (self.tokens_follow_commits or not exact):
             return memo[1]
         count = await self._count(session, *([self._title_contains(title)] if title else []))
         if len(_TASK_COUNTS) >= 256:  # titles searched for: a bounded memo
