@@ -215,6 +215,18 @@ def _gc_timer(phase: str, info: dict) -> None:
             _census_wanted.set()  # the watcher's thread takes it: never inside the collector
 
 
+def freeze_startup_heap() -> None:
+    """Keep what a process built to start (the modules it imported: Prefect's, SQLAlchemy's,
+    pydantic's; most of its objects) out of the collector's full passes, which scanned it all
+    and stopped every thread 0.2-0.8 s each: the master's slow requests (bench/console.py), the
+    node's late firings (a census at 10,000 tasks: 270,000 objects scanned, most of them
+    functions, tuples and dicts of imported modules). Call once, after startup's imports."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def start(loop: asyncio.AbstractEventLoop | None = None) -> StallWatch:
     """Start this process's watcher (once; later calls return the same one)."""
     global _WATCH

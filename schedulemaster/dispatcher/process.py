@@ -90,6 +90,7 @@ async def serve_dispatcher(settings: Settings, name: str, max_held: int = 5000, 
                             lease=lease, single=single, on_final_failure=mail_creator)
     loop = asyncio.get_running_loop()
     stall_watch.start(loop)
+    stall_watch.freeze_startup_heap()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, dispatcher.stop)
     log.info("dispatcher %s started on %s store (%s)", dispatcher.me, "SQLite" if single else "PostgreSQL",

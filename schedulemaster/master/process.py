@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -236,11 +235,8 @@ async def serve_master(settings: Settings) -> None:
         except Exception:  # the tasks still fire and record on the shared flow; the next start retries
             log.exception("giving tasks of an older version their own flow failed")
         # Everything built to start (Prefect's server, its models and settings, SQLAlchemy's
-        # mappers: most of the heap) lives as long as the process: kept out of the garbage
-        # collector's full passes, which scanned it all and stopped every thread 0.3-0.8 s
-        # each (stall_watch's log; a lone slow request in bench/console.py).
-        gc.collect()
-        gc.freeze()
+        # mappers: most of the heap) lives as long as the process
+        stall_watch.freeze_startup_heap()
         return services["task"]
 
     async def close() -> None:

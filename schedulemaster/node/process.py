@@ -24,6 +24,7 @@ async def serve_node(settings: Settings, name: str, priority: int, max_concurren
                         settings=settings, wait_for_name=wait_for_name, connect_timeout=connect_timeout)
     loop = asyncio.get_running_loop()
     stall_watch.start(loop)
+    stall_watch.freeze_startup_heap()  # the task book it loads next stays collectable
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, worker.stop)
     try:

@@ -116,3 +116,17 @@ def test_a_long_collection_brings_a_census_of_what_the_collector_scans(monkeypat
     asyncio.run(main())
     assert caplog.text.count("after a long garbage collection") == 1
     assert caplog.text.count("garbage collection of generation 2 took") == 2
+
+
+def test_the_startup_heap_is_kept_out_of_full_collections():
+    import subprocess
+    import sys
+
+    # in a process of its own: a frozen heap is the whole process's
+    code = ("import gc, json, schedulemaster.stall_watch as w\n"
+            "before = gc.get_freeze_count(); w.freeze_startup_heap(); after = gc.get_freeze_count()\n"
+            "census = w.heap_census(top=1)\n"
+            "print(json.dumps([before, after, int(census.split(' ')[0].replace(',', ''))]))\n")
+    before, after, scanned = __import__("json").loads(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert before == 0 and after > 10_000 and scanned < after / 10, (before, after, scanned)
