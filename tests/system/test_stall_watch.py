@@ -90,7 +90,7 @@ class Crowd:
 def test_a_long_collection_brings_a_census_of_what_the_collector_scans(monkeypatch, caplog):
     from schedulemaster import stall_watch
 
-    caplog.set_level(logging.INFO, "schedulemaster.stall")
+    caplog.set_level(logging.WARNING, "schedulemaster.stall")
     crowd = [Crowd() for _ in range(300_000)]
     census = stall_watch.heap_census(top=3)
     assert f"test_stall_watch.Crowd {len(crowd):,}" in census and "objects the collector scans" in census
