@@ -45,6 +45,44 @@ def drop_databases(*names: str) -> None:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+#: the start of a script for run_on_prefect_db: Prefect's server modules on the database URL of
+#: argv[1], ``new_db()`` (its schema made, the work pool the tasks need) and what task specs need
+PREFECT_DB_SCRIPT = r'''
+import asyncio, os, sys, tempfile, uuid
+from datetime import datetime, timedelta, timezone
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp()
+os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = sys.argv[1]
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+from schedulemaster import prefect_patches
+prefect_patches.apply()
+import sqlalchemy as sa
+from prefect.server import models, schemas
+from prefect.server.database import provide_database_interface
+from prefect.utilities.callables import parameter_schema
+from schedulemaster.deployments.spec import spec_of
+from schedulemaster.deployments.tasks import Status, TaskRepository
+from schedulemaster.flows.task_flow import run_task
+
+
+async def new_db():
+    db = provide_database_interface()
+    await db.create_db()
+    async with db.session_context(begin_transaction=True) as s:
+        await models.workers.create_work_pool(session=s, work_pool=schemas.actions.WorkPoolCreate(
+            name="schedulemaster", type="schedulemaster-node"))
+    return db
+
+
+def http_spec(title, cron="0 * * * * ?", **fields):
+    return spec_of({"Id": str(uuid.uuid4()), "Title": title, "MetaType": 2, "RunLoop": True,
+                    "CronExpression": cron, "TimeZone": "UTC",
+                    "Http": {"RequestUrl": "http://127.0.0.1:9/x", "Method": "POST"}, **fields})
+
+
+TASK_SCHEMA = parameter_schema(run_task).model_dump_for_openapi()
+'''
+
+
 def run_on_prefect_db(script: str, dialect: str, tmp_path, prefix: str) -> None:
     """Run ``script`` (it reads the database URL from argv[1] and prints "ok" last) in a fresh
     process against a new Prefect database: SQLite under ``tmp_path``, or a PostgreSQL database

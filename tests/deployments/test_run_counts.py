@@ -7,21 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import run_on_prefect_db
+from helpers import PREFECT_DB_SCRIPT, run_on_prefect_db
 
-SCRIPT = r'''
-import asyncio, os, sys, tempfile, uuid
-from datetime import datetime, timedelta, timezone
-os.environ["PREFECT_HOME"] = tempfile.mkdtemp()
-os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = sys.argv[1]
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-from schedulemaster import prefect_patches
-prefect_patches.apply()
-import sqlalchemy as sa
-from prefect.server import models, schemas
-from prefect.server.database import provide_database_interface
+SCRIPT = PREFECT_DB_SCRIPT + r'''
 from schedulemaster.deployments import run_counts
-from schedulemaster.deployments.tasks import TaskRepository
 from schedulemaster.master import bulk_runs
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -34,8 +23,7 @@ def run(dep, flow_id, state, at):
 
 
 async def main():
-    db = provide_database_interface()
-    await db.create_db()
+    db = await new_db()
     async with db.session_context(begin_transaction=True) as s:
         flow = await models.flows.create_flow(session=s, flow=schemas.core.Flow(name="f"))
         a, b, gone = [(await models.deployments.create_deployment(session=s, deployment=schemas.core.Deployment(

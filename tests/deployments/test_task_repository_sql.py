@@ -6,41 +6,23 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import run_on_prefect_db
+from helpers import PREFECT_DB_SCRIPT, run_on_prefect_db
 
-SCRIPT = r'''
-import asyncio, os, sys, tempfile, uuid
-os.environ["PREFECT_HOME"] = tempfile.mkdtemp()
-os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = sys.argv[1]
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-from schedulemaster import prefect_patches
-prefect_patches.apply()
-from prefect.server import models, schemas
-from prefect.server.database import provide_database_interface
-from prefect.utilities.callables import parameter_schema
-from schedulemaster.deployments.spec import spec_of
-from schedulemaster.deployments.tasks import Status, TaskRepository
-from schedulemaster.flows.task_flow import run_task
-
+SCRIPT = PREFECT_DB_SCRIPT + r'''
 
 def spec(title, nexts=()):
-    return spec_of({"Id": str(uuid.uuid4()), "Title": title, "MetaType": 2, "RunLoop": True,
-                    "CronExpression": "0 * * * * ?", "Nexts": list(nexts),
-                    "Http": {"RequestUrl": "http://127.0.0.1:9/x", "Method": "POST"}, "TimeZone": "UTC"})
+    return http_spec(title, Nexts=list(nexts))
 
 
 async def main():
-    db = provide_database_interface()
-    await db.create_db()
+    db = await new_db()
     async with db.session_context(begin_transaction=True) as s:
-        await models.workers.create_work_pool(session=s, work_pool=schemas.actions.WorkPoolCreate(
-            name="schedulemaster", type="schedulemaster-node"))
         # a tagged deployment that is not a task (as the dispatcher's): never counted
         flow = await models.flows.create_flow(session=s, flow=schemas.core.Flow(name="other"))
         await models.deployments.create_deployment(session=s, deployment=schemas.core.Deployment(
             name="dispatcher", flow_id=flow.id, tags=["schedulemaster", "delayed"]))
     repo = TaskRepository()
-    schema = parameter_schema(run_task).model_dump_for_openapi()
+    schema = TASK_SCHEMA
     a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     await repo.create(a, spec("alpha 100%"), "schedulemaster", schema, Status.Running)
     await repo.create(b, spec("beta", [str(a)]), "schedulemaster", schema)
@@ -164,35 +146,13 @@ def test_the_repository_sql(dialect, tmp_path):
     run_on_prefect_db(SCRIPT, dialect, tmp_path, "sm_repo")
 
 
-FIRST_CREATES = r'''
-import asyncio, os, sys, tempfile, uuid
-os.environ["PREFECT_HOME"] = tempfile.mkdtemp()
-os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = sys.argv[1]
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-from schedulemaster import prefect_patches
-prefect_patches.apply()
-import sqlalchemy as sa
-from prefect.server import models, schemas
-from prefect.server.database import provide_database_interface
-from prefect.utilities.callables import parameter_schema
-from schedulemaster.deployments.spec import spec_of
-from schedulemaster.deployments.tasks import TaskRepository
-from schedulemaster.flows.task_flow import run_task
-
+FIRST_CREATES = PREFECT_DB_SCRIPT + r'''
 
 async def main():
-    db = provide_database_interface()
-    await db.create_db()
-    async with db.session_context(begin_transaction=True) as s:
-        await models.workers.create_work_pool(session=s, work_pool=schemas.actions.WorkPoolCreate(
-            name="schedulemaster", type="schedulemaster-node"))
-    schema = parameter_schema(run_task).model_dump_for_openapi()
+    db = await new_db()
 
     async def create(i):
-        await TaskRepository().create(uuid.uuid4(), spec_of({
-            "Id": "x", "Title": f"first {i}", "MetaType": 2, "RunLoop": True, "CronExpression": "0 * * * * ?",
-            "Http": {"RequestUrl": "http://127.0.0.1:9/x", "Method": "POST"}, "TimeZone": "UTC"}),
-            "schedulemaster", schema)
+        await TaskRepository().create(uuid.uuid4(), http_spec(f"first {i}"), "schedulemaster", TASK_SCHEMA)
 
     await asyncio.gather(*(create(i) for i in range(4)))  # the pool has no tasks queue yet
     async with db.session_context() as s:

@@ -7,39 +7,19 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import run_on_prefect_db
+from helpers import PREFECT_DB_SCRIPT, run_on_prefect_db
 
-SCRIPT = r'''
-import asyncio, os, sys, tempfile, uuid
-from datetime import datetime, timedelta, timezone
-os.environ["PREFECT_HOME"] = tempfile.mkdtemp()
-os.environ["PREFECT_API_DATABASE_CONNECTION_URL"] = sys.argv[1]
-os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-from schedulemaster import prefect_patches
-prefect_patches.apply()
-import sqlalchemy as sa
-from prefect.server import models, schemas
-from prefect.server.database import provide_database_interface
+SCRIPT = PREFECT_DB_SCRIPT + r'''
 from prefect.server.schemas.states import Late
-from prefect.utilities.callables import parameter_schema
-from schedulemaster.deployments.spec import spec_of
-from schedulemaster.deployments.tasks import Status, TaskRepository, upcoming_run_id
-from schedulemaster.flows.task_flow import run_task
+from schedulemaster.deployments.tasks import upcoming_run_id
 from schedulemaster.master.upcoming import Upcoming
 
 
 async def main():
-    db = provide_database_interface()
-    await db.create_db()
-    async with db.session_context(begin_transaction=True) as s:
-        await models.workers.create_work_pool(session=s, work_pool=schemas.actions.WorkPoolCreate(
-            name="schedulemaster", type="schedulemaster-node"))
+    db = await new_db()
     repo = TaskRepository()
     a = uuid.uuid4()
-    await repo.create(a, spec_of({"Id": str(a), "Title": "every minute", "MetaType": 2, "RunLoop": True,
-                                  "CronExpression": "0 * * * * ?", "TimeZone": "UTC",
-                                  "Http": {"RequestUrl": "http://127.0.0.1:9/x", "Method": "POST"}}),
-                      "schedulemaster", parameter_schema(run_task).model_dump_for_openapi(), Status.Running)
+    await repo.create(a, http_spec("every minute"), "schedulemaster", TASK_SCHEMA, Status.Running)
     up = Upcoming(repo)
     shown = (await up._running([a]))[a]
     rid = upcoming_run_id(a)
