@@ -167,9 +167,9 @@ async def count_runs(session, system: System, w0: float, w1: float) -> int:
 
 
 def _basic(system: System) -> dict[str, str]:
-    import base64
+    from schedulemaster.credentials import basic_auth
 
-    return {"Authorization": "Basic " + base64.b64encode(system.auth_string.encode()).decode()}
+    return {"Authorization": basic_auth(system.auth_string)}
 
 
 async def latencies(session, system: System, ids: dict[int, str], tag: str) -> dict:

@@ -9,6 +9,7 @@ is given it as ``PREFECT_API_AUTH_STRING``.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import secrets
@@ -106,6 +107,12 @@ def server_auth_string(data_dir: Path, host: str) -> tuple[str, bool]:
     if not value:
         raise CredentialError(f"{SERVER_KEY} is empty: unset it to have one generated")
     return value, created
+
+
+def basic_auth(auth_string: str) -> str:
+    """The Authorization header's value that carries Prefect's auth string, as Prefect's own
+    client sends it (HTTP Basic of the ``user:password`` text)."""
+    return "Basic " + base64.b64encode(auth_string.encode()).decode()
 
 
 def client_auth_string(data_dir: Path | None = None) -> str | None:

@@ -11,7 +11,6 @@ writes nothing.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import sys
@@ -49,11 +48,11 @@ class Target:
         import httpx
 
         headers = {"content-type": "application/json"}
-        from schedulemaster.credentials import client_auth_string
+        from schedulemaster.credentials import basic_auth, client_auth_string
 
         auth = client_auth_string()
         if auth:
-            headers["authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+            headers["authorization"] = basic_auth(auth)
         self.api_url = api_url.rstrip("/")
         self.client = httpx.Client(headers=headers, timeout=httpx.Timeout(600, connect=5))
         self.options = {"dry_run": dry_run, "overwrite": overwrite, "start": start, "timezone": timezone,

@@ -9,14 +9,13 @@ and which zone cron runs in, so a notebook needs one URL, or none next to ``./sm
 
 from __future__ import annotations
 
-import base64
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
-from schedulemaster.credentials import client_auth_string
+from schedulemaster.credentials import basic_auth, client_auth_string
 from schedulemaster.notebook.legacy_client import DEFAULT_URL, LegacyClient, LegacyUnavailable
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "0.0.0.0", "::1", ""}
@@ -78,10 +77,10 @@ class Connection:
         if self._master is None:
             headers = {}
             if self.prefect_auth:
-                headers["Authorization"] = "Basic " + base64.b64encode(self.prefect_auth.encode()).decode()
+                headers["Authorization"] = basic_auth(self.prefect_auth)
             elif key := os.environ.get("PREFECT_API_KEY"):
                 headers["Authorization"] = f"Bearer {key}"
-            self._master = httpx.Client(base_url=self.prefect_url, headers=headers, timeout=self.legacy._http.timeout)
+            self._master = httpx.Client(base_url=self.prefect_url, headers=headers, timeout=self.legacy.timeout)
         with prefect_errors(self.prefect_url):
             response = self._master.post(path, json=body)
             response.raise_for_status()

@@ -93,6 +93,7 @@ class LegacyClient:
             raise ValueError(f"the legacy API URL must start with http:// or https://, got {url!r}")
         self.url = url.rstrip("/")
         self.user = user
+        self.timeout = timeout  # seconds a call may take (also the notebook's other clients')
         self.secret = legacy_secret(user, password)
         self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport,
                                   headers={"ms_auth_user": user, "ms_auth_secret": self.secret})
