@@ -46,16 +46,8 @@ async def fill(system: System, rx: Receiver, tasks: int, running: bool) -> dict:
         say(f"{have} tasks there")
         if have >= tasks:
             return {"created": 0}
-        form = scale.task_form
-
-        def task(i, rx_, tag):
-            return {**form(i, rx_, tag), "RunNow": "true" if running else "false"}
-
-        scale.task_form = task
-        try:
-            made = await scale.create_tasks(session, system, rx, tasks - have, 4, f"hold{int(time.time()) % 10000}")
-        finally:
-            scale.task_form = form
+        made = await scale.create_tasks(session, system, rx, tasks - have, 4, f"hold{int(time.time()) % 10000}",
+                                        run_now=running)
         made.pop("ids", None)
         return made
 

@@ -81,14 +81,15 @@ async def cpu_over(pids: dict[str, int], seconds: float) -> dict[str, float]:
     return out
 
 
-def task_form(i: int, rx: Receiver, tag: str) -> dict:
+def task_form(i: int, rx: Receiver, tag: str, run_now: bool = True) -> dict:
     return {"Title": f"{tag}-{i}", "MetaType": "2", "RunLoop": "true",
             "CronExpression": f"{i % 60} * * * * ?", "HttpRequestUrl": rx.url(f"/{tag}/{i}"),
             "HttpMethod": "POST", "HttpContentType": "application/json", "HttpBody": '{"i":%d}' % i,
-            "RunNow": "true"}
+            "RunNow": "true" if run_now else "false"}
 
 
-async def create_tasks(session, system: System, rx: Receiver, n: int, concurrency: int, tag: str) -> dict:
+async def create_tasks(session, system: System, rx: Receiver, n: int, concurrency: int, tag: str,
+                       run_now: bool = True) -> dict:
     ids: dict[int, str] = {}
     lat: list[float] = []
     refused: list[str] = []
@@ -101,7 +102,7 @@ async def create_tasks(session, system: System, rx: Receiver, n: int, concurrenc
         while queue:
             i = queue.pop(0)
             elapsed, status, body = await api_call(session, "POST", f"{system.api}/api/Task/Create",
-                                                   data=task_form(i, rx, tag))
+                                                   data=task_form(i, rx, tag, run_now))
             lat.append(elapsed)
             if ok(status, body) and "成功" in (body.get("Message") or ""):
                 ids[i] = body["Data"]
