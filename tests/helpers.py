@@ -268,6 +268,14 @@ class System:
             except subprocess.TimeoutExpired:
                 p.kill()
 
+    def forget_node(self, p: subprocess.Popen, name: str) -> None:
+        """End a node from ``start_node`` and take it out of the pool at once: stopped, it still
+        counts as live until its heartbeats are missed, and a later test on this shared system
+        had its plugin Start sent to it (and waited 60 s for nothing)."""
+        self.stop_node(p)
+        r = self.pf("DELETE", f"/work_pools/schedulemaster/workers/{name}", timeout=30)
+        assert r.status_code in (204, 404), r.text
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         assert self.proc
         if self.proc.poll() is None:

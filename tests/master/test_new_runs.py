@@ -74,7 +74,7 @@ def test_a_node_that_polls_rarely_takes_a_run_once_and_a_ui_run_at_once(system, 
         receiver.wait_for("/nudged", 2, timeout=30)
         system.post("Stop", data={"id": tid})
     finally:
-        system.stop_node(node)
+        system.forget_node(node, "slowpoll")
 
 
 def test_the_runs_created_since_a_token_are_handed_over_while_the_master_holds_them_all():

@@ -290,4 +290,4 @@ def test_a_scheduled_parents_child_runs_on_the_node_that_owns_it(system, receive
         assert {r["parameters"]["fire"]["node"] for r in fired} == {"worker1"}
         system.post("Stop", data={"id": child})
     finally:
-        system.stop_node(node)
+        system.forget_node(node, "childnode")

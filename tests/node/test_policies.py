@@ -159,7 +159,7 @@ def test_misfire_policies_after_the_tasks_node_was_away(system, receiver):
         for tid in ids.values():
             system.post("Stop", data={"id": tid})
     finally:
-        system.stop_node(node)
+        system.forget_node(node, "misfire1")
     for p in ("skip", "once"):
         run = missed[p][0]
         assert run["state_type"] == "CANCELLED" and run["parameters"]["fire"]["missed"] >= 3
@@ -262,4 +262,4 @@ def test_a_plugin_that_does_not_load_after_its_nodes_restart_says_why_and_clears
                 receiver.wait_for("/trouble", len(receiver.at("/trouble")) + 1, timeout=30)
         system.post("Stop", data={"id": tid})
     finally:
-        system.stop_node(node)
+        system.forget_node(node, "trouble1")
