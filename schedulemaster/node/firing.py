@@ -474,6 +474,11 @@ class FiringLoop:
         try:
             if rec.spec.RunLoop:
                 nxt = plan.next_fire(rec.spec, now)
+                due = entry.next_at if entry is not None else None
+                if due is not None and due <= now and plan.next_fire(rec.spec, due - timedelta(microseconds=1)) == due:
+                    # an instant the timer has not reached yet (a busy loop) is still this
+                    # task's after the change: starting from now would drop it without a word
+                    nxt = due
             else:
                 nxt = await self._one_shot_due(rec.id, rec.spec, now)
         except quartz.CronError as exc:

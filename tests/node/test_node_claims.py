@@ -307,3 +307,32 @@ def test_a_day_long_gap_is_counted_and_its_newest_instants_still_fire(misfire, f
         assert fired_now[0] == now.replace(microsecond=0) - timedelta(seconds=10)  # the newest missed one
     [record] = [r for r in pending if r.not_run == "Missed"]
     assert record.message.startswith(f"missed {missed} firing(s)") and record.missed == 10_000
+
+
+@pytest.mark.parametrize("cron, kept", [("10 * * * * ?", True), ("20 * * * * ?", False)])
+def test_a_change_synced_after_an_instant_fell_due_keeps_that_instant(cron, kept):
+    """A Running task's record changed (an edit) while the node's timer had not yet reached
+    an instant already due (a busy event loop): the new entry started after "now", so that
+    instant was dropped without a word. It stays due when the changed task still fires then."""
+    from schedulemaster.deployments import tasks as dep
+    from schedulemaster.node.firing import Entry, FiringLoop
+
+    tid = uuid.uuid4()
+    due = datetime.now(timezone.utc).replace(second=10, microsecond=0) - timedelta(minutes=1)
+    now = due + timedelta(milliseconds=80)
+
+    def record(expression: str, updated: datetime) -> dep.TaskRecord:
+        spec = spec_of({"Id": str(tid), "Title": "edited at its instant", "MetaType": 2, "RunLoop": True,
+                        "CronExpression": expression, "Http": {"RequestUrl": "http://127.0.0.1:9/x"}})
+        return dep.TaskRecord(tid, str(tid), spec, dep.Status.Running, due - timedelta(hours=1), updated)
+
+    async def main():
+        loop = FiringLoop(FakeMaster(), "worker1", "pool", 10)
+        old = record("10 * * * * ?", due - timedelta(hours=1))
+        loop.book[tid] = Entry(tid, old.spec, (old.updated, old.status), 1, due)  # due, not yet popped
+        assert await loop._apply(record(cron, due + timedelta(milliseconds=50)), now)
+        return loop.book[tid].next_at, [at for at, _, t, gen in loop.heap if t == tid and gen == loop.book[tid].gen]
+
+    next_at, queued = asyncio.run(main())
+    expected = due if kept else due + timedelta(seconds=10)
+    assert (next_at, queued) == (expected, [expected])
