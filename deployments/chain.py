@@ -22,6 +22,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
 from schedulemaster.coordination.client import MasterClient
 from schedulemaster.coordination.wire import NodeRow
 from schedulemaster.deployments.spec import TaskSpec
@@ -111,8 +113,14 @@ class NodeView:
 
 
 async def node_view(client, work_pool: str) -> NodeView:
-    """The pool's workers and the disabled list, read now."""
-    workers = await client.read_workers_for_work_pool(work_pool)
+    """The pool's workers and the disabled list, read now; no workers while the pool does
+    not exist yet (the first node to start makes it)."""
+    try:
+        workers = await client.read_workers_for_work_pool(work_pool)
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code != 404:
+            raise
+        workers = []
     disabled = await read_disabled(client)
     return NodeView(frozenset(w.name for w in workers), frozenset(online(workers, disabled)), frozenset(disabled))
 

@@ -39,6 +39,8 @@ DEPLOYMENT_NAME = "dispatcher"
 ARTIFACT_KEY = "delayed-dispatcher"
 # seconds between reports; SM_DELAYED_REPORT_SECONDS overrides (the tests use a few seconds)
 REPORT_EVERY = float(os.environ.get("SM_DELAYED_REPORT_SECONDS") or 60.0)
+#: seconds after its start in which Prefect not answering yet is expected (`up` starts both at once)
+STARTUP_GRACE = 60.0
 ROLL_EVERY = 3600.0
 NOTICES_PER_MINUTE = 200  # log lines and events beyond this (per report) are counted, not sent
 
@@ -192,7 +194,8 @@ class Reporter:
 
     # ---- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
-        next_report = time.monotonic() + REPORT_EVERY
+        began = time.monotonic()
+        next_report = began + REPORT_EVERY
         next_ready = 0.0
         written = 0
         while True:
@@ -222,7 +225,9 @@ class Reporter:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Prefect away: the dispatcher goes on regardless
-                log.warning("reporting to Prefect failed: %s", exc)
+                # `up` starts the dispatcher beside the server: not reachable yet is not news
+                starting = self.deployment_id is None and time.monotonic() - began < STARTUP_GRACE
+                log.log(logging.DEBUG if starting else logging.WARNING, "reporting to Prefect failed: %s", exc)
                 await asyncio.sleep(5.0)
 
     async def report(self) -> None:

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import schedulemaster as sm
-from schedulemaster.deployments.chain import online, why_unschedulable
+from schedulemaster.deployments.chain import node_view, online, why_unschedulable
 from schedulemaster.deployments.variables import disabled_of, read_node_variables
 
 from helpers import AUTH, run_cli, wait_until
@@ -132,6 +132,19 @@ async def test_a_node_reads_the_disabled_list_and_the_settings_in_one_call(api, 
         api.enable_node("worker1")
     assert disabled == {"worker1"}
     assert settings.get("Http_RequestTimeout") and not any(k.endswith("Pwd") for k in settings), settings
+
+
+@pytest.mark.e2e
+async def test_a_pool_not_made_yet_has_no_nodes_and_is_no_error(api, system):
+    """The master's services look at the pool before the first node makes it: that is an
+    empty pool (it was a warning at every start), while the real pool shows its node."""
+    from prefect.client.orchestration import PrefectClient
+
+    async with PrefectClient(system.prefect, auth_string=system.auth_string) as client:
+        missing = await node_view(client, "no-such-pool")
+        real = await node_view(client, "schedulemaster")
+    assert (missing.known, missing.live) == (frozenset(), frozenset())
+    assert "worker1" in real.live
 
 
 def test_delete_only_an_offline_node(api, system):
