@@ -208,6 +208,7 @@ async def serve_master(settings: Settings) -> None:
     from schedulemaster.master.task_trouble import Troubles
     from schedulemaster.master.metrics import Metrics
     from schedulemaster.master.unschedulable import Unschedulable
+    from schedulemaster.master import prefect_indexes
     from schedulemaster.deployments.variables import read_disabled
 
     store = Store(settings.store_url)
@@ -225,6 +226,7 @@ async def serve_master(settings: Settings) -> None:
         services["task"] = TaskService(store, client, settings.timezone, settings.work_pool, schema,
                                        create_run=WorkerRuns(new_runs).create, trouble_of=troubles.reason)
         await services["task"].repo.make_tasks_queue(settings.work_pool)
+        await prefect_indexes.ensure()
         if changed := await services["task"].repo.mark_ready():
             log.info("%d task deployments marked ready (never polled: nodes fire them)", changed)
         if changed := await services["task"].repo.mark_status_words():

@@ -148,6 +148,26 @@ def add_missing_columns(conn) -> list[str]:
     return added
 
 
+def add_missing_indexes(conn) -> list[str]:
+    """Indexes a newer version added to an existing table (``create_all`` makes those of the
+    tables it creates only)."""
+    from sqlalchemy import inspect
+
+    inspector = inspect(conn)
+    made = []
+    for table in SQLModel.metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        have = {i["name"] for i in inspector.get_indexes(table.name)}
+        for index in sorted(table.indexes, key=lambda i: i.name or ""):
+            if index.name and index.name not in have:
+                index.create(conn)
+                made.append(index.name)
+    if made:
+        log.info("added indexes to the store: %s", ", ".join(made))
+    return made
+
+
 def _literal(value) -> str:
     if isinstance(value, bool):
         return "TRUE" if value else "FALSE"
@@ -197,6 +217,7 @@ class Store:
                 SQLModel.metadata.create_all(self.engine)
                 with self.engine.begin() as conn:
                     add_missing_columns(conn)
+                    add_missing_indexes(conn)
                 with Session(self.engine) as s:
                     self._seed(s)
                     s.commit()
@@ -209,6 +230,8 @@ class Store:
             conn.execute(text("SELECT pg_advisory_xact_lock(5357415453)"))  # "SMSTORE"
             SQLModel.metadata.create_all(conn)
             add_missing_columns(conn)
+            add_missing_indexes(conn)
+            delayed_store.notify_changes(conn)
             with Session(bind=conn) as s:
                 self._seed(s)
                 s.flush()

@@ -156,6 +156,23 @@ class DuplicateIds(Exception):
         self.ids = ids
 
 
+#: the channel a trigger notifies at every commit that wrote the delayed tasks (PostgreSQL)
+CHANGED = "sm_delayed_changed"
+
+
+def notify_changes(conn) -> None:
+    """PostgreSQL: make the trigger that tells listening dispatchers the table changed
+    (_QuietWatch). One notice per statement; PostgreSQL delivers it at commit and folds a
+    transaction's repeats into one."""
+    from sqlalchemy import text
+
+    conn.execute(text(f"""CREATE OR REPLACE FUNCTION {CHANGED}() RETURNS trigger LANGUAGE plpgsql AS
+                          $$ BEGIN PERFORM pg_notify('{CHANGED}', ''); RETURN NULL; END $$"""))
+    conn.execute(text(f"DROP TRIGGER IF EXISTS {CHANGED} ON {T.name}"))
+    conn.execute(text(f"CREATE TRIGGER {CHANGED} AFTER INSERT OR UPDATE OR DELETE ON {T.name} "
+                      f"FOR EACH STATEMENT EXECUTE FUNCTION {CHANGED}()"))
+
+
 def write_engine(url: str) -> Engine:
     """An engine whose transactions take SQLite's write lock up front (BEGIN IMMEDIATE).
 
@@ -231,33 +248,50 @@ class _QuietWatch:
     """Whether the dispatcher's claim can skip its query because nothing could be due yet:
     no commit to the database since the last look found nothing due before ``wake``.
 
-    SQLite only. ``PRAGMA data_version`` on a connection held for the purpose changes when
-    any other connection (any process) commits, so a claim ten times a second costs one
-    pragma while nothing changes instead of a checkout, a compiled query and a read. Written
-    by hand: SQLAlchemy has no notion of "has anything been committed since".
+    SQLite: ``PRAGMA data_version`` on a connection held for the purpose changes when any
+    other connection (any process) commits. PostgreSQL: a trigger notifies ``CHANGED`` at
+    every commit that wrote the table (``notify_changes``), and a connection held for the
+    purpose LISTENs; the version is how many notices it has had. Either way a claim ten times
+    a second costs a pragma or a look at a socket while nothing changes, instead of a
+    checkout, a compiled query and a read (on PostgreSQL a write transaction). Written by
+    hand: SQLAlchemy has no notion of "has anything been committed since".
     """
 
     #: look again at least this often (a lease of a dead dispatcher expiring needs no commit)
     RECHECK = timedelta(seconds=5)
 
-    def __init__(self, engine: Engine | None):
+    def __init__(self, engine: Engine | None, postgres_url: str | None = None):
         self._engine = engine
+        self._postgres_url = postgres_url
         self._conn = None
+        self._notices = 0
         self._seen: tuple[int, datetime] | None = None  # (data_version, wake)
 
     def version(self) -> int | None:
-        if self._engine is None:
+        if self._engine is None and self._postgres_url is None:
             return None
         try:
+            if self._postgres_url is not None:
+                return self._listen()
             if self._conn is None:
                 self._conn = self._engine.raw_connection()  # autocommit (write_engine's connect hook)
             return self._conn.driver_connection.execute("PRAGMA data_version").fetchone()[0]
         except Exception:  # a broken connection: no shortcut, and a new connection next time
             if self._conn is not None:
                 with contextlib.suppress(Exception):
-                    self._conn.invalidate()  # not kept by the pool either
+                    (self._conn.close if self._postgres_url else self._conn.invalidate)()  # not kept by a pool
             self._conn, self._seen = None, None
             return None
+
+    def _listen(self) -> int:
+        import psycopg
+
+        if self._conn is None:
+            self._conn = psycopg.connect(self._postgres_url, autocommit=True, **POSTGRES_CONNECT_ARGS)
+            self._conn.execute(f"LISTEN {CHANGED}")
+            self._notices += 1  # commits before the LISTEN were not heard: not the last look's version
+        self._notices += sum(1 for _ in self._conn.notifies(timeout=0))
+        return self._notices
 
     def note(self, version: int | None, horizon: datetime, first_due: datetime | None) -> None:
         """The last look (taken after ``version`` was read) found nothing due by ``horizon``."""
@@ -284,7 +318,9 @@ class DelayedStore:
         self._creates: queue_mod.Queue[_CreateRequest] = queue_mod.Queue()
         self._writer: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._quiet = _QuietWatch(None if self.postgres else self.wengine)
+        self._quiet = (_QuietWatch(None, postgres_url=self.wengine.url.set(drivername="postgresql")
+                                   .render_as_string(hide_password=False)) if self.postgres
+                       else _QuietWatch(self.wengine))
 
     # ---- creating: group commit -------------------------------------------------
     def create(self, rows: list[dict[str, Any]]) -> Future:
@@ -476,8 +512,8 @@ class DelayedStore:
 
     def nothing_due(self, horizon: datetime) -> bool:
         """True when the last claim found nothing due by ``horizon`` and nothing was committed
-        since (SQLite; a pragma on a held connection, cheap enough for the event loop)."""
-        return not self.postgres and self._quiet.holds(horizon)
+        since (a pragma or a look at a socket, cheap enough for the event loop)."""
+        return self._quiet.holds(horizon)
 
     def claim(self, me: str, seq: int, horizon: datetime, now: datetime, lease: timedelta,
               limit: int, busy_hosts: set[str] | frozenset = frozenset()) -> list[Claimed]:
@@ -490,15 +526,14 @@ class DelayedStore:
         db_now = self._db_now(now)
         free = (T.c.status == DelayStatus.Ready, or_(T.c.leaseuntil.is_(None), T.c.leaseuntil < db_now))
         due = (*free, T.c.dueat <= horizon)
-        if not self.postgres:
-            # SQLite: look first without the write lock (a WAL read waits for no one); the
-            # dispatcher asks ten times a second and most of the time nothing is due
-            version = self._quiet.version()
-            with self.engine.connect() as conn:
-                first = conn.execute(select(T.c.dueat).where(*free).order_by(T.c.dueat).limit(1)).first()
-            if first is None or first.dueat > horizon:
-                self._quiet.note(version, horizon, None if first is None else first.dueat)
-                return []
+        # look first without a write transaction (SQLite: a WAL read waits for no one); the
+        # dispatcher asks ten times a second and most of the time nothing is due
+        version = self._quiet.version()
+        with self.engine.connect() as conn:
+            first = conn.execute(select(T.c.dueat).where(*free).order_by(T.c.dueat).limit(1)).first()
+        if first is None or first.dueat > horizon:
+            self._quiet.note(version, horizon, None if first is None else first.dueat)
+            return []
         with self.wengine.begin() as conn:
             q = (select(T.c.id, T.c.dueat, T.c.notifyurl, T.c.notifydatatype, T.c.notifybody, T.c.failedretrys,
                         T.c.attempts, T.c.manual, T.c.remark, T.c.createusername, T.c.sourceapp, T.c.topic,

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from helpers import serve_aiohttp
+from helpers import PG, drop_databases, require_postgres, serve_aiohttp, wait_until
 from schedulemaster.dispatcher import callback as cb
 from schedulemaster.ms_compat.delayed_api import Refused, form_of_json, row_for_create
 from schedulemaster.store.delayed_store import DelayStatus, DuplicateIds, Outcome
@@ -221,20 +221,35 @@ def test_claim_takes_due_rows_oldest_first_once(store):
     assert not any(c.recovered for c in got)
 
 
-def test_an_idle_claim_skips_its_query_until_a_commit_or_a_row_comes_due(store, tmp_path):
-    """SQLite: after a claim found nothing due, the next ones cost a pragma until another
-    connection commits (here: another Store on the same file, as the master is) or the
-    first pending row falls due."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A store's URL on either database (PostgreSQL: a new database, dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    require_postgres()
+    name = f"sm_quiet_{uuid.uuid4().hex[:8]}"
+    yield f"{PG}/{name}"  # Store.init creates it
+    drop_databases(name)
+
+
+def test_an_idle_claim_skips_its_query_until_a_commit_or_a_row_comes_due(store_url):
+    """After a claim found nothing due, the next ones cost a pragma (SQLite) or a look at a
+    LISTEN socket (PostgreSQL) until another connection commits to the table (here: another
+    Store on the same database, as the master is) or the first pending row falls due."""
+    store = Store(store_url)
+    store.init()
     d = store.delayed
     now = utcnow_naive()
     later = new_row(dueat=now + timedelta(seconds=3))
     d.create([later]).result(10)
     assert claim_all(d) == []
     assert d._quiet.holds(now + timedelta(seconds=1))
-    other = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    other = Store(store_url)
     due = new_row(dueat=now - timedelta(seconds=1))
     other.delayed.create([due]).result(10)
-    assert [c.id for c in claim_all(d)] == [due["id"]]        # the commit was noticed at once
+    # noticed at the next claims (PostgreSQL's notice reaches the socket a moment after the commit)
+    assert wait_until(lambda: [c.id for c in claim_all(d)] == [due["id"]], timeout=2, interval=0.02)
     assert claim_all(d, seq=2) == []
     assert not d._quiet.holds(now + timedelta(seconds=3))       # `later` is due by then
     got = d.claim("d1", 3, now + timedelta(seconds=3), now, timedelta(seconds=30), 100)

@@ -336,3 +336,26 @@ def test_a_change_synced_after_an_instant_fell_due_keeps_that_instant(cron, kept
     next_at, queued = asyncio.run(main())
     expected = due if kept else due + timedelta(seconds=10)
     assert (next_at, queued) == (expected, [expected])
+
+
+def test_a_store_from_before_the_outcome_index_gets_it_at_start(claims_engine):
+    """The failover service looks for the few fired-not-recorded claims every 5 s among the
+    last 10 minutes' (100,000 at 10,000 tasks): ``outcome`` is indexed, and a store an
+    older version made gets the index at the next start, once."""
+    from sqlalchemy import inspect, text
+
+    from schedulemaster.store.db import add_missing_indexes
+
+    name = "ix_sm_firing_claims_outcome"
+    with claims_engine.begin() as conn:
+        conn.execute(text(f"DROP INDEX {name}"))  # as an older version made the table
+    with claims_engine.begin() as conn:
+        assert name not in {i["name"] for i in inspect(conn).get_indexes("sm_firing_claims")}
+        assert name in add_missing_indexes(conn)
+    with claims_engine.begin() as conn:
+        assert name in {i["name"] for i in inspect(conn).get_indexes("sm_firing_claims")}
+        assert add_missing_indexes(conn) == []
+    t0 = datetime.now(timezone.utc)
+    claims.claim(claims_engine, "worker1", "inc-1", [("f1", str(uuid.uuid4()), t0)])
+    claims.fired(claims_engine, "worker1", "inc-1", [("f1", True)])
+    assert claims.unrecorded_holders(claims_engine) == [("worker1", "inc-1")]
