@@ -205,7 +205,7 @@ async def latencies(session, system: System, ids: dict[int, str], tag: str,
             lat.append(elapsed)
             failed += status != 200
         out[name] = {"p50_ms": round(pct(lat, 50) * 1000, 1), "p99_ms": round(pct(lat, 99) * 1000, 1),
-                     "failed": failed}
+                     "failed": failed, "each_ms": [round(x * 1000, 1) for x in lat]}  # which call was the slow one
     return out
 
 

@@ -443,6 +443,21 @@ def test_a_start_that_fails_on_the_node_says_why(conn):
 
 
 @pytest.mark.e2e
+def test_task_pages_read_ahead_give_every_task_once(conn, monkeypatch):
+    """sm.tasks() reads the master's task pages (keyset: each page the tasks older than the
+    last row before) one page ahead in a thread; in pages of 2 the same tasks, each once."""
+    from schedulemaster.coordination import wire
+
+    for i in range(5):  # more than two pages, whatever else the shared system holds
+        sm.http_task(f"py-pages-{uuid.uuid4().hex[:6]}-{i}", "http://127.0.0.1:9/never")
+    whole = sm.tasks()
+    monkeypatch.setattr(wire, "MAX_TASKS", 2)
+    paged = sm.tasks()
+    assert len(whole) >= 5 and paged["task_id"].is_unique
+    assert sorted(paged["task_id"]) == sorted(whole["task_id"])
+    assert paged.drop(columns=["next_run"]).equals(whole.drop(columns=["next_run"]))
+
+
 def test_frames_have_typed_columns(conn, receiver):
     title = f"py-frames-{uuid.uuid4().hex[:6]}"
     ht = sm.http_task(title, receiver.url("/py-frames"), "0/2 * * * * ?", method="POST", body={"a": 1},
