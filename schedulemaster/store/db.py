@@ -117,19 +117,24 @@ def ensure_database(url: str) -> None:
         admin.dispose()
 
 
+def _existing_tables(conn) -> list:
+    """The store's tables that exist already, each with the inspector that reads what it holds."""
+    from sqlalchemy import inspect
+
+    inspector = inspect(conn)
+    return [(table, inspector) for table in SQLModel.metadata.sorted_tables if inspector.has_table(table.name)]
+
+
 def add_missing_columns(conn) -> list[str]:
     """Columns a newer version added to an existing table, added with their default.
 
     ``create_all`` makes missing tables only. The store's schema changes are additive (a new
     column with a constant default), so this covers them without a migration tool; a change
     of another kind needs one."""
-    from sqlalchemy import inspect, text
+    from sqlalchemy import text
 
-    inspector = inspect(conn)
     added = []
-    for table in SQLModel.metadata.sorted_tables:
-        if not inspector.has_table(table.name):
-            continue
+    for table, inspector in _existing_tables(conn):
         have = {c["name"] for c in inspector.get_columns(table.name)}
         for column in table.columns:
             if column.name in have:
@@ -151,13 +156,8 @@ def add_missing_columns(conn) -> list[str]:
 def add_missing_indexes(conn) -> list[str]:
     """Indexes a newer version added to an existing table (``create_all`` makes those of the
     tables it creates only)."""
-    from sqlalchemy import inspect
-
-    inspector = inspect(conn)
     made = []
-    for table in SQLModel.metadata.sorted_tables:
-        if not inspector.has_table(table.name):
-            continue
+    for table, inspector in _existing_tables(conn):
         have = {i["name"] for i in inspector.get_indexes(table.name)}
         for index in sorted(table.indexes, key=lambda i: i.name or ""):
             if index.name and index.name not in have:
