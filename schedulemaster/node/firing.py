@@ -370,6 +370,10 @@ class FiringLoop:
         for e in entries:
             floor = running_since(e.spec)
             claimed = latest.get(str(e.task_id))
+            if claimed is not None and firing_id(e.task_id, claimed) in self.claimer.won:
+                # claimed here ahead and not fired: the task was paused (or left and came back)
+                # before its instant, and the resume reached this node after it: still to fire
+                claimed -= timedelta(microseconds=1)
             if claimed is None and floor is not None:
                 # never fired: from when it became Running (a plugin's Start loads it on its
                 # node first, and the schedule begins after that, as in the original)

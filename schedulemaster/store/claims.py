@@ -31,6 +31,7 @@ from schedulemaster.timeutil import utcnow
 FINISHED_KEPT = timedelta(minutes=10)  # finished claims answer "already claimed" this long
 FIRED_KEPT = timedelta(days=1)  # a fired claim waits this long at most for its record
 FIRED = ("fired-ok", "fired-failed")  # ran, not recorded in Prefect yet
+RELEASED = "released"  # its node gave it back unfired
 
 
 
@@ -100,7 +101,13 @@ def claim(engine, node: str, incarnation: str, firings: Iterable[tuple[str, str,
         # In key order: two nodes inserting the same firings in different orders deadlocked
         # on PostgreSQL (each waiting for the other's uncommitted row; bench/soak.py).
         rows.sort(key=lambda r: r["firing_id"])
-        s.execute(insert(FiringClaim).on_conflict_do_nothing(index_elements=["firing_id"]), rows)
+        # a claim released unfired (its node will not fire it) may be taken again: by the node
+        # a resumed or moved task now belongs to, which catches that instant up
+        stmt = insert(FiringClaim)
+        s.execute(stmt.on_conflict_do_update(
+            index_elements=["firing_id"], where=FiringClaim.outcome == RELEASED,
+            set_={"node": stmt.excluded.node, "incarnation": stmt.excluded.incarnation,
+                  "claimed_at": stmt.excluded.claimed_at, "finished_at": None, "outcome": None}), rows)
         won = s.exec(select(FiringClaim.firing_id).where(
             FiringClaim.firing_id.in_([r["firing_id"] for r in rows]),
             FiringClaim.node == node, FiringClaim.incarnation == incarnation,
@@ -168,7 +175,7 @@ def release(engine, node: str, incarnation: str, firing_ids: list[str]) -> int:
         n = s.execute(update(FiringClaim).where(
             FiringClaim.firing_id.in_(firing_ids), FiringClaim.node == node,
             FiringClaim.incarnation == incarnation, FiringClaim.finished_at.is_(None))
-            .values(finished_at=utcnow(), outcome="released")).rowcount
+            .values(finished_at=utcnow(), outcome=RELEASED)).rowcount
         s.commit()
     return n
 
@@ -180,12 +187,14 @@ def unfinished(engine, limit: int = 1000) -> list[FiringClaim]:
 
 
 def latest(engine, task_ids: list[str]) -> dict[str, datetime]:
-    """The latest claimed instant of each task (claims are kept FINISHED_KEPT after they end)."""
+    """The latest claimed instant of each task (claims are kept FINISHED_KEPT after they end);
+    a claim released unfired does not count: nobody fired that instant."""
     if not task_ids:
         return {}
     with Session(engine) as s:
         rows = s.exec(select(FiringClaim.task_id, func.max(FiringClaim.scheduled))
-                      .where(FiringClaim.task_id.in_(task_ids)).group_by(FiringClaim.task_id)).all()
+                      .where(FiringClaim.task_id.in_(task_ids), FiringClaim.outcome.is_distinct_from(RELEASED))
+                      .group_by(FiringClaim.task_id)).all()
     return dict(rows)
 
 

@@ -526,14 +526,29 @@ class DelayedStore:
         db_now = self._db_now(now)
         free = (T.c.status == DelayStatus.Ready, or_(T.c.leaseuntil.is_(None), T.c.leaseuntil < db_now))
         due = (*free, T.c.dueat <= horizon)
-        # look first without a write transaction (SQLite: a WAL read waits for no one); the
-        # dispatcher asks ten times a second and most of the time nothing is due
         version = self._quiet.version()
+        # SQLite: look first without the write lock (a WAL read waits for no one): the dispatcher
+        # asks ten times a second and most of the time nothing is due. PostgreSQL takes without
+        # a lock to wait for, and looks only when it took nothing (a busy dispatcher never looks)
+        if not self.postgres and not self._anything_due(version, free, horizon):
+            return []
+        rows = self._take(me, seq, db_now, due, lease, limit, busy_hosts)
+        if not rows and self.postgres:
+            self._anything_due(version, free, horizon)
+        return rows
+
+    def _anything_due(self, version: int | None, free: tuple, horizon: datetime) -> bool:
+        """Whether a free row falls due by ``horizon``; when none does, the quiet watch is told
+        when the first one will (claims skip their query until then or until a commit)."""
         with self.engine.connect() as conn:
             first = conn.execute(select(T.c.dueat).where(*free).order_by(T.c.dueat).limit(1)).first()
         if first is None or first.dueat > horizon:
             self._quiet.note(version, horizon, None if first is None else first.dueat)
-            return []
+            return False
+        return True
+
+    def _take(self, me: str, seq: int, db_now: datetime, due: tuple, lease: timedelta, limit: int,
+              busy_hosts: set[str] | frozenset) -> list[Claimed]:
         with self.wengine.begin() as conn:
             q = (select(T.c.id, T.c.dueat, T.c.notifyurl, T.c.notifydatatype, T.c.notifybody, T.c.failedretrys,
                         T.c.attempts, T.c.manual, T.c.remark, T.c.createusername, T.c.sourceapp, T.c.topic,

@@ -159,6 +159,25 @@ def test_the_latest_claim_of_an_instant_in_another_zone_is_the_same_instant(clai
     assert [c.scheduled for c in claims.unfinished(claims_engine)] == [at, early]
 
 
+def test_a_claim_released_unfired_can_be_taken_again_and_is_not_the_latest(claims_engine):
+    """A node gives back the claim of an instant it will not fire (its task was paused, or
+    moved to another node): that instant is nobody's last firing, and the node that fires
+    the task now may claim it and catch it up. A claim still held or fired stays taken."""
+    eng, tid = claims_engine, str(uuid.uuid4())
+    t0 = datetime(2026, 12, 8, 4, 15, 10, tzinfo=timezone.utc)
+    before = t0 - timedelta(minutes=1)
+    assert sorted(claims.claim(eng, "w1", "i1", [("prev", tid, before), ("x", tid, t0)])) == ["prev", "x"]
+    claims.fired(eng, "w1", "i1", [("prev", True)])
+    assert claims.latest(eng, [tid]) == {tid: t0}
+    assert claims.claim(eng, "w2", "i2", [("x", tid, t0), ("prev", tid, before)]) == []  # held; fired
+    assert claims.release(eng, "w1", "i1", ["x"]) == 1
+    assert claims.latest(eng, [tid]) == {tid: before}
+    assert claims.claim(eng, "w2", "i2", [("x", tid, t0), ("prev", tid, before)]) == ["x"]
+    assert [(c.firing_id, c.node) for c in claims.unfinished(eng)] == [("x", "w2")]
+    assert claims.latest(eng, [tid]) == {tid: t0}
+    assert claims.claim(eng, "w1", "i1", [("x", tid, t0)]) == []  # w2's now
+
+
 def test_firings_waiting_for_their_claims_share_one_call_at_a_time():
     """Under a slow master, each firing sending its own claim made hundreds of requests at
     once; now they wait for one call that carries all of them."""
@@ -359,3 +378,45 @@ def test_a_store_from_before_the_outcome_index_gets_it_at_start(claims_engine):
     claims.claim(claims_engine, "worker1", "inc-1", [("f1", str(uuid.uuid4()), t0)])
     claims.fired(claims_engine, "worker1", "inc-1", [("f1", True)])
     assert claims.unrecorded_holders(claims_engine) == [("worker1", "inc-1")]
+
+
+@pytest.mark.parametrize("held_here", [True, False])
+def test_a_task_resumed_after_its_claimed_instant_still_fires_it(held_here):
+    """Seen in the 10,000-task benchmark: a task paused a second before its instant and resumed
+    just before it, while this node had already claimed the instant ahead. The node saw the
+    Resume only after the instant: the task came back as new, its catch-up took the claimed
+    instant for one already fired, and nothing fired it. Held here unfired, it fires now; an
+    instant claimed and fired elsewhere does not."""
+    from schedulemaster.node.firing import Entry, FiringLoop, firing_id
+
+    now = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=0.5)
+    at = now - timedelta(seconds=1.5)  # a whole second
+    tid = uuid.uuid4()
+
+    class LatestMaster(FakeMaster):
+        async def request(self, method, path, json=None, headers=None):
+            if path.endswith("/claims/latest"):
+                class Resp:
+                    content = jsonlib.dumps({str(tid): at.isoformat()}).encode()
+                return Resp()
+            return await super().request(method, path, json, headers)
+
+    spec = spec_of({"Id": str(tid), "Title": "paused and resumed", "MetaType": 2, "RunLoop": True,
+                    "CronExpression": f"{at.second} * * * * ?", "TimeZone": "UTC",
+                    "StartedAt": (now - timedelta(hours=1)).isoformat(), "ResumedAt": (at - timedelta(seconds=1)).isoformat(),
+                    "Http": {"RequestUrl": "http://127.0.0.1:9/x"}})
+    fired_now: list[datetime] = []
+
+    async def main():
+        loop = FiringLoop(LatestMaster(), "worker1", "pool", 10)
+
+        async def fire_in_turn(entry, instants, why, claimed=True):
+            fired_now.extend(instants)
+        loop._fire_in_turn = fire_in_turn
+        if held_here:
+            loop.claimer.won[firing_id(tid, at)] = at
+        await loop.catch_up([Entry(tid, spec, (now - timedelta(hours=2), 1), 1)], now)
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert fired_now == ([at] if held_here else [])
