@@ -28,7 +28,7 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, delete, select
 from schedulemaster.timeutil import utcnow
 
-FINISHED_KEPT = timedelta(minutes=10)  # finished claims answer "already claimed" this long
+FINISHED_KEPT = timedelta(minutes=10)  # finished claims (not released ones) answer "already claimed" this long
 FIRED_KEPT = timedelta(days=1)  # a fired claim waits this long at most for its record
 FIRED = ("fired-ok", "fired-failed")  # ran, not recorded in Prefect yet
 RELEASED = "released"  # its node gave it back unfired
@@ -63,7 +63,7 @@ class FiringClaim(SQLModel, table=True):
     incarnation: str = Field(max_length=36)
     claimed_at: datetime = Field(sa_type=UtcDateTime)
     finished_at: Optional[datetime] = Field(default=None, index=True, sa_type=UtcDateTime)
-    # FIRED, recorded, rerun, failed, dropped; indexed for the few FIRED among the last 10 minutes'
+    # FIRED, recorded, rerun, failed, dropped, RELEASED; indexed for the few FIRED among the last 10 minutes'
     # claims (100,000 at 10,000 tasks), which the failover service looks for every 5 s
     outcome: Optional[str] = Field(default=None, max_length=40, index=True)
 
