@@ -279,6 +279,27 @@ def test_a_run_longer_than_the_period_still_lets_one_firing_wait_and_skips_the_r
     assert (fired, skipped, arrivals) == (2, 1, 2)
 
 
+def catching_up_loop(latest: dict, fired_now: list):
+    """A real FiringLoop whose master answers /claims/latest with ``latest`` (task id -> ISO
+    instant) and whose late firings are collected in ``fired_now`` instead of run."""
+    from schedulemaster.node.firing import FiringLoop
+
+    class LatestMaster(FakeMaster):
+        async def request(self, method, path, json=None, headers=None):
+            if path.endswith("/claims/latest"):
+                class Resp:
+                    content = jsonlib.dumps(latest).encode()
+                return Resp()
+            return await super().request(method, path, json, headers)
+
+    loop = FiringLoop(LatestMaster(), "worker1", "pool", 10)
+
+    async def fire_in_turn(entry, instants, why, claimed=True):
+        fired_now.extend(instants)
+    loop._fire_in_turn = fire_in_turn
+    return loop
+
+
 @pytest.mark.parametrize("behind", ["taken over", "timer stalled"])
 @pytest.mark.parametrize("misfire, fired, missed", [("skip", 10, "10000+"), ("once", 11, "10000+"),
                                                      ("all", 100, "10000+")])
@@ -286,18 +307,10 @@ def test_a_day_long_gap_is_counted_and_its_newest_instants_still_fire(misfire, f
     """A node back after a day (or whose timer stalled for a day): a one-second task's last
     10 s (its threshold) fire late, the gap is one Missed record; ``once`` adds the newest
     missed instant, ``all`` the newest 100. Both ways of falling behind plan alike."""
-    from schedulemaster.node.firing import Entry, FiringLoop
+    from schedulemaster.node.firing import Entry
 
     now = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=0.5)
     tid = uuid.uuid4()
-
-    class LatestMaster(FakeMaster):
-        async def request(self, method, path, json=None, headers=None):
-            if path.endswith("/claims/latest"):
-                class Resp:
-                    content = jsonlib.dumps({str(tid): (now - timedelta(days=1)).isoformat()}).encode()
-                return Resp()
-            return await super().request(method, path, json, headers)
 
     spec = spec_of({"Id": str(tid), "Title": "every second", "MetaType": 2, "RunLoop": True,
                     "CronExpression": "* * * * * ?", "Http": {"RequestUrl": "http://127.0.0.1:9/x"},
@@ -305,11 +318,7 @@ def test_a_day_long_gap_is_counted_and_its_newest_instants_still_fire(misfire, f
     fired_now: list[datetime] = []
 
     async def main():
-        loop = FiringLoop(LatestMaster(), "worker1", "pool", 10)
-
-        async def fire_in_turn(entry, instants, why, claimed=True):
-            fired_now.extend(instants)
-        loop._fire_in_turn = fire_in_turn
+        loop = catching_up_loop({str(tid): (now - timedelta(days=1)).isoformat()}, fired_now)
         entry = Entry(tid, spec, (now - timedelta(days=2), 1), 1)
         if behind == "taken over":
             await loop.catch_up([entry], now)
@@ -387,19 +396,11 @@ def test_a_task_resumed_after_its_claimed_instant_still_fires_it(held_here):
     Resume only after the instant: the task came back as new, its catch-up took the claimed
     instant for one already fired, and nothing fired it. Held here unfired, it fires now; an
     instant claimed and fired elsewhere does not."""
-    from schedulemaster.node.firing import Entry, FiringLoop, firing_id
+    from schedulemaster.node.firing import Entry, firing_id
 
     now = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=0.5)
     at = now - timedelta(seconds=1.5)  # a whole second
     tid = uuid.uuid4()
-
-    class LatestMaster(FakeMaster):
-        async def request(self, method, path, json=None, headers=None):
-            if path.endswith("/claims/latest"):
-                class Resp:
-                    content = jsonlib.dumps({str(tid): at.isoformat()}).encode()
-                return Resp()
-            return await super().request(method, path, json, headers)
 
     spec = spec_of({"Id": str(tid), "Title": "paused and resumed", "MetaType": 2, "RunLoop": True,
                     "CronExpression": f"{at.second} * * * * ?", "TimeZone": "UTC",
@@ -408,11 +409,7 @@ def test_a_task_resumed_after_its_claimed_instant_still_fires_it(held_here):
     fired_now: list[datetime] = []
 
     async def main():
-        loop = FiringLoop(LatestMaster(), "worker1", "pool", 10)
-
-        async def fire_in_turn(entry, instants, why, claimed=True):
-            fired_now.extend(instants)
-        loop._fire_in_turn = fire_in_turn
+        loop = catching_up_loop({str(tid): at.isoformat()}, fired_now)
         if held_here:
             loop.claimer.won[firing_id(tid, at)] = at
         await loop.catch_up([Entry(tid, spec, (now - timedelta(hours=2), 1), 1)], now)
