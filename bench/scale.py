@@ -15,9 +15,10 @@ timestamps each arrival. In order:
 3. fire: a --window of whole minutes once every task is loaded: delivered, lost, duplicated
    (Idempotency-Key), lateness (arrival - instant) p50/p99; the CPU of the system over the
    window; the master's and node's RSS; how many firings have a Prefect flow run 60 s later;
-4. API under that load: QueryList (100 rows, with and without a title filter) and
-   QueryTaskDetail, 20 calls each; Pause/Resume on 20 tasks (their instants between the Pause
-   call and the Resume answer are not expected to fire); `sm.tasks()` of the notebook API;
+4. API under that load, from 5 s into the window: QueryList (100 rows, with and without a title
+   filter) and QueryTaskDetail, 20 calls each; Pause/Resume on 20 tasks (those firing at seconds
+   0-19: their instants between the Pause call and the Resume answer are not expected to fire,
+   those after it are); `sm.tasks()` of the notebook API;
 5. stopped: every task stopped (the rate of that), then the CPU over --idle-seconds, 10 s
    after the last Stop and again 60 s later (its aftermath done);
 6. plain Prefect on the same server: --baseline deployments of one flow with a cron schedule
@@ -124,12 +125,15 @@ async def create_tasks(session, system: System, rx: Receiver, n: int, concurrenc
             "p50_ms": round(pct(lat, 50) * 1000), "p99_ms": round(pct(lat, 99) * 1000), "ids": ids}
 
 
+def window_start() -> int:
+    """Every task fires once a minute: the window is a whole minute that starts after all are loaded."""
+    return (int(time.time()) // 60 + 2) * 60
+
+
 async def fire_window(session, system: System, rx: Receiver, pids, ids: dict[int, str], minutes: int,
-                      tag: str, paused: dict[str, tuple[float, float]]) -> dict:
+                      tag: str, paused: dict[str, tuple[float, float]], w0: int) -> dict:
     """``paused``: the tasks the API measurement pauses meanwhile, from the Pause call to the
     Resume answer (filled while the window runs): their instants in that span may rightly not fire."""
-    # every task fires once a minute: wait for a whole minute that starts after all are loaded
-    w0 = (int(time.time()) // 60 + 2) * 60
     w1 = w0 + 60 * minutes
     say(f"  window {datetime.fromtimestamp(w0, timezone.utc):%H:%M:%S}-{datetime.fromtimestamp(w1, timezone.utc):%H:%M:%S} UTC")
     await asyncio.sleep(max(0.0, w0 - time.time()))
@@ -317,8 +321,11 @@ async def scenario(system: System, rx: Receiver, args, res: dict) -> None:
         say(f"  {create['rate']}/s; firing window of {args.window} min")
         pids = processes(system)  # a process restarted meanwhile is measured as it is now
         paused: dict[str, tuple[float, float]] = {}
-        fire_task = asyncio.create_task(fire_window(session, system, rx, pids, ids, args.window, tag, paused))
-        await asyncio.sleep(75)  # inside the window: the API under firing load
+        w0 = window_start()
+        fire_task = asyncio.create_task(fire_window(session, system, rx, pids, ids, args.window, tag, paused, w0))
+        # inside the window: the API under firing load, and the sampled tasks (firing at seconds
+        # 0-19) paused and resumed around some of their instants, which must still fire after it
+        await asyncio.sleep(max(0.0, w0 + 5 - time.time()))
         res["api"] = await latencies(session, system, ids, tag, paused)
         res["notebook"] = await asyncio.to_thread(notebook_tasks, system)
         res["fire"] = await fire_task
