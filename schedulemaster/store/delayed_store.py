@@ -168,9 +168,12 @@ def notify_changes(conn) -> None:
 
     conn.execute(text(f"""CREATE OR REPLACE FUNCTION {CHANGED}() RETURNS trigger LANGUAGE plpgsql AS
                           $$ BEGIN PERFORM pg_notify('{CHANGED}', ''); RETURN NULL; END $$"""))
-    conn.execute(text(f"DROP TRIGGER IF EXISTS {CHANGED} ON {T.name}"))
-    conn.execute(text(f"CREATE TRIGGER {CHANGED} AFTER INSERT OR UPDATE OR DELETE ON {T.name} "
-                      f"FOR EACH STATEMENT EXECUTE FUNCTION {CHANGED}()"))
+    # made once: creating a trigger locks the table against readers too, and every master and
+    # dispatcher start comes here
+    if conn.execute(text("SELECT 1 FROM pg_trigger WHERE tgname = :name AND tgrelid = CAST(:table AS regclass)"),
+                    {"name": CHANGED, "table": T.name}).first() is None:
+        conn.execute(text(f"CREATE TRIGGER {CHANGED} AFTER INSERT OR UPDATE OR DELETE ON {T.name} "
+                          f"FOR EACH STATEMENT EXECUTE FUNCTION {CHANGED}()"))
 
 
 def write_engine(url: str) -> Engine:
