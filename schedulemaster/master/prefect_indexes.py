@@ -29,6 +29,9 @@ async def ensure() -> None:
     for name, table, column in INDEXES:
         try:
             async with db.session_context(begin_transaction=True) as session:
-                await session.execute(sa.text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({column})"))
+                conn = await session.connection()
+                have = await conn.run_sync(lambda c, t=table: {i["name"] for i in sa.inspect(c).get_indexes(t)})
+                if name not in have:  # PostgreSQL locks the table even for one that exists
+                    await session.execute(sa.text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({column})"))
         except Exception as exc:  # e.g. two masters making it at once on PostgreSQL
             log.warning("index %s on Prefect's %s not made: %s", name, table, exc)
